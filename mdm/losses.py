@@ -1,0 +1,96 @@
+"""Image losses, always computed in fp32 outside autocast.
+
+SSIM here is pytorch-msssim's: a Gaussian window (``win_size`` x ``win_size``, ``sigma``), *valid* convolution (no
+padding), constants K1=0.01, K2=0.03 for a data range of 1, on images rescaled from [-1, 1] to [0, 1]; the loss is
+``1 - mean SSIM`` per sample. This differs on purpose from the reference MDM code, which zero-pads the window
+(darkening the border statistics), applies the data-range-1 constants to [-1, 1] images (so its constants are four
+times too small relative to the signal range), clamps ``1 - ssim_map`` to [0, 1] and halves the result. Our choice
+is the standard SSIM definition; the loss value scale differs, its minimiser does not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ssim as msssim_ssim
+
+K1, K2 = 0.01, 0.03
+
+
+def _fp32(*xs: torch.Tensor):
+    return [x.float() for x in xs]
+
+
+def gaussian_window(win_size: int, sigma: float, device=None) -> torch.Tensor:
+    """1-D normalised Gaussian ``[win_size]``."""
+    coords = torch.arange(win_size, dtype=torch.float32, device=device) - win_size // 2
+    g = torch.exp(-(coords ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, win_size: int = 5, sigma: float = 1.5,
+             data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM of ``x, y [B, C, H, W]`` -> ``[B, C, H - win + 1, W - win + 1]`` (valid region).
+
+    The same definition as pytorch-msssim (separable Gaussian window, valid convolution), which does not expose
+    the map; ``ssim_map(x, y).mean((1, 2, 3))`` equals ``pytorch_msssim.ssim(x, y, size_average=False)``.
+    """
+    c = x.shape[1]
+    g = gaussian_window(win_size, sigma, x.device)
+    wh = g.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    wv = g.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1)
+
+    def blur(t):
+        return F.conv2d(F.conv2d(t, wh, groups=c), wv, groups=c)
+
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    sxx = blur(x * x) - mu_x ** 2
+    syy = blur(y * y) - mu_y ** 2
+    sxy = blur(x * y) - mu_x * mu_y
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    return ((2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)) * cs
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return (x + 1) * 0.5
+
+
+def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win_size: int = 5, sigma: float = 1.5) -> torch.Tensor:
+    """``1 - SSIM`` per sample ``[B]`` over the whole image; inputs ``[B, C, H, W]`` in [-1, 1]."""
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = _fp32(pred, target)
+        s = msssim_ssim(to_unit(pred), to_unit(target), data_range=1.0, size_average=False, win_size=win_size,
+                        win_sigma=sigma)
+        return 1.0 - s
+
+
+def masked_ssim_loss(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor, win_size: int = 5,
+                     sigma: float = 1.5) -> torch.Tensor:
+    """``1 - SSIM`` per sample ``[B]``, the SSIM map averaged over masked pixels only.
+
+    ``pixel_mask [B, 1, H, W]`` (1 = masked) is cropped to the map's valid region; a sample with no masked pixel in
+    that region scores 0.
+    """
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target, pixel_mask = _fp32(pred, target, pixel_mask)
+        m = ssim_map(to_unit(pred), to_unit(target), win_size, sigma)
+        r = win_size // 2
+        w = pixel_mask[:, :, r:pixel_mask.shape[-2] - r, r:pixel_mask.shape[-1] - r].expand_as(m)
+        num = ((1.0 - m) * w).sum((1, 2, 3))
+        return num / w.sum((1, 2, 3)).clamp_min(1.0)
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample ``[B]``."""
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = _fp32(pred, target)
+        return (pred - target).pow(2).flatten(1).mean(1)
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per sample ``[B]``."""
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = _fp32(pred, target)
+        return (pred - target).abs().flatten(1).mean(1)

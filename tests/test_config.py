@@ -1,0 +1,53 @@
+import os
+
+import pytest
+
+from mdm.cli import train_main
+from mdm.config import ConfigError, dump, load
+
+
+def test_dump_and_reload_is_identical(tmp_path, configs_dir):
+    for name in ("paper", "cpu-small", "tiny"):
+        cfg = load(os.path.join(configs_dir, f"{name}.yaml"), ["train.lr=3e-4", "model.channel_mult=[1,2]"])
+        dump(cfg, tmp_path / "c.yaml")
+        assert load(tmp_path / "c.yaml") == cfg
+        assert cfg.train.lr == 3e-4 and cfg.model.channel_mult == [1, 2]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.bogus=1", "unknown config key train.bogus"),
+    ("nosection.x=1", "unknown config key nosection"),
+    ("train.max_steps=abc", "train.max_steps: expected int"),
+    ("train.max_steps=1.5", "train.max_steps: expected int"),
+    ("train.mixed_precision=fp8", "train.mixed_precision"),
+    ("model.channel_mult=[1,x]", r"model.channel_mult\[1\]: expected int"),
+    ("train.lr", "expected KEY=VALUE"),
+])
+def test_config_errors_name_the_key(configs_dir, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load(os.path.join(configs_dir, "tiny.yaml"), [override])
+
+
+def test_int_is_accepted_where_a_float_is_expected(configs_dir):
+    assert load(os.path.join(configs_dir, "tiny.yaml"), ["train.lr=1"]).train.lr == 1.0
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.bogus=1", "error: unknown config key train.bogus"),
+    ("data.crop_size=30", "error: data.crop_size: 30 is not divisible by diffusion.patch_size=4"),
+    ("data.crop_size=36", "error: image height 36 is not divisible by 8"),
+])
+def test_train_cli_bad_input_is_one_line_and_nonzero(configs_dir, capsys, override, message):
+    args = ["--config", os.path.join(configs_dir, "tiny.yaml"), "--dry-run", "--set", override]
+    if "36" in override:
+        args += ["--set", "model.channel_mult=[1,1,1,1]", "--set", "diffusion.patch_size=4"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+
+
+def test_dry_run_prints_parameters_and_blocks(configs_dir, capsys):
+    assert train_main(["--config", os.path.join(configs_dir, "paper.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters: 311.0M" in out
+    assert " 8:  384 @ 64x64" in out and "17:  192 @ 256x256" in out
