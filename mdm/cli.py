@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 
+from .checkpoint import CheckpointError, build_unet
 from .config import ConfigError, load
 from .data import DataError, build_pretrain_dataset
 
 
 def _format_params(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
-def build_unet(model_cfg):
-    """The U-Net described by a ``ModelConfig`` (its fields are the constructor's arguments)."""
-    from .unet import UNetModel
-
-    return UNetModel(**asdict(model_cfg))
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -64,6 +57,6 @@ def train_main(argv: list[str] | None = None) -> int:
 
         train(cfg, resume=args.resume)
         return 0
-    except (ConfigError, DataError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

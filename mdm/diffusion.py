@@ -1,6 +1,6 @@
 """The two corruption processes and their per-sample losses, behind one interface.
 
-``objective = build_objective(cfg.diffusion)``; ``out = objective.loss(model, x0, keys)`` returns an
+``objective = build_objective(cfg.diffusion)``; ``out = objective.loss(model, x0, keys[, t])`` returns an
 ``ObjectiveOutput`` whose ``loss`` is per sample ``[B]`` (fp32). ``x0 [B, C, H, W]`` is in [-1, 1]; ``keys [B]``
 (int64, see ``mdm.rng``) make every random draw (timestep, mask, noise) a function of the sample's key.
 
@@ -54,8 +54,8 @@ class MaskedDiffusion:
         mask = patch_mask(t.double() / self.timesteps, num_patches, noise=noise)
         return apply_mask(x0, mask, self.patch_size, self.fill), mask
 
-    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor) -> ObjectiveOutput:
-        t = self.sample_t(keys).to(x0.device)
+    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
+        t = self.sample_t(keys).to(x0.device) if t is None else t
         x_t, mask = self.corrupt(x0, t, keys)
         pred = model(x_t, t)
         if self.loss_name == "ssim":
@@ -106,8 +106,8 @@ class GaussianDiffusion:
         a, s = self._coefs(t, x0)
         return a * x0 + s * eps, eps
 
-    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor) -> ObjectiveOutput:
-        t = self.sample_t(keys).to(x0.device)
+    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
+        t = self.sample_t(keys).to(x0.device) if t is None else t
         x_t, eps = self.corrupt(x0, t, keys)
         eps_pred = model(x_t, t)
         a, s = self._coefs(t, x0)

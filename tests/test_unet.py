@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from mdm.cli import build_unet
+from mdm.checkpoint import build_unet
 from mdm.config import load
 from mdm.unet import UNetModel
 

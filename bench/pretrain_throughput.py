@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Pretraining throughput at the ``cpu-small`` preset (batch 16, 64 px): the full training step (masking, forward,
+SSIM loss, backward, AdamW, EMA) in fp32 and under bf16 autocast, against the matmul peak of the same process.
+
+    python bench/pretrain_throughput.py [--steps 8] [--batch 16] [--config configs/cpu-small.yaml] [--json]
+
+Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
+The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. All numbers come from
+one run (medians over ``--steps`` timed steps), since the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from timm.utils import ModelEmaV3
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mdm import rng  # noqa: E402
+from mdm.checkpoint import build_unet  # noqa: E402
+from mdm.config import load  # noqa: E402
+from mdm.diffusion import build_objective  # noqa: E402
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)
+
+
+def train_step_rate(cfg, batch: int, steps: int, bf16: bool) -> float:
+    torch.manual_seed(0)
+    model = build_unet(cfg.model).to(memory_format=torch.channels_last)  # as the trainer does
+    objective = build_objective(cfg.diffusion)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ema = ModelEmaV3(model, decay=0.9999, use_warmup=True)
+    size = cfg.model.image_size
+    x = (torch.rand(batch, 3, size, size) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = objective.loss(model, x, rng.sample_keys(0, step, 0, batch)).loss.mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model, step=step + 1)
+        times.append(time.perf_counter() - t)
+    return batch / statistics.median(times[2:])
+
+
+def forward_flops_per_image(cfg) -> float:
+    model = build_unet(cfg.model)
+    size = cfg.model.image_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, size, size), torch.ones(1))
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "cpu-small.yaml"))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--force-bf16", action="store_true",
+                   help="time the bf16 step even where this CPU has no native bf16 (it is emulated, very slowly)")
+    args = p.parse_args()
+    cfg = load(args.config)
+    flops = 3 * forward_flops_per_image(cfg)
+    result = {"threads": torch.get_num_threads(), "batch": args.batch,
+              "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+              "model_gflop_per_image": flops / 1e9}
+    for name, dtype, bf16 in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)):
+        if bf16 and not (result["native_bf16"] or args.force_bf16):
+            # emulated bf16 runs at well under 1% of fp32 here: time a small matmul only, skip the train step
+            result.update({"bf16_img_s": None, "bf16_peak_gflop_s": matmul_peak(dtype, n=512, reps=2) / 1e9,
+                           "bf16_peak_fraction": None})
+            continue
+        peak = matmul_peak(dtype)
+        rate = train_step_rate(cfg, args.batch, args.steps, bf16)
+        result.update({f"{name}_img_s": rate, f"{name}_peak_gflop_s": peak / 1e9,
+                       f"{name}_peak_fraction": rate * flops / peak})
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"cpu-small, batch {args.batch}, {result['threads']} threads, model {flops / 1e9:.1f} GFLOP/image "
+          f"(3 x forward), native bf16: {result['native_bf16']}")
+    for name in ("fp32", "bf16"):
+        if result[f"{name}_img_s"] is None:
+            print(f"{name}: skipped, no native bf16 on this CPU (512x512 bf16 matmul: "
+                  f"{result[f'{name}_peak_gflop_s']:.2f} GFLOP/s, emulated); --force-bf16 times it anyway")
+            continue
+        print(f"{name}: {result[f'{name}_img_s']:.2f} img/s, matmul peak {result[f'{name}_peak_gflop_s']:.1f} "
+              f"GFLOP/s, achieved fraction {result[f'{name}_peak_fraction']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import read_log, tiny_config
+from mdm.checkpoint import CheckpointError, load_export, save_export
+from mdm.data import DataError
+from mdm.data.folder import ImageFolderDataset
+from mdm.data.sampler import StepBatchSampler
+from mdm.trainer import TrainingError, list_checkpoints, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_resume_replays_the_same_losses(tmp_path, configs_dir):
+    full = tiny_config(configs_dir, tmp_path / "full", "train.max_steps=6", "train.checkpoint_every=3")
+    train(full)
+    half = tiny_config(configs_dir, tmp_path / "half", "train.max_steps=3", "train.checkpoint_every=3")
+    train(half)
+    resumed = tiny_config(configs_dir, tmp_path / "half", "train.max_steps=6", "train.checkpoint_every=3")
+    train(resumed, resume="latest")
+    a, b = read_log(tmp_path / "full"), read_log(tmp_path / "half")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    wa = load_export(tmp_path / "full" / "export")[0].state_dict()
+    wb = load_export(tmp_path / "half" / "export")[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # EMA weights too
+    assert sorted(os.listdir(tmp_path / "full" / "exports")) == ["step_0", "step_6"]
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_a_resumable_run(tmp_path, configs_dir, monkeypatch):
+    from accelerate import Accelerator
+
+    cfg = tiny_config(configs_dir, tmp_path / "run", "train.max_steps=4", "train.checkpoint_every=2")
+    real_save = Accelerator.save_state
+
+    def dying_save(self, output_dir=None, **kw):
+        real_save(self, output_dir, **kw)
+        if "step_4" in str(output_dir):
+            raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(Accelerator, "save_state", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    train(cfg, resume="latest")
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2, 4]
+    assert not [p for p in os.listdir(tmp_path / "run" / "checkpoints") if p.startswith(".")]
+
+
+def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path, configs_dir, monkeypatch):
+    from mdm.diffusion import MaskedDiffusion
+
+    cfg = tiny_config(configs_dir, tmp_path / "run", "train.max_steps=6", "train.checkpoint_every=2")
+    real_loss = MaskedDiffusion.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, x0, keys, t=None):
+        out = real_loss(self, model, x0, keys, t)
+        calls["n"] += 1
+        if calls["n"] == 4:  # the 4th optimizer step (index 3)
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MaskedDiffusion, "loss", poisoned)
+    with pytest.raises(TrainingError, match="non-finite loss .* at step 3"):
+        train(cfg)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert state == {"step": 2}
+
+
+def test_export_round_trip_is_strict(tmp_path, configs_dir):
+    cfg = tiny_config(configs_dir, tmp_path)
+    from mdm.checkpoint import build_unet
+
+    model = build_unet(cfg.model)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    save_export(tmp_path / "e", cfg, model, model)
+    loaded, loaded_cfg = load_export(tmp_path / "e")
+    assert loaded_cfg == cfg
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    other = tiny_config(configs_dir, tmp_path, "model.model_channels=64")
+    save_export(tmp_path / "bad", cfg, build_unet(other.model), model)  # weights of another architecture
+    with pytest.raises(CheckpointError, match=r"unet.safetensors: weights do not match.*shape mismatches"):
+        load_export(tmp_path / "bad")
+    with pytest.raises(CheckpointError, match="config.yaml: not found"):
+        load_export(tmp_path / "nothing")
+
+
+def test_folder_errors_name_the_file(tmp_path):
+    good = tmp_path / "imgs"
+    good.mkdir()
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(good / "a.png")
+    (good / "broken.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=r"broken.jpg: cannot read image"):
+        ImageFolderDataset([str(good)], crop_size=32)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        ds = ImageFolderDataset([str(good)], crop_size=32, skip_unreadable=True)
+    assert len(ds) == 1 and ds[(0, 1)][0].shape == (3, 32, 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no images found"):
+        ImageFolderDataset([str(tmp_path / "empty")], crop_size=32)
+    with pytest.raises(DataError, match=r"a.png: 40x40 is smaller than the crop size 64"):
+        ImageFolderDataset([str(good)], crop_size=64, skip_unreadable=True)
+
+
+def test_exclude_drops_copies_of_test_images_by_content(tmp_path):
+    pool, test = tmp_path / "pool", tmp_path / "test"
+    (pool / "sub").mkdir(parents=True)
+    test.mkdir()
+    for i, name in enumerate(["x.png", "sub/y.tif", "z.bmp"]):
+        Image.new("RGB", (32, 32), (i * 50, 0, 0)).save(pool / name)
+    shutil.copy(pool / "z.bmp", test / "renamed_copy.bmp")
+    ds = ImageFolderDataset([str(pool)], crop_size=32, exclude=[str(test), str(pool / "x.png")])
+    assert [p.name for p in ds.files] == ["y.tif"]
+
+
+def test_ranks_and_accumulation_steps_split_each_step_without_overlap():
+    kw = dict(num_items=10, global_batch=8, seed=0, start_step=0, max_steps=3)
+    single = list(StepBatchSampler(accum_steps=1, world_size=1, rank=0, **kw))
+    parts = [list(StepBatchSampler(accum_steps=2, world_size=2, rank=r, **kw)) for r in range(2)]
+    for step in range(3):
+        pieces = [parts[r][step * 2 + a] for a in range(2) for r in range(2)]
+        merged = [item for piece in sorted(pieces, key=lambda p: single[step].index(p[0])) for item in piece]
+        assert merged == single[step]
+    resumed = list(StepBatchSampler(accum_steps=1, world_size=1, rank=0, **{**kw, "start_step": 2}))
+    assert resumed == single[2:]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(tmp_path, configs_dir):
+    """torchrun with 2 CPU ranks (gloo): one set of logs and exports, and the ranks see different halves of each
+    global batch, so step 1 has the same loss as a 1-process run."""
+    extra = ["--set", "train.max_steps=2", "--set", "train.checkpoint_every=2"]
+    overrides = [a for o in __import__("helpers").TINY_OVERRIDES for a in ("--set", o)] + extra
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           os.path.join(ROOT, "train.py"), "--config", os.path.join(configs_dir, "tiny.yaml"),
+           "--out", str(tmp_path / "ddp"), *overrides]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "processes: 2" in res.stdout
+    log = read_log(tmp_path / "ddp")
+    assert [r["step"] for r in log] == [1, 2]
+    assert sorted(os.listdir(tmp_path / "ddp" / "exports")) == ["step_0", "step_2"]
+    assert sorted(os.listdir(tmp_path / "ddp" / "checkpoints" / "step_2")).count("random_states_1.pkl") == 1
+    train(tiny_config(configs_dir, tmp_path / "single", "train.max_steps=1"))
+    assert log[0]["loss"] == pytest.approx(read_log(tmp_path / "single")[0]["loss"], rel=1e-5)
