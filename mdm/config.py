@@ -80,6 +80,10 @@ class DataConfig:
     synthetic_images: int = 256
     synthetic_image_size: int = 64
     seed: int = 0
+    # segmentation stage
+    label_fraction: float = 1.0
+    val_fraction: float = 0.1
+    num_classes: int = 0  # 0: the dataset's own (2 for glas/monuseg/synthetic, 34 for ffhq34)
 
 
 @dataclass
@@ -108,11 +112,40 @@ class TrainConfig:
 
 
 @dataclass
+class SegConfig:
+    """The segmentation stage (``finetune_seg.py``): features of frozen decoder blocks + a pixel MLP ensemble.
+
+    ``blocks``: inclusive list of decoder block numbers (negatives count from the end). ``timesteps``: extraction
+    timesteps. ``combine``: ``vote``, ``mean_prob`` or ``individual``. ``tile_size`` 0 means the export's
+    ``data.crop_size``. ``cache_dir`` empty keeps block outputs in memory instead of on disk.
+    """
+
+    blocks: list[int] = field(default_factory=lambda: [-3, -2, -1])
+    timesteps: list[int] = field(default_factory=lambda: [50])
+    seed: int = 0
+    ensemble_size: int = 10
+    combine: str = "vote"
+    max_epochs: int = 30
+    patience: int = 5
+    lr: float = 1e-3
+    batch_pixels: int = 4096
+    pixels_per_tile: int = 2048
+    min_class_pixels: int = 0
+    tile_size: int = 0
+    overlap: float = 0.2
+    normalize: bool = True
+    cache_dir: str = "runs/feature_cache"
+    weights: str = "ema"
+    out_dir: str = "runs/seg"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
 
     def validate(self) -> "Config":
         """Check value ranges and choices; raise ``ConfigError`` naming the key."""
@@ -120,7 +153,9 @@ class Config:
             "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm"}),
             "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_masked", "mse", "l1"}),
             "diffusion.beta_schedule": (self.diffusion.beta_schedule, {"linear", "cosine"}),
-            "data.source": (self.data.source, {"folder", "synthetic"}),
+            "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "generic"}),
+            "seg.combine": (self.seg.combine, {"vote", "mean_prob", "individual"}),
+            "seg.weights": (self.seg.weights, {"ema", "raw"}),
             "data.crop": (self.data.crop, {"random", "resize"}),
             "data.color_mode": (self.data.color_mode, {"RGB", "L"}),
             "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16"}),
@@ -135,6 +170,14 @@ class Config:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be positive, got {value}")
+        if not 0.0 < self.data.label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction: must be in (0, 1], got {self.data.label_fraction}")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
+        if not 0.0 <= self.seg.overlap < 1.0:
+            raise ConfigError(f"seg.overlap: must be in [0, 1), got {self.seg.overlap}")
+        if self.seg.ensemble_size < 1 or not self.seg.timesteps or not self.seg.blocks:
+            raise ConfigError("seg.ensemble_size, seg.timesteps and seg.blocks must be non-empty / positive")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.train.ema_decay}")
         if self.diffusion.ssim_win_size % 2 == 0:

@@ -192,7 +192,8 @@ class Trainer:
             if main and tc.image_every:
                 self._save_preview(preview)
         window_loss, window_t, t_start, images_seen = [], [], time.perf_counter(), 0
-        bar = tqdm(total=tc.max_steps, initial=self.step, disable=not main, desc="pretrain", dynamic_ncols=True)
+        bar = tqdm(total=tc.max_steps, initial=self.step, disable=None if main else True, desc="pretrain",
+                   dynamic_ncols=True)  # disable=None: no bar when not on a terminal
         self.model.train()
         try:
             for images, keys in self.loader():

@@ -18,6 +18,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def configs_dir():
     return CONFIGS
+
+
+@pytest.fixture(scope="session")
+def pretrained_export(tmp_path_factory):
+    """One tiny MDM pretraining run on the synthetic pool, shared by every test that needs an export."""
+    from helpers import tiny_config
+    from mdm.trainer import train
+
+    run = tmp_path_factory.mktemp("pretrained")
+    cfg = tiny_config(CONFIGS, run, "model.image_size=32", "data.crop_size=32", "data.synthetic_images=64",
+                      "data.synthetic_image_size=64", "train.max_steps=150", "train.batch_size=8",
+                      "train.checkpoint_every=1000", "train.log_every=50", "train.ema_decay=0.99")
+    train(cfg)
+    return run / "export"

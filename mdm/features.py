@@ -1,0 +1,200 @@
+"""Frozen U-Net features for pixel classifiers: forward hooks on decoder blocks, a sliding-window tile grid, and an
+on-disk fp16 cache.
+
+Conventions: an image is ``[3, H, W]`` in [-1, 1] of any size. It is cut into ``tile x tile`` windows (``overlap``
+fraction shared by neighbours, the last window flush with the border; images smaller than a tile are reflect-padded).
+For each tile and each extraction timestep, the tile is corrupted by the pretraining objective (MDM: mask ratio
+t / T; DDPM: noise level t) with a **seeded** mask or noise (the key is a function of seed, image name, tile position
+and t, so the same image always gives the same features), the U-Net runs once, and the outputs of the chosen
+``output_blocks`` are kept at their native resolution in fp16. Pixel features are only formed per tile, when needed:
+each block upsampled bilinearly to the tile size and concatenated, giving ``[D, tile, tile]`` with
+``D = len(timesteps) * sum(block channels)``. Nothing holds the features of all pixels of all images at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import rng
+
+
+def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
+    """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block), validated."""
+    out = []
+    for b in blocks:
+        i = b + num_blocks if b < 0 else b
+        if not 0 <= i < num_blocks:
+            raise ValueError(f"seg.blocks: block {b} does not exist (the U-Net has decoder blocks 0..{num_blocks - 1})")
+        out.append(i)
+    if len(set(out)) != len(out):
+        raise ValueError(f"seg.blocks: {blocks} names a block twice")
+    return out
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Window start offsets along one axis: stride ``tile * (1 - overlap)``, the last window flush with the end."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    return starts
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window ``[top:top+tile, left:left+tile]`` of an image padded to at least ``tile`` on each side."""
+
+    top: int
+    left: int
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[Tile]:
+    return [Tile(t, s) for t in tile_starts(height, tile, overlap) for s in tile_starts(width, tile, overlap)]
+
+
+def pad_to_tile(x: torch.Tensor, tile: int) -> torch.Tensor:
+    """Reflect-pad (replicate where too small to reflect) ``[..., H, W]`` at the bottom/right to at least ``tile``."""
+    h, w = x.shape[-2:]
+    ph, pw = max(0, tile - h), max(0, tile - w)
+    if not (ph or pw):
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    squeeze = x.ndim == 3
+    x = F.pad(x[None] if squeeze else x, (0, pw, 0, ph), mode=mode)
+    return x[0] if squeeze else x
+
+
+def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> torch.Tensor:
+    """``[tile, tile]`` blending weights peaking at the centre (sigma = tile / 8), never zero."""
+    c = (tile - 1) / 2
+    r = torch.arange(tile, dtype=torch.float32) - c
+    g = torch.exp(-(r ** 2) / (2 * (tile * sigma_scale) ** 2))
+    w = g[:, None] * g[None, :]
+    return (w / w.max()).clamp_min(1e-3)
+
+
+def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
+    """A short content hash of a weights file (size + first and last MiB), to key the feature cache."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha1(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(chunk))
+        f.seek(max(0, size - chunk))
+        h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+class FeatureExtractor:
+    """Decoder-block features of a frozen U-Net.
+
+    Args:
+        model: a ``UNetModel`` (frozen here: eval mode, no gradients).
+        objective: the pretraining objective, used to corrupt the input (``corrupt(x0, t, keys)``).
+        blocks: decoder block numbers (negatives count from the end).
+        timesteps: extraction timesteps (MDM: mask ratio t / T; DDPM: noise level).
+        seed: seeds the extraction masks / noise.
+        cache_dir: where per-tile block outputs are cached as fp16 safetensors (None: in memory, for this object).
+        fingerprint: identifies the weights in cache keys (e.g. ``file_fingerprint(unet.safetensors)``).
+    """
+
+    def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
+                 cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.objective, self.seed, self.device = objective, seed, torch.device(device)
+        self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
+        self.timesteps = list(timesteps)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.fingerprint = fingerprint
+        self._outputs: dict[int, torch.Tensor] = {}
+        self._memory: dict[str, dict[str, torch.Tensor]] = {}  # the cache when there is no cache folder
+        for i in self.blocks:
+            model.output_blocks[i].register_forward_hook(self._hook(i))
+
+    def _hook(self, index: int):
+        def fn(_module, _inputs, output):
+            self._outputs[index] = output
+        return fn
+
+    def block_channels(self) -> list[int]:
+        info = self.model.decoder_blocks()
+        return [info[i].channels for i in self.blocks]
+
+    @property
+    def feature_dim(self) -> int:
+        return len(self.timesteps) * sum(self.block_channels())
+
+    def _cache_key(self, name: str, content: str, tile: Tile, size: int) -> str:
+        key = (f"{self.fingerprint}|{name}|{content}|{tile.top},{tile.left},{size}|{self.timesteps}|{self.seed}|"
+               f"{self.blocks}")
+        return hashlib.sha1(key.encode()).hexdigest()
+
+    def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
+        if self.cache_dir is None:
+            return self._memory.get(key)
+        path = self.cache_dir / key[:2] / f"{key}.safetensors"
+        return load_file(str(path)) if path.is_file() else None
+
+    def _store(self, key: str, blocks: dict[str, torch.Tensor]) -> None:
+        if self.cache_dir is None:
+            self._memory[key] = blocks
+            return
+        path = self.cache_dir / key[:2] / f"{key}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(blocks, str(tmp))
+        os.replace(tmp, path)
+
+    @torch.no_grad()
+    def _run(self, tiles: torch.Tensor, keys: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """``tiles [B, 3, S, S]`` -> per tile ``{f"t{t}_b{i}": [C_i, h_i, w_i] fp16}``."""
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(tiles.shape[0])]
+        x0 = tiles.to(self.device)
+        for t in self.timesteps:
+            tt = torch.full((x0.shape[0],), t, dtype=torch.int64, device=self.device)
+            tile_keys = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64)
+            x_t = self.objective.corrupt(x0, tt, tile_keys.to(self.device))[0]
+            self._outputs.clear()
+            self.model(x_t, tt)
+            for i in self.blocks:
+                o = self._outputs[i].to("cpu", torch.float16)
+                for j in range(x0.shape[0]):
+                    out[j][f"t{t}_b{i}"] = o[j].contiguous()
+        return out
+
+    def tile_blocks(self, name: str, image: torch.Tensor, tile_size: int,
+                    tiles: list[Tile]) -> list[dict[str, torch.Tensor]]:
+        """Native-resolution fp16 block outputs for ``tiles`` of ``image [3, H, W]`` (from the cache when there).
+
+        The cache key holds the weights' fingerprint, the image name and a hash of its pixels, the tile, the
+        timesteps, the seed and the blocks; without a cache folder they are kept in memory."""
+        padded = pad_to_tile(image, tile_size)
+        content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
+        keys = [self._cache_key(name, content, tile, tile_size) for tile in tiles]
+        result = [self._lookup(key) for key in keys]
+        todo = [k for k, r in enumerate(result) if r is None]
+        if todo:
+            crops = torch.stack([padded[:, tiles[k].top:tiles[k].top + tile_size,
+                                        tiles[k].left:tiles[k].left + tile_size] for k in todo])
+            name_key = zlib.crc32(name.encode())
+            seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left) for k in todo])
+            for k, blocks in zip(todo, self._run(crops, seeds)):
+                result[k] = blocks
+                self._store(keys[k], blocks)
+        return result  # type: ignore[return-value]
+
+    def pixel_features(self, blocks: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+        """Upsample one tile's block outputs to ``size x size`` and concatenate: ``[D, size, size]`` float32."""
+        parts = [blocks[f"t{t}_b{i}"] for t in self.timesteps for i in self.blocks]
+        return torch.cat([F.interpolate(p[None].float(), size=(size, size), mode="bilinear",
+                                        align_corners=False)[0] for p in parts], dim=0)

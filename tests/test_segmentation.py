@@ -1,0 +1,116 @@
+"""The segmentation stage end to end on the synthetic source, on one shared tiny pretrained export."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from mdm.checkpoint import CheckpointError, load_export, save_export
+from mdm.config import load
+from mdm.features import FeatureExtractor
+from mdm.seg_cli import main as seg_main
+from mdm.segmentation import Segmenter, run_segmentation
+
+
+def seg_config(configs_dir, out, *extra):
+    return load(os.path.join(configs_dir, "seg_synthetic.yaml"),
+                [f"seg.out_dir={out}", "seg.ensemble_size=2", "seg.max_epochs=8", "seg.patience=3", *extra])
+
+
+@pytest.fixture(scope="module")
+def baseline(pretrained_export, tmp_path_factory, configs_dir):
+    out = tmp_path_factory.mktemp("seg_baseline")
+    return out, run_segmentation(seg_config(configs_dir, out), pretrained_export, progress=False)
+
+
+def constant_dice(configs_dir):
+    """Dice of predicting 'gland' everywhere, per test image, averaged."""
+    from mdm.data.labeled import load_split
+
+    ds = load_split("synthetic", None, "test")
+    scores = []
+    for i in range(len(ds)):
+        gt = ds[i].label == 1
+        scores.append(2 * gt.sum().item() / (gt.numel() + gt.sum().item()))
+    return sum(scores) / len(scores)
+
+
+def test_ten_percent_labels_beat_a_constant_predictor_and_write_everything(baseline, configs_dir):
+    out, result = baseline
+    assert result["labeled_images"] == 2  # 10% of 20 labeled synthetic images
+    assert result["dice"] > constant_dice(configs_dir) + 0.15, result["dice"]
+    for name in ("metrics.json", "per_image.csv", "label_subset.json", "config.yaml",
+                 "segmenter/ensemble.safetensors", "segmenter/export/unet.safetensors"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert {"dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "per_class_iou"} <= set(saved)
+    assert len(list((out / "predictions").iterdir())) == 20 == len(list((out / "uncertainty").iterdir()))
+
+
+@pytest.mark.parametrize("damage", ["zeroed", "shifted", "wrong_blocks"])
+def test_damaged_features_lower_the_score(baseline, pretrained_export, tmp_path, configs_dir, monkeypatch, damage):
+    _, good = baseline
+    extra = []
+    if damage == "wrong_blocks":
+        extra = ["seg.blocks=[0]"]  # the coarsest decoder block only
+    else:
+        real = FeatureExtractor.pixel_features
+
+        def damaged(self, blocks, size):
+            f = real(self, blocks, size)
+            return torch.zeros_like(f) if damage == "zeroed" else torch.roll(f, shifts=(size // 4, size // 4),
+                                                                             dims=(1, 2))
+        monkeypatch.setattr(FeatureExtractor, "pixel_features", damaged)
+    result = run_segmentation(seg_config(configs_dir, tmp_path, *extra), pretrained_export, progress=False)
+    margin = 0.01 if damage == "wrong_blocks" else 0.05  # a coarse block still sees glands, just blurred
+    assert result["dice"] < good["dice"] - margin, (damage, result["dice"], good["dice"])
+
+
+def test_export_weights_really_load(pretrained_export, tmp_path):
+    model, cfg = load_export(pretrained_export)
+    image = torch.rand(3, 32, 32) * 2 - 1
+    from mdm.diffusion import build_objective
+
+    def features(m):
+        ex = FeatureExtractor(m, build_objective(cfg.diffusion), [-1], [50], seed=0)
+        return ex.pixel_features(ex.tile_blocks("x", image, 32, [__import__("mdm.features").features.Tile(0, 0)])[0],
+                                 32)
+
+    same = features(load_export(pretrained_export)[0])
+    assert torch.equal(features(model), same)  # seeded masks: the same image always gives the same features
+    with torch.no_grad():
+        model.output_blocks[-1][0].in_layers[2].weight.add_(0.1)
+    save_export(tmp_path / "changed", cfg, model, model)
+    assert not torch.allclose(features(load_export(tmp_path / "changed")[0]), same)
+
+
+def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
+    out, _ = baseline
+    from mdm.data.synthetic import render
+
+    images = tmp_path / "new"
+    images.mkdir()
+    for k, (h, w) in enumerate([(45, 71), (20, 33)]):
+        img, _ = render(7, 40 + k, 0, h, w)
+        Image.fromarray(((img.permute(1, 2, 0).numpy() + 1) * 127.5).astype("uint8")).save(images / f"n{k}.png")
+    assert seg_main(["predict", "--model", str(out), "--images", str(images), "--out", str(tmp_path / "p")]) == 0
+    for k, (h, w) in enumerate([(45, 71), (20, 33)]):
+        mask = Image.open(tmp_path / "p" / "predictions" / f"n{k}.png")
+        assert mask.size == (w, h)
+        assert Image.open(tmp_path / "p" / "overlays" / f"n{k}.png").size == (w, h)
+    seg = Segmenter.load(out)
+    assert seg.ensemble.num_classes == 2
+
+
+def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_path, configs_dir, capsys):
+    cfg = os.path.join(configs_dir, "seg_synthetic.yaml")
+    assert seg_main(["--config", cfg, "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "config.yaml: not found" in capsys.readouterr().err
+    assert seg_main(["--config", cfg, "--checkpoint", str(pretrained_export), "--set", "seg.blocks=[40]"]) == 2
+    assert "seg.blocks: block 40 does not exist" in capsys.readouterr().err
+    assert seg_main(["predict", "--model", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "segmenter.yaml: not found" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        Segmenter.load(tmp_path)
