@@ -6,9 +6,10 @@ fraction shared by neighbours, the last window flush with the border; images sma
 For each tile and each extraction timestep, the tile is corrupted by the pretraining objective (MDM: mask ratio
 t / T; DDPM: noise level t) with a **seeded** mask or noise (the key is a function of seed, image name, tile position
 and t, so the same image always gives the same features), the U-Net runs once, and the outputs of the chosen
-``output_blocks`` are kept at their native resolution in fp16. Pixel features are only formed per tile, when needed:
-each block upsampled bilinearly to the tile size and concatenated, giving ``[D, tile, tile]`` with
-``D = len(timesteps) * sum(block channels)``. Nothing holds the features of all pixels of all images at once.
+``output_blocks`` are kept at their native resolution in fp16. Pixel features are only formed for the pixels needed,
+when needed: each block sampled bilinearly at those pixels (as if upsampled to the tile size) and concatenated,
+giving ``[N, D]`` with ``D = len(timesteps) * sum(block channels)``. Nothing holds the features of all pixels of
+all images at once.
 """
 
 from __future__ import annotations
@@ -193,8 +194,17 @@ class FeatureExtractor:
                 self._store(keys[k], blocks)
         return result  # type: ignore[return-value]
 
-    def pixel_features(self, blocks: dict[str, torch.Tensor], size: int) -> torch.Tensor:
-        """Upsample one tile's block outputs to ``size x size`` and concatenate: ``[D, size, size]`` float32."""
+    def pixel_features(self, blocks: dict[str, torch.Tensor], size: int,
+                       index: torch.Tensor | None = None) -> torch.Tensor:
+        """Features ``[N, D]`` float32 of the pixels ``index`` (flat, row-major, of a ``size x size`` tile; default:
+        all pixels) from one tile's block outputs: each block sampled bilinearly (exactly what upsampling the block to
+        ``size x size`` with ``align_corners=False`` would give at those pixels), then concatenated. Only the
+        requested pixels are formed, so memory is ``N x D``, not ``size^2 x D``."""
+        if index is None:
+            index = torch.arange(size * size)
+        ys, xs = torch.div(index, size, rounding_mode="floor"), index % size
+        grid = torch.stack([(2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1], dim=-1).float()  # [N, 2] as (x, y)
+        grid = grid.reshape(1, 1, -1, 2)
         parts = [blocks[f"t{t}_b{i}"] for t in self.timesteps for i in self.blocks]
-        return torch.cat([F.interpolate(p[None].float(), size=(size, size), mode="bilinear",
-                                        align_corners=False)[0] for p in parts], dim=0)
+        return torch.cat([F.grid_sample(p[None].float(), grid, mode="bilinear", padding_mode="border",
+                                        align_corners=False)[0, :, 0].T for p in parts], dim=1)

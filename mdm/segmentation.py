@@ -40,6 +40,7 @@ from .features import FeatureExtractor, Tile, file_fingerprint, gaussian_weight,
 from .pixel_classifier import PixelEnsemble, combine, entropy, fit_ensemble
 
 STREAM_VAL = 21
+PREDICT_CHUNK = 8192  # pixels whose features are formed at once at inference
 
 
 def validation_mask(name: str, height: int, width: int, fraction: float, seed: int, block: int = 8) -> torch.Tensor:
@@ -97,11 +98,11 @@ class PixelStream:
                 labels[h:, :] = IGNORE_INDEX
                 labels[:, w:] = IGNORE_INDEX
 
-    def tile_features(self, t: TrainTile) -> torch.Tensor:
+    def tile_features(self, t: TrainTile, index: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` features of the tile's flat pixel indices ``index``."""
         im = self.images[t.image_index]
         blocks = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])[0]
-        feats = self.extractor.pixel_features(blocks, self.tile_size)
-        return feats.flatten(1).T  # [S*S, D]
+        return self.extractor.pixel_features(blocks, self.tile_size, index)
 
     def _labels(self, t: TrainTile, which: list[torch.Tensor]) -> torch.Tensor:
         s = self.tile_size
@@ -118,8 +119,11 @@ class PixelStream:
         d = self.extractor.feature_dim
         s1, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
         for t in self.tiles:
-            keep = self._labels(t, self.train_labels) != IGNORE_INDEX
-            x = self.tile_features(t)[keep].double()
+            keep = (self._labels(t, self.train_labels) != IGNORE_INDEX).nonzero().squeeze(1)
+            if keep.numel() > self.pixels_per_tile > 0:
+                keep = keep[torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))][
+                    :self.pixels_per_tile]
+            x = self.tile_features(t, keep).double()
             s1 += x.sum(0)
             s2 += (x * x).sum(0)
             n += x.shape[0]
@@ -138,8 +142,7 @@ class PixelStream:
             if cap and keep.numel() > cap:
                 g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
                 keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
-            x = self.tile_features(t)[keep]
-            buf_x.append(x)
+            buf_x.append(self.tile_features(t, keep))
             buf_y.append(y[keep])
             size += keep.numel()
             if size >= self.batch_pixels:
@@ -174,8 +177,9 @@ class Segmenter:
         norm = torch.zeros(hp, wp)
         weight = gaussian_weight(s)
         for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles)):
-            feats = self.extractor.pixel_features(blocks, s).flatten(1).T  # [S*S, D]
-            probs = self.ensemble.member_probs(feats).reshape(m, s, s, c).permute(0, 3, 1, 2)
+            probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
+                               for chunk in torch.arange(s * s).split(PREDICT_CHUNK)], dim=1)
+            probs = probs.reshape(m, s, s, c).permute(0, 3, 1, 2)
             acc[:, :, tile.top:tile.top + s, tile.left:tile.left + s] += probs * weight
             norm[tile.top:tile.top + s, tile.left:tile.left + s] += weight
         return (acc / norm)[:, :, :h, :w]

@@ -9,7 +9,7 @@ from PIL import Image
 
 from mdm.checkpoint import CheckpointError, load_export, save_export
 from mdm.config import load
-from mdm.features import FeatureExtractor
+from mdm.features import FeatureExtractor, Tile
 from mdm.seg_cli import main as seg_main
 from mdm.segmentation import Segmenter, run_segmentation
 
@@ -58,10 +58,13 @@ def test_damaged_features_lower_the_score(baseline, pretrained_export, tmp_path,
     else:
         real = FeatureExtractor.pixel_features
 
-        def damaged(self, blocks, size):
-            f = real(self, blocks, size)
-            return torch.zeros_like(f) if damage == "zeroed" else torch.roll(f, shifts=(size // 4, size // 4),
-                                                                             dims=(1, 2))
+        def damaged(self, blocks, size, index=None):
+            if index is None:
+                index = torch.arange(size * size)
+            if damage == "zeroed":
+                return torch.zeros_like(real(self, blocks, size, index))
+            ys, xs = torch.div(index, size, rounding_mode="floor"), index % size  # read a quarter tile away
+            return real(self, blocks, size, ((ys + size // 4) % size) * size + (xs + size // 4) % size)
         monkeypatch.setattr(FeatureExtractor, "pixel_features", damaged)
     result = run_segmentation(seg_config(configs_dir, tmp_path, *extra), pretrained_export, progress=False)
     margin = 0.01 if damage == "wrong_blocks" else 0.05  # a coarse block still sees glands, just blurred
@@ -75,8 +78,7 @@ def test_export_weights_really_load(pretrained_export, tmp_path):
 
     def features(m):
         ex = FeatureExtractor(m, build_objective(cfg.diffusion), [-1], [50], seed=0)
-        return ex.pixel_features(ex.tile_blocks("x", image, 32, [__import__("mdm.features").features.Tile(0, 0)])[0],
-                                 32)
+        return ex.pixel_features(ex.tile_blocks("x", image, 32, [Tile(0, 0)])[0], 32)
 
     same = features(load_export(pretrained_export)[0])
     assert torch.equal(features(model), same)  # seeded masks: the same image always gives the same features
@@ -114,3 +116,16 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
     assert "segmenter.yaml: not found" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         Segmenter.load(tmp_path)
+
+
+def test_pixel_features_equal_upsampling_the_blocks():
+    """Sampling selected pixels gives exactly what upsampling each block to the tile size would give there."""
+    ex = FeatureExtractor.__new__(FeatureExtractor)
+    ex.timesteps, ex.blocks = [50], [0, 1]
+    blocks = {"t50_b0": torch.randn(4, 8, 8).half(), "t50_b1": torch.randn(2, 16, 16).half()}
+    full = torch.cat([torch.nn.functional.interpolate(blocks[k][None].float(), size=(32, 32), mode="bilinear",
+                                                      align_corners=False)[0] for k in ("t50_b0", "t50_b1")])
+    index = torch.tensor([0, 31, 32 * 5 + 7, 32 * 32 - 1])
+    expected = full.flatten(1).T[index]
+    assert torch.allclose(ex.pixel_features(blocks, 32, index), expected, atol=1e-5)
+    assert ex.pixel_features(blocks, 32).shape == (32 * 32, 6)
