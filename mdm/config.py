@@ -79,7 +79,8 @@ class DataConfig:
     num_workers: int = 0
     synthetic_images: int = 256
     synthetic_image_size: int = 64
-    seed: int = 0
+    synthetic_seed: int = 0  # which synthetic world (slides, images); the same for pretraining and segmentation
+    seed: int = 0  # draws the labeled subset (segmentation)
     # segmentation stage
     label_fraction: float = 1.0
     val_fraction: float = 0.1

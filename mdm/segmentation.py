@@ -254,13 +254,15 @@ def run_segmentation(cfg: Config, export_dir: str | Path, progress: bool = True)
     tile_size = cfg.seg.tile_size or pre_cfg.data.crop_size
     extractor.model.check_input_size(tile_size, tile_size)
     dc = cfg.data
-    kw = dict(synthetic_seed=dc.seed, synthetic_size=dc.synthetic_image_size)
+    kw = dict(synthetic_seed=dc.synthetic_seed, synthetic_size=dc.synthetic_image_size)
     if dc.num_classes:
         kw["num_classes"] = dc.num_classes
     train_ds = load_split(dc.source, dc.root[0] if dc.root else None, "train", **kw)
     test_ds = load_split(dc.source, dc.root[0] if dc.root else None, "test", **kw)
     chosen = label_subset(len(train_ds), dc.label_fraction, dc.seed)
     train_images = _load_images(train_ds.subset(chosen))
+    for i in range(len(test_ds)):  # read every test image once: a bad file stops the run before anything is written
+        test_ds[i]
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     (out / "label_subset.json").write_text(json.dumps(

@@ -90,20 +90,19 @@ def test_export_weights_really_load(pretrained_export, tmp_path):
 
 def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
     out, _ = baseline
-    from mdm.data.synthetic import render
+    from mdm.data.synthetic import save_examples
 
-    images = tmp_path / "new"
-    images.mkdir()
-    for k, (h, w) in enumerate([(45, 71), (20, 33)]):
-        img, _ = render(7, 40 + k, 0, h, w)
-        Image.fromarray(((img.permute(1, 2, 0).numpy() + 1) * 127.5).astype("uint8")).save(images / f"n{k}.png")
-    assert seg_main(["predict", "--model", str(out), "--images", str(images), "--out", str(tmp_path / "p")]) == 0
-    for k, (h, w) in enumerate([(45, 71), (20, 33)]):
-        mask = Image.open(tmp_path / "p" / "predictions" / f"n{k}.png")
-        assert mask.size == (w, h)
-        assert Image.open(tmp_path / "p" / "overlays" / f"n{k}.png").size == (w, h)
-    seg = Segmenter.load(out)
-    assert seg.ensemble.num_classes == 2
+    paths = save_examples(str(tmp_path / "new"), 2)
+    assert seg_main(["predict", "--model", str(out), "--images", str(tmp_path / "new"), "--out",
+                     str(tmp_path / "p")]) == 0
+    assert all(side % 32 for side in Image.open(paths[1]).size)  # 89 x 65: no multiple of the 32 px tile
+    for path in paths:
+        size = Image.open(path).size
+        name = os.path.basename(path)
+        assert Image.open(tmp_path / "p" / "predictions" / name).size == size
+        assert Image.open(tmp_path / "p" / "overlays" / name).size == size
+        assert Image.open(tmp_path / "p" / "uncertainty" / name).size == size
+    assert Segmenter.load(out).ensemble.num_classes == 2
 
 
 def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_path, configs_dir, capsys):

@@ -13,7 +13,7 @@ def build_pretrain_dataset(data_cfg):
                                   data_cfg.color_mode, data_cfg.exclude, data_cfg.skip_unreadable)
     if data_cfg.source == "synthetic":
         return SyntheticPoolDataset(data_cfg.synthetic_images, data_cfg.synthetic_image_size, data_cfg.crop_size,
-                                    data_cfg.crop, data_cfg.hflip, data_cfg.seed)
+                                    data_cfg.crop, data_cfg.hflip, data_cfg.synthetic_seed)
     raise DataError(f"data.source {data_cfg.source!r} is not a pretraining source (use folder or synthetic)")
 
 

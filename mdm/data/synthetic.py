@@ -206,3 +206,23 @@ class SyntheticHistology:
         """``(image [3, H, W] in [-1, 1], instances [H, W])``."""
         size = size or self.image_size
         return render(self.seed, slide, index, size, size)
+
+
+def save_examples(folder: str, count: int, seed: int = 99) -> list[str]:
+    """Write ``count`` new synthetic images of varied, odd sizes (from slides no split uses) as PNG files, for
+    trying ``finetune_seg.py predict``; returns their paths."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k in range(count):
+        h, w = 48 + 17 * k, 80 + 9 * k
+        image, _ = render(seed, 500 + k, 0, h, w)
+        path = out / f"new_{k}.png"
+        Image.fromarray(((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
