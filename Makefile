@@ -23,16 +23,14 @@ test: lint
 
 DEMO := runs/demo
 
-# pretrain MDM on the synthetic pool (~5 min on 2 cores), segment unseen test slides with 10% of the labels,
-# then segment a folder of new images with the saved segmenter
+# the whole story on the built-in synthetic data (~20 min on 2 cores): pretrain MDM and DDPM, sweep 10% / 100%
+# labels x 2 seeds x 6 methods, print the table, write the plots; then segment new images with a saved segmenter
 demo: $(STAMP)
-	$(BIN)/python train.py --config configs/tiny.yaml --out $(DEMO)/pretrain_mdm --set train.max_steps=1500
-	$(BIN)/python finetune_seg.py --config configs/seg_synthetic.yaml --checkpoint $(DEMO)/pretrain_mdm/export \
-		--out $(DEMO)/seg_mdm
+	$(BIN)/python -m mdm.benchmark --config configs/bench_demo.yaml --out $(DEMO)
 	$(BIN)/python -c "from mdm.data.synthetic import save_examples; save_examples('$(DEMO)/new_images', 3)"
-	$(BIN)/python finetune_seg.py predict --model $(DEMO)/seg_mdm --images $(DEMO)/new_images \
+	$(BIN)/python finetune_seg.py predict --model $(DEMO)/runs/mdm/f0.1_s0 --images $(DEMO)/new_images \
 		--out $(DEMO)/predict
-	@echo "demo outputs in $(DEMO)/: pretrain_mdm/samples/*.png (reconstructions), seg_mdm/metrics.json, seg_mdm/overlays/"
+	@echo "see $(DEMO)/results.md, label_efficiency.png, pretrain_budget.png, pretrain_mdm/samples/, predict/overlays/"
 
 bench: $(STAMP)
 	$(BIN)/python bench/pretrain_throughput.py

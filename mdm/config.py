@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+BENCH_METHODS = ("mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch")
+
 
 class ConfigError(ValueError):
     """A bad config file, key or value; the message names the key."""
@@ -121,6 +123,12 @@ class SegConfig:
     ``data.crop_size``. ``cache_dir`` empty keeps block outputs in memory instead of on disk.
     """
 
+    mode: str = "frozen"  # frozen: features + pixel MLPs; finetune: train a whole network end to end
+    arch: str = "unet"  # finetune only: unet (the export's U-Net + 1x1 head) or smp (segmentation-models-pytorch)
+    smp_encoder: str = "resnet18"
+    finetune_lr: float = 2e-4
+    crops_per_epoch: int = 64
+    batch_size: int = 8
     blocks: list[int] = field(default_factory=lambda: [-3, -2, -1])
     timesteps: list[int] = field(default_factory=lambda: [50])
     seed: int = 0
@@ -141,12 +149,35 @@ class SegConfig:
 
 
 @dataclass
+class BenchConfig:
+    """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods.
+
+    Methods: ``mdm``, ``ddpm``, ``random`` (frozen features + pixel MLPs of the MDM-pretrained, DDPM-pretrained and
+    randomly initialised U-Net), ``mdm-ft``, ``unet-scratch`` (the U-Net + 1x1 head fine-tuned end to end from the MDM
+    weights / from the same random init), ``smp-scratch`` (a segmentation-models-pytorch U-Net from scratch).
+    ``pretrain_steps`` is the pretraining budget of both ``mdm`` and ``ddpm``; ``budget_exports`` exports are kept
+    along the way (evenly spaced, plus step 0) for the pretraining-budget curve.
+    """
+
+    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    methods: list[str] = field(default_factory=lambda: ["mdm", "ddpm", "random", "mdm-ft", "unet-scratch",
+                                                        "smp-scratch"])
+    metric: str = "dice"
+    pretrain_steps: int = 1000
+    budget_exports: int = 4
+    budget_methods: list[str] = field(default_factory=lambda: ["mdm", "mdm-ft"])
+    out_dir: str = "runs/bench"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     def validate(self) -> "Config":
         """Check value ranges and choices; raise ``ConfigError`` naming the key."""
@@ -157,6 +188,8 @@ class Config:
             "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "generic"}),
             "seg.combine": (self.seg.combine, {"vote", "mean_prob", "individual"}),
             "seg.weights": (self.seg.weights, {"ema", "raw"}),
+            "seg.mode": (self.seg.mode, {"frozen", "finetune"}),
+            "seg.arch": (self.seg.arch, {"unet", "smp"}),
             "data.crop": (self.data.crop, {"random", "resize"}),
             "data.color_mode": (self.data.color_mode, {"RGB", "L"}),
             "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16"}),
@@ -164,6 +197,9 @@ class Config:
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed)}")
+        unknown = sorted(set(self.bench.methods) - set(BENCH_METHODS))
+        if unknown:
+            raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
         positive = {"train.max_steps": self.train.max_steps, "train.batch_size": self.train.batch_size,
                     "train.grad_accum_steps": self.train.grad_accum_steps, "model.image_size": self.model.image_size,
                     "data.crop_size": self.data.crop_size, "diffusion.timesteps": self.diffusion.timesteps,

@@ -84,6 +84,23 @@ def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> torch.Tensor:
     return (w / w.max()).clamp_min(1e-3)
 
 
+def blend_tiles(height: int, width: int, tile: int, tile_probs) -> torch.Tensor:
+    """Blend per-tile predictions into a whole image with Gaussian weights.
+
+    ``tile_probs`` yields ``(Tile, probs [M, C, tile, tile])`` for windows of the image padded to at least ``tile``
+    (see ``tile_grid``); returns ``[M, C, height, width]``.
+    """
+    acc = norm = None
+    weight = gaussian_weight(tile)
+    for t, probs in tile_probs:
+        if acc is None:
+            acc = torch.zeros(*probs.shape[:2], max(height, tile), max(width, tile))
+            norm = torch.zeros(acc.shape[-2:])
+        acc[:, :, t.top:t.top + tile, t.left:t.left + tile] += probs * weight
+        norm[t.top:t.top + tile, t.left:t.left + tile] += weight
+    return (acc / norm)[:, :, :height, :width]
+
+
 def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
     """A short content hash of a weights file (size + first and last MiB), to key the feature cache."""
     path = Path(path)

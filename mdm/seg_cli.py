@@ -17,7 +17,8 @@ def _train_parser() -> argparse.ArgumentParser:
                                 "features of a pretraining export, evaluate them, and save the segmenter. "
                                 "Use 'finetune_seg.py predict --help' to segment new images.")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/seg_glas.yaml")
-    p.add_argument("--checkpoint", required=True, help="a pretraining export folder, e.g. runs/tiny/export")
+    p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
+                   "seg.mode=finetune with seg.arch=smp)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="run folder (default: seg.out_dir)")
     return p
@@ -42,7 +43,7 @@ def predict_main(args) -> None:
     for f in files:
         image = load_image(f, "RGB")
         labels, unc, _ = seg.predict(f.stem, image)
-        save_prediction_images(out, f.stem, image, labels, unc, seg.ensemble.num_classes)
+        save_prediction_images(out, f.stem, image, labels, unc, seg.num_classes)
     print(f"segmented {len(files)} images into {out}")
 
 
@@ -56,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load(args.config, args.overrides)
         if args.out:
             cfg.seg.out_dir = args.out
-        from .segmentation import run_segmentation
+        if cfg.seg.mode == "finetune":
+            from .finetune import run_finetune
 
-        result = run_segmentation(cfg, args.checkpoint)
+            result = run_finetune(cfg, args.checkpoint)
+        else:
+            if not args.checkpoint:
+                raise ValueError("--checkpoint is required (a pretraining export folder) for seg.mode=frozen")
+            from .segmentation import run_segmentation
+
+            result = run_segmentation(cfg, args.checkpoint)
         keys = ["dice", "iou", "miou", "member_dice_mean", "member_dice_std", "object_f1", "object_dice", "aji"]
         print(json.dumps({k: round(result[k], 4) for k in keys if k in result}))
         print(f"results in {cfg.seg.out_dir}")

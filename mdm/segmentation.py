@@ -36,7 +36,7 @@ from .checkpoint import WEIGHTS, CheckpointError, load_export, replace_dir
 from .config import Config, dump, from_dict, to_dict
 from .data.labeled import IGNORE_INDEX, LabeledImage, label_subset, load_split
 from .diffusion import build_objective
-from .features import FeatureExtractor, Tile, file_fingerprint, gaussian_weight, pad_to_tile, tile_grid
+from .features import FeatureExtractor, Tile, blend_tiles, file_fingerprint, pad_to_tile, tile_grid
 from .pixel_classifier import PixelEnsemble, combine, entropy, fit_ensemble
 
 STREAM_VAL = 21
@@ -66,6 +66,23 @@ def drop_small_classes(label: torch.Tensor, min_pixels: int) -> torch.Tensor:
     return label
 
 
+def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int,
+                 min_class_pixels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation labels ``[H', W']`` of a labeled image, padded like the image to at least ``tile``
+    (padding is ignored): validation pixels (``validation_mask``) are ignored in the first, all others in the
+    second."""
+    h, w = im.label.shape
+    lab = drop_small_classes(im.label, min_class_pixels)
+    val = validation_mask(im.name, h, w, val_fraction, seed)
+    out = []
+    for labels in (torch.where(val, IGNORE_INDEX, lab), torch.where(val, lab, IGNORE_INDEX)):
+        padded = pad_to_tile(labels.float(), tile).long()
+        padded[h:, :] = IGNORE_INDEX
+        padded[:, w:] = IGNORE_INDEX
+        out.append(padded)
+    return out[0], out[1]
+
+
 @dataclass
 class TrainTile:
     image_index: int
@@ -82,21 +99,11 @@ class PixelStream:
         self.tiles: list[TrainTile] = []
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
-            h, w = im.label.shape
-            lab = drop_small_classes(im.label, min_class_pixels)
-            val = validation_mask(im.name, h, w, val_fraction, seed)
-            self.train_labels.append(pad_to_tile(torch.where(val, IGNORE_INDEX, lab).float(), tile_size).long())
-            self.val_labels.append(pad_to_tile(torch.where(val, lab, IGNORE_INDEX).float(), tile_size).long())
-            for tile in tile_grid(h, w, tile_size, overlap):
+            train, val = split_labels(im, tile_size, val_fraction, seed, min_class_pixels)
+            self.train_labels.append(train)
+            self.val_labels.append(val)
+            for tile in tile_grid(*im.label.shape, tile_size, overlap):
                 self.tiles.append(TrainTile(k, tile))
-        self._mark_padding()
-
-    def _mark_padding(self) -> None:
-        for k, im in enumerate(self.images):
-            h, w = im.label.shape
-            for labels in (self.train_labels[k], self.val_labels[k]):
-                labels[h:, :] = IGNORE_INDEX
-                labels[:, w:] = IGNORE_INDEX
 
     def tile_features(self, t: TrainTile, index: torch.Tensor) -> torch.Tensor:
         """``[N, D]`` features of the tile's flat pixel indices ``index``."""
@@ -165,24 +172,22 @@ class Segmenter:
 
     def __init__(self, cfg: Config, extractor: FeatureExtractor, ensemble: PixelEnsemble, tile_size: int):
         self.cfg, self.extractor, self.ensemble, self.tile_size = cfg, extractor, ensemble, tile_size
+        self.num_classes, self.num_members = ensemble.num_classes, len(ensemble.members)
 
     @torch.no_grad()
     def member_probs(self, name: str, image: torch.Tensor) -> torch.Tensor:
         """``image [3, H, W]`` -> ``[M, C, H, W]`` member probabilities, tiles blended with Gaussian weights."""
         _, h, w = image.shape
-        s, c, m = self.tile_size, self.ensemble.num_classes, len(self.ensemble.members)
+        s, c, m = self.tile_size, self.num_classes, self.num_members
         tiles = tile_grid(h, w, s, self.cfg.seg.overlap)
-        hp, wp = max(h, s), max(w, s)
-        acc = torch.zeros(m, c, hp, wp)
-        norm = torch.zeros(hp, wp)
-        weight = gaussian_weight(s)
-        for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles)):
-            probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
-                               for chunk in torch.arange(s * s).split(PREDICT_CHUNK)], dim=1)
-            probs = probs.reshape(m, s, s, c).permute(0, 3, 1, 2)
-            acc[:, :, tile.top:tile.top + s, tile.left:tile.left + s] += probs * weight
-            norm[tile.top:tile.top + s, tile.left:tile.left + s] += weight
-        return (acc / norm)[:, :, :h, :w]
+
+        def per_tile():
+            for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles)):
+                probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
+                                   for chunk in torch.arange(s * s).split(PREDICT_CHUNK)], dim=1)
+                yield tile, probs.reshape(m, s, s, c).permute(0, 3, 1, 2)
+
+        return blend_tiles(h, w, s, per_tile())
 
     def predict(self, name: str, image: torch.Tensor):
         """``(labels [H, W] int64, uncertainty [H, W] entropy, member_probs [M, C, H, W])``."""
@@ -197,7 +202,7 @@ class Segmenter:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_file({k: v.contiguous() for k, v in self.ensemble.state_dict().items()}, str(tmp / "ensemble.safetensors"))
-        meta = {"config": to_dict(self.cfg), "feature_dim": self.ensemble.dim,
+        meta = {"kind": "pixel_ensemble", "config": to_dict(self.cfg), "feature_dim": self.ensemble.dim,
                 "num_classes": self.ensemble.num_classes, "members": len(self.ensemble.members),
                 "tile_size": self.tile_size}
         (tmp / "segmenter.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
@@ -219,6 +224,10 @@ class Segmenter:
         if not meta_path.is_file():
             raise CheckpointError(f"{meta_path}: not found (pass a segmentation run folder or its segmenter/)")
         meta = yaml.safe_load(meta_path.read_text())
+        if meta.get("kind") == "supervised":
+            from .finetune import SupervisedSegmenter
+
+            return SupervisedSegmenter.load(folder, meta)
         cfg = from_dict(meta["config"])
         extractor, _ = build_extractor(cfg, folder / "export", device)
         ensemble = PixelEnsemble(meta["feature_dim"], meta["num_classes"], meta["members"])
@@ -240,8 +249,37 @@ def build_extractor(cfg: Config, export_dir: Path, device: str = "cpu"):
     return extractor, pre_cfg
 
 
-def _load_images(ds) -> list[LabeledImage]:
-    return [ds[i] for i in range(len(ds))]
+@dataclass
+class SegData:
+    """The splits of a segmentation run: the labeled subset (loaded) and the lazy test split."""
+
+    train_images: list[LabeledImage]
+    test: object
+    class_names: list[str]
+    num_classes: int
+
+
+def prepare_run(cfg: Config) -> SegData:
+    """Open the splits, draw the labeled subset (``data.label_fraction``, ``data.seed``), read every image once (a
+    bad file stops the run before anything is written), then write ``config.yaml`` and ``label_subset.json``."""
+    dc = cfg.data
+    kw = dict(synthetic_seed=dc.synthetic_seed, synthetic_size=dc.synthetic_image_size)
+    if dc.num_classes:
+        kw["num_classes"] = dc.num_classes
+    root = dc.root[0] if dc.root else None
+    train_ds, test_ds = load_split(dc.source, root, "train", **kw), load_split(dc.source, root, "test", **kw)
+    chosen = label_subset(len(train_ds), dc.label_fraction, dc.seed)
+    subset = train_ds.subset(chosen)
+    train_images = [subset[i] for i in range(len(subset))]
+    for i in range(len(test_ds)):
+        test_ds[i]
+    out = Path(cfg.seg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump(cfg, out / "config.yaml")
+    (out / "label_subset.json").write_text(json.dumps(
+        {"label_fraction": dc.label_fraction, "seed": dc.seed, "indices": chosen,
+         "names": [train_ds.names[i] for i in chosen]}, indent=1))
+    return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes)
 
 
 def run_segmentation(cfg: Config, export_dir: str | Path, progress: bool = True) -> dict:
@@ -253,26 +291,13 @@ def run_segmentation(cfg: Config, export_dir: str | Path, progress: bool = True)
     cfg.model, cfg.diffusion = pre_cfg.model, pre_cfg.diffusion  # the architecture comes from the export
     tile_size = cfg.seg.tile_size or pre_cfg.data.crop_size
     extractor.model.check_input_size(tile_size, tile_size)
-    dc = cfg.data
-    kw = dict(synthetic_seed=dc.synthetic_seed, synthetic_size=dc.synthetic_image_size)
-    if dc.num_classes:
-        kw["num_classes"] = dc.num_classes
-    train_ds = load_split(dc.source, dc.root[0] if dc.root else None, "train", **kw)
-    test_ds = load_split(dc.source, dc.root[0] if dc.root else None, "test", **kw)
-    chosen = label_subset(len(train_ds), dc.label_fraction, dc.seed)
-    train_images = _load_images(train_ds.subset(chosen))
-    for i in range(len(test_ds)):  # read every test image once: a bad file stops the run before anything is written
-        test_ds[i]
-    out.mkdir(parents=True, exist_ok=True)
-    dump(cfg, out / "config.yaml")
-    (out / "label_subset.json").write_text(json.dumps(
-        {"label_fraction": dc.label_fraction, "seed": dc.seed, "indices": chosen,
-         "names": [train_ds.names[i] for i in chosen]}, indent=1))
+    data = prepare_run(cfg)
+    train_images, dc = data.train_images, cfg.data
 
     stream = PixelStream(extractor, train_images, tile_size, cfg.seg.overlap, dc.val_fraction, cfg.seg.seed,
                          cfg.seg.min_class_pixels, cfg.seg.batch_pixels, cfg.seg.pixels_per_tile)
     stream.prefetch(progress)
-    ensemble = PixelEnsemble(extractor.feature_dim, train_ds.num_classes, cfg.seg.ensemble_size, cfg.seg.seed)
+    ensemble = PixelEnsemble(extractor.feature_dim, data.num_classes, cfg.seg.ensemble_size, cfg.seg.seed)
     if cfg.seg.normalize:
         ensemble.mean, ensemble.std = stream.feature_stats()
     bar = tqdm(total=cfg.seg.max_epochs, desc="pixel MLPs", disable=None if progress else True, leave=False)
@@ -285,9 +310,9 @@ def run_segmentation(cfg: Config, export_dir: str | Path, progress: bool = True)
                            cfg.seg.patience, cfg.seg.lr, progress=tick)
     bar.close()
     segmenter = Segmenter(cfg, extractor, ensemble.eval(), tile_size)
-    result = evaluate(segmenter, test_ds, out, train_ds.class_names, progress)
+    result = evaluate(segmenter, data.test, out, data.class_names, progress)
     result["members"] = history
-    result["labeled_images"] = len(chosen)
+    result["labeled_images"] = len(train_images)
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     segmenter.save(out / "segmenter", export_dir)
     return result
@@ -295,8 +320,7 @@ def run_segmentation(cfg: Config, export_dir: str | Path, progress: bool = True)
 
 def evaluate(segmenter: Segmenter, test_ds, out: Path, class_names: list[str], progress: bool = True) -> dict:
     """Segment every test image; write PNGs and ``per_image.csv``; return the pooled metrics."""
-    c = segmenter.ensemble.num_classes
-    m = len(segmenter.ensemble.members)
+    c, m = segmenter.num_classes, segmenter.num_members
     binary = c == 2
     cm = np.zeros((c, c), dtype=np.int64)
     member_dice: list[list[float]] = [[] for _ in range(m)]

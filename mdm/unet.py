@@ -288,6 +288,10 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x [B, C_in, H, W]``, ``timesteps [B]`` -> ``[B, C_out, H, W]``."""
+        return self.out(self.decode(x, timesteps))
+
+    def decode(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The last decoder block's output ``[B, model_channels * channel_mult[0], H, W]`` (before ``out``)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input [B, {self.in_channels}, H, W], got {list(x.shape)}")
         self.check_input_size(x.shape[-2], x.shape[-1])
@@ -300,4 +304,4 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        return h

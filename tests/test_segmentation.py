@@ -102,7 +102,7 @@ def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
         assert Image.open(tmp_path / "p" / "predictions" / name).size == size
         assert Image.open(tmp_path / "p" / "overlays" / name).size == size
         assert Image.open(tmp_path / "p" / "uncertainty" / name).size == size
-    assert Segmenter.load(out).ensemble.num_classes == 2
+    assert Segmenter.load(out).num_classes == 2
 
 
 def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_path, configs_dir, capsys):

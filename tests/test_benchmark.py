@@ -1,0 +1,41 @@
+"""A miniature label-efficiency sweep end to end: files, table, plots, and resuming skips finished runs."""
+
+import csv
+import os
+
+from mdm.config import load
+
+MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
+        "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
+        "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
+        "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.1,0.5]", "bench.seeds=[0]",
+        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch]", "bench.pretrain_steps=4", "bench.budget_exports=2"]
+
+
+def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monkeypatch, capsys):
+    from mdm import benchmark, finetune, segmentation
+
+    cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}"])
+    assert benchmark.main(["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path),
+                           *[a for o in MINI for a in ("--set", o)]]) == 0
+    printed = capsys.readouterr().out
+    assert "| mdm-ft |" in printed and "label_efficiency.png" in printed
+    for name in ("results.csv", "results.md", "label_efficiency.png", "budget.csv", "pretrain_budget.png"):
+        assert (tmp_path / name).is_file(), name
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 2 * 5
+    assert {r["method"] for r in rows} == {"mdm", "ddpm", "random", "mdm-ft", "smp-scratch"}
+    assert all(0 <= float(r["dice"]) <= 1 for r in rows)
+    assert {r["labeled_images"] for r in rows if r["label_fraction"] == "0.1"} == {"2"}
+    budget = list(csv.DictReader((tmp_path / "budget.csv").open()))
+    assert sorted({int(b["pretrain_steps"]) for b in budget}) == [0, 2, 4]
+    # random and unet-scratch start from the MDM run's step-0 export: the same initial weights as mdm
+    assert (tmp_path / "pretrain_mdm" / "exports" / "step_0" / "unet.safetensors").is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(segmentation, "run_segmentation", refuse)
+    monkeypatch.setattr(finetune, "run_finetune", refuse)
+    again = benchmark.run_benchmark(cfg, log=lambda *_: None)
+    assert [r["dice"] for r in again["rows"]] == [float(r["dice"]) for r in rows]
