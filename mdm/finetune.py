@@ -50,6 +50,8 @@ class UNetWithHead(nn.Module):
 
 
 def build_network(cfg: Config, num_classes: int, export_dir: Path | None) -> nn.Module:
+    """The network to train; new layers are initialised from ``seg.seed`` (the same run gives the same result)."""
+    torch.manual_seed(cfg.seg.seed)
     if cfg.seg.arch == "unet":
         if export_dir is None:
             raise ValueError("seg.arch=unet needs --checkpoint (an export; exports/step_0 is the random init)")
@@ -58,7 +60,6 @@ def build_network(cfg: Config, num_classes: int, export_dir: Path | None) -> nn.
         return UNetWithHead(unet, num_classes)
     import segmentation_models_pytorch as smp
 
-    torch.manual_seed(cfg.seg.seed)
     return smp.Unet(encoder_name=cfg.seg.smp_encoder, encoder_weights=None, in_channels=3, classes=num_classes)
 
 
