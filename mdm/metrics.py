@@ -25,7 +25,7 @@ Empty-case values are listed in each function's docstring and in ``docs/metrics.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -180,8 +180,20 @@ def _relabel(inst: np.ndarray) -> tuple[np.ndarray, int]:
     return out, int(ids.size)
 
 
-def _prepare(pred_inst: Any, gt_inst: Any) -> tuple[np.ndarray, int, np.ndarray, int, np.ndarray]:
-    """Relabel both maps and build the contingency table ``[K_g + 1, K_p + 1]`` (row/col 0 = background)."""
+class _Overlaps(NamedTuple):
+    """Both maps relabelled 1..K, and their overlaps: ``inter [K_g, K_p]`` pixel counts, object areas ``[K]``."""
+
+    p: np.ndarray
+    kp: int
+    g: np.ndarray
+    kg: int
+    inter: np.ndarray
+    gt_area: np.ndarray
+    pr_area: np.ndarray
+
+
+def _prepare(pred_inst: Any, gt_inst: Any) -> _Overlaps:
+    """Relabel both maps and count overlaps with one contingency table ``[K_g + 1, K_p + 1]`` (0 = background)."""
     p = _to_numpy(pred_inst)
     g = _to_numpy(gt_inst)
     if p.shape != g.shape:
@@ -193,7 +205,8 @@ def _prepare(pred_inst: Any, gt_inst: Any) -> tuple[np.ndarray, int, np.ndarray,
     p, kp = _relabel(p)
     g, kg = _relabel(g)
     table = np.bincount((g * (kp + 1) + p).ravel(), minlength=(kg + 1) * (kp + 1)).reshape(kg + 1, kp + 1)
-    return p, kp, g, kg, table
+    return _Overlaps(p, kp, g, kg, table[1:, 1:].astype(np.float64), table[1:, :].sum(axis=1).astype(np.float64),
+                     table[:, 1:].sum(axis=0).astype(np.float64))
 
 
 def _hausdorff_pair(a_map: np.ndarray, a_id: int, a_slice, b_map: np.ndarray, b_id: int, b_slice) -> float:
@@ -231,13 +244,11 @@ def object_f1(pred_inst: Any, gt_inst: Any) -> dict[str, float]:
 
     Returns ``dict(f1, precision, recall, tp, fp, fn)`` (counts as ints, the rest as floats).
     """
-    _, kp, _, kg, table = _prepare(pred_inst, gt_inst)
+    _, kp, _, kg, inter, gt_area, _ = _prepare(pred_inst, gt_inst)
     if kp == 0 and kg == 0:
         return dict(f1=1.0, precision=1.0, recall=1.0, tp=0, fp=0, fn=0)
     if kp == 0 or kg == 0:
         return dict(f1=0.0, precision=0.0, recall=0.0, tp=0, fp=kp, fn=kg)
-    inter = table[1:, 1:]  # [K_g, K_p]
-    gt_area = table[1:, :].sum(axis=1)  # [K_g]
     best_g = inter.argmax(axis=0)  # [K_p] gt with max overlap for each predicted object
     best_overlap = inter[best_g, np.arange(kp)]
     tp = int(np.count_nonzero(best_overlap > 0.5 * gt_area[best_g]))
@@ -261,14 +272,11 @@ def object_dice(pred_inst: Any, gt_inst: Any) -> float:
 
     Empty cases: both maps without objects -> 1.0; exactly one side without objects -> 0.0.
     """
-    _, kp, _, kg, table = _prepare(pred_inst, gt_inst)
+    _, kp, _, kg, inter, gt_area, pr_area = _prepare(pred_inst, gt_inst)
     if kp == 0 and kg == 0:
         return 1.0
     if kp == 0 or kg == 0:
         return 0.0
-    inter = table[1:, 1:].astype(np.float64)  # [K_g, K_p]
-    gt_area = table[1:, :].sum(axis=1).astype(np.float64)
-    pr_area = table[:, 1:].sum(axis=0).astype(np.float64)
 
     # gt side: best predicted partner per gt object
     j = inter.argmax(axis=1)
@@ -298,14 +306,11 @@ def object_hausdorff(pred_inst: Any, gt_inst: Any) -> float:
     ``sqrt(H^2 + W^2)`` (a finite stand-in for infinity, so that per-image means stay finite; it bounds every
     in-image distance).
     """
-    p, kp, g, kg, table = _prepare(pred_inst, gt_inst)
+    p, kp, g, kg, inter, gt_area, pr_area = _prepare(pred_inst, gt_inst)
     if kp == 0 and kg == 0:
         return 0.0
     if kp == 0 or kg == 0:
         return float(math.sqrt(sum(float(s) ** 2 for s in p.shape)))
-    inter = table[1:, 1:]  # [K_g, K_p]
-    gt_area = table[1:, :].sum(axis=1).astype(np.float64)
-    pr_area = table[:, 1:].sum(axis=0).astype(np.float64)
     g_sl = ndimage.find_objects(g, max_label=kg)
     p_sl = ndimage.find_objects(p, max_label=kp)
 
@@ -341,14 +346,11 @@ def aji(pred_inst: Any, gt_inst: Any) -> float:
 
     Empty cases: both maps without objects -> 1.0; exactly one side without objects -> 0.0.
     """
-    _, kp, _, kg, table = _prepare(pred_inst, gt_inst)
+    _, kp, _, kg, inter, gt_area, pr_area = _prepare(pred_inst, gt_inst)
     if kp == 0 and kg == 0:
         return 1.0
     if kp == 0 or kg == 0:
         return 0.0
-    inter = table[1:, 1:].astype(np.float64)  # [K_g, K_p]
-    gt_area = table[1:, :].sum(axis=1).astype(np.float64)
-    pr_area = table[:, 1:].sum(axis=0).astype(np.float64)
     union = gt_area[:, None] + pr_area[None, :] - inter
     iou = inter / union  # union >= |G_i| > 0
     j = iou.argmax(axis=1)
