@@ -41,14 +41,15 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 / statistics.median(times)
 
 
-def train_step_rate(cfg, batch: int, steps: int, bf16: bool) -> float:
+def train_step_rate(cfg, batch: int, steps: int, bf16: bool, channels_last: bool = True) -> float:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
-    model = build_unet(cfg.model).to(memory_format=torch.channels_last)  # as the trainer does
+    model = build_unet(cfg.model).to(memory_format=fmt)  # channels_last by default, as the trainer does
     objective = build_objective(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ema = ModelEmaV3(model, decay=0.9999, use_warmup=True)
     size = cfg.model.image_size
-    x = (torch.rand(batch, 3, size, size) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    x = (torch.rand(batch, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)
     times = []
     for step in range(steps + 2):  # two warm-up steps
         t = time.perf_counter()
@@ -76,12 +77,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="time the NCHW layout instead (train.channels_last=false) for comparison")
     p.add_argument("--force-bf16", action="store_true",
                    help="time the bf16 step even where this CPU has no native bf16 (it is emulated, very slowly)")
     args = p.parse_args()
     cfg = load(args.config)
     flops = 3 * forward_flops_per_image(cfg)
-    result = {"threads": torch.get_num_threads(), "batch": args.batch,
+    result = {"threads": torch.get_num_threads(), "batch": args.batch, "channels_last": not args.no_channels_last,
               "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
               "model_gflop_per_image": flops / 1e9}
     for name, dtype, bf16 in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)):
@@ -91,7 +94,7 @@ def main() -> None:
                            "bf16_peak_fraction": None})
             continue
         peak = matmul_peak(dtype)
-        rate = train_step_rate(cfg, args.batch, args.steps, bf16)
+        rate = train_step_rate(cfg, args.batch, args.steps, bf16, channels_last=not args.no_channels_last)
         result.update({f"{name}_img_s": rate, f"{name}_peak_gflop_s": peak / 1e9,
                        f"{name}_peak_fraction": rate * flops / peak})
     if args.json:

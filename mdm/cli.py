@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .checkpoint import CheckpointError, build_unet
@@ -37,7 +38,7 @@ def dry_run(cfg) -> None:
     print(f"decoder blocks at {size}x{size} (block: channels @ resolution):")
     for b in model.decoder_blocks(size, size):
         print(f"  {b.index:2d}: {b.channels:4d} @ {b.resolution[0]}x{b.resolution[1]}")
-    if cfg.data.source == "folder" and not all(__import__("os").path.exists(r) for r in cfg.data.root):
+    if cfg.data.source == "folder" and not all(os.path.exists(r) for r in cfg.data.root):
         print(f"data: {', '.join(cfg.data.root)} not found here; data pipeline not built")
     else:
         ds = build_pretrain_dataset(cfg.data)

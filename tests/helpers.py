@@ -1,5 +1,8 @@
 """Shared test helpers: a miniature pretraining config that runs a step in a few milliseconds."""
 
+import json
+import os
+
 from mdm.config import load
 
 TINY_OVERRIDES = [
@@ -10,16 +13,9 @@ TINY_OVERRIDES = [
 
 
 def tiny_config(configs_dir, out_dir, *extra):
-    import os
-
     return load(os.path.join(configs_dir, "tiny.yaml"), TINY_OVERRIDES + [f"train.out_dir={out_dir}", *extra])
 
 
 def read_log(run_dir):
-    import json
-
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-import os  # noqa: E402

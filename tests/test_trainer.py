@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import read_log, tiny_config
+from helpers import TINY_OVERRIDES, read_log, tiny_config
 from mdm.checkpoint import CheckpointError, load_export, save_export
 from mdm.data import DataError
 from mdm.data.folder import ImageFolderDataset
@@ -141,7 +141,7 @@ def test_two_process_cpu_run(tmp_path, configs_dir):
     """torchrun with 2 CPU ranks (gloo): one set of logs and exports, and the ranks see different halves of each
     global batch, so step 1 has the same loss as a 1-process run."""
     extra = ["--set", "train.max_steps=2", "--set", "train.checkpoint_every=2"]
-    overrides = [a for o in __import__("helpers").TINY_OVERRIDES for a in ("--set", o)] + extra
+    overrides = [a for o in TINY_OVERRIDES for a in ("--set", o)] + extra
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            os.path.join(ROOT, "train.py"), "--config", os.path.join(configs_dir, "tiny.yaml"),
