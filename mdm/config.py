@@ -127,6 +127,7 @@ class SegConfig:
     arch: str = "unet"  # finetune only: unet (the export's U-Net + 1x1 head) or smp (segmentation-models-pytorch)
     smp_encoder: str = "resnet18"
     finetune_lr: float = 2e-4
+    augment: str = "hflip"  # finetune only: hflip, or dihedral (flips + 90-degree rotations: histology), or none
     crops_per_epoch: int = 64
     batch_size: int = 8
     blocks: list[int] = field(default_factory=lambda: [-3, -2, -1])
@@ -190,6 +191,7 @@ class Config:
             "seg.weights": (self.seg.weights, {"ema", "raw"}),
             "seg.mode": (self.seg.mode, {"frozen", "finetune"}),
             "seg.arch": (self.seg.arch, {"unet", "smp"}),
+            "seg.augment": (self.seg.augment, {"none", "hflip", "dihedral"}),
             "data.crop": (self.data.crop, {"random", "resize"}),
             "data.color_mode": (self.data.color_mode, {"RGB", "L"}),
             "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16"}),

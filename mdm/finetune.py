@@ -1,7 +1,8 @@
 """End-to-end supervised segmentation (``seg.mode: finetune``): every weight trained on the labeled images.
 
-Two networks share one recipe (random ``tile`` crops with flips, Adam, cross-entropy with the ignore label, early
-stopping on the held-out validation pixels, sliding-window inference with Gaussian blending):
+Two networks share one recipe (random ``tile`` crops with ``seg.augment`` flips / rotations, Adam, cross-entropy
+with the ignore label, early stopping on the held-out validation pixels, sliding-window inference with Gaussian
+blending):
 
 - ``seg.arch: unet``: the pretraining U-Net (from an export: the pretrained weights, or ``exports/step_0`` for the
   same network at its random initialisation) with a 1x1 convolution head on its last decoder block; the timestep
@@ -63,8 +64,9 @@ def build_network(cfg: Config, num_classes: int, export_dir: Path | None) -> nn.
     return smp.Unet(encoder_name=cfg.seg.smp_encoder, encoder_weights=None, in_channels=3, classes=num_classes)
 
 
-def _crop_batch(images, labels, tile: int, batch: int, key: int):
-    """A batch of random ``tile`` crops with random horizontal flips, drawn from ``key``."""
+def _crop_batch(images, labels, tile: int, batch: int, key: int, augment: str = "hflip"):
+    """``(x [B, 3, tile, tile], y [B, tile, tile])``: random crops, each with a random horizontal flip (``hflip``)
+    and also a random multiple of 90 degrees rotation (``dihedral``: all 8 symmetries of the square), from ``key``."""
     keys = rng.sample_keys(key, 0, 0, batch)
     which = rng.randint(keys, STREAM_CROP, 0, len(images)).tolist()
     xs, ys = [], []
@@ -74,8 +76,11 @@ def _crop_batch(images, labels, tile: int, batch: int, key: int):
         top = int(rng.randint(keys[j:j + 1], STREAM_CROP + 1, 0, h - tile + 1)[0])
         left = int(rng.randint(keys[j:j + 1], STREAM_CROP + 2, 0, w - tile + 1)[0])
         x, y = img[:, top:top + tile, left:left + tile], lab[top:top + tile, left:left + tile]
-        if float(rng.uniform(keys[j:j + 1], STREAM_CROP + 3, 1)[0, 0]) < 0.5:
+        if augment != "none" and float(rng.uniform(keys[j:j + 1], STREAM_CROP + 3, 1)[0, 0]) < 0.5:
             x, y = x.flip(-1), y.flip(-1)
+        if augment == "dihedral":
+            turns = int(rng.randint(keys[j:j + 1], STREAM_CROP + 4, 0, 4)[0])
+            x, y = x.rot90(turns, (-2, -1)), y.rot90(turns, (-2, -1))
         xs.append(x)
         ys.append(y)
     return torch.stack(xs), torch.stack(ys)
@@ -117,7 +122,7 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], cfg: Config, 
     for epoch in tqdm(range(sc.max_epochs), desc="fine-tune", disable=None if progress else True, leave=False):
         model.train()
         for b in range(steps):
-            x, y = _crop_batch(imgs, train_lab, tile, sc.batch_size, rng.make_key(sc.seed, epoch, b))
+            x, y = _crop_batch(imgs, train_lab, tile, sc.batch_size, rng.make_key(sc.seed, epoch, b), sc.augment)
             if (y == IGNORE_INDEX).all():
                 continue
             loss = F.cross_entropy(model(x), y, ignore_index=IGNORE_INDEX)

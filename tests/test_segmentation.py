@@ -128,3 +128,25 @@ def test_pixel_features_equal_upsampling_the_blocks():
     expected = full.flatten(1).T[index]
     assert torch.allclose(ex.pixel_features(blocks, 32, index), expected, atol=1e-5)
     assert ex.pixel_features(blocks, 32).shape == (32 * 32, 6)
+
+
+def test_dihedral_crops_keep_image_and_label_aligned():
+    """Every crop's label must move with its image; dihedral crops use all 4 rotations, hflip crops none."""
+    from mdm.finetune import _crop_batch
+
+    g = torch.Generator().manual_seed(0)
+    label = (torch.rand(40, 48, generator=g) < 0.5).long()
+    image = torch.stack([label.float() * 2 - 1, torch.rand(40, 48, generator=g), torch.zeros(40, 48)])
+    patches = {tuple(image[1, t:t + 16, s:s + 16].flatten().tolist()) for t in range(25) for s in range(33)}
+    for augment, turns_expected in (("dihedral", {0, 1, 2, 3}), ("hflip", {0})):
+        turns_seen = set()
+        for key in range(4):
+            x, y = _crop_batch([image], [label], 16, 32, key, augment)
+            assert torch.equal(y, (x[:, 0] > 0).long())  # the label is channel 0: alignment survives
+            for crop in x[:, 1]:
+                found = [k for k in range(4) for flip in (False, True)  # undo the rotation k, then the flip
+                         if tuple((crop.rot90(-k, (0, 1)).flip(-1) if flip else crop.rot90(-k, (0, 1))).flatten()
+                                  .tolist()) in patches]
+                assert len(found) == 1  # each crop is exactly one transformed patch of the image
+                turns_seen.add(found[0])
+        assert turns_seen == turns_expected, augment
