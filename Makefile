@@ -23,7 +23,7 @@ test: lint
 
 DEMO := runs/demo
 
-# the whole story on the built-in synthetic data (~20 min on 2 cores): pretrain MDM and DDPM, sweep 10% / 100%
+# the whole story on the built-in synthetic data (about 10 min on 2 cores): pretrain MDM and DDPM, sweep 10% / 100%
 # labels x 2 seeds x 6 methods, print the table, write the plots; then segment new images with a saved segmenter
 demo: $(STAMP)
 	$(BIN)/python -m mdm.benchmark --config configs/bench_demo.yaml --out $(DEMO)
