@@ -49,26 +49,23 @@ def test_ten_percent_labels_beat_a_constant_predictor_and_write_everything(basel
     assert len(list((out / "predictions").iterdir())) == 20 == len(list((out / "uncertainty").iterdir()))
 
 
-@pytest.mark.parametrize("damage", ["zeroed", "shifted", "wrong_blocks"])
+@pytest.mark.parametrize("damage", ["zeroed", "shifted"])
 def test_damaged_features_lower_the_score(baseline, pretrained_export, tmp_path, configs_dir, monkeypatch, damage):
+    """Zeroed features, or features read a quarter tile away from their pixel, must cost Dice."""
     _, good = baseline
-    extra = []
-    if damage == "wrong_blocks":
-        extra = ["seg.blocks=[0]"]  # the coarsest decoder block only
-    else:
-        real = FeatureExtractor.pixel_features
+    real = FeatureExtractor.pixel_features
 
-        def damaged(self, blocks, size, index=None):
-            if index is None:
-                index = torch.arange(size * size)
-            if damage == "zeroed":
-                return torch.zeros_like(real(self, blocks, size, index))
-            ys, xs = torch.div(index, size, rounding_mode="floor"), index % size  # read a quarter tile away
-            return real(self, blocks, size, ((ys + size // 4) % size) * size + (xs + size // 4) % size)
-        monkeypatch.setattr(FeatureExtractor, "pixel_features", damaged)
-    result = run_segmentation(seg_config(configs_dir, tmp_path, *extra), pretrained_export, progress=False)
-    margin = 0.01 if damage == "wrong_blocks" else 0.05  # a coarse block still sees glands, just blurred
-    assert result["dice"] < good["dice"] - margin, (damage, result["dice"], good["dice"])
+    def damaged(self, blocks, size, index=None):
+        if index is None:
+            index = torch.arange(size * size)
+        if damage == "zeroed":
+            return torch.zeros_like(real(self, blocks, size, index))
+        ys, xs = torch.div(index, size, rounding_mode="floor"), index % size  # read a quarter tile away
+        return real(self, blocks, size, ((ys + size // 4) % size) * size + (xs + size // 4) % size)
+
+    monkeypatch.setattr(FeatureExtractor, "pixel_features", damaged)
+    result = run_segmentation(seg_config(configs_dir, tmp_path), pretrained_export, progress=False)
+    assert result["dice"] < good["dice"] - 0.05, (damage, result["dice"], good["dice"])
 
 
 def test_export_weights_really_load(pretrained_export, tmp_path):
