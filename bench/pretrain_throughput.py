@@ -44,7 +44,9 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 
 
 def train_step_rate(cfg, batch: int, steps: int, bf16: bool, channels_last: bool = True,
-                    compile_model: bool = False) -> float:
+                    compile_model: bool = False, profile: bool = False) -> float:
+    """Images/s of the full training step (median over ``steps`` after two warm-up steps); with ``profile``, also
+    print where the time of 3 more steps goes (torch.profiler, by operator)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     model = build_unet(cfg.model).to(memory_format=fmt)  # channels_last by default, as the trainer does
@@ -54,16 +56,26 @@ def train_step_rate(cfg, batch: int, steps: int, bf16: bool, channels_last: bool
     net = torch.compile(model) if compile_model else model
     size = cfg.model.image_size
     x = (torch.rand(batch, 3, size, size) * 2 - 1).contiguous(memory_format=fmt)
-    times = []
-    for step in range(steps + 2):  # two warm-up steps
-        t = time.perf_counter()
+
+    def train_step(step: int) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = objective.loss(net, x, rng.sample_keys(0, step, 0, batch)).loss.mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(model, step=step + 1)
+
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        t = time.perf_counter()
+        train_step(step)
         times.append(time.perf_counter() - t)
+    if profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for step in range(steps + 2, steps + 5):
+                train_step(step)
+        print(f"{'bf16' if bf16 else 'fp32'} step, by operator (3 steps):")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
     return batch / statistics.median(times[2:])
 
 
@@ -116,6 +128,7 @@ def main() -> None:
     p.add_argument("--no-channels-last", action="store_true",
                    help="time the NCHW layout instead (train.channels_last=false) for comparison")
     p.add_argument("--compile", action="store_true", help="experiment: time the step with torch.compile(model)")
+    p.add_argument("--profile", action="store_true", help="also print where the step's time goes, by operator")
     p.add_argument("--force-bf16", action="store_true",
                    help="time the bf16 step even where this CPU has no native bf16 (it is emulated, very slowly)")
     args = p.parse_args()
@@ -133,7 +146,7 @@ def main() -> None:
             continue
         peak = matmul_peak(dtype)
         rate = train_step_rate(cfg, args.batch, args.steps, bf16, channels_last=not args.no_channels_last,
-                               compile_model=args.compile)
+                               compile_model=args.compile, profile=args.profile)
         result.update({f"{name}_img_s": rate, f"{name}_peak_gflop_s": peak / 1e9,
                        f"{name}_peak_fraction": rate * flops / peak})
         if name == "fp32":
