@@ -2,13 +2,14 @@
 """Pretraining throughput at the ``cpu-small`` preset (batch 16, 64 px): the full training step (masking, forward,
 SSIM loss, backward, AdamW, EMA) in fp32 and under bf16 autocast, against the matmul peak of the same process.
 
-    python bench/pretrain_throughput.py [--steps 8] [--batch 16] [--config configs/cpu-small.yaml] [--json]
+    python bench/pretrain_throughput.py [--steps 8] [--batch 16] [--json] [--no-fused-norm] [--profile]
 
 Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
 The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. In fp32 it also times the
 model's convolutions alone (the same shapes, forward + backward): on CPUs where torch's fp32 matmul (MKL) is slower
 than oneDNN's convolutions, that rate is the more honest ceiling. All numbers come from one run (medians over
-``--steps`` timed steps), since the machine is shared and noisy.
+``--steps`` timed steps), since the machine is shared and noisy. GroupNorm + SiLU run as the fused CPU kernel of
+``mdm/group_norm_act.py``, as in training; ``--no-fused-norm`` times the unfused path it replaced.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mdm import rng  # noqa: E402
 from mdm.checkpoint import build_unet  # noqa: E402
 from mdm.config import load  # noqa: E402
 from mdm.diffusion import build_objective  # noqa: E402
+from mdm.group_norm_act import fused_kernel_available  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -129,13 +131,17 @@ def main() -> None:
                    help="time the NCHW layout instead (train.channels_last=false) for comparison")
     p.add_argument("--compile", action="store_true", help="experiment: time the step with torch.compile(model)")
     p.add_argument("--profile", action="store_true", help="also print where the step's time goes, by operator")
+    p.add_argument("--no-fused-norm", action="store_true",
+                   help="time the unfused GroupNorm + SiLU path (MDM_FUSED_NORM=0) for comparison")
     p.add_argument("--force-bf16", action="store_true",
                    help="time the bf16 step even where this CPU has no native bf16 (it is emulated, very slowly)")
     args = p.parse_args()
+    if args.no_fused_norm:
+        os.environ["MDM_FUSED_NORM"] = "0"
     cfg = load(args.config)
     flops = 3 * forward_flops_per_image(cfg)
     result = {"threads": torch.get_num_threads(), "batch": args.batch, "channels_last": not args.no_channels_last,
-              "compile": args.compile,
+              "compile": args.compile, "fused_norm": fused_kernel_available() and not args.no_channels_last,
               "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
               "model_gflop_per_image": flops / 1e9}
     for name, dtype, bf16 in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)):
@@ -156,7 +162,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"cpu-small, batch {args.batch}, {result['threads']} threads, model {flops / 1e9:.1f} GFLOP/image "
-          f"(3 x forward), native bf16: {result['native_bf16']}")
+          f"(3 x forward), native bf16: {result['native_bf16']}, GroupNorm + SiLU: "
+          f"{'fused kernel' if result['fused_norm'] else 'unfused'}")
     for name in ("fp32", "bf16"):
         if result[f"{name}_img_s"] is None:
             print(f"{name}: skipped, no native bf16 on this CPU (512x512 bf16 matmul: "

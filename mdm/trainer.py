@@ -35,6 +35,7 @@ from .config import Config, dump
 from .data import build_pretrain_dataset
 from .data.sampler import StepBatchSampler
 from .diffusion import build_objective
+from .group_norm_act import fused_kernel_available
 from .visualize import save_reconstruction_grid
 
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
@@ -175,7 +176,15 @@ class Trainer:
                 f"batch: {tc.batch_size} = {self.micro} x {acc.num_processes} processes x {tc.grad_accum_steps} "
                 f"accumulation | parameters: {self.num_params / 1e6:.2f}M | data: {self.cfg.data.source}, "
                 f"{len(self.dataset)} images, {self.cfg.data.crop_size} px | objective: "
-                f"{self.cfg.diffusion.objective} | steps: {self.step} -> {tc.max_steps} | run: {self.run_dir}")
+                f"{self.cfg.diffusion.objective} | steps: {self.step} -> {tc.max_steps} | run: {self.run_dir}"
+                + self._norm_kernel_note())
+
+    def _norm_kernel_note(self) -> str:
+        """On CPU: whether GroupNorm + SiLU run as the fused kernel (built here on first use) or unfused."""
+        if self.accelerator.device.type != "cpu":
+            return ""
+        fused = self.cfg.train.channels_last and fused_kernel_available()
+        return f" | norm kernel: {'fused' if fused else 'unfused'}"
 
     def fit(self) -> Path:
         acc, tc = self.accelerator, self.cfg.train

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .group_norm_act import group_norm_act
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding: ``t [B]`` -> ``[B, dim]`` (cosines first, then sines, as in guided-diffusion)."""
@@ -122,19 +124,17 @@ class ResBlock(TimestepBlock):
         return self._forward(x, emb)
 
     def _forward(self, x, emb):
-        if self.updown:
-            norm_act, conv = self.in_layers[:-1], self.in_layers[-1]
-            h = conv(self.h_upd(norm_act(x)))
-            x = self.x_upd(x)
-        else:
-            h = self.in_layers(x)
+        # in_layers = (norm, SiLU, conv) and out_layers = (norm, SiLU, dropout, conv): each norm + SiLU pair runs
+        # as one group_norm_act call (fused on CPU), the modules keep guided-diffusion's parameter names
+        h = self.in_layers[2](self.h_upd(group_norm_act(self.in_layers[0], x)))
+        x = self.x_upd(x)
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
+        norm, rest = self.out_layers[0], self.out_layers[2:]
         if self.use_scale_shift_norm:
-            norm, rest = self.out_layers[0], self.out_layers[1:]
             scale, shift = emb_out.chunk(2, dim=1)
-            h = rest(norm(h) * (1 + scale) + shift)
+            h = rest(group_norm_act(norm, h, scale, shift))
         else:
-            h = self.out_layers(h + emb_out)
+            h = rest(group_norm_act(norm, h + emb_out))
         return self.skip_connection(x) + h
 
 
@@ -166,7 +166,7 @@ class AttentionBlock(nn.Module):
     def _forward(self, x):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))  # [B, heads*3*ch, T]
+        qkv = self.qkv(group_norm_act(self.norm, x, act=False))  # [B, heads*3*ch, T]
         heads, ch = self.num_heads, c // self.num_heads
         q, k, v = qkv.reshape(b, heads, 3 * ch, -1).transpose(-1, -2).split(ch, dim=-1)  # each [B, heads, T, ch]
         h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, T, ch]
@@ -288,7 +288,7 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x [B, C_in, H, W]``, ``timesteps [B]`` -> ``[B, C_out, H, W]``."""
-        return self.out(self.decode(x, timesteps))
+        return self.out[2](group_norm_act(self.out[0], self.decode(x, timesteps)))  # out = (norm, SiLU, conv)
 
     def decode(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The last decoder block's output ``[B, model_channels * channel_mult[0], H, W]`` (before ``out``)."""
