@@ -32,6 +32,7 @@ from mdm.checkpoint import build_unet  # noqa: E402
 from mdm.config import load  # noqa: E402
 from mdm.diffusion import build_objective  # noqa: E402
 from mdm.group_norm_act import fused_kernel_available  # noqa: E402
+from mdm.trainer import make_optimizer  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -53,7 +54,7 @@ def train_step_rate(cfg, batch: int, steps: int, bf16: bool, channels_last: bool
     torch.manual_seed(0)
     model = build_unet(cfg.model).to(memory_format=fmt)  # channels_last by default, as the trainer does
     objective = build_objective(cfg.diffusion)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model, lr=1e-4, weight_decay=0.0, device="cpu")  # as the trainer builds it
     ema = ModelEmaV3(model, decay=0.9999, use_warmup=True)
     net = torch.compile(model) if compile_model else model
     size = cfg.model.image_size

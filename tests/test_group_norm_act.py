@@ -71,10 +71,12 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-CASES = [((4, 32, 8, 12), True, True), ((4, 32, 8, 12), True, False), ((3, 64, 40), False, False)]
+CASES = [((4, 32, 8, 12), True, True), ((4, 32, 8, 12), True, False), ((3, 64, 40), False, False),
+         ((1, 32, 8, 12), True, True)]  # one sample: fewer samples than threads takes the two-pass schedule
 
 
-@pytest.mark.parametrize("shape,act,scale_shift", CASES, ids=["silu+scale_shift", "silu", "attention-norm-3d"])
+@pytest.mark.parametrize("shape,act,scale_shift", CASES,
+                         ids=["silu+scale_shift", "silu", "attention-norm-3d", "one-sample"])
 def test_fp32_kernel_matches_float64_reference(shape, act, scale_shift):
     assert gna.fused_kernel_available(), "the kernel did not build on this machine"
     norm, x, ss, grad = _inputs(shape, torch.float32, scale_shift)

@@ -60,3 +60,30 @@ def test_non_divisible_size_says_which_sizes_work():
                       attention_resolutions=(), num_head_channels=32)
     with pytest.raises(ValueError, match=r"height 30 is not divisible by 4.*28 or 32"):
         model(torch.randn(1, 3, 30, 32), torch.tensor([1]))
+
+
+def test_attention_matches_guided_diffusion_legacy_qkv_attention():
+    """AttentionBlock gives what guided-diffusion's Conv1d + QKVAttentionLegacy compute with the same weights, for
+    channels-last and NCHW inputs (the published checkpoints rely on this channel order)."""
+    from mdm.unet import AttentionBlock
+
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_head_channels=16)
+    with torch.no_grad():
+        block.proj_out.weight.normal_(0, 0.1)
+    x = torch.randn(2, 64, 6, 5)
+    b, c, t, heads, ch = 2, 64, 30, 4, 16
+    h = torch.nn.functional.group_norm(x.reshape(b, c, t), 32, block.norm.weight, block.norm.bias)
+    qkv = torch.nn.functional.conv1d(h, block.qkv.weight, block.qkv.bias)  # [B, heads*3*ch, T]
+    q, k, v = qkv.reshape(b * heads, 3 * ch, t).split(ch, dim=1)
+    weight = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / ch ** 0.5, dim=-1)
+    a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, t)
+    expected = (x.reshape(b, c, t) + torch.nn.functional.conv1d(a, block.proj_out.weight, block.proj_out.bias))
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = block(x.contiguous(memory_format=layout)).reshape(b, c, t)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # bf16 autocast on CPU takes its own matmul + softmax path (q, k, v are bf16): same result up to bf16 rounding
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x.contiguous(memory_format=torch.channels_last)).reshape(b, c, t)
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.05)
+    assert (out.float() - expected).abs().mean() < 5e-3

@@ -95,6 +95,22 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& A, c
   const float *Ap = A.data_ptr<float>(), *Bp = B.data_ptr<float>();
   float *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>(), *cp = coef.data_ptr<float>();
 
+  auto apply_rows = [&](int64_t i0, int64_t i1) {  // rows i = n * S + s
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t off = (i / S) * C;
+      const float *__restrict m = cp + off, *__restrict a = cp + NC + off, *__restrict b = Bp + off;
+      const T* row = xp + i * C;
+      T* out = yp + i * C;
+      for (int64_t c = 0; c < C; ++c) {
+        float z = (load(row, c) - m[c]) * a[c] + b[c];
+        if constexpr (act) z *= sigmoid(z);
+        store(out, c, z);
+      }
+    }
+  };
+  // With a sample per thread or more, each thread writes its samples' outputs right after their statistics, while
+  // the sample is still in cache; otherwise a second parallel pass over all rows.
+  const bool per_sample = N >= at::get_num_threads();
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<double> s1, s2;
     std::vector<float> shift(C);
@@ -122,22 +138,11 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& A, c
         rp[n * G + g] = static_cast<float>(1.0 / std::sqrt(std::max(m2 / (S * D), 0.0) + eps));
       }
       channel_coefficients(n, C, D, G, mp, rp, Ap, cp + n * C, cp + NC + n * C);
+      if (per_sample) apply_rows(n * S, (n + 1) * S);
     }
   });
 
-  at::parallel_for(0, N * S, 256, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t off = (i / S) * C;
-      const float *__restrict m = cp + off, *__restrict a = cp + NC + off, *__restrict b = Bp + off;
-      const T* row = xp + i * C;
-      T* out = yp + i * C;
-      for (int64_t c = 0; c < C; ++c) {
-        float z = (load(row, c) - m[c]) * a[c] + b[c];
-        if constexpr (act) z *= sigmoid(z);
-        store(out, c, z);
-      }
-    }
-  });
+  if (!per_sample) at::parallel_for(0, N * S, 256, apply_rows);
   return {y, mean, rstd};
 }
 
@@ -164,6 +169,21 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
   const float *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
   float *dAp = dA.data_ptr<float>(), *dBp = dB.data_ptr<float>(), *cp = coef.data_ptr<float>();
 
+  auto apply_rows = [&](int64_t i0, int64_t i1) {  // rows i = n * S + s
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t off = (i / S) * C;
+      const float *__restrict m = cp + off, *__restrict a = cp + NC + off, *__restrict b = Bp + off;
+      const float *__restrict q = cp + 2 * NC + off, *__restrict r = cp + 3 * NC + off;
+      const T *row = xp + i * C, *grow = dyp + i * C;
+      T* out = dxp + i * C;
+      for (int64_t c = 0; c < C; ++c) {
+        float xc = load(row, c) - m[c];
+        float dz = grad_z<act>(load(grow, c), xc * a[c] + b[c]);
+        store(out, c, dz * a[c] + xc * q[c] + r[c]);
+      }
+    }
+  };
+  const bool per_sample = N >= at::get_num_threads();  // as in forward
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     std::vector<double> s1, s2;
     for (int64_t n = n0; n < n1; ++n) {
@@ -197,23 +217,11 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& x,
           r[c] = static_cast<float>(-rs * m1);
         }
       }
+      if (per_sample) apply_rows(n * S, (n + 1) * S);
     }
   });
 
-  at::parallel_for(0, N * S, 256, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t off = (i / S) * C;
-      const float *__restrict m = cp + off, *__restrict a = cp + NC + off, *__restrict b = Bp + off;
-      const float *__restrict q = cp + 2 * NC + off, *__restrict r = cp + 3 * NC + off;
-      const T *row = xp + i * C, *grow = dyp + i * C;
-      T* out = dxp + i * C;
-      for (int64_t c = 0; c < C; ++c) {
-        float xc = load(row, c) - m[c];
-        float dz = grad_z<act>(load(grow, c), xc * a[c] + b[c]);
-        store(out, c, dz * a[c] + xc * q[c] + r[c]);
-      }
-    }
-  });
+  if (!per_sample) at::parallel_for(0, N * S, 256, apply_rows);
   return {dx, dA, dB};
 }
 
