@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mdm import rng  # noqa: E402
 from mdm.checkpoint import build_unet  # noqa: E402
 from mdm.config import load  # noqa: E402
+from mdm.cpu_memory import keep_freed_memory  # noqa: E402
 from mdm.diffusion import build_objective  # noqa: E402
 from mdm.group_norm_act import fused_kernel_available  # noqa: E402
 from mdm.trainer import make_optimizer  # noqa: E402
@@ -139,6 +140,7 @@ def main() -> None:
     args = p.parse_args()
     if args.no_fused_norm:
         os.environ["MDM_FUSED_NORM"] = "0"
+    keep_freed_memory()  # as the trainer does on CPU
     cfg = load(args.config)
     flops = 3 * forward_flops_per_image(cfg)
     result = {"threads": torch.get_num_threads(), "batch": args.batch, "channels_last": not args.no_channels_last,

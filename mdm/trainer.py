@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import build_unet, replace_dir, save_export
 from .config import Config, dump
+from .cpu_memory import keep_freed_memory
 from .data import build_pretrain_dataset
 from .data.sampler import StepBatchSampler
 from .diffusion import build_objective
@@ -110,6 +111,8 @@ class Trainer:
         model.check_input_size(cfg.data.crop_size, cfg.data.crop_size)
         self.num_params = sum(p.numel() for p in model.parameters())
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        if acc.device.type == "cpu":
+            keep_freed_memory()
         model = model.to(memory_format=self.memory_format)
         optimizer = make_optimizer(model, tc.lr, tc.weight_decay, acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
