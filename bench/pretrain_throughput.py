@@ -5,9 +5,9 @@ SSIM loss, backward, AdamW, EMA) in fp32 and under bf16 autocast, against the ma
     python bench/pretrain_throughput.py [--steps 8] [--batch 16] [--json] [--no-fused-norm] [--profile]
 
 Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
-The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. In fp32 it also times the
-model's convolutions alone (the same shapes, forward + backward): on CPUs where torch's fp32 matmul (MKL) is slower
-than oneDNN's convolutions, that rate is the more honest ceiling. All numbers come from one run (medians over
+The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. It also times the model's
+convolutions alone in each dtype (the same shapes, forward + backward): on CPUs where torch's fp32 matmul (MKL) is
+slower than oneDNN's convolutions, that rate is the more honest ceiling. All numbers come from one run (medians over
 ``--steps`` timed steps), since the machine is shared and noisy. GroupNorm + SiLU run as the fused CPU kernel of
 ``mdm/group_norm_act.py``, as in training; ``--no-fused-norm`` times the unfused path it replaced.
 """
@@ -83,10 +83,11 @@ def train_step_rate(cfg, batch: int, steps: int, bf16: bool, channels_last: bool
     return batch / statistics.median(times[2:])
 
 
-def conv_ceiling(cfg, batch: int, reps: int = 3, channels_last: bool = True) -> dict:
+def conv_ceiling(cfg, batch: int, reps: int = 3, channels_last: bool = True,
+                 dtype: torch.dtype = torch.float32) -> dict:
     """The model's convolutions alone: every ``Conv2d`` call of one forward pass (same shapes, layout and batch),
-    timed standalone for forward + backward (input and weight gradients, like training). Their GFLOP/s bound what
-    the whole step can reach on this CPU, since convolutions carry nearly all of the model's FLOPs."""
+    timed standalone in ``dtype`` for forward + backward (input and weight gradients, like training). Their GFLOP/s
+    bound what the whole step can reach on this CPU, since convolutions carry nearly all of the model's FLOPs."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_unet(cfg.model).to(memory_format=fmt)
     shapes = []
@@ -99,7 +100,8 @@ def conv_ceiling(cfg, batch: int, reps: int = 3, channels_last: bool = True) -> 
         h.remove()
     total_time, total_flops = 0.0, 0.0
     for conv, shape in shapes:
-        x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_(shape[1] != 3)  # image: no input grad
+        conv.to(dtype)
+        x = torch.randn(shape, dtype=dtype).contiguous(memory_format=fmt).requires_grad_(shape[1] != 3)  # image: none
         with torch.no_grad():
             grad = torch.randn_like(conv(x))  # same layout as the output, like the gradient in training
         with FlopCounterMode(display=False) as counter:
@@ -116,9 +118,11 @@ def conv_ceiling(cfg, batch: int, reps: int = 3, channels_last: bool = True) -> 
 
 
 def forward_flops_per_image(cfg) -> float:
+    """Counted under bf16 autocast, where the attention products run as plain matmuls that the counter sees
+    (torch's flop counter does not count its fused CPU attention kernel)."""
     model = build_unet(cfg.model)
     size = cfg.model.image_size
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.zeros(1, 3, size, size), torch.ones(1))
     return float(counter.get_total_flops())
 
@@ -158,9 +162,11 @@ def main() -> None:
                                compile_model=args.compile, profile=args.profile)
         result.update({f"{name}_img_s": rate, f"{name}_peak_gflop_s": peak / 1e9,
                        f"{name}_peak_fraction": rate * flops / peak})
-        if name == "fp32":
-            ceiling = conv_ceiling(cfg, args.batch, channels_last=not args.no_channels_last)
-            result.update(ceiling, conv_peak_fraction=ceiling["conv_gflop_s"] * 1e9 / peak)
+        ceiling = conv_ceiling(cfg, args.batch, channels_last=not args.no_channels_last, dtype=dtype)
+        result.update({"conv_calls": ceiling["conv_calls"], "conv_gflop_per_image": ceiling["conv_gflop_per_image"],
+                       f"{name}_conv_gflop_s": ceiling["conv_gflop_s"],
+                       f"{name}_conv_peak_fraction": ceiling["conv_gflop_s"] * 1e9 / peak,
+                       f"{name}_conv_fraction": rate * flops / (ceiling["conv_gflop_s"] * 1e9)})
     if args.json:
         print(json.dumps(result))
         return
@@ -174,10 +180,10 @@ def main() -> None:
             continue
         print(f"{name}: {result[f'{name}_img_s']:.2f} img/s, matmul peak {result[f'{name}_peak_gflop_s']:.1f} "
               f"GFLOP/s, achieved fraction {result[f'{name}_peak_fraction']:.2f}")
-        if name == "fp32":
-            print(f"  its {result['conv_calls']} convolutions alone (forward + backward, same shapes): "
-                  f"{result['conv_gflop_s']:.1f} GFLOP/s = {result['conv_peak_fraction']:.2f} of the matmul peak; "
-                  f"they are {result['conv_gflop_per_image'] / flops * 1e9:.0%} of the model FLOPs")
+        print(f"  its {result['conv_calls']} convolutions alone in {name} (forward + backward, same shapes): "
+              f"{result[f'{name}_conv_gflop_s']:.1f} GFLOP/s = {result[f'{name}_conv_peak_fraction']:.2f} of the "
+              f"matmul peak; the step runs at {result[f'{name}_conv_fraction']:.2f} of that rate "
+              f"(convolutions are {result['conv_gflop_per_image'] / flops * 1e9:.0%} of the model FLOPs)")
 
 
 if __name__ == "__main__":
