@@ -176,3 +176,22 @@ def test_every_norm_runs_once_with_the_activation_and_scale_shift_its_block_defi
     for norm, act, scaled in calls:
         assert act == followed_by_silu.get(norm, False)
         assert scaled == (norm in scale_shift_norms)
+
+
+def test_without_a_compiler_it_warns_once_and_runs_unfused(monkeypatch):
+    import torch.utils.cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
+    gna._extension.cache_clear()
+    try:
+        norm, x, ss, grad = _inputs((2, 32, 4, 4), torch.float32, True)
+        with pytest.warns(UserWarning, match="kernel unavailable.*command not found"):
+            out = gna.group_norm_act(norm, x, *ss)
+        expected = F.silu(F.group_norm(x, 8, norm.weight, norm.bias) * (1 + ss[0]) + ss[1])
+        torch.testing.assert_close(out, expected)
+        assert not gna.fused_kernel_available()  # cached: no second build attempt, no second warning
+    finally:
+        gna._extension.cache_clear()
