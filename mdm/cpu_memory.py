@@ -23,10 +23,7 @@ def keep_freed_memory() -> bool:
     """Tune glibc's malloc as above; returns False (and changes nothing) where the C library is not glibc."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # no loadable C library, or one without mallopt (not glibc)
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -52,8 +52,8 @@ __attribute__((always_inline)) inline float sigmoid(float z) { return 1.0f / (1.
 
 constexpr int64_t kBlock = 64;  // pixels summed in fp32 before folding into fp64
 
-// Per-channel sums of one sample over its S pixels: s1 = sum(v), s2 = sum(v * w) for the values v, w that
-// `values(pixel, c, v, w)` produces; fp32 inside blocks of kBlock pixels, fp64 across blocks.
+// Per-channel sums of one sample over its S pixels: `values(s, a1, a2)` adds pixel s's two terms per channel into
+// the accumulators a1[c], a2[c]; they are summed in fp32 inside blocks of kBlock pixels, in fp64 (s1, s2) across.
 template <typename F>
 void channel_sums(int64_t S, int64_t C, F values, std::vector<double>& s1, std::vector<double>& s2) {
   std::vector<float> b1(C), b2(C);
