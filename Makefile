@@ -27,7 +27,7 @@ DEMO := runs/demo
 # labels x 2 seeds x 6 methods, print the table, write the plots; then segment new images with a saved segmenter
 demo: $(STAMP)
 	$(BIN)/python -m mdm.benchmark --config configs/bench_demo.yaml --out $(DEMO)
-	$(BIN)/python -c "from mdm.data.synthetic import save_examples; save_examples('$(DEMO)/new_images', 3)"
+	$(BIN)/python -c "from mdm.common.synthetic import save_examples; save_examples('$(DEMO)/new_images', 3)"
 	$(BIN)/python finetune_seg.py predict --model $(DEMO)/runs/mdm/f0.1_s0 --images $(DEMO)/new_images \
 		--out $(DEMO)/predict
 	@echo "see $(DEMO)/results.md, label_efficiency.png, pretrain_budget.png, pretrain_mdm/samples/, predict/overlays/"

@@ -27,13 +27,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mdm import rng  # noqa: E402
-from mdm.checkpoint import build_unet  # noqa: E402
-from mdm.config import load  # noqa: E402
-from mdm.cpu_memory import keep_freed_memory  # noqa: E402
-from mdm.diffusion import build_objective  # noqa: E402
-from mdm.group_norm_act import fused_kernel_available  # noqa: E402
-from mdm.trainer import make_optimizer  # noqa: E402
+from mdm.common import rng  # noqa: E402
+from mdm.common.config import load  # noqa: E402
+from mdm.nn.group_norm_act import fused_kernel_available  # noqa: E402
+from mdm.pretrain.cpu_memory import keep_freed_memory  # noqa: E402
+from mdm.pretrain.export import build_unet  # noqa: E402
+from mdm.pretrain.objectives import build_objective  # noqa: E402
+from mdm.pretrain.trainer import make_optimizer  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:

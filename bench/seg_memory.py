@@ -23,13 +23,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mdm.checkpoint import build_unet  # noqa: E402
-from mdm.config import load  # noqa: E402
-from mdm.data.labeled import LabeledImage  # noqa: E402
-from mdm.diffusion import build_objective  # noqa: E402
-from mdm.features import FeatureExtractor  # noqa: E402
-from mdm.pixel_classifier import PixelEnsemble, fit_ensemble  # noqa: E402
-from mdm.segmentation import PixelStream  # noqa: E402
+from mdm.common.config import load  # noqa: E402
+from mdm.pretrain.export import build_unet  # noqa: E402
+from mdm.pretrain.objectives import build_objective  # noqa: E402
+from mdm.segment.datasets import LabeledImage  # noqa: E402
+from mdm.segment.features import FeatureExtractor  # noqa: E402
+from mdm.segment.pixel_mlp import PixelEnsemble, fit_ensemble  # noqa: E402
+from mdm.segment.pixel_stream import PixelStream  # noqa: E402
 
 
 def peak_rss_gb() -> float:

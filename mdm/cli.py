@@ -1,63 +1,229 @@
-"""Command-line entry points (``train.py`` and the ``mdm-train`` console script call ``train_main``)."""
+"""Every entry point, with the same flags and the same error handling.
+
+=====================================  ===================================================================
+``train.py`` / ``mdm-train``           pretrain a U-Net (MDM or the DDPM baseline)
+``finetune_seg.py`` / ``mdm-seg``      the segmentation stage (frozen features by default; ``predict``)
+``python -m mdm.benchmark`` / ``mdm-bench``   the label-efficiency study
+``python -m mdm.convert``              a published checkpoint -> an export folder
+=====================================  ===================================================================
+
+Shared flags: ``--config``, ``--set KEY=VALUE`` (repeatable), ``--out``, ``--device`` (``auto``: CUDA when present,
+else the CPU) and ``--debug``. An expected failure (``MdmError``: bad config, data, checkpoint, diverged run; or an
+``OSError`` such as a permission problem) is one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
 
-from .checkpoint import CheckpointError, build_unet
-from .config import ConfigError, load
-from .data import DataError, build_pretrain_dataset
+import torch
+
+from .common.config import Config, load
+from .common.errors import ConfigError, DataError, MdmError
+from .common.io import list_images, load_image
+
+EXPECTED = (MdmError, OSError)
 
 
-def _format_params(n: int) -> str:
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto``: ``cuda`` when a GPU is present, else ``cpu``; otherwise the device named (checked)."""
+    if requested in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"--device {requested!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: no CUDA device is available here (use cpu or auto)")
+    return device
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description="Pretrain a U-Net with MDM (or the DDPM baseline).")
-    p.add_argument("--config", required=True, help="YAML config, e.g. configs/tiny.yaml")
+def _parser(prog: str, description: str, config_example: str, out_help: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", required=True, help=f"YAML config, e.g. {config_example}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.max_steps=100 (repeatable)")
-    p.add_argument("--out", help="run folder (default: train.out_dir)")
-    p.add_argument("--resume", help="'latest' (newest checkpoint in the run folder) or a checkpoint folder")
-    p.add_argument("--dry-run", action="store_true", help="build the model and data, print a summary, exit")
+    p.add_argument("--out", help=out_help)
+    _add_runtime_flags(p)
     return p
 
 
-def dry_run(cfg) -> None:
-    import torch
+def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+def _run(main, argv: list[str] | None, debug_default: bool = False) -> int:
+    """Call ``main(argv)``; an expected failure becomes one line on stderr and exit code 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return main(argv) or 0
+    except EXPECTED as e:
+        if "--debug" in argv or debug_default:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _load(args) -> Config:
+    return load(args.config, args.overrides)
+
+
+# ---- pretraining ---------------------------------------------------------------------------------------------------
+
+
+def _dry_run(cfg: Config) -> None:
+    from .pretrain.export import build_unet
+    from .pretrain.pools import build_pretrain_dataset
 
     with torch.device("meta"):
         model = build_unet(cfg.model)
     n = sum(p.numel() for p in model.parameters())
-    print(f"parameters: {_format_params(n)} ({n:,})")
+    print(f"parameters: {n / 1e6:.1f}M ({n:,})" if n >= 1e6 else f"parameters: {n / 1e3:.1f}K ({n:,})")
     size = cfg.data.crop_size
     model.check_input_size(size, size)
     print(f"decoder blocks at {size}x{size} (block: channels @ resolution):")
     for b in model.decoder_blocks(size, size):
         print(f"  {b.index:2d}: {b.channels:4d} @ {b.resolution[0]}x{b.resolution[1]}")
-    if cfg.data.source == "folder" and not all(os.path.exists(r) for r in cfg.data.root):
+    if cfg.data.source == "folder" and not all(Path(r).exists() for r in cfg.data.root):
         print(f"data: {', '.join(cfg.data.root)} not found here; data pipeline not built")
     else:
-        ds = build_pretrain_dataset(cfg.data)
-        print(f"data: {cfg.data.source}, {len(ds)} images, crops {size}x{size}")
+        print(f"data: {cfg.data.source}, {len(build_pretrain_dataset(cfg.data))} images, crops {size}x{size}")
+
+
+def _train(argv: list[str]) -> int:
+    p = _parser("train.py", "Pretrain a U-Net with MDM (or the DDPM baseline).", "configs/tiny.yaml",
+                "run folder (default: train.out_dir)")
+    p.add_argument("--resume", help="'latest' (newest checkpoint in the run folder) or a checkpoint folder")
+    p.add_argument("--dry-run", action="store_true", help="build the model and data, print a summary, exit")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    if args.out:
+        cfg = replace(cfg, train=replace(cfg.train, out_dir=args.out))
+    if args.dry_run:
+        _dry_run(cfg)
+        return 0
+    from .pretrain.trainer import train  # deferred: Accelerate's import costs seconds that --dry-run does not need
+
+    train(cfg, resume=args.resume, device=resolve_device(args.device))
+    return 0
 
 
 def train_main(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
-    try:
-        cfg = load(args.config, args.overrides)
-        if args.out:
-            cfg.train.out_dir = args.out
-        if args.dry_run:
-            dry_run(cfg)
-            return 0
-        from .trainer import train
+    return _run(_train, argv)
 
-        train(cfg, resume=args.resume)
-        return 0
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+# ---- segmentation --------------------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = ["dice", "iou", "miou", "member_dice_mean", "member_dice_std", "object_f1", "object_dice", "aji"]
+
+
+def _segment(argv: list[str]) -> int:
+    from .pretrain.export import open_export
+    from .segment.run import run_segmentation
+
+    p = _parser("finetune_seg.py", "The segmentation stage: train on the labeled images of a dataset, evaluate on its "
+                "test images and save the segmenter. By default (seg.mode=frozen) the pretrained U-Net stays frozen "
+                "and small pixel classifiers learn from its decoder features; seg.mode=finetune trains a whole "
+                "network end to end instead. 'finetune_seg.py predict --help' segments new images with a saved run.",
+                "configs/seg_glas.yaml", "run folder (default: seg.out_dir)")
+    p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
+                   "seg.mode=finetune with seg.arch=smp)")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    out = args.out or cfg.seg.out_dir
+    device = resolve_device(args.device)
+    print(f"device: {device}")
+    export = open_export(args.checkpoint, cfg.seg.weights) if args.checkpoint else None
+    result = run_segmentation(cfg.seg, cfg.data, export, out, device=device)
+    print(json.dumps({k: round(result[k], 4) for k in SUMMARY_KEYS if k in result}))
+    print(f"results in {out}")
+    return 0
+
+
+def _predict(argv: list[str]) -> int:
+    from .segment.segmenter import load_segmenter
+    from .segment.visualize import save_prediction_images
+
+    p = argparse.ArgumentParser(prog="finetune_seg.py predict", description="Segment a folder of images with a saved "
+                                "segmentation run.")
+    p.add_argument("--model", required=True, help="a segmentation run folder (or its segmenter/)")
+    p.add_argument("--images", required=True, help="a folder of images (searched recursively) or one image")
+    p.add_argument("--out", required=True, help="where masks, overlays and uncertainty maps go")
+    _add_runtime_flags(p)
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    segmenter = load_segmenter(args.model, device)
+    files = list_images(args.images)
+    if not files:
+        raise DataError(f"{args.images}: no images found")
+    out = Path(args.out)
+    for f in files:
+        image = load_image(f, "RGB")
+        labels, unc, _ = segmenter.predict(f.stem, image)
+        save_prediction_images(out, f.stem, image, labels, unc, segmenter.num_classes)
+    print(f"segmented {len(files)} images into {out}")
+    return 0
+
+
+def seg_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "predict":
+        return _run(_predict, argv[1:])
+    return _run(_segment, argv)
+
+
+# ---- the study -----------------------------------------------------------------------------------------------------
+
+
+def _bench(argv: list[str]) -> int:
+    from .bench.study import run_benchmark
+
+    p = _parser("python -m mdm.benchmark", "The label-efficiency study: pretrain, then label fractions x seeds x "
+                "methods, a table and plots.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    if args.out:
+        cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
+    result = run_benchmark(cfg, device=resolve_device(args.device))
+    print(f"\n{cfg.bench.metric}, mean ± std over seeds {cfg.bench.seeds}:\n{result['table']}")
+    print(f"results in {cfg.bench.out_dir}/ (results.csv, results.md, label_efficiency.png, pretrain_budget.png)")
+    return 0
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    return _run(_bench, argv)
+
+
+# ---- conversion ----------------------------------------------------------------------------------------------------
+
+
+def _convert(argv: list[str]) -> int:
+    from .pretrain.convert import convert, count_parameters
+
+    p = argparse.ArgumentParser(prog="python -m mdm.convert", description="Convert a guided-diffusion / MDM / "
+                                "DDPM-segmentation checkpoint (a state dict in .pt/.pth) into an export folder for "
+                                "finetune_seg.py (config.yaml, unet.safetensors, unet_raw.safetensors).")
+    p.add_argument("--checkpoint", required=True, help="the .pt/.pth file (downloaded by you)")
+    p.add_argument("--config", required=True, help="the preset describing its architecture, e.g. configs/paper.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. model.out_channels=6 (repeatable)")
+    p.add_argument("--key", help="the entry holding the state dict when the file wraps several (e.g. ema)")
+    p.add_argument("--out", required=True, help="the export folder to write, e.g. exports/mdm_glas")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    out = convert(args.checkpoint, cfg, args.out, key=args.key)
+    n = count_parameters(out)
+    print(f"converted {args.checkpoint}: {n:,} parameters ({n / 1e6:.2f}M), objective {cfg.diffusion.objective} "
+          f"-> {out}")
+    return 0
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+    return _run(_convert, argv)

@@ -27,7 +27,7 @@ def configs_dir():
 def pretrained_export(tmp_path_factory):
     """One tiny MDM pretraining run on the synthetic pool, shared by every test that needs an export."""
     from helpers import tiny_config
-    from mdm.trainer import train
+    from mdm.pretrain.trainer import train
 
     run = tmp_path_factory.mktemp("pretrained")
     cfg = tiny_config(CONFIGS, run, "model.image_size=32", "data.crop_size=32", "data.synthetic_images=64",

@@ -3,7 +3,7 @@
 import json
 import os
 
-from mdm.config import load
+from mdm.common.config import load
 
 TINY_OVERRIDES = [
     "model.image_size=16", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",

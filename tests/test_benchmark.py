@@ -3,7 +3,7 @@
 import csv
 import os
 
-from mdm.config import load
+from mdm.common.config import load
 
 MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
         "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
@@ -13,7 +13,8 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
 
 
 def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monkeypatch, capsys):
-    from mdm import benchmark, finetune, segmentation
+    from mdm import benchmark
+    from mdm.bench import study
 
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}"])
     assert benchmark.main(["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path),
@@ -35,7 +36,6 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(segmentation, "run_segmentation", refuse)
-    monkeypatch.setattr(finetune, "run_finetune", refuse)
-    again = benchmark.run_benchmark(cfg, log=lambda *_: None)
+    monkeypatch.setattr(study, "run_segmentation", refuse)
+    again = study.run_benchmark(cfg, log=lambda *_: None)
     assert [r["dice"] for r in again["rows"]] == [float(r["dice"]) for r in rows]

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from mdm.cli import train_main
-from mdm.config import ConfigError, dump, load
+from mdm.common.config import ConfigError, dump, load
 
 
 def test_dump_and_reload_is_identical(tmp_path, configs_dir):
@@ -51,3 +51,13 @@ def test_dry_run_prints_parameters_and_blocks(configs_dir, capsys):
     out = capsys.readouterr().out
     assert "parameters: 311.0M" in out
     assert " 8:  384 @ 64x64" in out and "17:  192 @ 256x256" in out
+
+
+def test_every_key_is_documented_and_the_readme_table_is_current():
+    from pathlib import Path
+
+    from mdm.common import config_docs
+
+    assert {k for k, _ in config_docs.keys()} == set(config_docs.HELP)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert config_docs.replace_in(readme) == readme, "run: python -m mdm.common.config_docs --write"

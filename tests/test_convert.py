@@ -5,9 +5,11 @@ import os
 import pytest
 import torch
 
-from mdm.checkpoint import CheckpointError, build_unet, load_export
-from mdm.config import load
-from mdm.convert import ConvertError, convert, main
+from mdm.cli import convert_main as main
+from mdm.common.config import load
+from mdm.common.errors import CheckpointError
+from mdm.pretrain.convert import ConvertError, convert
+from mdm.pretrain.export import build_unet, load_export
 
 SMALL = ["model.image_size=16", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]"]
 

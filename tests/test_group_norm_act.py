@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdm import group_norm_act as gna
-from mdm import unet
-from mdm.unet import GroupNorm32, ResBlock, UNetModel
+from mdm.nn import group_norm_act as gna
+from mdm.nn import unet
+from mdm.nn.unet import GroupNorm32, ResBlock, UNetModel
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernel")
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernel")
 
 
 @contextmanager
@@ -77,6 +77,7 @@ CASES = [((4, 32, 8, 12), True, True), ((4, 32, 8, 12), True, False), ((3, 64, 4
 
 @pytest.mark.parametrize("shape,act,scale_shift", CASES,
                          ids=["silu+scale_shift", "silu", "attention-norm-3d", "one-sample"])
+@needs_compiler
 def test_fp32_kernel_matches_float64_reference(shape, act, scale_shift):
     assert gna.fused_kernel_available(), "the kernel did not build on this machine"
     norm, x, ss, grad = _inputs(shape, torch.float32, scale_shift)
@@ -87,6 +88,7 @@ def test_fp32_kernel_matches_float64_reference(shape, act, scale_shift):
         assert _rel(g, r) < 1e-5
 
 
+@needs_compiler
 @pytest.mark.parametrize("shape,act,scale_shift", CASES[:2], ids=["silu+scale_shift", "silu"])
 def test_bf16_kernel_is_at_least_as_accurate_as_the_unfused_path(shape, act, scale_shift, monkeypatch):
     """bf16 storage, fp32 arithmetic: no further from the float64 result than GroupNorm32 + SiLU under autocast."""
@@ -102,6 +104,7 @@ def test_bf16_kernel_is_at_least_as_accurate_as_the_unfused_path(shape, act, sca
         assert _rel(g, r) <= 1.05 * _rel(u, r) + 1e-4
 
 
+@needs_compiler
 def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread():
     """x = 1000 + 0.01 * noise: fp32 E[x^2] - E[x]^2 would lose the variance entirely (torch's own fp32
     channels-last GroupNorm is off by 190% on this input, torch 2.14). What remains is the fp32 rounding of the
@@ -132,6 +135,7 @@ def _unet_output_and_grads(model):
     return out.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
+@needs_compiler
 def test_unet_gives_the_same_result_fused_and_unfused(monkeypatch):
     """Every norm of the U-Net (in/out layers with scale-shift, attention without SiLU, the output head) is wired
     to the kernel with the same meaning as the unfused modules."""
@@ -150,6 +154,7 @@ def test_unet_gives_the_same_result_fused_and_unfused(monkeypatch):
     assert _rel(a, b) < 1e-5
 
 
+@needs_compiler
 def test_every_norm_runs_once_with_the_activation_and_scale_shift_its_block_defines(monkeypatch):
     """The U-Net calls group_norm_act for each GroupNorm module exactly once per forward, with SiLU exactly where
     guided-diffusion's module lists put nn.SiLU after the norm, and scale/shift exactly on ResBlocks' second norm."""
@@ -195,3 +200,24 @@ def test_without_a_compiler_it_warns_once_and_runs_unfused(monkeypatch):
         assert not gna.fused_kernel_available()  # cached: no second build attempt, no second warning
     finally:
         gna._extension.cache_clear()
+
+
+def test_a_stale_build_lock_is_removed_and_builds_are_keyed_by_torch_version(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale = tmp_path / "k_stale" / "lock"
+    stale.parent.mkdir()
+    stale.touch()
+    old = time.time() - gna.BUILD_TIMEOUT_S - 60
+    os.utime(stale, (old, old))
+    fresh = tmp_path / "k_fresh" / "lock"
+    fresh.parent.mkdir()
+    fresh.touch()
+    assert gna._build_directory("k_stale") == str(stale.parent) and not stale.exists()
+    gna._build_directory("k_fresh")
+    assert fresh.exists()  # a build may be running right now
+    tag = gna._build_tag()
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")
+    assert gna._build_tag() != tag

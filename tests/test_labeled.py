@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mdm.data.folder import DataError
-from mdm.data.labeled import IGNORE_INDEX, LabeledImage, label_subset, load_split
+from mdm.common.errors import DataError
+from mdm.common.labels import IGNORE_INDEX
+from mdm.segment.datasets import LabeledImage, load_split
+from mdm.segment.splits import label_subset
 
 W, H = 37, 29  # PIL sizes are (width, height); arrays are [H, W]
 

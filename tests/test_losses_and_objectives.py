@@ -2,10 +2,10 @@ import pytest
 import torch
 from pytorch_msssim import ssim
 
-from mdm import rng
-from mdm.diffusion import GaussianDiffusion, MaskedDiffusion
-from mdm.losses import masked_ssim_loss, ssim_loss, ssim_map
-from mdm.unet import UNetModel
+from mdm.common import rng
+from mdm.nn.unet import UNetModel
+from mdm.pretrain.losses import masked_ssim_loss, ssim_loss, ssim_map
+from mdm.pretrain.objectives import GaussianDiffusion, MaskedDiffusion
 
 
 def test_ssim_loss_of_an_image_with_itself_is_zero():

@@ -1,6 +1,6 @@
 import torch
 
-from mdm.masking import apply_mask, mask_to_pixels, num_kept, patch_mask
+from mdm.pretrain.masking import apply_mask, mask_to_pixels, num_kept, patch_mask
 
 
 def test_keeps_exactly_int_L_times_one_minus_ratio():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mdm.metrics import (
+from mdm.segment.metrics import (
     aji,
     binary_dice_iou,
     confusion_matrix,

@@ -7,27 +7,35 @@ import pytest
 import torch
 from PIL import Image
 
-from mdm.checkpoint import CheckpointError, load_export, save_export
-from mdm.config import load
-from mdm.features import FeatureExtractor, Tile
-from mdm.seg_cli import main as seg_main
-from mdm.segmentation import Segmenter, run_segmentation
+from mdm.cli import seg_main
+from mdm.common.config import load
+from mdm.common.errors import CheckpointError
+from mdm.common.tiling import Tile
+from mdm.pretrain.export import load_export, open_export, save_export
+from mdm.segment.features import FeatureExtractor
+from mdm.segment.run import run_segmentation
+from mdm.segment.segmenter import load_segmenter
 
 
-def seg_config(configs_dir, out, *extra):
+def seg_config(configs_dir, *extra):
     return load(os.path.join(configs_dir, "seg_synthetic.yaml"),
-                [f"seg.out_dir={out}", "seg.ensemble_size=2", "seg.max_epochs=8", "seg.patience=3", *extra])
+                ["seg.ensemble_size=2", "seg.max_epochs=8", "seg.patience=3", *extra])
+
+
+def segment(configs_dir, export, out, *extra):
+    cfg = seg_config(configs_dir, *extra)
+    return run_segmentation(cfg.seg, cfg.data, open_export(export), out, progress=False)
 
 
 @pytest.fixture(scope="module")
 def baseline(pretrained_export, tmp_path_factory, configs_dir):
     out = tmp_path_factory.mktemp("seg_baseline")
-    return out, run_segmentation(seg_config(configs_dir, out), pretrained_export, progress=False)
+    return out, segment(configs_dir, pretrained_export, out)
 
 
 def constant_dice(configs_dir):
     """Dice of predicting 'gland' everywhere, per test image, averaged."""
-    from mdm.data.labeled import load_split
+    from mdm.segment.datasets import load_split
 
     ds = load_split("synthetic", None, "test")
     scores = []
@@ -64,14 +72,14 @@ def test_damaged_features_lower_the_score(baseline, pretrained_export, tmp_path,
         return real(self, blocks, size, ((ys + size // 4) % size) * size + (xs + size // 4) % size)
 
     monkeypatch.setattr(FeatureExtractor, "pixel_features", damaged)
-    result = run_segmentation(seg_config(configs_dir, tmp_path), pretrained_export, progress=False)
+    result = segment(configs_dir, pretrained_export, tmp_path)
     assert result["dice"] < good["dice"] - 0.05, (damage, result["dice"], good["dice"])
 
 
 def test_export_weights_really_load(pretrained_export, tmp_path):
     model, cfg = load_export(pretrained_export)
     image = torch.rand(3, 32, 32) * 2 - 1
-    from mdm.diffusion import build_objective
+    from mdm.pretrain.objectives import build_objective
 
     def features(m):
         ex = FeatureExtractor(m, build_objective(cfg.diffusion), [-1], [50], seed=0)
@@ -87,7 +95,7 @@ def test_export_weights_really_load(pretrained_export, tmp_path):
 
 def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
     out, _ = baseline
-    from mdm.data.synthetic import save_examples
+    from mdm.common.synthetic import save_examples
 
     paths = save_examples(str(tmp_path / "new"), 2)
     assert seg_main(["predict", "--model", str(out), "--images", str(tmp_path / "new"), "--out",
@@ -97,9 +105,10 @@ def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
         size = Image.open(path).size
         name = os.path.basename(path)
         assert Image.open(tmp_path / "p" / "predictions" / name).size == size
-        assert Image.open(tmp_path / "p" / "overlays" / name).size == size
+        panel = Image.open(tmp_path / "p" / "overlays" / name)  # image | prediction | uncertainty, enlarged
+        assert panel.width >= 3 * 256 and panel.height > 256
         assert Image.open(tmp_path / "p" / "uncertainty" / name).size == size
-    assert Segmenter.load(out).num_classes == 2
+    assert load_segmenter(out).num_classes == 2
 
 
 def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_path, configs_dir, capsys):
@@ -111,7 +120,7 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
     assert seg_main(["predict", "--model", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "segmenter.yaml: not found" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
-        Segmenter.load(tmp_path)
+        load_segmenter(tmp_path)
 
 
 def test_pixel_features_equal_upsampling_the_blocks():
@@ -129,7 +138,7 @@ def test_pixel_features_equal_upsampling_the_blocks():
 
 def test_dihedral_crops_keep_image_and_label_aligned():
     """Every crop's label must move with its image; dihedral crops use all 4 rotations, hflip crops none."""
-    from mdm.finetune import _crop_batch
+    from mdm.segment.finetune import crop_batch
 
     g = torch.Generator().manual_seed(0)
     label = (torch.rand(40, 48, generator=g) < 0.5).long()
@@ -138,7 +147,7 @@ def test_dihedral_crops_keep_image_and_label_aligned():
     for augment, turns_expected in (("dihedral", {0, 1, 2, 3}), ("hflip", {0})):
         turns_seen = set()
         for key in range(4):
-            x, y = _crop_batch([image], [label], 16, 32, key, augment)
+            x, y = crop_batch([image], [label], 16, 32, key, augment)
             assert torch.equal(y, (x[:, 0] > 0).long())  # the label is channel 0: alignment survives
             for crop in x[:, 1]:
                 found = [k for k in range(4) for flip in (False, True)  # undo the rotation k, then the flip

@@ -1,6 +1,6 @@
 import torch
 
-from mdm.data.synthetic import SyntheticHistology, render
+from mdm.common.synthetic import SyntheticHistology, render
 
 
 def _dice(pred, gt):

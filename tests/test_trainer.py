@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from helpers import TINY_OVERRIDES, read_log, tiny_config
-from mdm.checkpoint import CheckpointError, load_export, save_export
-from mdm.data import DataError
-from mdm.data.folder import ImageFolderDataset
-from mdm.data.sampler import StepBatchSampler
-from mdm.trainer import TrainingError, list_checkpoints, train
+from mdm.common.errors import CheckpointError, DataError, TrainingError
+from mdm.pretrain.export import load_export, save_export
+from mdm.pretrain.pools import ImageFolderDataset
+from mdm.pretrain.sampler import StepBatchSampler
+from mdm.pretrain.trainer import list_checkpoints, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,7 +56,7 @@ def test_a_kill_during_a_checkpoint_save_leaves_a_resumable_run(tmp_path, config
 
 
 def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path, configs_dir, monkeypatch):
-    from mdm.diffusion import MaskedDiffusion
+    from mdm.pretrain.objectives import MaskedDiffusion
 
     cfg = tiny_config(configs_dir, tmp_path / "run", "train.max_steps=6", "train.checkpoint_every=2")
     real_loss = MaskedDiffusion.loss
@@ -79,7 +79,7 @@ def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path, configs_dir, monkeypa
 
 def test_export_round_trip_is_strict(tmp_path, configs_dir):
     cfg = tiny_config(configs_dir, tmp_path)
-    from mdm.checkpoint import build_unet
+    from mdm.pretrain.export import build_unet
 
     model = build_unet(cfg.model)
     for p in model.parameters():

@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-from mdm.checkpoint import build_unet
-from mdm.config import load
-from mdm.unet import UNetModel
+from mdm.common.config import load
+from mdm.nn.unet import UNetModel
+from mdm.pretrain.export import build_unet
 
 
 def _meta_model(configs_dir, name):
@@ -65,7 +65,7 @@ def test_non_divisible_size_says_which_sizes_work():
 def test_attention_matches_guided_diffusion_legacy_qkv_attention():
     """AttentionBlock gives what guided-diffusion's Conv1d + QKVAttentionLegacy compute with the same weights, for
     channels-last and NCHW inputs (the published checkpoints rely on this channel order)."""
-    from mdm.unet import AttentionBlock
+    from mdm.nn.unet import AttentionBlock
 
     torch.manual_seed(0)
     block = AttentionBlock(64, num_head_channels=16)

@@ -1,0 +1,1 @@
+"""Stage 3: the label-efficiency study (the sweep, tables and plots)."""

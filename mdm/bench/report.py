@@ -1,0 +1,68 @@
+"""Tables and plots of a label-efficiency study: ``results.csv`` rows, a markdown table of mean ± std over seeds,
+and line plots with error bars."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ["method", "label_fraction", "seed", "labeled_images", "dice", "iou", "miou", "object_f1", "object_dice",
+           "aji"]
+
+
+def result_row(method: str, fraction: float, seed: int, result: dict) -> dict:
+    """One ``results.csv`` row from a run's metrics."""
+    row = {"method": method, "label_fraction": fraction, "seed": seed,
+           "labeled_images": result.get("labeled_images")}
+    for k in COLUMNS[4:]:
+        if k in result:
+            row[k] = result[k]
+    return row
+
+
+def summarize(rows: list[dict], metric: str, methods: list[str], fractions: list[float]) -> str:
+    """Markdown table: mean ± std of ``metric`` over seeds, one row per method, one column per fraction."""
+    head = "| method | " + " | ".join(f"{f:g} labels" for f in fractions) + " |"
+    lines = [head, "|---" * (len(fractions) + 1) + "|"]
+    for m in methods:
+        cells = []
+        for f in fractions:
+            vals = [r[metric] for r in rows if r["method"] == m and r["label_fraction"] == f and metric in r]
+            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f} (n={len(vals)})" if vals else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], xlabel: str, ylabel: str,
+               title: str) -> None:
+    """One line per series with mean ± std error bars; ``series[name] = [(x, [values over seeds]), ...]``."""
+    import matplotlib  # deferred: matplotlib takes a second to import and only the report draws
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        points = [(x, v) for x, v in points if v]
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        ax.errorbar(xs, [np.mean(v) for _, v in points], yerr=[np.std(v) for _, v in points], marker="o",
+                    capsize=3, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,0 +1,128 @@
+"""The label-efficiency study: label fractions x seeds x methods, then a table and plots.
+
+Every method sees the same labeled subsets (``data.seed`` = the seed), validation pixels and test images. Pretraining
+runs once per objective and is reused by every fraction and seed: ``mdm`` and ``ddpm`` train the same architecture on
+the same unlabeled pool for ``bench.pretrain_steps`` steps; ``random`` and ``unet-scratch`` use the MDM run's
+``exports/step_0``, i.e. the very same initial weights. Finished runs (a ``metrics.json``) are skipped, so an
+interrupted sweep resumes. Output folder::
+
+    pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve)
+    runs/<method>/f<fraction>_s<seed>/  one segmentation run each
+    results.csv results.md label_efficiency.png
+    budget.csv pretrain_budget.png      the metric at the lowest fraction vs pretraining steps (first seed)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..common.config import Config, dump
+from ..pretrain.export import open_export
+from ..pretrain.trainer import list_checkpoints, train
+from ..segment.run import run_segmentation
+from .report import COLUMNS, plot_lines, result_row, summarize, write_csv
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method segments: ``mode``/``arch`` as in ``SegConfig``; its U-Net comes from the pretraining run of
+    ``objective`` (None: no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the
+    random initial weights)."""
+
+    name: str
+    mode: str
+    arch: str
+    objective: str | None
+    export: str
+
+
+METHODS = {m.name: m for m in (
+    Method("mdm", "frozen", "unet", "mdm", "export"),
+    Method("ddpm", "frozen", "unet", "ddpm", "export"),
+    Method("random", "frozen", "unet", "mdm", "exports/step_0"),
+    Method("mdm-ft", "finetune", "unet", "mdm", "export"),
+    Method("unet-scratch", "finetune", "unet", "mdm", "exports/step_0"),
+    Method("smp-scratch", "finetune", "smp", None, ""),
+)}
+
+
+def pretrain_if_needed(cfg: Config, objective: str, out: Path, log=print) -> Path:
+    """Run (or resume) the pretraining of ``objective`` for ``bench.pretrain_steps``; returns the run folder."""
+    run = out / f"pretrain_{objective}"
+    steps = cfg.bench.pretrain_steps
+    if (run / "exports" / f"step_{steps}").is_dir():
+        return run
+    tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=max(1, steps // cfg.bench.budget_exports),
+                 checkpoint_every=max(1, steps // 4))
+    log(f"pretraining {objective} for {steps} steps -> {run}")
+    train(replace(cfg, diffusion=replace(cfg.diffusion, objective=objective), train=tc),
+          resume="latest" if list_checkpoints(run) else None)
+    return run
+
+
+def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path | None, out: Path,
+            device: torch.device | None = None) -> dict:
+    """One segmentation run (skipped when its ``metrics.json`` exists); returns its metrics."""
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    m = METHODS[method]
+    seg = replace(cfg.seg, mode=m.mode, arch=m.arch, seed=seed)
+    data = replace(cfg.data, label_fraction=fraction, seed=seed)
+    opened = open_export(export, seg.weights) if export is not None else None
+    return run_segmentation(seg, data, opened, out, device=device, progress=False)
+
+
+def run_benchmark(cfg: Config, log=print, device: torch.device | None = None) -> dict:
+    """The whole study; returns ``{"rows": [...], "budget": [...], "table": markdown}``."""
+    bc = cfg.bench
+    out = Path(bc.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump(cfg, out / "config.yaml")
+    objectives = sorted({METHODS[m].objective for m in bc.methods} - {None})
+    pretrain = {obj: pretrain_if_needed(cfg, obj, out, log) for obj in objectives}
+
+    def export_for(method: str, which: str | None = None) -> Path | None:
+        m = METHODS[method]
+        return pretrain[m.objective] / (which or m.export) if m.objective else None
+
+    rows = []
+    total = len(bc.fractions) * len(bc.seeds) * len(bc.methods)
+    for fraction in bc.fractions:
+        for seed in bc.seeds:
+            for method in bc.methods:
+                run = out / "runs" / method / f"f{fraction:g}_s{seed}"
+                done = (run / "metrics.json").is_file()
+                log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}"
+                    + (" (done, skipped)" if done else ""))
+                result = run_one(cfg, method, fraction, seed, export_for(method), run, device)
+                rows.append(result_row(method, fraction, seed, result))
+    write_csv(out / "results.csv", rows, COLUMNS)
+    table = summarize(rows, bc.metric, bc.methods, bc.fractions)
+    (out / "results.md").write_text(f"# Label efficiency ({bc.metric}, mean ± std over seeds {bc.seeds})\n\n"
+                                    f"{table}\n")
+    plot_lines(out / "label_efficiency.png",
+               {m: [(f, [r[bc.metric] for r in rows if r["method"] == m and r["label_fraction"] == f
+                         and bc.metric in r]) for f in bc.fractions] for m in bc.methods},
+               "label fraction", bc.metric, "Label efficiency")
+
+    budget = []
+    lowest = min(bc.fractions)
+    for method in [m for m in bc.budget_methods if m in bc.methods and METHODS[m].objective == "mdm"]:
+        steps = sorted(int(p.name.split("_")[1]) for p in (pretrain["mdm"] / "exports").glob("step_*"))
+        seed = bc.seeds[0]  # one seed: the curve shows the trend; the sweep above gives the spread
+        for step in steps:
+            run = out / "budget" / method / f"step_{step}_s{seed}"
+            log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}")
+            result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run, device)
+            budget.append({"pretrain_steps": step, **result_row(method, lowest, seed, result)})
+    if budget:
+        write_csv(out / "budget.csv", budget, ["pretrain_steps", *COLUMNS])
+        plot_lines(out / "pretrain_budget.png",
+                   {m: [(s, [b[bc.metric] for b in budget if b["method"] == m and b["pretrain_steps"] == s])
+                        for s in sorted({b["pretrain_steps"] for b in budget})] for m in bc.budget_methods},
+                   "pretraining steps", bc.metric, f"Pretraining budget at {lowest:g} labels (seed {bc.seeds[0]})")
+    return {"rows": rows, "budget": budget, "table": table}

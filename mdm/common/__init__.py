@@ -1,0 +1,1 @@
+"""Pieces every stage uses: config, errors, keyed randomness, file I/O, tiling, label conventions, synthetic data."""

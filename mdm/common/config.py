@@ -1,0 +1,334 @@
+"""Configuration: YAML files mapped onto dataclasses, with ``--set a.b=value`` overrides.
+
+A config has the sections ``model``, ``diffusion``, ``data`` and ``train``. Loading rejects unknown keys and values
+of the wrong type with a ``ConfigError`` that names the key; ``dump`` writes YAML that ``load`` reads back into an
+equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+BENCH_METHODS = ("mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch")
+
+
+@dataclass
+class ModelConfig:
+    """U-Net architecture (see ``mdm.unet.UNetModel``)."""
+
+    image_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    model_channels: int = 32
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    attention_resolutions: list[int] = field(default_factory=lambda: [8])
+    num_heads: int = 1
+    num_head_channels: int = 32
+    dropout: float = 0.0
+    resblock_updown: bool = True
+    use_scale_shift_norm: bool = True
+    conv_resample: bool = True
+    use_checkpoint: bool = False
+    norm_groups: int = 32
+
+
+@dataclass
+class DiffusionConfig:
+    """The corruption process and its loss.
+
+    ``objective``: ``mdm`` (hide patches, predict x0) or ``ddpm`` (Gaussian noise, predict epsilon, MSE).
+    ``loss`` (MDM only): ``ssim`` (whole image), ``ssim_masked`` (SSIM map averaged over masked pixels), ``mse``,
+    ``l1``.
+    """
+
+    objective: str = "mdm"
+    timesteps: int = 1000
+    patch_size: int = 8
+    mask_fill: float = 0.0
+    loss: str = "ssim"
+    ssim_win_size: int = 5
+    ssim_sigma: float = 1.5
+    beta_schedule: str = "linear"
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are cropped.
+
+    ``source``: ``folder`` (``root``: a folder or a list of folders, searched recursively) or ``synthetic``.
+    ``crop``: ``random`` (random ``crop_size`` crops, no resize, as the reference) or ``resize``.
+    """
+
+    source: str = "synthetic"
+    root: list[str] = field(default_factory=list)
+    crop_size: int = 32
+    crop: str = "random"
+    hflip: bool = True
+    color_mode: str = "RGB"
+    exclude: list[str] = field(default_factory=list)
+    skip_unreadable: bool = False
+    num_workers: int = 0
+    synthetic_images: int = 256
+    synthetic_image_size: int = 64
+    synthetic_seed: int = 0  # which synthetic world (slides, images); the same for pretraining and segmentation
+    seed: int = 0  # draws the labeled subset (segmentation)
+    # segmentation stage
+    label_fraction: float = 1.0
+    val_fraction: float = 0.1
+    num_classes: int = 0  # 0: the dataset's own (2 for glas/monuseg/synthetic, 34 for ffhq34)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop. ``batch_size`` is the global batch per optimizer step (over all processes and
+    accumulation steps)."""
+
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    mixed_precision: str = "no"
+    channels_last: bool = True  # NHWC memory format: faster CPU steps, and needed by the fused CPU norm kernel
+    seed: int = 0
+    log_every: int = 10
+    image_every: int = 250
+    checkpoint_every: int = 500
+    checkpoint_limit: int = 2
+    export_every: int = 0
+    out_dir: str = "runs/pretrain"
+
+
+@dataclass
+class SegConfig:
+    """The segmentation stage (``finetune_seg.py``): features of frozen decoder blocks + a pixel MLP ensemble.
+
+    ``blocks``: inclusive list of decoder block numbers (negatives count from the end). ``timesteps``: extraction
+    timesteps. ``combine``: ``vote``, ``mean_prob`` or ``individual``. ``tile_size`` 0 means the export's
+    ``data.crop_size``. ``cache_dir`` empty keeps block outputs in memory instead of on disk.
+    """
+
+    mode: str = "frozen"  # frozen: features + pixel MLPs; finetune: train a whole network end to end
+    arch: str = "unet"  # finetune only: unet (the export's U-Net + 1x1 head) or smp (segmentation-models-pytorch)
+    smp_encoder: str = "resnet18"
+    finetune_lr: float = 2e-4
+    augment: str = "hflip"  # finetune only: hflip, or dihedral (flips + 90-degree rotations: histology), or none
+    crops_per_epoch: int = 64
+    batch_size: int = 8
+    blocks: list[int] = field(default_factory=lambda: [-3, -2, -1])
+    timesteps: list[int] = field(default_factory=lambda: [50])
+    seed: int = 0
+    ensemble_size: int = 10
+    combine: str = "vote"
+    max_epochs: int = 30
+    patience: int = 5
+    lr: float = 1e-3
+    batch_pixels: int = 4096
+    pixels_per_tile: int = 2048
+    min_class_pixels: int = 0
+    tile_size: int = 0
+    overlap: float = 0.2
+    normalize: bool = True
+    cache_dir: str = "runs/feature_cache"
+    weights: str = "ema"
+    out_dir: str = "runs/seg"
+
+
+@dataclass
+class BenchConfig:
+    """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods.
+
+    Methods: ``mdm``, ``ddpm``, ``random`` (frozen features + pixel MLPs of the MDM-pretrained, DDPM-pretrained and
+    randomly initialised U-Net), ``mdm-ft``, ``unet-scratch`` (the U-Net + 1x1 head fine-tuned end to end from the MDM
+    weights / from the same random init), ``smp-scratch`` (a segmentation-models-pytorch U-Net from scratch).
+    ``pretrain_steps`` is the pretraining budget of both ``mdm`` and ``ddpm``; ``budget_exports`` exports are kept
+    along the way (evenly spaced, plus step 0) for the pretraining-budget curve.
+    """
+
+    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    methods: list[str] = field(default_factory=lambda: ["mdm", "ddpm", "random", "mdm-ft", "unet-scratch",
+                                                        "smp-scratch"])
+    metric: str = "dice"
+    pretrain_steps: int = 1000
+    budget_exports: int = 4
+    budget_methods: list[str] = field(default_factory=lambda: ["mdm", "mdm-ft"])
+    out_dir: str = "runs/bench"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def validate(self) -> "Config":
+        """Check value ranges and choices; raise ``ConfigError`` naming the key."""
+        choices = {
+            "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm"}),
+            "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_masked", "mse", "l1"}),
+            "diffusion.beta_schedule": (self.diffusion.beta_schedule, {"linear", "cosine"}),
+            "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "generic"}),
+            "seg.combine": (self.seg.combine, {"vote", "mean_prob", "individual"}),
+            "seg.weights": (self.seg.weights, {"ema", "raw"}),
+            "seg.mode": (self.seg.mode, {"frozen", "finetune"}),
+            "seg.arch": (self.seg.arch, {"unet", "smp"}),
+            "seg.augment": (self.seg.augment, {"none", "hflip", "dihedral"}),
+            "data.crop": (self.data.crop, {"random", "resize"}),
+            "data.color_mode": (self.data.color_mode, {"RGB", "L"}),
+            "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16"}),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed)}")
+        unknown = sorted(set(self.bench.methods) - set(BENCH_METHODS))
+        if unknown:
+            raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
+        positive = {"train.max_steps": self.train.max_steps, "train.batch_size": self.train.batch_size,
+                    "train.grad_accum_steps": self.train.grad_accum_steps, "model.image_size": self.model.image_size,
+                    "data.crop_size": self.data.crop_size, "diffusion.timesteps": self.diffusion.timesteps,
+                    "diffusion.patch_size": self.diffusion.patch_size}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key}: must be positive, got {value}")
+        if not 0.0 < self.data.label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction: must be in (0, 1], got {self.data.label_fraction}")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
+        if not 0.0 <= self.seg.overlap < 1.0:
+            raise ConfigError(f"seg.overlap: must be in [0, 1), got {self.seg.overlap}")
+        if self.seg.ensemble_size < 1 or not self.seg.timesteps or not self.seg.blocks:
+            raise ConfigError("seg.ensemble_size, seg.timesteps and seg.blocks must be non-empty / positive")
+        if not 0.0 <= self.train.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.train.ema_decay}")
+        if self.diffusion.ssim_win_size % 2 == 0:
+            raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {self.diffusion.ssim_win_size}")
+        if self.diffusion.objective == "mdm" and self.data.crop_size % self.diffusion.patch_size:
+            raise ConfigError(f"data.crop_size: {self.data.crop_size} is not divisible by diffusion.patch_size="
+                              f"{self.diffusion.patch_size}")
+        if self.data.source == "folder" and not self.data.root:
+            raise ConfigError("data.root: data.source is 'folder' but no folder is given (--set data.root=DIR)")
+        return self
+
+
+def _check_type(key: str, value, tp):
+    """Return ``value`` converted to type ``tp`` where that is lossless (int or "1e-4" -> float,
+    scalar -> 1-list, tuple -> list), else raise ``ConfigError``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {tp}, got {type(value).__name__} {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (list, tuple)):
+            return [_check_type(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return [_check_type(key, value, item_tp)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known keys in "
+                          f"{prefix.rstrip('.') or 'config'}: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(f"{prefix}{name}", value, tp)
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a ``Config`` from nested dicts; missing keys take the dataclass defaults."""
+    return _build(Config, data or {}, "").validate()
+
+
+def _set_nested(data: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"a.b=value"`` -> ``("a.b", parsed value)``; values are read as YAML (``3``, ``1e-4``, ``[1,2]``, ``true``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_nested(data, key, value)
+    return from_dict(data)
+
+
+def to_dict(cfg) -> dict:
+    return asdict(cfg)
+
+
+def dump(cfg, path: str | Path) -> None:
+    """Write the resolved config as YAML (readable by ``load``)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

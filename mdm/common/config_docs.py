@@ -1,0 +1,169 @@
+"""The table of every config key for the README, generated from the dataclasses.
+
+    python -m mdm.common.config_docs            # print the table
+    python -m mdm.common.config_docs --write    # replace the table in README.md (between the markers)
+
+Every key needs a line in ``HELP`` (a test checks that, and that the README's table is the one this prints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from .config import Config
+
+START, END = "<!-- config-table -->", "<!-- /config-table -->"
+
+SECTIONS = {
+    "model": "the U-Net (stored in every export; stage 2 reads it from there, never retyped)",
+    "diffusion": "the pretraining objective",
+    "data": "images: the pretraining pool, or the labeled dataset of stage 2",
+    "train": "the pretraining loop",
+    "seg": "the segmentation stage",
+    "bench": "the label-efficiency study",
+}
+
+HELP = {
+    "model.image_size": "nominal input size; `attention_resolutions` are relative to it",
+    "model.in_channels": "input channels",
+    "model.out_channels": "output channels (6 for a guided-diffusion learn-sigma model)",
+    "model.model_channels": "base width",
+    "model.channel_mult": "width multiplier per resolution level",
+    "model.num_res_blocks": "residual blocks per level (the decoder has one more)",
+    "model.attention_resolutions": "feature-map sizes (px at `image_size`) with self-attention",
+    "model.num_heads": "attention heads (when `num_head_channels` is -1)",
+    "model.num_head_channels": "channels per attention head (-1: use `num_heads`)",
+    "model.dropout": "dropout in the residual blocks",
+    "model.resblock_updown": "resample inside residual blocks (guided-diffusion's `resblock_updown`)",
+    "model.use_scale_shift_norm": "the timestep embedding scales and shifts the second norm",
+    "model.conv_resample": "convolution in separate up/downsampling layers",
+    "model.use_checkpoint": "gradient checkpointing (less memory, slower)",
+    "model.norm_groups": "GroupNorm groups",
+    "diffusion.objective": "`mdm` (hide patches, predict the clean image) or `ddpm` (Gaussian noise, predict it)",
+    "diffusion.timesteps": "T; the MDM mask ratio is t / T",
+    "diffusion.patch_size": "MDM patch size in px",
+    "diffusion.mask_fill": "value of masked pixels (images are in [-1, 1])",
+    "diffusion.loss": "MDM loss: `ssim`, `ssim_masked` (masked pixels only), `mse` or `l1`",
+    "diffusion.ssim_win_size": "SSIM Gaussian window size (odd)",
+    "diffusion.ssim_sigma": "SSIM Gaussian window sigma",
+    "diffusion.beta_schedule": "DDPM noise schedule: `linear` or `cosine`",
+    "data.source": "`folder` or `synthetic` (pretraining); `glas`, `monuseg`, `ffhq34`, `generic` or `synthetic` "
+                   "(stage 2)",
+    "data.root": "folder(s) of the source",
+    "data.crop_size": "pretraining crop size; also stage 2's default tile size",
+    "data.crop": "`random` crops (no resize) or `resize` whole images",
+    "data.hflip": "random horizontal flips in pretraining",
+    "data.color_mode": "`RGB` or `L`",
+    "data.exclude": "files or folders never pretrained on (matched by path and by content)",
+    "data.skip_unreadable": "skip unreadable images with a warning instead of stopping",
+    "data.num_workers": "DataLoader workers",
+    "data.synthetic_images": "size of the synthetic unlabeled pool",
+    "data.synthetic_image_size": "side of synthetic images in px",
+    "data.synthetic_seed": "which synthetic world (slides, stains, images): the same in both stages",
+    "data.seed": "which training images are labeled (the label subset)",
+    "data.label_fraction": "fraction of the training images that are labeled, in (0, 1]",
+    "data.val_fraction": "fraction of labeled pixels held out for early stopping",
+    "data.num_classes": "0: the source's own (2 for glas/monuseg/synthetic, 34 for ffhq34)",
+    "train.max_steps": "optimizer steps",
+    "train.batch_size": "global batch per optimizer step (over processes and accumulation)",
+    "train.grad_accum_steps": "gradient accumulation steps",
+    "train.lr": "AdamW learning rate (constant after warm-up)",
+    "train.weight_decay": "AdamW weight decay",
+    "train.warmup_steps": "linear learning-rate warm-up",
+    "train.grad_clip": "gradient-norm clip (0: off)",
+    "train.ema_decay": "EMA decay of the exported weights",
+    "train.ema_warmup": "EMA warm-up (short runs need it)",
+    "train.mixed_precision": "`no`, `bf16` or `fp16` (GPU only)",
+    "train.channels_last": "NHWC memory format (faster on CPU, needed by the fused CPU norm kernel)",
+    "train.seed": "initial weights and every sample's crop, timestep, mask and noise",
+    "train.log_every": "steps between log.jsonl rows",
+    "train.image_every": "steps between reconstruction grids (0: none)",
+    "train.checkpoint_every": "steps between checkpoints",
+    "train.checkpoint_limit": "checkpoints kept",
+    "train.export_every": "steps between kept exports (0: only the first and last)",
+    "train.out_dir": "run folder",
+    "seg.mode": "`frozen` (features + pixel MLPs) or `finetune` (a whole network end to end)",
+    "seg.arch": "fine-tuning network: `unet` (the export's U-Net + 1x1 head) or `smp` (from scratch)",
+    "seg.smp_encoder": "encoder of the smp U-Net (no pretrained weights)",
+    "seg.finetune_lr": "Adam learning rate of fine-tuning",
+    "seg.augment": "fine-tuning crops: `hflip`, `dihedral` (flips + 90° rotations) or `none`",
+    "seg.crops_per_epoch": "fine-tuning crops per epoch",
+    "seg.batch_size": "fine-tuning batch",
+    "seg.blocks": "decoder blocks for features (guided-diffusion numbering; negatives count from the end)",
+    "seg.timesteps": "extraction timesteps (features of all are concatenated)",
+    "seg.seed": "classifier init, pixel order, extraction masks and validation pixels",
+    "seg.ensemble_size": "pixel MLPs in the ensemble",
+    "seg.combine": "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS protocol)",
+    "seg.max_epochs": "epochs at most",
+    "seg.patience": "epochs without a better validation loss before stopping",
+    "seg.lr": "Adam learning rate of the pixel MLPs",
+    "seg.batch_pixels": "pixels per MLP batch",
+    "seg.pixels_per_tile": "training pixels drawn per tile and epoch (0: all)",
+    "seg.min_class_pixels": "ignore a class in an image where it has fewer pixels (FFHQ-34: 20)",
+    "seg.tile_size": "sliding-window tile (0: the export's `data.crop_size`)",
+    "seg.overlap": "overlap of neighbouring tiles, in [0, 1)",
+    "seg.normalize": "standardise features with the training pixels' mean and std",
+    "seg.cache_dir": "fp16 block-output cache folder (empty: in memory)",
+    "seg.weights": "`ema` or `raw` export weights",
+    "seg.out_dir": "run folder",
+    "bench.fractions": "label fractions",
+    "bench.seeds": "seeds (each draws its own labeled subset and initialisations)",
+    "bench.methods": "`mdm`, `ddpm`, `random`, `mdm-ft`, `unet-scratch`, `smp-scratch`",
+    "bench.metric": "the metric of the table and plots",
+    "bench.pretrain_steps": "pretraining steps of each objective",
+    "bench.budget_exports": "evenly spaced exports for the pretraining-budget curve",
+    "bench.budget_methods": "methods on the pretraining-budget curve",
+    "bench.out_dir": "study folder",
+}
+
+
+def keys() -> list[tuple[str, object]]:
+    """Every ``section.key`` with its default, in declaration order."""
+    cfg = Config()
+    out = []
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            out.append((f"{section.name}.{f.name}", getattr(getattr(cfg, section.name), f.name)))
+    return out
+
+
+def _fmt(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return '""' if value == "" else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def markdown_table() -> str:
+    lines, section = [], None
+    for key, default in keys():
+        name = key.split(".")[0]
+        if name != section:
+            section = name
+            lines += ([""] if lines else []) + [f"**{name}**: {SECTIONS[name]}", "",
+                                                "| key | default | meaning |", "|---|---|---|"]
+        lines.append(f"| `{key}` | `{_fmt(default)}` | {HELP[key]} |")
+    return "\n".join(lines)
+
+
+def replace_in(text: str) -> str:
+    """``text`` with the part between the markers replaced by the current table."""
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{markdown_table()}\n{END}{tail}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true", help="update README.md in place")
+    args = p.parse_args()
+    if args.write:
+        readme = Path(__file__).resolve().parents[2] / "README.md"
+        readme.write_text(replace_in(readme.read_text()))
+    else:
+        print(markdown_table())
+
+
+if __name__ == "__main__":
+    main()

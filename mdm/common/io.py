@@ -1,0 +1,115 @@
+"""Files: image folders and image reading, content digests, and atomic writes.
+
+Atomic writes: a folder is written under a temporary sibling name (``.<name>.tmp``) and made visible by a rename;
+a file likewise. A reader therefore sees either the old complete version or the new complete one, never a half
+written one, whatever moment a run is killed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+# ---- image folders and images ----------------------------------------------------------------------------------
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under ``root`` (a folder, searched recursively, or one file), sorted."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def file_digest(path: Path) -> str:
+    """SHA-1 of a file's bytes."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
+    """Read an image as ``[C, H, W]`` float32 in [-1, 1] (``RGB``: 3 channels, ``L``: 1); RGBA, palette and
+    16-bit images are converted. Raises ``DataError`` naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I"):
+                arr = np.asarray(im, dtype=np.float32)
+                im = Image.fromarray((arr / max(arr.max(), 1.0) * 255).astype(np.uint8))
+            arr = np.asarray(im.convert(color_mode), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the header, or None when the file is not a readable image."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - any decoder failure means unreadable
+        return None
+
+
+# ---- atomic writes ---------------------------------------------------------------------------------------------
+
+
+def temp_sibling(final: Path) -> Path:
+    """An empty temporary folder ``.<name>.tmp`` beside ``final`` (a leftover of a killed write is cleared)."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder ``tmp`` to ``final``, replacing what was there, never leaving ``final`` half-written."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Write the folder ``final`` atomically: the block fills the temporary folder it is given, which then replaces
+    ``final`` by a rename. If the block raises, the temporary folder is removed and ``final`` stays as it was."""
+    final = Path(final)
+    tmp = temp_sibling(final)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, final)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file by a rename, so that it is either absent, the old version or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

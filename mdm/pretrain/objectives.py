@@ -1,0 +1,124 @@
+"""The two corruption processes and their per-sample losses, behind one interface.
+
+``objective = build_objective(cfg.diffusion)``; ``out = objective.loss(model, x0, keys[, t])`` returns an
+``ObjectiveOutput`` whose ``loss`` is per sample ``[B]`` (fp32). ``x0 [B, C, H, W]`` is in [-1, 1]; ``keys [B]``
+(int64, see ``mdm.rng``) make every random draw (timestep, mask, noise) a function of the sample's key.
+
+- ``MaskedDiffusion`` (MDM): t ~ U{1..T}, mask ratio t / T, masked patches filled with ``fill``, the model
+  predicts x0 from ``(x_t, t)``; loss SSIM (default), masked SSIM, MSE or L1.
+- ``GaussianDiffusion`` (DDPM baseline): t ~ U{0..T-1}, ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, the model
+  predicts eps; MSE.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..common import rng
+from ..common.rng import Stream
+from .losses import l1_loss, masked_ssim_loss, mse_loss, ssim_loss
+from .masking import apply_mask, check_patchable, mask_to_pixels, patch_mask
+
+
+@dataclass
+class ObjectiveOutput:
+    """``loss [B]`` fp32; ``t [B]`` the timesteps; ``x_t`` the model input; ``x0_pred`` the clean-image estimate."""
+
+    loss: torch.Tensor
+    t: torch.Tensor
+    x_t: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+class MaskedDiffusion:
+    """MDM: hide a fraction t / T of the ``patch_size`` patches and reconstruct the clean image."""
+
+    def __init__(self, timesteps: int = 1000, patch_size: int = 8, fill: float = 0.0, loss: str = "ssim",
+                 ssim_win_size: int = 5, ssim_sigma: float = 1.5):
+        self.timesteps, self.patch_size, self.fill = timesteps, patch_size, fill
+        self.loss_name, self.win, self.sigma = loss, ssim_win_size, ssim_sigma
+
+    def sample_t(self, keys: torch.Tensor) -> torch.Tensor:
+        """``[B]`` int64 uniform in 1..T (t = 0 would be an uncorrupted image)."""
+        return rng.randint(keys, Stream.TIMESTEP, 1, self.timesteps + 1)
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor):
+        """Return ``(x_t [B, C, H, W], mask [B, L])``; ``mask`` True = hidden patch."""
+        num_patches = check_patchable(x0.shape[-2], x0.shape[-1], self.patch_size)
+        noise = rng.uniform(keys, Stream.MASK, num_patches).to(x0.device)
+        mask = patch_mask(t.double() / self.timesteps, num_patches, noise=noise)
+        return apply_mask(x0, mask, self.patch_size, self.fill), mask
+
+    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
+        t = self.sample_t(keys).to(x0.device) if t is None else t
+        x_t, mask = self.corrupt(x0, t, keys)
+        pred = model(x_t, t)
+        if self.loss_name == "ssim":
+            loss = ssim_loss(pred, x0, self.win, self.sigma)
+        elif self.loss_name == "ssim_masked":
+            pix = mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], self.patch_size)
+            loss = masked_ssim_loss(pred, x0, pix, self.win, self.sigma)
+        elif self.loss_name == "mse":
+            loss = mse_loss(pred, x0)
+        elif self.loss_name == "l1":
+            loss = l1_loss(pred, x0)
+        else:
+            raise ValueError(f"unknown MDM loss {self.loss_name!r}")
+        return ObjectiveOutput(loss, t, x_t, pred)
+
+
+def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
+    """``[T]`` float64 betas: ``linear`` (DDPM, 1e-4..0.02 scaled to T) or ``cosine`` (Nichol & Dhariwal)."""
+    if name == "linear":
+        scale = 1000 / timesteps
+        return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    if name == "cosine":
+        s = 0.008
+        steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+        abar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown beta schedule {name!r} (use linear or cosine)")
+
+
+class GaussianDiffusion:
+    """DDPM baseline: Gaussian noising, epsilon prediction, MSE."""
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "linear"):
+        self.timesteps = timesteps
+        self.alphas_cumprod = torch.cumprod(1 - beta_schedule(schedule, timesteps), 0)
+
+    def sample_t(self, keys: torch.Tensor) -> torch.Tensor:
+        """``[B]`` int64 uniform in 0..T-1."""
+        return rng.randint(keys, Stream.TIMESTEP, 0, self.timesteps)
+
+    def _coefs(self, t: torch.Tensor, like: torch.Tensor):
+        abar = self.alphas_cumprod.to(like.device)[t].float().reshape(-1, 1, 1, 1)
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor):
+        """Return ``(x_t, eps)``, both ``[B, C, H, W]``."""
+        eps = rng.normal(keys, Stream.NOISE, tuple(x0.shape[1:])).to(x0.device, x0.dtype)
+        a, s = self._coefs(t, x0)
+        return a * x0 + s * eps, eps
+
+    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
+        t = self.sample_t(keys).to(x0.device) if t is None else t
+        x_t, eps = self.corrupt(x0, t, keys)
+        eps_pred = model(x_t, t)
+        a, s = self._coefs(t, x0)
+        with torch.no_grad():
+            x0_pred = ((x_t - s * eps_pred.float()) / a).clamp(-1, 1)
+        return ObjectiveOutput(mse_loss(eps_pred, eps), t, x_t, x0_pred)
+
+
+def build_objective(cfg):
+    """``cfg``: a ``DiffusionConfig``."""
+    if cfg.objective == "mdm":
+        return MaskedDiffusion(cfg.timesteps, cfg.patch_size, cfg.mask_fill, cfg.loss, cfg.ssim_win_size,
+                               cfg.ssim_sigma)
+    if cfg.objective == "ddpm":
+        return GaussianDiffusion(cfg.timesteps, cfg.beta_schedule)
+    raise ValueError(f"unknown objective {cfg.objective!r}")

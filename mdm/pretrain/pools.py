@@ -1,0 +1,107 @@
+"""Unlabeled pretraining pools: image folders and the synthetic source's pool. ``build_pretrain_dataset(cfg.data)``
+gives the one a config asks for.
+
+Items are requested as ``(index, key)`` (see ``sampler.StepBatchSampler``) and returned as ``(image [C, S, S], key)``:
+the key drives the crop and flip, so a resumed run sees the very same pixels.
+
+Folders are searched recursively for png, jpg, jpeg, bmp, tif and tiff files. Files listed in ``exclude`` (files,
+or folders of files) are removed by resolved path **and** by content hash, so a copy of a test image elsewhere in the
+pool never leaks into pretraining.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..common.errors import DataError
+from ..common.io import IMAGE_EXTENSIONS, file_digest, image_size, list_images, load_image
+from ..common.synthetic import SyntheticHistology
+from .crops import crop_or_resize
+
+
+def gather_images(roots: list[str], exclude: list[str] = ()) -> list[Path]:
+    """Images under every root, minus the excluded ones (by path and by content hash)."""
+    files: list[Path] = []
+    for root in roots:
+        found = list_images(root)
+        if not found:
+            raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        files += found
+    if exclude:
+        excluded = [p for e in exclude for p in list_images(e)]
+        paths = {p.resolve() for p in excluded}
+        digests = {file_digest(p) for p in excluded}
+        files = [f for f in files if f.resolve() not in paths and file_digest(f) not in digests]
+        if not files:
+            raise DataError(f"{', '.join(roots)}: every image is excluded by data.exclude")
+    return files
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Unlabeled images; an item is requested as ``(index, key)`` and returned as ``(image [C, S, S], key)``."""
+
+    def __init__(self, roots: list[str], crop_size: int, crop: str = "random", hflip: bool = True,
+                 color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False):
+        self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
+        files = gather_images(roots, exclude)
+        kept = []
+        for f in files:
+            size = image_size(f)
+            if size is None:
+                if not skip_unreadable:
+                    raise DataError(f"{f}: cannot read image (set data.skip_unreadable=true to skip such files)")
+                warnings.warn(f"skipping unreadable image {f}", stacklevel=2)
+                continue
+            if crop == "random" and min(size) < crop_size:
+                raise DataError(f"{f}: {size[0]}x{size[1]} is smaller than the crop size {crop_size}; use "
+                                f"data.crop=resize or a smaller data.crop_size")
+            kept.append(f)
+        if not kept:
+            raise DataError(f"{', '.join(roots)}: no readable images")
+        self.files = kept
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, key = item
+        path = self.files[index]
+        image = load_image(path, self.color_mode)
+        return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=str(path)), key
+
+
+class SyntheticPoolDataset(torch.utils.data.Dataset):
+    """``num_images`` pool images (never a labeled or test image) rendered at ``image_size`` and cropped or resized
+    to ``crop_size``; an item is ``(index, key)`` -> ``(image [3, S, S], key)``. Rendered images are cached in
+    memory (each process or worker renders an image once)."""
+
+    def __init__(self, num_images: int, image_size: int, crop_size: int, crop: str = "random", hflip: bool = True,
+                 seed: int = 0):
+        self.source = SyntheticHistology(seed=seed, image_size=image_size)
+        self.ids = self.source.unlabeled_ids(num_images)
+        self.crop_size, self.crop, self.hflip = crop_size, crop, hflip
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, key = item
+        if index not in self._cache:
+            self._cache[index] = self.source.render(*self.ids[index])[0]
+        image = self._cache[index]
+        return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip), key
+
+
+def build_pretrain_dataset(data_cfg) -> torch.utils.data.Dataset:
+    """The pretraining pool a ``DataConfig`` describes (``source``: ``folder`` or ``synthetic``)."""
+    if data_cfg.source == "folder":
+        return ImageFolderDataset(data_cfg.root, data_cfg.crop_size, data_cfg.crop, data_cfg.hflip,
+                                  data_cfg.color_mode, data_cfg.exclude, data_cfg.skip_unreadable)
+    if data_cfg.source == "synthetic":
+        return SyntheticPoolDataset(data_cfg.synthetic_images, data_cfg.synthetic_image_size, data_cfg.crop_size,
+                                    data_cfg.crop, data_cfg.hflip, data_cfg.synthetic_seed)
+    raise DataError(f"data.source {data_cfg.source!r} is not a pretraining source (use folder or synthetic)")

@@ -1,0 +1,1 @@
+"""Stage 2: segmentation with few labels (datasets, splits, features, pixel MLPs, fine-tuning, evaluation)."""

@@ -1,0 +1,79 @@
+"""Evaluation of a trained segmenter on a test split: the metrics of docs/metrics.md, per image and pooled.
+
+Writes ``per_image.csv`` and the pictures of ``visualize`` under the run folder and returns the pooled metrics:
+``miou`` and ``per_class_iou`` (dataset level) for every task; for binary tasks also per-image ``dice`` / ``iou``,
+GlaS object metrics and AJI where the ground truth has instances, each member's Dice (``member_dice_mean`` /
+``_std``: the paper's protocol of individual classifiers), ``iou_from_dice``, and the same per group (GlaS testA /
+testB).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..common.labels import IGNORE_INDEX
+from . import metrics
+from .visualize import save_prediction_images
+
+POOLED = ["dice", "iou", "object_f1", "object_dice", "object_hausdorff", "aji"]
+
+
+def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bool = True) -> dict:
+    """Segment every test image; write PNGs and ``per_image.csv``; return the pooled metrics."""
+    c, m = segmenter.num_classes, segmenter.num_members
+    binary = c == 2
+    cm = np.zeros((c, c), dtype=np.int64)
+    member_dice: list[list[float]] = [[] for _ in range(m)]
+    rows = []
+    for i in tqdm(range(len(test_ds)), desc="test", disable=None if progress else True, leave=False):
+        item = test_ds[i]
+        labels, unc, probs = segmenter.predict(item.name, item.image)
+        cm += metrics.confusion_matrix(labels, item.label, c, IGNORE_INDEX)
+        row = {"name": item.name, "group": item.group}
+        if binary:
+            valid = item.label != IGNORE_INDEX
+            gt = (item.label == 1) & valid
+            row["dice"], row["iou"] = metrics.binary_dice_iou(labels.eq(1) & valid, gt)
+            for k in range(m):
+                member_dice[k].append(metrics.binary_dice_iou(probs[k].argmax(0).eq(1) & valid, gt)[0])
+            if item.instances is not None:
+                pred_inst = metrics.connected_components(labels.eq(1).numpy())
+                gt_inst = item.instances.numpy()
+                row["object_f1"] = metrics.object_f1(pred_inst, gt_inst)["f1"]
+                row["object_dice"] = metrics.object_dice(pred_inst, gt_inst)
+                row["object_hausdorff"] = metrics.object_hausdorff(pred_inst, gt_inst)
+                row["aji"] = metrics.aji(pred_inst, gt_inst)
+        rows.append(row)
+        save_prediction_images(out, item.name, item.image, labels, unc, c, item.label, class_names)
+    miou, per_class = metrics.miou_from_confusion(cm)
+    result: dict = {"num_test_images": len(rows), "miou": miou,
+                    "per_class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(class_names, per_class)}}
+    if binary:
+        result.update(_pool(rows, POOLED))
+        per_member = [float(np.mean(d)) for d in member_dice]
+        result["member_dice_mean"], result["member_dice_std"] = float(np.mean(per_member)), float(np.std(per_member))
+        result["member_dice"] = per_member
+        result["iou_from_dice"] = metrics.dice_to_iou(result["dice"])
+        groups = sorted({r["group"] for r in rows if r["group"]})
+        if groups:
+            result["groups"] = {g: _pool([r for r in rows if r["group"] == g], POOLED) for g in groups}
+    with (out / "per_image.csv").open("w", newline="") as f:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return result
+
+
+def _pool(rows: list[dict], keys: list[str]) -> dict:
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if k in r]
+        if vals:
+            out[k] = float(np.mean(vals))
+    return out

@@ -1,0 +1,166 @@
+"""Frozen U-Net features for pixel classifiers: forward hooks on decoder blocks and an on-disk fp16 cache.
+
+Conventions: an image is ``[3, H, W]`` in [-1, 1] of any size, cut into tiles (``mdm.common.tiling``). For each tile
+and each extraction timestep, the tile is corrupted by the pretraining objective (MDM: mask ratio t / T; DDPM: noise
+level t) with a **seeded** mask or noise (the key is a function of seed, image name, tile position and t, so the same
+image always gives the same features), the U-Net runs once, and the outputs of the chosen ``output_blocks`` are kept
+at their native resolution in fp16. Pixel features are only formed for the pixels needed, when needed: each block
+sampled bilinearly at those pixels (as if upsampled to the tile size) and concatenated, giving ``[N, D]`` with
+``D = len(timesteps) * sum(block channels)``. Nothing holds the features of all pixels of all images at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from ..common import rng
+from ..common.config import SegConfig
+from ..common.errors import ConfigError
+from ..common.tiling import Tile, pad_to_tile
+from ..pretrain.export import Export
+from ..pretrain.objectives import build_objective
+
+
+def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
+    """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block), validated."""
+    out = []
+    for b in blocks:
+        i = b + num_blocks if b < 0 else b
+        if not 0 <= i < num_blocks:
+            raise ConfigError(f"seg.blocks: block {b} does not exist (the U-Net has decoder blocks "
+                              f"0..{num_blocks - 1})")
+        out.append(i)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"seg.blocks: {blocks} names a block twice")
+    return out
+
+
+class FeatureExtractor:
+    """Decoder-block features of a frozen U-Net.
+
+    Args:
+        model: a ``UNetModel`` (frozen here: eval mode, no gradients).
+        objective: the pretraining objective, used to corrupt the input (``corrupt(x0, t, keys)``).
+        blocks: decoder block numbers (negatives count from the end).
+        timesteps: extraction timesteps (MDM: mask ratio t / T; DDPM: noise level).
+        seed: seeds the extraction masks / noise.
+        cache_dir: where per-tile block outputs are cached as fp16 safetensors (None: in memory, for this object).
+        fingerprint: identifies the weights in cache keys (e.g. ``Export.fingerprint()``).
+        device: where the U-Net runs (default: where its weights are).
+    """
+
+    def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
+                 cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None):
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.objective, self.seed, self.device = objective, seed, device
+        self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
+        self.timesteps = list(timesteps)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.fingerprint = fingerprint
+        self._outputs: dict[int, torch.Tensor] = {}
+        self._memory: dict[str, dict[str, torch.Tensor]] = {}  # the cache when there is no cache folder
+        for i in self.blocks:
+            model.output_blocks[i].register_forward_hook(self._hook(i))
+
+    def _hook(self, index: int):
+        def fn(_module, _inputs, output):
+            self._outputs[index] = output
+        return fn
+
+    def block_channels(self) -> list[int]:
+        info = self.model.decoder_blocks()
+        return [info[i].channels for i in self.blocks]
+
+    @property
+    def feature_dim(self) -> int:
+        return len(self.timesteps) * sum(self.block_channels())
+
+    def _cache_key(self, name: str, content: str, tile: Tile, size: int) -> str:
+        key = (f"{self.fingerprint}|{name}|{content}|{tile.top},{tile.left},{size}|{self.timesteps}|{self.seed}|"
+               f"{self.blocks}")
+        return hashlib.sha1(key.encode()).hexdigest()
+
+    def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
+        if self.cache_dir is None:
+            return self._memory.get(key)
+        path = self.cache_dir / key[:2] / f"{key}.safetensors"
+        return load_file(str(path)) if path.is_file() else None
+
+    def _store(self, key: str, blocks: dict[str, torch.Tensor]) -> None:
+        if self.cache_dir is None:
+            self._memory[key] = blocks
+            return
+        path = self.cache_dir / key[:2] / f"{key}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(blocks, str(tmp))
+        os.replace(tmp, path)
+
+    @torch.no_grad()
+    def _run(self, tiles: torch.Tensor, keys: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """``tiles [B, 3, S, S]`` -> per tile ``{f"t{t}_b{i}": [C_i, h_i, w_i] fp16}``."""
+        out: list[dict[str, torch.Tensor]] = [{} for _ in range(tiles.shape[0])]
+        x0 = tiles.to(self.device)
+        for t in self.timesteps:
+            tt = torch.full((x0.shape[0],), t, dtype=torch.int64, device=self.device)
+            tile_keys = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64)
+            x_t = self.objective.corrupt(x0, tt, tile_keys.to(self.device))[0]
+            self._outputs.clear()
+            self.model(x_t, tt)
+            for i in self.blocks:
+                o = self._outputs[i].to("cpu", torch.float16)
+                for j in range(x0.shape[0]):
+                    out[j][f"t{t}_b{i}"] = o[j].contiguous()
+        return out
+
+    def tile_blocks(self, name: str, image: torch.Tensor, tile_size: int,
+                    tiles: list[Tile]) -> list[dict[str, torch.Tensor]]:
+        """Native-resolution fp16 block outputs for ``tiles`` of ``image [3, H, W]`` (from the cache when there).
+
+        The cache key holds the weights' fingerprint, the image name and a hash of its pixels, the tile, the
+        timesteps, the seed and the blocks; without a cache folder they are kept in memory."""
+        padded = pad_to_tile(image, tile_size)
+        content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
+        keys = [self._cache_key(name, content, tile, tile_size) for tile in tiles]
+        result = [self._lookup(key) for key in keys]
+        todo = [k for k, r in enumerate(result) if r is None]
+        if todo:
+            crops = torch.stack([padded[:, tiles[k].top:tiles[k].top + tile_size,
+                                        tiles[k].left:tiles[k].left + tile_size] for k in todo])
+            name_key = zlib.crc32(name.encode())
+            seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left) for k in todo])
+            for k, blocks in zip(todo, self._run(crops, seeds)):
+                result[k] = blocks
+                self._store(keys[k], blocks)
+        return result  # type: ignore[return-value]
+
+    def pixel_features(self, blocks: dict[str, torch.Tensor], size: int,
+                       index: torch.Tensor | None = None) -> torch.Tensor:
+        """Features ``[N, D]`` float32 of the pixels ``index`` (flat, row-major, of a ``size x size`` tile; default:
+        all pixels) from one tile's block outputs: each block sampled bilinearly (exactly what upsampling the block to
+        ``size x size`` with ``align_corners=False`` would give at those pixels), then concatenated. Only the
+        requested pixels are formed, so memory is ``N x D``, not ``size^2 x D``."""
+        if index is None:
+            index = torch.arange(size * size)
+        ys, xs = torch.div(index, size, rounding_mode="floor"), index % size
+        grid = torch.stack([(2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1], dim=-1).float()  # [N, 2] as (x, y)
+        grid = grid.reshape(1, 1, -1, 2)
+        parts = [blocks[f"t{t}_b{i}"] for t in self.timesteps for i in self.blocks]
+        return torch.cat([F.grid_sample(p[None].float(), grid, mode="bilinear", padding_mode="border",
+                                        align_corners=False)[0, :, 0].T for p in parts], dim=1)
+
+
+def build_extractor(seg: SegConfig, export: Export, device: str | torch.device | None = None) -> FeatureExtractor:
+    """The export's U-Net (weights ``seg.weights``, loaded strictly) wrapped in a ``FeatureExtractor`` for
+    ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's own objective."""
+    return FeatureExtractor(export.load_model(), build_objective(export.config.diffusion), seg.blocks, seg.timesteps,
+                            seed=seg.seed, cache_dir=seg.cache_dir or None, fingerprint=export.fingerprint(),
+                            device=device)

@@ -1,0 +1,151 @@
+"""End-to-end supervised segmentation (``seg.mode: finetune``): every weight trained on the labeled images.
+
+Two networks share one recipe (random ``tile`` crops with ``seg.augment`` flips / rotations, Adam, cross-entropy
+with the ignore label, early stopping on the held-out validation pixels, sliding-window inference with Gaussian
+blending):
+
+- ``seg.arch: unet``: the pretraining U-Net (from an export: the pretrained weights, or ``exports/step_0`` for the
+  same network at its random initialisation) with a 1x1 convolution head on its last decoder block; the timestep
+  input is fixed to 0 and the image is not corrupted.
+- ``seg.arch: smp``: a segmentation-models-pytorch U-Net (``seg.smp_encoder``, ``encoder_weights=None``: nothing is
+  downloaded), trained from scratch.
+
+The network trains on the device its weights are on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..common import rng
+from ..common.config import SegConfig
+from ..common.errors import ConfigError
+from ..common.labels import IGNORE_INDEX
+from ..common.rng import Stream, seeded_init
+from ..common.tiling import blend_tiles, pad_to_tile, tile_grid
+from ..nn.unet import UNetModel
+from ..pretrain.export import Export
+from .datasets import LabeledImage
+from .early_stopping import EarlyStopping
+from .splits import split_labels
+
+
+class UNetWithHead(nn.Module):
+    """``[B, 3, H, W]`` -> ``[B, C, H, W]`` logits: the U-Net's last decoder features, its pretrained output norm,
+    SiLU, and a new 1x1 convolution."""
+
+    def __init__(self, unet: UNetModel, num_classes: int):
+        super().__init__()
+        self.unet = unet
+        self.head = nn.Conv2d(unet.out[0].num_channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.zeros(x.shape[0], device=x.device)
+        return self.head(F.silu(self.unet.out[0](self.unet.decode(x, t))))
+
+
+def build_network(seg: SegConfig, num_classes: int, export: Export | None) -> nn.Module:
+    """The network to train: the export's U-Net + a 1x1 head (``seg.arch: unet``) or an smp U-Net (``smp``). Built
+    with torch's generator seeded from ``seg.seed`` (the head's initial weights, the smp network's), so the same run
+    gives the same result."""
+    with seeded_init(seg.seed):
+        if seg.arch == "unet":
+            if export is None:
+                raise ConfigError("seg.arch=unet needs --checkpoint (an export; exports/step_0 is the random init)")
+            return UNetWithHead(export.load_model(), num_classes)
+        import segmentation_models_pytorch as smp  # deferred: a second of start-up that only this path needs
+
+        return smp.Unet(encoder_name=seg.smp_encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+
+
+def check_tile(seg: SegConfig, tile: int) -> None:
+    if seg.arch == "smp" and tile % 32:
+        raise ConfigError(f"seg.tile_size: the smp U-Net needs a multiple of 32, got {tile}")
+
+
+def crop_batch(images: list[torch.Tensor], labels: list[torch.Tensor], tile: int, batch: int, key: int,
+               augment: str = "hflip") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [B, 3, tile, tile], y [B, tile, tile])``: random crops, each with a random horizontal flip (``hflip``)
+    and also a random multiple of 90 degrees rotation (``dihedral``: all 8 symmetries of the square), from ``key``."""
+    keys = rng.sample_keys(key, 0, 0, batch)
+    which = rng.randint(keys, Stream.TUNE_CROP_IMAGE, 0, len(images)).tolist()
+    xs, ys = [], []
+    for j, k in enumerate(which):
+        img, lab = images[k], labels[k]
+        h, w = lab.shape
+        top = int(rng.randint(keys[j:j + 1], Stream.TUNE_CROP_TOP, 0, h - tile + 1)[0])
+        left = int(rng.randint(keys[j:j + 1], Stream.TUNE_CROP_LEFT, 0, w - tile + 1)[0])
+        x, y = img[:, top:top + tile, left:left + tile], lab[top:top + tile, left:left + tile]
+        if augment != "none" and float(rng.uniform(keys[j:j + 1], Stream.TUNE_FLIP, 1)[0, 0]) < 0.5:
+            x, y = x.flip(-1), y.flip(-1)
+        if augment == "dihedral":
+            turns = int(rng.randint(keys[j:j + 1], Stream.TUNE_ROTATION, 0, 4)[0])
+            x, y = x.rot90(turns, (-2, -1)), y.rot90(turns, (-2, -1))
+        xs.append(x)
+        ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, image: torch.Tensor, tile: int, overlap: float) -> torch.Tensor:
+    """``image [3, H, W]`` -> ``[1, C, H, W]`` softmax probabilities, sliding window with Gaussian blending."""
+    model.eval()
+    _, h, w = image.shape
+    padded = pad_to_tile(image, tile)
+    tiles = tile_grid(h, w, tile, overlap)
+    device = _device(model)
+
+    def per_tile(batch: int = 32):
+        for i in range(0, len(tiles), batch):
+            chunk = tiles[i:i + batch]
+            x = torch.stack([padded[:, t.top:t.top + tile, t.left:t.left + tile] for t in chunk]).to(device)
+            for t, probs in zip(chunk, F.softmax(model(x).float(), dim=1)):
+                yield t, probs[None]
+
+    return blend_tiles(h, w, tile, per_tile()).cpu()
+
+
+def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfig, val_fraction: float, tile: int,
+                     progress: bool = True) -> dict:
+    """Train ``model`` on random crops of the labeled images; early stopping on validation pixels (the held-out
+    pixels of ``splits.split_labels``). Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
+    imgs, train_lab, val_lab = [], [], []
+    for im in images:
+        imgs.append(pad_to_tile(im.image, tile))
+        tl, vl = split_labels(im, tile, val_fraction, seg.seed, seg.min_class_pixels)
+        train_lab.append(tl)
+        val_lab.append(vl)
+    device = _device(model)
+    opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr)
+    stopper = EarlyStopping(model, seg.patience)
+    steps = max(1, seg.crops_per_epoch // seg.batch_size)
+    for epoch in tqdm(range(seg.max_epochs), desc="fine-tune", disable=None if progress else True, leave=False):
+        model.train()
+        for b in range(steps):
+            x, y = crop_batch(imgs, train_lab, tile, seg.batch_size, rng.make_key(seg.seed, epoch, b), seg.augment)
+            if (y == IGNORE_INDEX).all():
+                continue
+            loss = F.cross_entropy(model(x.to(device)), y.to(device), ignore_index=IGNORE_INDEX)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        val_loss, count = 0.0, 0
+        for img, vl in zip(imgs, val_lab):
+            keep = vl != IGNORE_INDEX
+            if keep.any():
+                p = predict_probs(model, img, tile, seg.overlap)[0]
+                nll = -p.clamp_min(1e-8).log().gather(0, vl.clamp(max=p.shape[0] - 1)[None])[0]
+                val_loss += float(nll[keep].sum())
+                count += int(keep.sum())
+        if stopper.update(epoch, val_loss / count if count else math.inf):
+            break
+    return stopper.restore()

@@ -1,0 +1,105 @@
+"""Training pixels streamed tile by tile: ``(features [N, d], labels [N])`` batches for the pixel MLPs.
+
+Each labeled image is cut into tiles; an epoch visits the tiles in a seeded order and takes up to
+``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them into batches
+of about ``batch_pixels``. Validation batches hold every validation pixel, in tile order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..common import rng
+from ..common.labels import IGNORE_INDEX
+from ..common.rng import Tag
+from ..common.tiling import Tile, tile_grid
+from .datasets import LabeledImage
+from .features import FeatureExtractor
+from .splits import split_labels
+
+
+@dataclass
+class TrainTile:
+    image_index: int
+    tile: Tile
+
+
+class PixelStream:
+    """Streams ``(features [N, d], labels [N])`` pixel batches from the training tiles, tile by tile."""
+
+    def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int, overlap: float,
+                 val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int):
+        self.extractor, self.images, self.tile_size = extractor, images, tile_size
+        self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
+        self.tiles: list[TrainTile] = []
+        self.train_labels, self.val_labels = [], []
+        for k, im in enumerate(images):
+            train, val = split_labels(im, tile_size, val_fraction, seed, min_class_pixels)
+            self.train_labels.append(train)
+            self.val_labels.append(val)
+            for tile in tile_grid(*im.label.shape, tile_size, overlap):
+                self.tiles.append(TrainTile(k, tile))
+
+    def tile_features(self, t: TrainTile, index: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` features of the tile's flat pixel indices ``index``."""
+        im = self.images[t.image_index]
+        blocks = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])[0]
+        return self.extractor.pixel_features(blocks, self.tile_size, index)
+
+    def _labels(self, t: TrainTile, which: list[torch.Tensor]) -> torch.Tensor:
+        s = self.tile_size
+        return which[t.image_index][t.tile.top:t.tile.top + s, t.tile.left:t.tile.left + s].reshape(-1)
+
+    def prefetch(self, progress: bool = True) -> None:
+        """Extract (and cache) every training tile once."""
+        for t in tqdm(self.tiles, desc="features", disable=None if progress else True, leave=False):
+            im = self.images[t.image_index]
+            self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])
+
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std over the labeled training pixels (accumulated tile by tile)."""
+        d = self.extractor.feature_dim
+        s1, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
+        for t in self.tiles:
+            keep = (self._labels(t, self.train_labels) != IGNORE_INDEX).nonzero().squeeze(1)
+            if keep.numel() > self.pixels_per_tile > 0:
+                keep = keep[torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))][
+                    :self.pixels_per_tile]
+            x = self.tile_features(t, keep).double()
+            s1 += x.sum(0)
+            s2 += (x * x).sum(0)
+            n += x.shape[0]
+        mean = s1 / max(n, 1)
+        std = (s2 / max(n, 1) - mean ** 2).clamp_min(0).sqrt()
+        return mean.float(), std.float().clamp_min(1e-4)
+
+    def _batches(self, which, order, cap, epoch):
+        buf_x, buf_y, size = [], [], 0
+        for i in order:
+            t = self.tiles[i]
+            y = self._labels(t, which)
+            keep = (y != IGNORE_INDEX).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                continue
+            if cap and keep.numel() > cap:
+                g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
+                keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
+            buf_x.append(self.tile_features(t, keep))
+            buf_y.append(y[keep])
+            size += keep.numel()
+            if size >= self.batch_pixels:
+                yield torch.cat(buf_x), torch.cat(buf_y)
+                buf_x, buf_y, size = [], [], 0
+        if buf_x:
+            yield torch.cat(buf_x), torch.cat(buf_y)
+
+    def train_batches(self, epoch: int):
+        g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))
+        order = torch.randperm(len(self.tiles), generator=g).tolist()
+        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch)
+
+    def val_batches(self):
+        return self._batches(self.val_labels, range(len(self.tiles)), 0, 0)

@@ -1,0 +1,140 @@
+"""One segmentation run: train on the labeled subset, evaluate on the test split, save everything.
+
+``run_segmentation(seg, data, export, out)`` takes the ``SegConfig`` and ``DataConfig`` it uses and the opened export
+(``None`` for an smp network from scratch), changes none of them, and returns the metrics with what it decided
+(``tile_size``, ``labeled_images``). ``seg.mode`` picks the path: ``frozen`` (export features + pixel MLP ensemble)
+or ``finetune`` (a whole network trained end to end, see ``finetune``).
+
+Run folder::
+
+    config.yaml           the resolved config: the export's model and diffusion, this run's data and seg
+    label_subset.json     the labeled training images drawn for (label_fraction, data.seed)
+    metrics.json          dice / iou (binary tasks), miou and per-class IoU, object metrics, per group
+    per_image.csv         one row per test image
+    predictions/  overlays/  uncertainty/     PNGs per test image
+    segmenter/            what ``load_segmenter`` reads back to segment new images
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..common.config import Config, DataConfig, SegConfig, dump
+from ..common.errors import ConfigError
+from ..pretrain.export import Export
+from .datasets import LabeledDataset, LabeledImage, load_split
+from .evaluate import evaluate
+from .features import build_extractor
+from .finetune import build_network, check_tile, train_supervised
+from .pixel_mlp import PixelEnsemble, fit_ensemble
+from .pixel_stream import PixelStream
+from .segmenter import PixelSegmenter, SupervisedSegmenter
+from .splits import label_subset
+
+
+@dataclass
+class SegData:
+    """The splits of a segmentation run: the labeled subset (loaded) and the lazy test split."""
+
+    train_images: list[LabeledImage]
+    test: LabeledDataset
+    class_names: list[str]
+    num_classes: int
+    label_indices: list[int]  # into the train split, sorted
+    label_names: list[str]
+
+
+def open_splits(data: DataConfig) -> SegData:
+    """Open the splits, draw the labeled subset (``data.label_fraction``, ``data.seed``) and read every image once,
+    so that a bad file stops the run before anything is written."""
+    kw = dict(synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
+    if data.num_classes:
+        kw["num_classes"] = data.num_classes
+    root = data.root[0] if data.root else None
+    train_ds, test_ds = load_split(data.source, root, "train", **kw), load_split(data.source, root, "test", **kw)
+    chosen = label_subset(len(train_ds), data.label_fraction, data.seed)
+    subset = train_ds.subset(chosen)
+    train_images = [subset[i] for i in range(len(subset))]
+    for i in range(len(test_ds)):
+        test_ds[i]
+    return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes, chosen, subset.names)
+
+
+def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, tile: int, cfg: Config, device):
+    """Load the U-Net for features; returns ``fit(progress) -> (segmenter, member histories)``."""
+    extractor = build_extractor(seg, export, device)
+    extractor.model.check_input_size(tile, tile)
+
+    def fit(progress: bool):
+        stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
+                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile)
+        stream.prefetch(progress)
+        ensemble = PixelEnsemble(extractor.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
+        if seg.normalize:
+            ensemble.mean, ensemble.std = stream.feature_stats()
+        bar = tqdm(total=seg.max_epochs, desc="pixel MLPs", disable=None if progress else True, leave=False)
+
+        def tick(epoch, val, active):
+            bar.update(1)
+            bar.set_postfix(val_loss=f"{min(val):.4f}", active=sum(active))
+
+        history = fit_ensemble(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience,
+                               seg.lr, progress=tick)
+        bar.close()
+        return PixelSegmenter(cfg, extractor, ensemble.eval(), tile), history
+
+    return fit
+
+
+def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: SegData, tile: int, cfg: Config,
+              device):
+    """Build the network to fine-tune; returns ``fit(progress) -> (segmenter, [history])``."""
+    check_tile(seg, tile)
+    model = build_network(seg, splits.num_classes, export if seg.arch == "unet" else None)
+    if seg.arch == "unet":
+        model.unet.check_input_size(tile, tile)
+    if device is not None:
+        model = model.to(device)
+
+    def fit(progress: bool):
+        history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, progress)
+        return SupervisedSegmenter(cfg, model, splits.num_classes, tile), [history]
+
+    return fit
+
+
+def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, out: str | Path, *,
+                     device: torch.device | None = None, progress: bool = True) -> dict:
+    """Train, evaluate and save one segmentation run into ``out``; returns the metrics (also in ``metrics.json``).
+
+    ``export``: the pretraining export (its U-Net gives the features, or is fine-tuned); ``None`` only for
+    ``seg.mode: finetune`` with ``seg.arch: smp``. ``device``: where the networks run (default: the CPU).
+    """
+    if export is None and not (seg.mode == "finetune" and seg.arch == "smp"):
+        raise ConfigError(f"--checkpoint is required (a pretraining export folder) for seg.mode={seg.mode}"
+                          + (f" with seg.arch={seg.arch}" if seg.mode == "finetune" else ""))
+    out = Path(out)
+    tile = seg.tile_size or (export.config.data.crop_size if export is not None else data.crop_size)
+    seg = replace(seg, tile_size=tile, out_dir=str(out))
+    cfg = replace(export.config if export is not None else Config(), data=data, seg=seg)
+    splits = open_splits(data)
+    fit = (_frozen if seg.mode == "frozen" else _finetune)(seg, data, export, splits, tile, cfg, device)
+    out.mkdir(parents=True, exist_ok=True)
+    dump(cfg, out / "config.yaml")
+    (out / "label_subset.json").write_text(json.dumps(
+        {"label_fraction": data.label_fraction, "seed": data.seed,
+         "indices": splits.label_indices,
+         "names": splits.label_names}, indent=1))
+    segmenter, history = fit(progress)
+    result = evaluate(segmenter, splits.test, out, splits.class_names, progress)
+    result["members"] = history
+    result["labeled_images"] = len(splits.train_images)
+    result["tile_size"] = tile
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    segmenter.save(out / "segmenter", export)
+    return result

@@ -1,0 +1,147 @@
+"""Trained segmenters: segment images of any size, save themselves atomically, load back by kind.
+
+Both kinds answer ``predict(name, image [3, H, W]) -> (labels [H, W] int64, uncertainty [H, W] entropy,
+member_probs [M, C, H, W])`` and carry ``num_classes`` and ``num_members``. A saved segmenter is a folder::
+
+    segmenter.yaml        kind, the resolved run config, sizes
+    ensemble.safetensors  (pixel_ensemble) the pixel MLPs + feature normalisation
+    network.safetensors   (supervised) the fine-tuned network
+    export/               the U-Net it needs (config.yaml + weights), absent for an smp network
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..common.config import Config, from_dict, to_dict
+from ..common.errors import CheckpointError
+from ..common.io import atomic_dir
+from ..common.tiling import blend_tiles, tile_grid
+from ..pretrain.export import WEIGHTS, Export, open_export, write_export
+from .features import FeatureExtractor, build_extractor
+from .finetune import build_network, predict_probs
+from .pixel_mlp import PixelEnsemble, combine, entropy
+
+PREDICT_CHUNK = 8192  # pixels whose features are formed at once at inference
+
+
+class PixelSegmenter:
+    """A frozen U-Net, its feature extractor and a trained pixel ensemble (``seg.mode: frozen``)."""
+
+    kind = "pixel_ensemble"
+
+    def __init__(self, cfg: Config, extractor: FeatureExtractor, ensemble: PixelEnsemble, tile_size: int):
+        self.cfg, self.extractor, self.ensemble, self.tile_size = cfg, extractor, ensemble, tile_size
+        self.num_classes, self.num_members = ensemble.num_classes, len(ensemble.members)
+
+    @torch.no_grad()
+    def member_probs(self, name: str, image: torch.Tensor) -> torch.Tensor:
+        """``image [3, H, W]`` -> ``[M, C, H, W]`` member probabilities, tiles blended with Gaussian weights."""
+        _, h, w = image.shape
+        s, c, m = self.tile_size, self.num_classes, self.num_members
+        tiles = tile_grid(h, w, s, self.cfg.seg.overlap)
+
+        def per_tile():
+            for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles)):
+                probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
+                                   for chunk in torch.arange(s * s).split(PREDICT_CHUNK)], dim=1)
+                yield tile, probs.reshape(m, s, s, c).permute(0, 3, 1, 2)
+
+        return blend_tiles(h, w, s, per_tile())
+
+    def predict(self, name: str, image: torch.Tensor):
+        probs = self.member_probs(name, image)
+        how = "mean_prob" if self.cfg.seg.combine == "individual" else self.cfg.seg.combine
+        scores = combine(probs.permute(0, 2, 3, 1), how)  # [H, W, C]
+        return scores.argmax(-1), entropy(probs.mean(0).permute(1, 2, 0)), probs
+
+    def save(self, folder: Path, export: Export) -> None:
+        """Write ``folder`` atomically; the export's files are hard-linked (copied where links are impossible)."""
+        with atomic_dir(folder) as tmp:
+            save_file({k: v.contiguous() for k, v in self.ensemble.state_dict().items()},
+                      str(tmp / "ensemble.safetensors"))
+            _write_meta(tmp, self, feature_dim=self.ensemble.dim, members=len(self.ensemble.members))
+            (tmp / "export").mkdir()
+            for f in ("config.yaml", *WEIGHTS.values()):
+                try:
+                    os.link(export.folder / f, tmp / "export" / f)
+                except OSError:
+                    shutil.copy2(export.folder / f, tmp / "export" / f)
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict, device: torch.device | None) -> PixelSegmenter:
+        cfg = from_dict(meta["config"])
+        extractor = build_extractor(cfg.seg, open_export(folder / "export", cfg.seg.weights), device)
+        ensemble = PixelEnsemble(meta["feature_dim"], meta["num_classes"], meta["members"])
+        _load_strict(ensemble, folder / "ensemble.safetensors")
+        return cls(cfg, extractor, ensemble.eval(), meta["tile_size"])
+
+
+class SupervisedSegmenter:
+    """A network trained end to end (``seg.mode: finetune``); one member."""
+
+    kind = "supervised"
+    num_members = 1
+
+    def __init__(self, cfg: Config, model: nn.Module, num_classes: int, tile_size: int):
+        self.cfg, self.model, self.num_classes, self.tile_size = cfg, model.eval(), num_classes, tile_size
+
+    def predict(self, name: str, image: torch.Tensor):
+        probs = predict_probs(self.model, image, self.tile_size, self.cfg.seg.overlap)
+        return probs[0].argmax(0), entropy(probs[0].permute(1, 2, 0)), probs
+
+    def save(self, folder: Path, export: Export | None = None) -> None:
+        """Write ``folder`` atomically; a U-Net network also gets ``export/`` (its architecture for reloading)."""
+        with atomic_dir(folder) as tmp:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(state, str(tmp / "network.safetensors"))
+            _write_meta(tmp, self)
+            if self.cfg.seg.arch == "unet":
+                (tmp / "export").mkdir()
+                write_export(tmp / "export", self.cfg, self.model.unet, self.model.unet)
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict, device: torch.device | None) -> SupervisedSegmenter:
+        cfg = from_dict(meta["config"])
+        export = open_export(folder / "export") if cfg.seg.arch == "unet" else None
+        model = build_network(cfg.seg, meta["num_classes"], export)
+        _load_strict(model, folder / "network.safetensors")
+        return cls(cfg, model.to(device) if device is not None else model, meta["num_classes"], meta["tile_size"])
+
+
+KINDS = {k.kind: k for k in (PixelSegmenter, SupervisedSegmenter)}
+
+
+def _write_meta(folder: Path, segmenter, **extra) -> None:
+    meta = {"kind": segmenter.kind, "config": to_dict(segmenter.cfg), **extra,
+            "num_classes": segmenter.num_classes, "tile_size": segmenter.tile_size}
+    (folder / "segmenter.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def _load_strict(module: nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
+
+
+def load_segmenter(run_or_folder: str | Path, device: torch.device | None = None):
+    """A saved segmenter, from a segmentation run folder or its ``segmenter/``; ``device`` for its networks."""
+    folder = Path(run_or_folder)
+    if (folder / "segmenter").is_dir():
+        folder = folder / "segmenter"
+    meta_path = folder / "segmenter.yaml"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: not found (pass a segmentation run folder or its segmenter/)")
+    meta = yaml.safe_load(meta_path.read_text())
+    kind = KINDS.get(meta.get("kind") if isinstance(meta, dict) else None)
+    if kind is None:
+        raise CheckpointError(f"{meta_path}: unknown segmenter kind (known: {', '.join(KINDS)})")
+    return kind.load(folder, meta, device)

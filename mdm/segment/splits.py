@@ -1,0 +1,72 @@
+"""How the labeled images are split: which images are labeled, and which of their pixels only validate.
+
+- ``label_subset``: a seeded random subset of the training images, nested across fractions for one seed.
+- ``validation_mask`` / ``split_labels``: held-out validation pixels of a labeled image (whole 8x8 blocks drawn with a
+  probability, seeded by the image name), used for early stopping; the rest trains.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+
+from ..common import rng
+from ..common.errors import DataError
+from ..common.labels import IGNORE_INDEX
+from ..common.rng import Stream
+from ..common.tiling import pad_to_tile
+from .datasets import LabeledImage
+
+
+def label_subset(num_train: int, fraction: float, seed: int) -> list[int]:
+    """Sorted indices of ``max(1, floor(fraction * num_train))`` labeled images: the first ones of a seeded random
+    permutation, so for one seed a smaller fraction's set lies inside a larger one's. ``fraction`` in (0, 1]."""
+    if not isinstance(fraction, (int, float)) or math.isnan(fraction) or not 0 < fraction <= 1:
+        raise DataError(f"label fraction must be in (0, 1], got {fraction!r}")
+    if num_train < 1:
+        raise DataError(f"cannot take a label subset of {num_train} training images")
+    n = max(1, math.floor(fraction * num_train + 1e-9))  # the epsilon keeps 0.29 * 100 at 29
+    perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(int(seed)))
+    return sorted(perm[:n].tolist())
+
+
+def validation_mask(name: str, height: int, width: int, fraction: float, seed: int, block: int = 8) -> torch.Tensor:
+    """``[H, W]`` bool: held-out validation pixels of a labeled image, as whole ``block x block`` squares drawn with
+    probability ``fraction`` (seeded by image name), so that validation pixels are not all next to training ones."""
+    if fraction <= 0:
+        return torch.zeros(height, width, dtype=torch.bool)
+    gh, gw = math.ceil(height / block), math.ceil(width / block)
+    key = torch.tensor([rng.make_key(seed, zlib.crc32(name.encode()))], dtype=torch.int64)
+    grid = rng.uniform(key, Stream.VALIDATION_BLOCKS, gh * gw).reshape(gh, gw) < fraction
+    return grid.repeat_interleave(block, 0).repeat_interleave(block, 1)[:height, :width]
+
+
+def drop_small_classes(label: torch.Tensor, min_pixels: int) -> torch.Tensor:
+    """Set the pixels of classes with fewer than ``min_pixels`` pixels in this image to the ignore label."""
+    if min_pixels <= 0:
+        return label
+    ids, counts = label.unique(return_counts=True)
+    label = label.clone()
+    for i, c in zip(ids.tolist(), counts.tolist()):
+        if i != IGNORE_INDEX and c < min_pixels:
+            label[label == i] = IGNORE_INDEX
+    return label
+
+
+def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int,
+                 min_class_pixels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and validation labels ``[H', W']`` of a labeled image, padded like the image to at least ``tile``
+    (padding is ignored): validation pixels (``validation_mask``) are ignored in the first, all others in the
+    second."""
+    h, w = im.label.shape
+    lab = drop_small_classes(im.label, min_class_pixels)
+    val = validation_mask(im.name, h, w, val_fraction, seed)
+    out = []
+    for labels in (torch.where(val, IGNORE_INDEX, lab), torch.where(val, lab, IGNORE_INDEX)):
+        padded = pad_to_tile(labels.float(), tile).long()
+        padded[h:, :] = IGNORE_INDEX
+        padded[:, w:] = IGNORE_INDEX
+        out.append(padded)
+    return out[0], out[1]
