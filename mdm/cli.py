@@ -163,12 +163,20 @@ def _predict(argv: list[str]) -> int:
     if not files:
         raise DataError(f"{args.images}: no images found")
     out = Path(args.out)
-    for f in files:
+    for f, name in zip(files, output_names(files, Path(args.images))):
         image = load_image(f, "RGB")
-        labels, unc, _ = segmenter.predict(f.stem, image)
-        save_prediction_images(out, f.stem, image, labels, unc, segmenter.num_classes)
+        labels, unc, _ = segmenter.predict(name, image)
+        save_prediction_images(out, name, image, labels, unc, segmenter.num_classes)
     print(f"segmented {len(files)} images into {out}")
     return 0
+
+
+def output_names(files: list[Path], root: Path) -> list[str]:
+    """Output names that keep the images' folders (``a/x.png`` -> ``a/x``), so equal file names in different folders
+    never overwrite each other; files that would still collide (``x.png``, ``x.jpg``) keep their extension."""
+    rel = [f.relative_to(root).as_posix() if root.is_dir() else f.name for f in files]
+    stems = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
+    return [s if stems.count(s) == 1 else r for s, r in zip(stems, rel)]
 
 
 def seg_main(argv: list[str] | None = None) -> int:

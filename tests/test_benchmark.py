@@ -3,6 +3,8 @@
 import csv
 import os
 
+import pytest
+
 from mdm.common.config import load
 
 MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
@@ -12,13 +14,34 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
         "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch]", "bench.pretrain_steps=4", "bench.budget_exports=2"]
 
 
+class Killed(BaseException):
+    pass
+
+
 def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monkeypatch, capsys):
+    """Killed while its 3rd run (random, 10%) saves, then run again: it finishes, and the killed run's result is
+    what the same run gives uninterrupted; a third start trains nothing."""
     from mdm import benchmark
     from mdm.bench import study
+    from mdm.common import faults
 
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}"])
-    assert benchmark.main(["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path),
-                           *[a for o in MINI for a in ("--set", o)]]) == 0
+    args = ["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path),
+            *[a for o in MINI for a in ("--set", o)]]
+    saves = []
+
+    def kill_third(name):
+        if name == "segmenter saved":
+            saves.append(name)
+            if len(saves) == 3:
+                raise Killed
+
+    monkeypatch.setattr(faults, "hook", kill_third)
+    with pytest.raises(Killed):
+        benchmark.main(args)
+    monkeypatch.undo()
+    assert not (tmp_path / "runs" / "random" / "f0.1_s0").exists()
+    assert benchmark.main(args) == 0
     printed = capsys.readouterr().out
     assert "| mdm-ft |" in printed and "label_efficiency.png" in printed
     for name in ("results.csv", "results.md", "label_efficiency.png", "budget.csv", "pretrain_budget.png"):
@@ -32,6 +55,11 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     assert sorted({int(b["pretrain_steps"]) for b in budget}) == [0, 2, 4]
     # random and unet-scratch start from the MDM run's step-0 export: the same initial weights as mdm
     assert (tmp_path / "pretrain_mdm" / "exports" / "step_0" / "unet.safetensors").is_file()
+
+    reference = study.run_one(cfg, "random", 0.1, 0, tmp_path / "pretrain_mdm" / "exports" / "step_0",
+                              tmp_path / "reference")
+    assert [float(r["dice"]) for r in rows if r["method"] == "random" and r["label_fraction"] == "0.1"] == \
+        [reference["dice"]]
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

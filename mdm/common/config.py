@@ -200,13 +200,32 @@ class Config:
         unknown = sorted(set(self.bench.methods) - set(BENCH_METHODS))
         if unknown:
             raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
-        positive = {"train.max_steps": self.train.max_steps, "train.batch_size": self.train.batch_size,
-                    "train.grad_accum_steps": self.train.grad_accum_steps, "model.image_size": self.model.image_size,
+        t, sc, bc = self.train, self.seg, self.bench
+        positive = {"train.max_steps": t.max_steps, "train.batch_size": t.batch_size,
+                    "train.grad_accum_steps": t.grad_accum_steps, "model.image_size": self.model.image_size,
                     "data.crop_size": self.data.crop_size, "diffusion.timesteps": self.diffusion.timesteps,
-                    "diffusion.patch_size": self.diffusion.patch_size}
+                    "diffusion.patch_size": self.diffusion.patch_size, "train.log_every": t.log_every,
+                    "train.checkpoint_every": t.checkpoint_every, "train.checkpoint_limit": t.checkpoint_limit,
+                    "seg.max_epochs": sc.max_epochs, "seg.batch_pixels": sc.batch_pixels,
+                    "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
+                    "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports}
+        not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
+                        "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
+                        "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,
+                        "seg.min_class_pixels": sc.min_class_pixels, "data.num_workers": self.data.num_workers}
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be positive, got {value}")
+        for key, value in not_negative.items():
+            if value < 0:
+                raise ConfigError(f"{key}: must be 0 or more, got {value}")
+        lists = {"bench.fractions": bc.fractions, "bench.seeds": bc.seeds, "bench.methods": bc.methods}
+        for key, values in lists.items():
+            if not values:
+                raise ConfigError(f"{key}: must not be empty")
+        bad = [f for f in bc.fractions if not 0.0 < f <= 1.0]
+        if bad:
+            raise ConfigError(f"bench.fractions: {bad[0]} is not in (0, 1]")
         if not 0.0 < self.data.label_fraction <= 1.0:
             raise ConfigError(f"data.label_fraction: must be in (0, 1], got {self.data.label_fraction}")
         if not 0.0 <= self.data.val_fraction < 1.0:

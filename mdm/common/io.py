@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file
 
-from .errors import DataError
+from .errors import CheckpointError, DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
@@ -42,30 +43,35 @@ def file_digest(path: Path) -> str:
 
 
 def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
-    """Read an image as ``[C, H, W]`` float32 in [-1, 1] (``RGB``: 3 channels, ``L``: 1); RGBA, palette and
-    16-bit images are converted. Raises ``DataError`` naming the file when it cannot be decoded."""
+    """Read an image, decoding it fully, as ``[C, H, W]`` float32 in [-1, 1] (``RGB``: 3 channels, ``L``: 1).
+
+    RGBA, palette and 16-bit images are converted (16-bit scaled by their maximum). Float images (PIL mode ``F``,
+    e.g. 32-bit TIFF) are read as [0, 1] when their values lie there, as [0, 255] when they lie there, else scaled
+    by their maximum; NaN or infinite values are refused. Raises ``DataError`` naming the file when it cannot be
+    decoded.
+    """
     try:
         with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I"):
+            if im.mode == "F":
+                arr = np.asarray(im, dtype=np.float32)
+                if not np.isfinite(arr).all():
+                    raise DataError(f"{path}: float image holds NaN or infinite values")
+                if arr.min() < 0:
+                    raise DataError(f"{path}: float image holds negative values (min {arr.min():g})")
+                top = arr.max()
+                scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
+                im = Image.fromarray((arr * scale).round().astype(np.uint8))
+            elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
                 im = Image.fromarray((arr / max(arr.max(), 1.0) * 255).astype(np.uint8))
             arr = np.asarray(im.convert(color_mode), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """``(width, height)`` from the header, or None when the file is not a readable image."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - any decoder failure means unreadable
-        return None
 
 
 # ---- atomic writes ---------------------------------------------------------------------------------------------
@@ -113,3 +119,15 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path, device: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or foreign file is a ``CheckpointError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        return load_file(str(path), device=device or "cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged "
+                              f"({type(e).__name__}: {str(e).strip()[:120]})") from None

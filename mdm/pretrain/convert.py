@@ -62,13 +62,16 @@ def read_state_dict(path: str | Path, key: str | None = None) -> dict[str, torch
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError/KeyError/EOFError... for non-checkpoints
         text = str(e)
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
-        detail = " ".join((m.group(1) if m else text).split()) or type(e).__name__
-        if "Unsupported global" in detail:
-            raise ConvertError(f"{path}: refused: it holds pickled objects other than tensors and plain containers, "
-                               f"which torch.load(weights_only=True) does not run ({detail}); re-save the weights "
-                               f"with torch.save(model.state_dict(), ...)") from None
-        raise ConvertError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {detail[:200]})") from None
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
+        if found and "is blocked" in text:
+            raise ConvertError(f"{path}: refused: it holds code ({found.group(1)}) that the weights-only loader "
+                               f"refused to run; do not load this file with weights_only=False") from None
+        if found:
+            raise ConvertError(f"{path}: refused: it holds pickled objects other than tensors and plain containers "
+                               f"(GLOBAL {found.group(1)}), which torch.load(weights_only=True) does not run; "
+                               f"re-save the weights with torch.save(model.state_dict(), ...)") from None
+        detail = " ".join(text.split())[:200] or type(e).__name__
+        raise ConvertError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {detail})") from None
 
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:

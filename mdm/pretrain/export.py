@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..common.config import Config, dump, load
 from ..common.errors import CheckpointError, ConfigError
-from ..common.io import atomic_dir
+from ..common.io import atomic_dir, load_tensors
 from ..nn.unet import UNetModel
 
 WEIGHTS = {"ema": "unet.safetensors", "raw": "unet_raw.safetensors"}
@@ -77,7 +77,7 @@ class Export:
     def load_model(self) -> UNetModel:
         """The U-Net with the export's weights (strict), on the CPU in fp32."""
         model = build_unet(self.config.model)
-        load_state_strict(model, load_file(str(self.weights_path)), str(self.weights_path))
+        load_state_strict(model, load_tensors(self.weights_path), str(self.weights_path))
         return model
 
 

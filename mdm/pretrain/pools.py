@@ -15,9 +15,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..common.errors import DataError
-from ..common.io import IMAGE_EXTENSIONS, file_digest, image_size, list_images, load_image
+from ..common.io import IMAGE_EXTENSIONS, file_digest, list_images, load_image
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
 
@@ -41,22 +42,27 @@ def gather_images(roots: list[str], exclude: list[str] = ()) -> list[Path]:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Unlabeled images; an item is requested as ``(index, key)`` and returned as ``(image [C, S, S], key)``."""
+    """Unlabeled images; an item is requested as ``(index, key)`` and returned as ``(image [C, S, S], key)``.
+
+    Every image is decoded once when the dataset is built, so a truncated, unreadable or NaN-holding file stops the
+    run before it starts (or is skipped with a warning when ``skip_unreadable``), never halfway through.
+    """
 
     def __init__(self, roots: list[str], crop_size: int, crop: str = "random", hflip: bool = True,
                  color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
         files = gather_images(roots, exclude)
         kept = []
-        for f in files:
-            size = image_size(f)
-            if size is None:
+        for f in tqdm(files, desc="checking images", disable=None, leave=False):
+            try:
+                _, h, w = load_image(f, color_mode).shape
+            except DataError as e:
                 if not skip_unreadable:
-                    raise DataError(f"{f}: cannot read image (set data.skip_unreadable=true to skip such files)")
+                    raise DataError(f"{e} (set data.skip_unreadable=true to skip such files)") from None
                 warnings.warn(f"skipping unreadable image {f}", stacklevel=2)
                 continue
-            if crop == "random" and min(size) < crop_size:
-                raise DataError(f"{f}: {size[0]}x{size[1]} is smaller than the crop size {crop_size}; use "
+            if crop == "random" and min(h, w) < crop_size:
+                raise DataError(f"{f}: {w}x{h} is smaller than the crop size {crop_size}; use "
                                 f"data.crop=resize or a smaller data.crop_size")
             kept.append(f)
         if not kept:

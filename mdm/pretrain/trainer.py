@@ -3,22 +3,24 @@
 Run folder layout (``train.out_dir``)::
 
     config.yaml                 the resolved config, written at start
-    log.jsonl                   one JSON object per logged step
+    log.jsonl                   one JSON object per logged step (rows of replayed steps are dropped on resume)
     samples/step_N.png          original | corrupted input | reconstruction (EMA weights)
-    checkpoints/step_N/         Accelerate state (model, optimizer, EMA, RNG per rank) + trainer_state.json
     exports/step_N/             unet.safetensors (EMA), unet_raw.safetensors, config.yaml, for stage 2
     export/                     the latest export
+    checkpoints/step_N/         weights, EMA, optimizer (see ``checkpoints``): no pickles
 
 Every sample's crop, flip, timestep, mask and noise derive from ``(seed, step, position in the global batch)``, and
-the images a step sees from ``(seed, step)``, so ``--resume latest`` replays the very same losses. Checkpoints are
-written into a temporary folder, all ranks wait, and only then the main process renames it and prunes old ones: a
-kill at any moment leaves the previous checkpoint usable.
+the images a step sees from ``(seed, step)``, so ``--resume latest`` replays the very same losses. Exports and
+checkpoints are written into temporary folders and renamed; at a step that has both, the export comes first, so a
+checkpoint always vouches for the export of its step (a resume that finds it missing writes it). A kill at any
+moment leaves the previous checkpoint usable. A non-finite loss, gradient or weight stops the run before anything of
+the diverged weights is saved.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import math
 import shutil
 import time
 import warnings
@@ -26,23 +28,22 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
+from ..common import faults
 from ..common.config import Config, dump
 from ..common.errors import ConfigError, TrainingError
-from ..common.io import atomic_dir, replace_dir, temp_sibling
-from ..common.rng import Tag
+from ..common.io import atomic_dir, replace_dir, temp_sibling, write_text_atomic
+from ..common.rng import Tag, seeded_init
 from ..nn.group_norm_act import fused_kernel_available
+from .checkpoints import find_resume, list_checkpoints, load_checkpoint, save_checkpoint
 from .cpu_memory import keep_freed_memory
-from .export import build_unet, save_export
+from .export import WEIGHTS, build_unet, file_fingerprint, save_export
 from .objectives import build_objective
 from .pools import build_pretrain_dataset
 from .previews import save_reconstruction_grid
 from .sampler import StepBatchSampler
-
-CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
 
 
 def resolve_precision(requested: str, use_cuda: bool) -> str:
@@ -62,27 +63,6 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     ``aten::_fused_adamw_``)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
                              fused=torch.device(device).type in ("cpu", "cuda"))
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Finished checkpoints ``(step, path)``, oldest first (temporary folders are ignored)."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def find_resume(run_dir: Path, resume: str) -> Path:
-    if resume == "latest":
-        ckpts = list_checkpoints(run_dir)
-        if not ckpts:
-            raise TrainingError(f"--resume latest: no checkpoint in {run_dir / 'checkpoints'}")
-        return ckpts[-1][1]
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise TrainingError(f"--resume {resume}: not a checkpoint folder (no trainer_state.json)")
-    return path
 
 
 def lr_at(step: int, cfg) -> float:
@@ -106,8 +86,8 @@ class Trainer:
         self.run_dir = Path(tc.out_dir)
         self.objective = build_objective(cfg.diffusion)
         self.dataset = build_pretrain_dataset(cfg.data)
-        set_seed(tc.seed)  # the initial weights (identical on every process)
-        model = build_unet(cfg.model)
+        with seeded_init(tc.seed):  # the initial weights (identical on every process)
+            model = build_unet(cfg.model)
         model.check_input_size(cfg.data.crop_size, cfg.data.crop_size)
         self.num_params = sum(p.numel() for p in model.parameters())
         self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
@@ -117,7 +97,6 @@ class Trainer:
         optimizer = make_optimizer(model, tc.lr, tc.weight_decay, acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.ema = ModelEmaV3(acc.unwrap_model(self.model), decay=tc.ema_decay, use_warmup=tc.ema_warmup)
-        acc.register_for_checkpointing(self.ema)
         self.step = 0
         self.micro = tc.batch_size // (tc.grad_accum_steps * acc.num_processes)
         if self.micro * tc.grad_accum_steps * acc.num_processes != tc.batch_size:
@@ -127,20 +106,26 @@ class Trainer:
     # ---- state ----------------------------------------------------------------------------------------------
     def resume(self, resume: str) -> None:
         path = find_resume(self.run_dir, resume)
-        self.accelerator.load_state(str(path))
-        self.step = json.loads((path / "trainer_state.json").read_text())["step"]
+        self.step = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.ema.module, self.optimizer)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 
+    def _truncate_log(self) -> None:
+        """Drop log rows of steps after the resumed one: they are about to be replayed."""
+        log = self.run_dir / "log.jsonl"
+        if log.is_file():
+            rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
+            write_text_atomic(log, "".join(r + "\n" for r in rows))
+
     def save_checkpoint(self) -> Path:
+        """``checkpoints/step_N`` (written by the main process into a temporary folder, then renamed); older ones
+        beyond ``train.checkpoint_limit`` are removed. Refuses to save non-finite weights."""
         acc = self.accelerator
-        folder = self.run_dir / "checkpoints"
-        final = folder / f"step_{self.step}"
-        tmp = temp_sibling(final) if acc.is_main_process else final.with_name(f".{final.name}.tmp")
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+        raw = self._finite_weights()
+        final = self.run_dir / "checkpoints" / f"step_{self.step}"
         if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step}))
+            tmp = temp_sibling(final)
+            save_checkpoint(tmp, self.step, raw, self.ema.module, self.optimizer)
+            faults.reached("checkpoint written")
             replace_dir(tmp, final)
             for _, old in list_checkpoints(self.run_dir)[:-self.cfg.train.checkpoint_limit]:
                 shutil.rmtree(old)
@@ -148,13 +133,31 @@ class Trainer:
         return final
 
     def export(self) -> None:
-        """``exports/step_N`` and ``export`` (main process only)."""
+        """``exports/step_N``, then ``export`` (a copy of it), both by rename (main process only)."""
+        raw = self._finite_weights()
         if not self.accelerator.is_main_process:
             return
-        raw = self.accelerator.unwrap_model(self.model)
         path = save_export(self.run_dir / "exports" / f"step_{self.step}", self.cfg, self.ema.module, raw)
+        faults.reached("export written")
         with atomic_dir(self.run_dir / "export") as tmp:
             shutil.copytree(path, tmp, dirs_exist_ok=True)
+
+    def _finite_weights(self) -> torch.nn.Module:
+        """The raw model, after checking that it and its EMA hold only finite weights (else ``TrainingError``)."""
+        raw = self.accelerator.unwrap_model(self.model)
+        for p in [*raw.parameters(), *self.ema.module.parameters()]:
+            if not torch.isfinite(p).all():
+                raise TrainingError(f"non-finite weights at step {self.step}: the run diverged (lower train.lr?); "
+                                    f"not saving them. The last good checkpoint is in {self.run_dir / 'checkpoints'}")
+        return raw
+
+    def export_is_current(self) -> bool:
+        """Whether ``exports/step_N`` of the current step exists and ``export`` holds the same weights."""
+        ours, latest = self.run_dir / "exports" / f"step_{self.step}", self.run_dir / "export"
+        files = [*WEIGHTS.values(), "config.yaml"]
+        if not all((ours / f).is_file() and (latest / f).is_file() for f in files):
+            return False
+        return all(file_fingerprint(ours / f) == file_fingerprint(latest / f) for f in files)
 
     # ---- data -----------------------------------------------------------------------------------------------
     def loader(self):
@@ -196,6 +199,7 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump(self.cfg, self.run_dir / "config.yaml")
+            self._truncate_log()  # a fresh start (or a resume) replays everything after self.step
         acc.print(self.summary())
         writer = _tensorboard(self.run_dir) if main else None
         log_file = (self.run_dir / "log.jsonl").open("a") if main else None
@@ -220,7 +224,10 @@ class Trainer:
                                             f"stopping. The last good checkpoint is in {self.run_dir / 'checkpoints'}")
                     acc.backward(loss)
                     if acc.sync_gradients and tc.grad_clip > 0:
-                        acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                        norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                        if not math.isfinite(float(norm)):
+                            raise TrainingError(f"non-finite gradient norm at step {self.step}; stopping. The last "
+                                                f"good checkpoint is in {self.run_dir / 'checkpoints'}")
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr_at(self.step, tc)
                     self.optimizer.step()
@@ -248,10 +255,11 @@ class Trainer:
                 bar.update(1)
                 if main and tc.image_every and (self.step % tc.image_every == 0 or self.step == tc.max_steps):
                     self._save_preview(preview)
-                if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
-                    self.save_checkpoint()
+                # the export first: a checkpoint of step N vouches for exports/step_N (resuming rewrites it)
                 if (tc.export_every and self.step % tc.export_every == 0) or self.step == tc.max_steps:
                     self.export()
+                if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
+                    self.save_checkpoint()
         finally:
             bar.close()
             if log_file:
@@ -301,9 +309,12 @@ def train(cfg: Config, resume: str | None = None, device: torch.device | None = 
     if resume:
         trainer.resume(resume)
     if trainer.step >= cfg.train.max_steps:
+        if trainer.step == cfg.train.max_steps and not trainer.export_is_current():
+            trainer.export()  # killed after the last checkpoint but before its export
+            trainer.accelerator.print(f"wrote the missing export of step {trainer.step}")
         trainer.accelerator.print(f"nothing to do: step {trainer.step} >= train.max_steps={cfg.train.max_steps}")
         return trainer.run_dir
     return trainer.fit()
 
 
-__all__ = ["Trainer", "TrainingError", "train", "list_checkpoints"]
+__all__ = ["Trainer", "train", "list_checkpoints"]

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..common import rng
 from ..common.config import SegConfig
-from ..common.errors import ConfigError
+from ..common.errors import CheckpointError, ConfigError
+from ..common.io import load_tensors
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
@@ -92,7 +93,10 @@ class FeatureExtractor:
         if self.cache_dir is None:
             return self._memory.get(key)
         path = self.cache_dir / key[:2] / f"{key}.safetensors"
-        return load_file(str(path)) if path.is_file() else None
+        try:
+            return load_tensors(path) if path.is_file() else None
+        except CheckpointError:  # a damaged cache entry is computed again
+            return None
 
     def _store(self, key: str, blocks: dict[str, torch.Tensor]) -> None:
         if self.cache_dir is None:

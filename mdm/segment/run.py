@@ -1,5 +1,9 @@
 """One segmentation run: train on the labeled subset, evaluate on the test split, save everything.
 
+Every input is read and checked before anything is written; the run folder is then built under a temporary name
+and renamed into place when it is complete (``metrics.json``, written last, marks a finished run), so a killed run
+leaves the folder as it was before.
+
 ``run_segmentation(seg, data, export, out)`` takes the ``SegConfig`` and ``DataConfig`` it uses and the opened export
 (``None`` for an smp network from scratch), changes none of them, and returns the metrics with what it decided
 (``tile_size``, ``labeled_images``). ``seg.mode`` picks the path: ``frozen`` (export features + pixel MLP ensemble)
@@ -18,14 +22,18 @@ Run folder::
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..common import faults
 from ..common.config import Config, DataConfig, SegConfig, dump
-from ..common.errors import ConfigError
+from ..common.errors import ConfigError, DataError
+from ..common.io import atomic_dir
+from ..common.labels import IGNORE_INDEX
 from ..pretrain.export import Export
 from .datasets import LabeledDataset, LabeledImage, load_split
 from .evaluate import evaluate
@@ -60,9 +68,35 @@ def open_splits(data: DataConfig) -> SegData:
     chosen = label_subset(len(train_ds), data.label_fraction, data.seed)
     subset = train_ds.subset(chosen)
     train_images = [subset[i] for i in range(len(subset))]
+    check_classes_occur(train_images, train_ds.num_classes, train_ds.class_names)
     for i in range(len(test_ds)):
         test_ds[i]
     return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes, chosen, subset.names)
+
+
+def check_classes_occur(images: list[LabeledImage], num_classes: int, class_names: list[str]) -> None:
+    """Stop with a ``DataError`` when the labeled images have no usable pixel or fewer than two classes, and warn about
+    classes they never show; masks saved as 0/255 (255 = ignore) are called out."""
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    ignored = total = 0
+    for im in images:
+        label = im.label.flatten()
+        keep = label != IGNORE_INDEX
+        counts += torch.bincount(label[keep], minlength=num_classes)
+        ignored, total = ignored + int((~keep).sum()), total + label.numel()
+    which = f"the {len(images)} labeled image(s) ({', '.join(im.name for im in images[:4])}" + \
+        (", ...)" if len(images) > 4 else ")")
+    hint = (f"; {ignored / total:.0%} of their pixels are {IGNORE_INDEX} (= ignore): were the masks saved as 0/255 "
+            f"instead of class ids 0/1?" if ignored > 0.2 * total else "")
+    present = [class_names[c] for c in range(num_classes) if counts[c] > 0]
+    if not present:
+        raise DataError(f"{which} have no usable pixel: every pixel is {IGNORE_INDEX} (= ignore)")
+    if len(present) < 2:
+        raise DataError(f"only class {present[0]!r} occurs in {which}: there is nothing to tell apart{hint}")
+    missing = [class_names[c] for c in range(num_classes) if counts[c] == 0]
+    if missing:
+        warnings.warn(f"class(es) {', '.join(map(repr, missing))} never occur in {which}: the segmenter cannot learn "
+                      f"them{hint}", stacklevel=2)
 
 
 def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, tile: int, cfg: Config, device):
@@ -122,19 +156,31 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     tile = seg.tile_size or (export.config.data.crop_size if export is not None else data.crop_size)
     seg = replace(seg, tile_size=tile, out_dir=str(out))
     cfg = replace(export.config if export is not None else Config(), data=data, seg=seg)
+    check_replaceable(out)
     splits = open_splits(data)
     fit = (_frozen if seg.mode == "frozen" else _finetune)(seg, data, export, splits, tile, cfg, device)
-    out.mkdir(parents=True, exist_ok=True)
-    dump(cfg, out / "config.yaml")
-    (out / "label_subset.json").write_text(json.dumps(
-        {"label_fraction": data.label_fraction, "seed": data.seed,
-         "indices": splits.label_indices,
-         "names": splits.label_names}, indent=1))
-    segmenter, history = fit(progress)
-    result = evaluate(segmenter, splits.test, out, splits.class_names, progress)
-    result["members"] = history
-    result["labeled_images"] = len(splits.train_images)
-    result["tile_size"] = tile
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    segmenter.save(out / "segmenter", export)
+    with atomic_dir(out) as tmp:  # the whole run becomes visible at once; a killed run leaves the old one as it was
+        dump(cfg, tmp / "config.yaml")
+        (tmp / "label_subset.json").write_text(json.dumps(
+            {"label_fraction": data.label_fraction, "seed": data.seed, "indices": splits.label_indices,
+             "names": splits.label_names}, indent=1))
+        segmenter, history = fit(progress)
+        result = evaluate(segmenter, splits.test, tmp, splits.class_names, progress)
+        result.update(members=history, labeled_images=len(splits.train_images), tile_size=tile)
+        segmenter.save(tmp / "segmenter", export)
+        faults.reached("segmenter saved")
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
     return result
+
+
+RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "per_image.csv", "predictions", "overlays",
+             "uncertainty", "segmenter"}
+
+
+def check_replaceable(out: Path) -> None:
+    """``out`` is replaced as a whole by a run: refuse when it holds anything a segmentation run does not write."""
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if foreign:
+            raise DataError(f"{out}: exists and holds files a segmentation run does not write ({', '.join(foreign[:3])}"
+                            f"); choose a new --out folder, a run replaces its folder as a whole")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..common.config import Config, from_dict, to_dict
 from ..common.errors import CheckpointError
-from ..common.io import atomic_dir
+from ..common.io import atomic_dir, load_tensors
 from ..common.tiling import blend_tiles, tile_grid
 from ..pretrain.export import WEIGHTS, Export, open_export, write_export
 from .features import FeatureExtractor, build_extractor
@@ -127,7 +127,7 @@ def _write_meta(folder: Path, segmenter, **extra) -> None:
 
 def _load_strict(module: nn.Module, path: Path) -> None:
     try:
-        module.load_state_dict(load_file(str(path)), strict=True)
+        module.load_state_dict(load_tensors(path), strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
 

@@ -91,4 +91,4 @@ def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: to
     for sub, picture in pictures.items():
         path = out / sub / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(path)
+        picture.save(path, format="PNG")  # explicit: a name like '..' has no extension PIL can read
