@@ -3,6 +3,12 @@
 SSIM loss, backward, AdamW, EMA) in fp32 and under bf16 autocast, against the matmul peak of the same process.
 
     python bench/pretrain_throughput.py [--steps 8] [--batch 16] [--json] [--no-fused-norm] [--profile]
+    python bench/pretrain_throughput.py --device cuda --config configs/paper.yaml [--batch 16] [--variants ...]
+
+On CUDA it times the step as the trainer runs it at the paper preset under bf16 (NCHW, the ResBlocks and attention
+blocks compiled), then with each speed-up switched off in turn (channels-last instead of NCHW, no compilation;
+``--variants`` picks them; ``full`` compiles the whole model), against an 8192^3 bf16 matmul measured in the same
+process.
 
 Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
 The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. It also times the model's
@@ -30,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mdm.common import rng  # noqa: E402
 from mdm.common.config import load  # noqa: E402
 from mdm.nn.group_norm_act import fused_kernel_available  # noqa: E402
+from mdm.nn.unet import compile_unet  # noqa: E402
 from mdm.pretrain.cpu_memory import keep_freed_memory  # noqa: E402
 from mdm.pretrain.export import build_unet  # noqa: E402
 from mdm.pretrain.objectives import build_objective  # noqa: E402
@@ -127,6 +134,86 @@ def forward_flops_per_image(cfg) -> float:
     return float(counter.get_total_flops())
 
 
+def cuda_step_rate(cfg, batch: int, steps: int, channels_last: bool, compile_mode: str) -> dict:
+    """Images/s of the full training step on the GPU under bf16 autocast (median of ``steps`` timed steps after
+    warm-up), with gradient clipping, fused AdamW and the EMA as the trainer runs them, and the peak memory."""
+    device = torch.device("cuda")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = build_unet(cfg.model).to(device, memory_format=fmt)
+    ema = ModelEmaV3(model, decay=0.9999, use_warmup=True)  # before compiling, as the trainer does
+    compile_unet(model, compile_mode)
+    objective = build_objective(cfg.diffusion)
+    opt = make_optimizer(model, lr=1e-4, weight_decay=0.0, device=device)
+    size = cfg.model.image_size
+    x = (torch.rand(batch, 3, size, size, device=device) * 2 - 1).contiguous(memory_format=fmt)
+    torch.cuda.reset_peak_memory_stats()
+
+    def train_step(step: int) -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = objective.loss(model, x, rng.sample_keys(0, step, 0, batch, device=device)).loss.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model, step=step + 1)
+
+    t = time.perf_counter()
+    for step in range(3):  # warm-up (and compilation)
+        train_step(step)
+    torch.cuda.synchronize()
+    warmup = time.perf_counter() - t
+    times = []
+    for step in range(3, steps + 3):
+        t = time.perf_counter()
+        train_step(step)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return {"img_s": batch / statistics.median(times), "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
+            "warmup_s": warmup}
+
+
+def cuda_main(args) -> None:
+    """The GPU numbers: the step in the trainer's default setting and with each speed-up switched off in turn,
+    against the bf16 matmul rate (an 8192^3 product) measured in the same process."""
+    cfg = load(args.config)
+    device = torch.device("cuda")
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn_like(a)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    peak = 10 * 2 * 8192 ** 3 / (time.perf_counter() - t)
+    del a, b
+    model = build_unet(cfg.model).to(device)
+    size = cfg.model.image_size
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(torch.zeros(1, 3, size, size, device=device), torch.ones(1, device=device))
+    flops = 3 * counter.get_total_flops()
+    del model
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
+              "model_tflop_per_image": flops / 1e12, "bf16_matmul_tflop_s": peak / 1e12, "variants": {}}
+    variants = {"default": ("default: NCHW, compile regional", False, "regional"),
+                "channels-last": ("channels-last", True, "regional"), "none": ("no compile", False, "none"),
+                "full": ("compile full", False, "full")}
+    for key in args.variants.split(","):
+        name, channels_last, mode = variants[key]
+        r = cuda_step_rate(cfg, args.batch, args.steps, channels_last, mode)
+        r["model_tflop_s"] = r["img_s"] * flops / 1e12
+        r["matmul_fraction"] = r["img_s"] * flops / peak
+        result["variants"][name] = r
+        torch.cuda.empty_cache()
+        print(f"{name}: {r['img_s']:.1f} img/s, {r['model_tflop_s']:.0f} TFLOP/s = {r['matmul_fraction']:.3f} of "
+              f"the bf16 matmul rate ({peak / 1e12:.0f} TFLOP/s), peak {r['peak_gb']:.1f} GB, warm-up "
+              f"{r['warmup_s']:.0f} s", flush=True)
+    if args.json:
+        print(json.dumps(result))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "cpu-small.yaml"))
@@ -141,7 +228,13 @@ def main() -> None:
                    help="time the unfused GroupNorm + SiLU path (MDM_FUSED_NORM=0) for comparison")
     p.add_argument("--force-bf16", action="store_true",
                    help="time the bf16 step even where this CPU has no native bf16 (it is emulated, very slowly)")
+    p.add_argument("--device", default="cpu", help="cpu (the cpu-small numbers) or cuda (--config paper.yaml)")
+    p.add_argument("--variants", default="default,channels-last,none",
+                   help="CUDA: which steps to time, of default, channels-last, none, full (comma-separated)")
     args = p.parse_args()
+    if args.device.startswith("cuda"):
+        cuda_main(args)
+        return
     if args.no_fused_norm:
         os.environ["MDM_FUSED_NORM"] = "0"
     keep_freed_memory()  # as the trainer does on CPU

@@ -24,23 +24,11 @@ from pathlib import Path
 import torch
 
 from .common.config import Config, load
-from .common.errors import ConfigError, DataError, MdmError
+from .common.devices import resolve_device
+from .common.errors import DataError, MdmError
 from .common.io import list_images, load_image
 
 EXPECTED = (MdmError, OSError)
-
-
-def resolve_device(requested: str = "auto") -> torch.device:
-    """``auto``: ``cuda`` when a GPU is present, else ``cpu``; otherwise the device named (checked)."""
-    if requested in ("auto", ""):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"--device {requested!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {requested}: no CUDA device is available here (use cpu or auto)")
-    return device
 
 
 def _parser(prog: str, description: str, config_example: str, out_help: str) -> argparse.ArgumentParser:
@@ -54,7 +42,8 @@ def _parser(prog: str, description: str, config_example: str, out_help: str) -> 
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--device", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (default: the "
+                   "config's train.device / seg.device, auto)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
@@ -110,7 +99,7 @@ def _train(argv: list[str]) -> int:
         return 0
     from .pretrain.trainer import train  # deferred: Accelerate's import costs seconds that --dry-run does not need
 
-    train(cfg, resume=args.resume, device=resolve_device(args.device))
+    train(cfg, resume=args.resume, device=resolve_device(args.device or cfg.train.device))
     return 0
 
 
@@ -137,7 +126,7 @@ def _segment(argv: list[str]) -> int:
     args = p.parse_args(argv)
     cfg = _load(args)
     out = args.out or cfg.seg.out_dir
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or cfg.seg.device)
     print(f"device: {device}")
     export = open_export(args.checkpoint, cfg.seg.weights) if args.checkpoint else None
     result = run_segmentation(cfg.seg, cfg.data, export, out, device=device)
@@ -157,7 +146,8 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="where masks, overlays and uncertainty maps go")
     _add_runtime_flags(p)
     args = p.parse_args(argv)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device or "auto")
+    print(f"device: {device}")
     segmenter = load_segmenter(args.model, device)
     files = list_images(args.images)
     if not files:
@@ -198,7 +188,9 @@ def _bench(argv: list[str]) -> int:
     cfg = _load(args)
     if args.out:
         cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
-    result = run_benchmark(cfg, device=resolve_device(args.device))
+    train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
+    print(f"devices: pretraining {train_device}, segmentation {seg_device}")
+    result = run_benchmark(cfg, train_device, seg_device)
     print(f"\n{cfg.bench.metric}, mean ± std over seeds {cfg.bench.seeds}:\n{result['table']}")
     print(f"results in {cfg.bench.out_dir}/ (results.csv, results.md, label_efficiency.png, pretrain_budget.png)")
     return 0

@@ -8,7 +8,7 @@ from mdm.common.config import load
 TINY_OVERRIDES = [
     "model.image_size=16", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
     "data.source=synthetic", "data.synthetic_images=16", "data.synthetic_image_size=32", "data.crop_size=16",
-    "train.batch_size=4", "train.log_every=1", "train.image_every=0", "train.lr=1e-3",
+    "train.batch_size=4", "train.log_every=1", "train.image_every=0", "train.lr=1e-3", "train.device=cpu",
 ]
 
 

@@ -4,6 +4,7 @@ import csv
 import os
 
 import pytest
+import torch
 
 from mdm.common.config import load
 
@@ -11,7 +12,8 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
         "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
         "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
         "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.1,0.5]", "bench.seeds=[0]",
-        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch]", "bench.pretrain_steps=4", "bench.budget_exports=2"]
+        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch]", "bench.pretrain_steps=4", "bench.budget_exports=2",
+        "train.device=cpu", "seg.device=cpu"]
 
 
 class Killed(BaseException):
@@ -57,7 +59,7 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     assert (tmp_path / "pretrain_mdm" / "exports" / "step_0" / "unet.safetensors").is_file()
 
     reference = study.run_one(cfg, "random", 0.1, 0, tmp_path / "pretrain_mdm" / "exports" / "step_0",
-                              tmp_path / "reference")
+                              tmp_path / "reference", torch.device("cpu"))
     assert [float(r["dice"]) for r in rows if r["method"] == "random" and r["label_fraction"] == "0.1"] == \
         [reference["dice"]]
 
@@ -65,5 +67,5 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(study, "run_segmentation", refuse)
-    again = study.run_benchmark(cfg, log=lambda *_: None)
+    again = study.run_benchmark(cfg, torch.device("cpu"), torch.device("cpu"), log=lambda *_: None)
     assert [r["dice"] for r in again["rows"]] == [float(r["dice"]) for r in rows]

@@ -219,7 +219,8 @@ def half(k, fg=1):
 
 def seg_args(configs_dir, root, out, *extra):
     sets = ["data.num_classes=2", f"data.root=[{root}]", "seg.ensemble_size=1", "seg.max_epochs=2",
-            "seg.crops_per_epoch=8", "seg.batch_size=4", "seg.blocks=[-2,-1]", 'seg.cache_dir=""', *extra]
+            "seg.crops_per_epoch=8", "seg.batch_size=4", "seg.blocks=[-2,-1]", 'seg.cache_dir=""', "seg.device=cpu",
+            *extra]
     return ["--config", os.path.join(configs_dir, "seg_generic.yaml"), "--out", str(out),
             *[a for s in sets for a in ("--set", s)]]
 
@@ -286,7 +287,7 @@ def test_damaged_weights_are_one_line_errors(tmp_path, configs_dir, pretrained_e
     ensemble.write_bytes(ensemble.read_bytes()[:300])
     capsys.readouterr()
     assert seg_main(["predict", "--model", str(tmp_path / "run"), "--images", str(root / "test" / "images"),
-                     "--out", str(tmp_path / "p")]) == 2
+                     "--out", str(tmp_path / "p"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "ensemble.safetensors: not a readable safetensors file" in err
 
@@ -300,7 +301,7 @@ def test_predict_keeps_folders_apart_and_odd_names_work(tmp_path, configs_dir, p
         Image.new("RGB", (40, 36), colour).save(images / sub / "x.png")
     Image.new("RGB", (40, 36), (9, 9, 9)).save(images / "..png", format="PNG")
     assert seg_main(["predict", "--model", str(tmp_path / "run"), "--images", str(images),
-                     "--out", str(tmp_path / "p")]) == 0
+                     "--out", str(tmp_path / "p"), "--device", "cpu"]) == 0
     for name in ("a/x.png", "b/x.png", "..png"):
         assert Image.open(tmp_path / "p" / "predictions" / name).size == (40, 36), name
         assert (tmp_path / "p" / "overlays" / name).is_file()

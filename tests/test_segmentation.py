@@ -16,6 +16,8 @@ from mdm.segment.features import FeatureExtractor
 from mdm.segment.run import run_segmentation
 from mdm.segment.segmenter import load_segmenter
 
+CPU = torch.device("cpu")
+
 
 def seg_config(configs_dir, *extra):
     return load(os.path.join(configs_dir, "seg_synthetic.yaml"),
@@ -24,7 +26,7 @@ def seg_config(configs_dir, *extra):
 
 def segment(configs_dir, export, out, *extra):
     cfg = seg_config(configs_dir, *extra)
-    return run_segmentation(cfg.seg, cfg.data, open_export(export), out, progress=False)
+    return run_segmentation(cfg.seg, cfg.data, open_export(export), out, device=CPU, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
 
     paths = save_examples(str(tmp_path / "new"), 2)
     assert seg_main(["predict", "--model", str(out), "--images", str(tmp_path / "new"), "--out",
-                     str(tmp_path / "p")]) == 0
+                     str(tmp_path / "p"), "--device", "cpu"]) == 0
     assert all(side % 32 for side in Image.open(paths[1]).size)  # 89 x 65: no multiple of the 32 px tile
     for path in paths:
         size = Image.open(path).size
@@ -108,7 +110,7 @@ def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
         panel = Image.open(tmp_path / "p" / "overlays" / name)  # image | prediction | uncertainty, enlarged
         assert panel.width >= 3 * 256 and panel.height > 256
         assert Image.open(tmp_path / "p" / "uncertainty" / name).size == size
-    assert load_segmenter(out).num_classes == 2
+    assert load_segmenter(out, CPU).num_classes == 2
 
 
 def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_path, configs_dir, capsys):
@@ -120,13 +122,13 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
     assert seg_main(["predict", "--model", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "segmenter.yaml: not found" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
-        load_segmenter(tmp_path)
+        load_segmenter(tmp_path, CPU)
 
 
 def test_pixel_features_equal_upsampling_the_blocks():
     """Sampling selected pixels gives exactly what upsampling each block to the tile size would give there."""
     ex = FeatureExtractor.__new__(FeatureExtractor)
-    ex.timesteps, ex.blocks = [50], [0, 1]
+    ex.timesteps, ex.blocks, ex.device = [50], [0, 1], torch.device("cpu")
     blocks = {"t50_b0": torch.randn(4, 8, 8).half(), "t50_b1": torch.randn(2, 16, 16).half()}
     full = torch.cat([torch.nn.functional.interpolate(blocks[k][None].float(), size=(32, 32), mode="bilinear",
                                                       align_corners=False)[0] for k in ("t50_b0", "t50_b1")])

@@ -50,7 +50,7 @@ def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path, configs_dir, monkeypa
         return out
 
     monkeypatch.setattr(MaskedDiffusion, "loss", poisoned)
-    with pytest.raises(TrainingError, match="non-finite loss .* at step 3"):
+    with pytest.raises(TrainingError, match="non-finite loss at step 3"):
         train(cfg)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
@@ -122,7 +122,8 @@ def test_two_process_cpu_run(tmp_path, configs_dir):
     global batch, so step 1 has the same loss as a 1-process run."""
     extra = ["--set", "train.max_steps=2", "--set", "train.checkpoint_every=2"]
     overrides = [a for o in TINY_OVERRIDES for a in ("--set", o)] + extra
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            os.path.join(ROOT, "train.py"), "--config", os.path.join(configs_dir, "tiny.yaml"),
            "--out", str(tmp_path / "ddp"), *overrides]

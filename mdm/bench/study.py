@@ -50,7 +50,7 @@ METHODS = {m.name: m for m in (
 )}
 
 
-def pretrain_if_needed(cfg: Config, objective: str, out: Path, log=print) -> Path:
+def pretrain_if_needed(cfg: Config, objective: str, out: Path, device: torch.device, log=print) -> Path:
     """Run (or resume) the pretraining of ``objective`` for ``bench.pretrain_steps``; returns the run folder."""
     run = out / f"pretrain_{objective}"
     steps = cfg.bench.pretrain_steps
@@ -60,12 +60,12 @@ def pretrain_if_needed(cfg: Config, objective: str, out: Path, log=print) -> Pat
                  checkpoint_every=max(1, steps // 4))
     log(f"pretraining {objective} for {steps} steps -> {run}")
     train(replace(cfg, diffusion=replace(cfg.diffusion, objective=objective), train=tc),
-          resume="latest" if list_checkpoints(run) else None)
+          resume="latest" if list_checkpoints(run) else None, device=device)
     return run
 
 
 def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path | None, out: Path,
-            device: torch.device | None = None) -> dict:
+            device: torch.device) -> dict:
     """One segmentation run (skipped when its ``metrics.json`` exists); returns its metrics."""
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
@@ -76,14 +76,15 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
     return run_segmentation(seg, data, opened, out, device=device, progress=False)
 
 
-def run_benchmark(cfg: Config, log=print, device: torch.device | None = None) -> dict:
-    """The whole study; returns ``{"rows": [...], "budget": [...], "table": markdown}``."""
+def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
+    """The whole study, pretraining on ``train_device`` and segmenting on ``seg_device``; returns
+    ``{"rows": [...], "budget": [...], "table": markdown}``."""
     bc = cfg.bench
     out = Path(bc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     objectives = sorted({METHODS[m].objective for m in bc.methods} - {None})
-    pretrain = {obj: pretrain_if_needed(cfg, obj, out, log) for obj in objectives}
+    pretrain = {obj: pretrain_if_needed(cfg, obj, out, train_device, log) for obj in objectives}
 
     def export_for(method: str, which: str | None = None) -> Path | None:
         m = METHODS[method]
@@ -98,7 +99,7 @@ def run_benchmark(cfg: Config, log=print, device: torch.device | None = None) ->
                 done = (run / "metrics.json").is_file()
                 log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}"
                     + (" (done, skipped)" if done else ""))
-                result = run_one(cfg, method, fraction, seed, export_for(method), run, device)
+                result = run_one(cfg, method, fraction, seed, export_for(method), run, seg_device)
                 rows.append(result_row(method, fraction, seed, result))
     write_csv(out / "results.csv", rows, COLUMNS)
     table = summarize(rows, bc.metric, bc.methods, bc.fractions)
@@ -117,7 +118,7 @@ def run_benchmark(cfg: Config, log=print, device: torch.device | None = None) ->
         for step in steps:
             run = out / "budget" / method / f"step_{step}_s{seed}"
             log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}")
-            result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run, device)
+            result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run, seg_device)
             budget.append({"pretrain_steps": step, **result_row(method, lowest, seed, result)})
     if budget:
         write_csv(out / "budget.csv", budget, ["pretrain_steps", *COLUMNS])

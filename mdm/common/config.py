@@ -102,7 +102,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     mixed_precision: str = "no"
-    channels_last: bool = True  # NHWC memory format: faster CPU steps, and needed by the fused CPU norm kernel
+    channels_last: bool | str = "auto"  # auto: NHWC on the CPU (faster, and the fused norm kernel needs it), else NCHW
+    device: str = "auto"
+    compile: str = "auto"
     seed: int = 0
     log_every: int = 10
     image_every: int = 250
@@ -144,6 +146,9 @@ class SegConfig:
     normalize: bool = True
     cache_dir: str = "runs/feature_cache"
     weights: str = "ema"
+    val_tiles: int = 64
+    mixed_precision: str = "auto"
+    device: str = "auto"
     out_dir: str = "runs/seg"
 
 
@@ -192,11 +197,14 @@ class Config:
             "seg.augment": (self.seg.augment, {"none", "hflip", "dihedral"}),
             "data.crop": (self.data.crop, {"random", "resize"}),
             "data.color_mode": (self.data.color_mode, {"RGB", "L"}),
-            "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16"}),
+            "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16", "auto"}),
+            "train.channels_last": (self.train.channels_last, {True, False, "auto"}),
+            "train.compile": (self.train.compile, {"auto", "none", "regional", "full"}),
+            "seg.mixed_precision": (self.seg.mixed_precision, {"no", "bf16", "auto"}),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed)}")
+                raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed, key=str)}")
         unknown = sorted(set(self.bench.methods) - set(BENCH_METHODS))
         if unknown:
             raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
@@ -212,7 +220,8 @@ class Config:
         not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
                         "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
                         "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,
-                        "seg.min_class_pixels": sc.min_class_pixels, "data.num_workers": self.data.num_workers}
+                        "seg.min_class_pixels": sc.min_class_pixels, "data.num_workers": self.data.num_workers,
+                        "seg.val_tiles": sc.val_tiles}
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be positive, got {value}")
@@ -276,6 +285,8 @@ def _check_type(key: str, value, tp):
             pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if tp is str and isinstance(value, bool):  # YAML 1.1 reads no / off as false: mixed_precision=no is meant
+        return "no" if not value else "yes"
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value

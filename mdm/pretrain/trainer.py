@@ -20,7 +20,6 @@ the diverged weights is saved.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 import warnings
@@ -28,15 +27,18 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from ..common import faults
 from ..common.config import Config, dump
+from ..common.devices import memory_format, native_bf16, resolve_device
 from ..common.errors import ConfigError, TrainingError
 from ..common.io import atomic_dir, replace_dir, temp_sibling, write_text_atomic
 from ..common.rng import Tag, seeded_init
 from ..nn.group_norm_act import fused_kernel_available
+from ..nn.unet import compile_unet
 from .checkpoints import find_resume, list_checkpoints, load_checkpoint, save_checkpoint
 from .cpu_memory import keep_freed_memory
 from .export import WEIGHTS, build_unet, file_fingerprint, save_export
@@ -46,14 +48,34 @@ from .previews import save_reconstruction_grid
 from .sampler import StepBatchSampler
 
 
-def resolve_precision(requested: str, use_cuda: bool) -> str:
-    """The precision actually used: fp16 needs a GPU (Accelerate would silently run fp32 on a CPU)."""
-    if requested == "fp16" and not use_cuda:
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision actually used. ``auto``: bf16 where the device computes it natively, else fp16 on a GPU and
+    fp32 on a CPU; fp16 needs a GPU (Accelerate would silently run fp32 on a CPU)."""
+    if requested == "auto":
+        return "bf16" if native_bf16(device) else "fp16" if device.type == "cuda" else "no"
+    if requested == "fp16" and device.type != "cuda":
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU (on a CPU it would silently run in fp32); "
-                         "use bf16 or no")
-    if requested == "bf16" and not use_cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        warnings.warn("this CPU has no native bf16 (no avx512_bf16/amx): bf16 autocast will run much slower than "
-                      "fp32 here", stacklevel=2)
+                          "use bf16, auto or no")
+    if requested == "bf16" and not native_bf16(device):
+        warnings.warn(f"this {device.type.upper()} has no native bf16: bf16 autocast will run much slower than fp32 "
+                      f"here", stacklevel=2)
+    return requested
+
+
+def _fresh_accelerator_state() -> None:
+    """Accelerate keeps one state per process and refuses a second ``Accelerator`` with another precision or device;
+    a process that trains more than once (the study pretrains both objectives; tests) starts each run afresh. A
+    distributed setup (the process group) is kept."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    AcceleratorState._reset_state(reset_partial_state=not distributed)
+    GradientState._reset_state()
+
+
+def resolve_compile(requested: str, device: torch.device) -> str:
+    """``auto``: the ResBlocks and attention blocks compiled on a GPU (``regional``), nothing on a CPU (where
+    compiling took minutes and lost speed in fp32)."""
+    if requested == "auto":
+        return "regional" if device.type == "cuda" else "none"
     return requested
 
 
@@ -78,8 +100,9 @@ class Trainer:
     def __init__(self, cfg: Config, device: torch.device | None = None):
         self.cfg = cfg
         tc = cfg.train
-        use_cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
-        self.precision = resolve_precision(tc.mixed_precision, use_cuda)
+        use_cuda = (device or resolve_device(tc.device)).type == "cuda"
+        self.precision = resolve_precision(tc.mixed_precision, torch.device("cuda" if use_cuda else "cpu"))
+        _fresh_accelerator_state()
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not use_cuda,
                                        gradient_accumulation_steps=tc.grad_accum_steps)
         acc = self.accelerator
@@ -90,14 +113,17 @@ class Trainer:
             model = build_unet(cfg.model)
         model.check_input_size(cfg.data.crop_size, cfg.data.crop_size)
         self.num_params = sum(p.numel() for p in model.parameters())
-        self.memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(tc.channels_last, acc.device)
         if acc.device.type == "cpu":
             keep_freed_memory()
-        model = model.to(memory_format=self.memory_format)
+        model = model.to(acc.device, memory_format=self.memory_format)
+        self.ema = ModelEmaV3(model, decay=tc.ema_decay, use_warmup=tc.ema_warmup)  # before compiling: a plain copy
+        self.compile = resolve_compile(tc.compile, acc.device)
+        compile_unet(model, self.compile)
         optimizer = make_optimizer(model, tc.lr, tc.weight_decay, acc.device)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.ema = ModelEmaV3(acc.unwrap_model(self.model), decay=tc.ema_decay, use_warmup=tc.ema_warmup)
         self.step = 0
+        self._watched: list[tuple[int, str, torch.Tensor]] = []
         self.micro = tc.batch_size // (tc.grad_accum_steps * acc.num_processes)
         if self.micro * tc.grad_accum_steps * acc.num_processes != tc.batch_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by grad_accum_steps="
@@ -142,8 +168,22 @@ class Trainer:
         with atomic_dir(self.run_dir / "export") as tmp:
             shutil.copytree(path, tmp, dirs_exist_ok=True)
 
+    def _watch(self, what: str, value: torch.Tensor) -> None:
+        """Remember whether ``value`` is finite without waiting for the GPU; ``_check_watched`` looks at log steps
+        and before anything is saved."""
+        self._watched.append((self.step, what, torch.isfinite(value.detach()).all()))
+
+    def _check_watched(self) -> None:
+        for step, what, finite in self._watched:
+            if not bool(finite):
+                raise TrainingError(f"non-finite {what} at step {step}: the run diverged (lower train.lr?); stopping. "
+                                    f"The last good checkpoint is in {self.run_dir / 'checkpoints'}")
+        self._watched.clear()
+
     def _finite_weights(self) -> torch.nn.Module:
-        """The raw model, after checking that it and its EMA hold only finite weights (else ``TrainingError``)."""
+        """The raw model, after checking the watched losses and that the model and its EMA hold only finite weights
+        (else ``TrainingError``)."""
+        self._check_watched()
         raw = self.accelerator.unwrap_model(self.model)
         for p in [*raw.parameters(), *self.ema.module.parameters()]:
             if not torch.isfinite(p).all():
@@ -179,7 +219,9 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------------------
     def summary(self) -> str:
         acc, tc = self.accelerator, self.cfg.train
+        layout = "channels-last" if self.memory_format == torch.channels_last else "NCHW"
         return (f"device: {acc.device} | processes: {acc.num_processes} | precision: {self.precision} | "
+                f"layout: {layout} | compile: {self.compile} | "
                 f"batch: {tc.batch_size} = {self.micro} x {acc.num_processes} processes x {tc.grad_accum_steps} "
                 f"accumulation | parameters: {self.num_params / 1e6:.2f}M | data: {self.cfg.data.source}, "
                 f"{len(self.dataset)} images, {self.cfg.data.crop_size} px | objective: "
@@ -190,7 +232,7 @@ class Trainer:
         """On CPU: whether GroupNorm + SiLU run as the fused kernel (built here on first use) or unfused."""
         if self.accelerator.device.type != "cpu":
             return ""
-        fused = self.cfg.train.channels_last and fused_kernel_available()
+        fused = self.memory_format == torch.channels_last and fused_kernel_available()
         return f" | norm kernel: {'fused' if fused else 'unfused'}"
 
     def fit(self) -> Path:
@@ -219,15 +261,10 @@ class Trainer:
                 with acc.accumulate(self.model):
                     out = self.objective.loss(self.model, images, keys)
                     loss = out.loss.mean()
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"non-finite loss ({float(loss.detach())}) at step {self.step}; "
-                                            f"stopping. The last good checkpoint is in {self.run_dir / 'checkpoints'}")
+                    self._watch("loss", loss)
                     acc.backward(loss)
                     if acc.sync_gradients and tc.grad_clip > 0:
-                        norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                        if not math.isfinite(float(norm)):
-                            raise TrainingError(f"non-finite gradient norm at step {self.step}; stopping. The last "
-                                                f"good checkpoint is in {self.run_dir / 'checkpoints'}")
+                        self._watch("gradient norm", acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr_at(self.step, tc)
                     self.optimizer.step()
@@ -240,6 +277,7 @@ class Trainer:
                 self.step += 1
                 self.ema.update(acc.unwrap_model(self.model), step=self.step)
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    self._check_watched()
                     losses, ts = acc.gather(torch.cat(window_loss)), acc.gather(torch.cat(window_t))
                     rate = images_seen / (time.perf_counter() - t_start)
                     record = self._record(losses, ts, rate)
@@ -303,8 +341,8 @@ def _tensorboard(run_dir: Path):
 
 
 def train(cfg: Config, resume: str | None = None, device: torch.device | None = None) -> Path:
-    """Pretrain according to ``cfg``; returns the run folder. ``device``: ``cpu`` forces the CPU; otherwise
-    Accelerate places each process on its GPU where there is one."""
+    """Pretrain according to ``cfg``; returns the run folder. ``device`` (default: ``train.device``): ``cpu`` forces
+    the CPU; with ``cuda`` Accelerate places each process on its own GPU."""
     trainer = Trainer(cfg, device)
     if resume:
         trainer.resume(resume)

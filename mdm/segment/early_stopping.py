@@ -1,34 +1,38 @@
-"""Early stopping on a validation loss, shared by the pixel MLPs and fine-tuning."""
+"""Early stopping on a validation loss, shared by the pixel MLPs (one per member) and fine-tuning."""
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 from torch import nn
 
 
 class EarlyStopping:
-    """Keeps the weights of ``module`` from the epoch with the lowest validation loss.
+    """Keeps the state (``snapshot()``) from the epoch with the lowest validation loss.
 
     ``update(epoch, loss)`` after each epoch returns True once ``patience`` epochs have passed without an improvement
-    of more than 1e-6. A loss of ``inf`` (no validation pixels) counts as an improvement, so then the latest weights
-    are kept. ``restore()`` loads the kept weights and returns ``{"best_epoch", "best_val_loss", "epochs"}``.
+    of more than 1e-6. A loss of ``inf`` (no validation pixels) counts as an improvement, so then the latest state
+    is kept. ``restore()`` hands the kept state to ``load`` and returns ``{"best_epoch", "best_val_loss", "epochs"}``.
     """
 
-    def __init__(self, module: nn.Module, patience: int):
-        self.module, self.patience = module, patience
+    def __init__(self, snapshot: Callable[[], dict], load: Callable[[dict], object], patience: int):
+        self.snapshot, self.load, self.patience = snapshot, load, patience
         self.best_loss, self.best_epoch, self.epochs = math.inf, -1, 0
-        self._state = copy.deepcopy(module.state_dict())
+        self._state = snapshot()
+
+    @classmethod
+    def of_module(cls, module: nn.Module, patience: int) -> EarlyStopping:
+        return cls(lambda: copy.deepcopy(module.state_dict()), module.load_state_dict, patience)
 
     def update(self, epoch: int, loss: float) -> bool:
         self.epochs = epoch + 1
         if loss < self.best_loss - 1e-6 or math.isinf(loss):
-            self.best_loss, self.best_epoch = loss, epoch
-            self._state = copy.deepcopy(self.module.state_dict())
+            self.best_loss, self.best_epoch, self._state = loss, epoch, self.snapshot()
             return False
         return epoch - self.best_epoch >= self.patience
 
     def restore(self) -> dict:
-        self.module.load_state_dict(self._state)
+        self.load(self._state)
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_loss, "epochs": self.epochs}

@@ -22,11 +22,14 @@ from safetensors.torch import save_file
 
 from ..common import rng
 from ..common.config import SegConfig
+from ..common.devices import autocast, autocast_dtype, memory_format
 from ..common.errors import CheckpointError, ConfigError
 from ..common.io import load_tensors
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
+
+EXTRACT_BATCH = 8  # tiles per U-Net forward pass
 
 
 def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
@@ -58,10 +61,12 @@ class FeatureExtractor:
     """
 
     def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
-                 cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None):
+                 cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None):
         device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(device).eval().requires_grad_(False)
-        self.objective, self.seed, self.device = objective, seed, device
+        self.memory_format = memory_format("auto", device)
+        self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
+        self.objective, self.seed, self.device, self.dtype = objective, seed, device, dtype
         self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
         self.timesteps = list(timesteps)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -86,7 +91,7 @@ class FeatureExtractor:
 
     def _cache_key(self, name: str, content: str, tile: Tile, size: int) -> str:
         key = (f"{self.fingerprint}|{name}|{content}|{tile.top},{tile.left},{size}|{self.timesteps}|{self.seed}|"
-               f"{self.blocks}")
+               f"{self.blocks}|{self.dtype}")
         return hashlib.sha1(key.encode()).hexdigest()
 
     def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
@@ -118,7 +123,8 @@ class FeatureExtractor:
             tile_keys = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64)
             x_t = self.objective.corrupt(x0, tt, tile_keys.to(self.device))[0]
             self._outputs.clear()
-            self.model(x_t, tt)
+            with autocast(self.dtype, self.device):
+                self.model(x_t.contiguous(memory_format=self.memory_format), tt)
             for i in self.blocks:
                 o = self._outputs[i].to("cpu", torch.float16)
                 for j in range(x0.shape[0]):
@@ -136,35 +142,38 @@ class FeatureExtractor:
         keys = [self._cache_key(name, content, tile, tile_size) for tile in tiles]
         result = [self._lookup(key) for key in keys]
         todo = [k for k, r in enumerate(result) if r is None]
-        if todo:
+        name_key = zlib.crc32(name.encode())
+        for first in range(0, len(todo), EXTRACT_BATCH):  # bounded memory: a few tiles through the U-Net at once
+            batch = todo[first:first + EXTRACT_BATCH]
             crops = torch.stack([padded[:, tiles[k].top:tiles[k].top + tile_size,
-                                        tiles[k].left:tiles[k].left + tile_size] for k in todo])
-            name_key = zlib.crc32(name.encode())
-            seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left) for k in todo])
-            for k, blocks in zip(todo, self._run(crops, seeds)):
+                                        tiles[k].left:tiles[k].left + tile_size] for k in batch])
+            seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left) for k in batch])
+            for k, blocks in zip(batch, self._run(crops, seeds)):
                 result[k] = blocks
                 self._store(keys[k], blocks)
         return result  # type: ignore[return-value]
 
     def pixel_features(self, blocks: dict[str, torch.Tensor], size: int,
                        index: torch.Tensor | None = None) -> torch.Tensor:
-        """Features ``[N, D]`` float32 of the pixels ``index`` (flat, row-major, of a ``size x size`` tile; default:
-        all pixels) from one tile's block outputs: each block sampled bilinearly (exactly what upsampling the block to
-        ``size x size`` with ``align_corners=False`` would give at those pixels), then concatenated. Only the
-        requested pixels are formed, so memory is ``N x D``, not ``size^2 x D``."""
-        if index is None:
-            index = torch.arange(size * size)
+        """Features ``[N, D]`` float32, on the extractor's device, of the pixels ``index`` (flat, row-major, of a
+        ``size x size`` tile; default: all pixels) from one tile's block outputs: each block sampled bilinearly
+        (exactly what upsampling the block to ``size x size`` with ``align_corners=False`` would give at those
+        pixels), then concatenated. Only the requested pixels are formed, so memory is ``N x D``, not
+        ``size^2 x D``."""
+        dev = self.device
+        index = torch.arange(size * size, device=dev) if index is None else index.to(dev)
         ys, xs = torch.div(index, size, rounding_mode="floor"), index % size
         grid = torch.stack([(2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1], dim=-1).float()  # [N, 2] as (x, y)
         grid = grid.reshape(1, 1, -1, 2)
         parts = [blocks[f"t{t}_b{i}"] for t in self.timesteps for i in self.blocks]
-        return torch.cat([F.grid_sample(p[None].float(), grid, mode="bilinear", padding_mode="border",
-                                        align_corners=False)[0, :, 0].T for p in parts], dim=1)
+        return torch.cat([F.grid_sample(p[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
+                                        padding_mode="border", align_corners=False)[0, :, 0].T for p in parts], dim=1)
 
 
-def build_extractor(seg: SegConfig, export: Export, device: str | torch.device | None = None) -> FeatureExtractor:
+def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> FeatureExtractor:
     """The export's U-Net (weights ``seg.weights``, loaded strictly) wrapped in a ``FeatureExtractor`` for
-    ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's own objective."""
+    ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's own objective, on ``device``
+    under the autocast of ``seg.mixed_precision``."""
     return FeatureExtractor(export.load_model(), build_objective(export.config.diffusion), seg.blocks, seg.timesteps,
                             seed=seg.seed, cache_dir=seg.cache_dir or None, fingerprint=export.fingerprint(),
-                            device=device)
+                            device=device, dtype=autocast_dtype(seg.mixed_precision, device))

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from ..common import rng
 from ..common.config import SegConfig
+from ..common.devices import autocast, autocast_dtype, memory_format
 from ..common.errors import ConfigError
 from ..common.labels import IGNORE_INDEX
-from ..common.rng import Stream, seeded_init
+from ..common.rng import Stream, Tag, seeded_init
 from ..common.tiling import blend_tiles, pad_to_tile, tile_grid
 from ..nn.unet import UNetModel
 from ..pretrain.export import Export
@@ -95,29 +96,72 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _logits(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``model(x)`` in the device's memory format (channels-last on the CPU) under ``dtype`` autocast, as fp32."""
+    device = _device(model)
+    with autocast(dtype, device):
+        return model(x.to(device).contiguous(memory_format=memory_format("auto", device))).float()
+
+
 @torch.no_grad()
-def predict_probs(model: nn.Module, image: torch.Tensor, tile: int, overlap: float) -> torch.Tensor:
-    """``image [3, H, W]`` -> ``[1, C, H, W]`` softmax probabilities, sliding window with Gaussian blending."""
+def predict_probs(model: nn.Module, image: torch.Tensor, tile: int, overlap: float,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``image [3, H, W]`` -> ``[1, C, H, W]`` softmax probabilities (on the CPU), sliding window with Gaussian
+    blending, computed on the model's device."""
     model.eval()
     _, h, w = image.shape
     padded = pad_to_tile(image, tile)
     tiles = tile_grid(h, w, tile, overlap)
-    device = _device(model)
 
     def per_tile(batch: int = 32):
         for i in range(0, len(tiles), batch):
             chunk = tiles[i:i + batch]
-            x = torch.stack([padded[:, t.top:t.top + tile, t.left:t.left + tile] for t in chunk]).to(device)
-            for t, probs in zip(chunk, F.softmax(model(x).float(), dim=1)):
+            x = torch.stack([padded[:, t.top:t.top + tile, t.left:t.left + tile] for t in chunk])
+            for t, probs in zip(chunk, F.softmax(_logits(model, x, dtype), dim=1)):
                 yield t, probs[None]
 
     return blend_tiles(h, w, tile, per_tile()).cpu()
 
 
+def validation_tiles(images: list[torch.Tensor], val_labels: list[torch.Tensor], tile: int, seed: int,
+                     limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [T, 3, tile, tile], y [T, tile, tile])``: the tiles of a non-overlapping grid over the (padded) labeled
+    images that hold validation pixels; at most ``limit`` of them, a seeded choice (0: all). Scored every epoch,
+    one batched pass instead of a sliding window over every image."""
+    xs, ys = [], []
+    for img, labels in zip(images, val_labels):
+        for t in tile_grid(*labels.shape, tile, 0.0):
+            y = labels[t.top:t.top + tile, t.left:t.left + tile]
+            if (y != IGNORE_INDEX).any():
+                xs.append(img[:, t.top:t.top + tile, t.left:t.left + tile])
+                ys.append(y)
+    if not xs:
+        return torch.empty(0, 3, tile, tile), torch.empty(0, tile, tile, dtype=torch.int64)
+    chosen = range(len(xs))
+    if limit and len(xs) > limit:
+        g = torch.Generator().manual_seed(rng.make_key(seed, Tag.VALIDATION_TILES))
+        chosen = sorted(torch.randperm(len(xs), generator=g)[:limit].tolist())
+    return torch.stack([xs[i] for i in chosen]), torch.stack([ys[i] for i in chosen])
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None,
+                    batch: int = 32) -> float:
+    """Mean cross-entropy over the labeled pixels of the validation tiles (``inf`` when there are none)."""
+    model.eval()
+    total, count = 0.0, int((y != IGNORE_INDEX).sum())
+    for i in range(0, x.shape[0], batch):
+        logits = _logits(model, x[i:i + batch], dtype)
+        total += float(F.cross_entropy(logits, y[i:i + batch].to(logits.device), ignore_index=IGNORE_INDEX,
+                                       reduction="sum"))
+    return total / count if count else math.inf
+
+
 def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfig, val_fraction: float, tile: int,
                      progress: bool = True) -> dict:
-    """Train ``model`` on random crops of the labeled images; early stopping on validation pixels (the held-out
-    pixels of ``splits.split_labels``). Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
+    """Train ``model`` (on its device; channels-last on the CPU; autocast per ``seg.mixed_precision``) on random
+    crops of the labeled images; early stopping on the validation pixels of ``splits.split_labels``, scored on
+    ``validation_tiles``. Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
     imgs, train_lab, val_lab = [], [], []
     for im in images:
         imgs.append(pad_to_tile(im.image, tile))
@@ -125,8 +169,11 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
         train_lab.append(tl)
         val_lab.append(vl)
     device = _device(model)
-    opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr)
-    stopper = EarlyStopping(model, seg.patience)
+    dtype = autocast_dtype(seg.mixed_precision, device)
+    model.to(memory_format=memory_format("auto", device))
+    val_x, val_y = validation_tiles(imgs, val_lab, tile, seg.seed, seg.val_tiles)
+    opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr, fused=device.type in ("cpu", "cuda"))
+    stopper = EarlyStopping.of_module(model, seg.patience)
     steps = max(1, seg.crops_per_epoch // seg.batch_size)
     for epoch in tqdm(range(seg.max_epochs), desc="fine-tune", disable=None if progress else True, leave=False):
         model.train()
@@ -134,18 +181,10 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
             x, y = crop_batch(imgs, train_lab, tile, seg.batch_size, rng.make_key(seg.seed, epoch, b), seg.augment)
             if (y == IGNORE_INDEX).all():
                 continue
-            loss = F.cross_entropy(model(x.to(device)), y.to(device), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(_logits(model, x, dtype), y.to(device), ignore_index=IGNORE_INDEX)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        val_loss, count = 0.0, 0
-        for img, vl in zip(imgs, val_lab):
-            keep = vl != IGNORE_INDEX
-            if keep.any():
-                p = predict_probs(model, img, tile, seg.overlap)[0]
-                nll = -p.clamp_min(1e-8).log().gather(0, vl.clamp(max=p.shape[0] - 1)[None])[0]
-                val_loss += float(nll[keep].sum())
-                count += int(keep.sum())
-        if stopper.update(epoch, val_loss / count if count else math.inf):
+        if stopper.update(epoch, validation_loss(model, val_x, val_y, dtype)):
             break
     return stopper.restore()

@@ -1,10 +1,11 @@
-"""The pixel classifier ensemble of DDPM-segmentation / MDM: small MLPs over per-pixel features.
+"""The pixel classifier ensemble of DDPM-segmentation / MDM: small MLPs over per-pixel features, all members at once.
 
-``PixelMLP``: ``d -> 128 -> 32 -> C`` with ReLU + BatchNorm1d for fewer than 30 classes, ``d -> 256 -> 128 -> C``
-otherwise; weights initialised N(0, 0.02). Members differ by their seed (initialisation and pixel order). They are
-trained in lockstep on the same streamed pixel batches (so features are formed once per batch for all members), each
-with Adam (lr 1e-3), cross-entropy with the ignore label, and early stopping on validation pixels: a member keeps its
-best-validation weights and stops after ``patience`` epochs without improvement.
+Each member is ``d -> 128 -> 32 -> C`` with ReLU + BatchNorm1d for fewer than 30 classes, ``d -> 256 -> 128 -> C``
+otherwise; weights N(0, 0.02) drawn from the member's own seed, biases 0. The members' weights are stacked
+(``[M, d_in, d_out]``), so a forward pass is one batched matmul per layer for the whole ensemble, on the CPU or the
+GPU. They train in lockstep on the same streamed pixel batches, each on its own cross-entropy (with the ignore
+label), with Adam (lr 1e-3, elementwise, so stacking changes nothing), and each keeps its best-validation weights and
+stops counting after ``patience`` epochs without improvement.
 
 Combining (``combine``): ``vote`` (per-pixel majority of the members' labels, ties to the lowest class id: the FFHQ-34
 protocol), ``mean_prob`` (argmax of the mean softmax), or ``individual`` (each member scored alone; the caller
@@ -20,51 +21,72 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common import rng
 from ..common.labels import IGNORE_INDEX
-from ..common.rng import seeded_init
 from .early_stopping import EarlyStopping
 
 
-class PixelMLP(nn.Module):
-    """``[N, d]`` features -> ``[N, num_classes]`` logits."""
-
-    def __init__(self, dim: int, num_classes: int):
-        super().__init__()
-        h1, h2 = (128, 32) if num_classes < 30 else (256, 128)
-        self.layers = nn.Sequential(nn.Linear(dim, h1), nn.ReLU(), nn.BatchNorm1d(h1),
-                                    nn.Linear(h1, h2), nn.ReLU(), nn.BatchNorm1d(h2),
-                                    nn.Linear(h2, num_classes))
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
 class PixelEnsemble(nn.Module):
-    """``members`` PixelMLPs plus the feature normalisation (``mean``/``std`` ``[d]``) they were trained with."""
+    """``members`` pixel MLPs with stacked weights, plus the feature normalisation (``mean``/``std`` ``[d]``).
+
+    Parameters per layer ``i``: ``w{i} [M, d_in, d_out]``, ``b{i} [M, d_out]``; after layers 1 and 2 a BatchNorm per
+    member: ``bn{i}_weight``, ``bn{i}_bias`` and the buffers ``bn{i}_mean``, ``bn{i}_var`` ``[M, d_out]``.
+    ``forward(x [N, d])`` (already normalised) -> logits ``[M, N, C]``.
+    """
 
     def __init__(self, dim: int, num_classes: int, members: int, seed: int = 0):
         super().__init__()
-        self.dim, self.num_classes = dim, num_classes
-        mlps = []
-        for m in range(members):
-            with seeded_init(seed * 1000 + m):
-                mlps.append(PixelMLP(dim, num_classes))
-        self.members = nn.ModuleList(mlps)
+        self.dim, self.num_classes, self.num_members = dim, num_classes, members
+        widths = [dim, *((128, 32) if num_classes < 30 else (256, 128)), num_classes]
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):  # layers 1, 2, 3
+            w = torch.empty(members, d_in, d_out)
+            for m in range(members):
+                g = torch.Generator().manual_seed(rng.make_key(seed, m, i))
+                w[m].normal_(0.0, 0.02, generator=g)
+            self.register_parameter(f"w{i}", nn.Parameter(w))
+            self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(members, d_out)))
+            if i < 3:
+                self.register_parameter(f"bn{i}_weight", nn.Parameter(torch.ones(members, d_out)))
+                self.register_parameter(f"bn{i}_bias", nn.Parameter(torch.zeros(members, d_out)))
+                self.register_buffer(f"bn{i}_mean", torch.zeros(members, d_out))
+                self.register_buffer(f"bn{i}_var", torch.ones(members, d_out))
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n = self.num_members, x.shape[0]
+        # layer 1 for all members as one [N, d] x [d, M * h1] product; BatchNorm works on that [N, M * h] layout
+        h = torch.addmm(self.b1.reshape(-1), x, self.w1.permute(1, 0, 2).reshape(self.dim, -1))
+        h = self._batch_norm(F.relu(h), 1).reshape(n, m, -1).transpose(0, 1)  # [M, N, h1]
+        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2))  # [M, N, h2]
+        h = self._batch_norm(h.transpose(0, 1).reshape(n, -1), 2).reshape(n, m, -1).transpose(0, 1)
+        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3)  # [M, N, C]
+
+    def _batch_norm(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        """Per-member BatchNorm1d of ``[N, M * c]`` (member-major features): one ``batch_norm`` over the ``M * c``
+        features, whose running statistics update the ``[M, c]`` buffers in place through views."""
+        return F.batch_norm(h, getattr(self, f"bn{i}_mean").view(-1), getattr(self, f"bn{i}_var").view(-1),
+                            getattr(self, f"bn{i}_weight").view(-1), getattr(self, f"bn{i}_bias").view(-1),
+                            self.training, 0.1, 1e-5)
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """Member ``k``'s weights and statistics (copies)."""
+        return {name: t[k].clone() for name, t in self.state_dict().items() if name not in ("mean", "std")}
+
+    def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        with torch.no_grad():
+            for name, value in state.items():
+                own[name][k].copy_(value)
+
     @torch.no_grad()
     def member_probs(self, features: torch.Tensor) -> torch.Tensor:
-        """``[N, d]`` -> ``[M, N, C]`` softmax probabilities of every member."""
-        x = self.normalize(features)
-        return torch.stack([F.softmax(m.eval()(x), dim=1) for m in self.members])
+        """``[N, d]`` -> ``[M, N, C]`` softmax probabilities of every member (eval mode)."""
+        self.eval()
+        return F.softmax(self(self.normalize(features)), dim=-1)
 
 
 def combine(member_probs: torch.Tensor, how: str) -> torch.Tensor:
@@ -83,63 +105,61 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs.clamp_min(1e-12).log() * probs).sum(-1)
 
 
+def _member_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy per member ``[M]`` over the labeled pixels, and their count."""
+    m, n, c = logits.shape
+    per_pixel = F.cross_entropy(logits.reshape(m * n, c).float(), labels.repeat(m), ignore_index=IGNORE_INDEX,
+                                reduction="none").reshape(m, n)
+    return per_pixel.sum(1), int((labels != IGNORE_INDEX).sum())
+
+
 def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                  val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], max_epochs: int = 50,
                  patience: int = 5, lr: float = 1e-3, progress=None) -> list[dict]:
     """Train every member; returns a per-member history ``[{"best_epoch", "best_val_loss", "epochs"}]``.
 
-    ``train_batches(epoch)`` yields ``(features [N, d], labels [N])`` (already normalised features are NOT
-    expected: normalisation happens here); ``val_batches()`` likewise for the validation pixels. Labels use
-    ``IGNORE_INDEX`` for pixels to skip.
+    ``train_batches(epoch)`` yields ``(features [N, d], labels [N])`` on the ensemble's device (raw features:
+    normalisation happens here); ``val_batches()`` likewise for the validation pixels. Labels use ``IGNORE_INDEX``
+    for pixels to skip. A member that has stopped keeps training with the others (one batched pass costs the same);
+    at the end every member gets its best-validation weights back.
     """
-    members = list(ensemble.members)
-    opts = [torch.optim.Adam(m.parameters(), lr=lr) for m in members]
-    stoppers = [EarlyStopping(m, patience) for m in members]
-    active = [True] * len(members)
+    opt = torch.optim.Adam(ensemble.parameters(), lr=lr)
+    stoppers = [EarlyStopping(lambda k=k: ensemble.member_state(k), lambda s, k=k: ensemble.load_member_state(k, s),
+                              patience) for k in range(ensemble.num_members)]
+    active = [True] * ensemble.num_members
     for epoch in range(max_epochs):
         if not any(active):
             break
-        for m, on in zip(members, active):
-            m.train(on)
+        ensemble.train()
         for feats, labels in train_batches(epoch):
             if feats.shape[0] < 2:
                 continue
-            x = ensemble.normalize(feats)
-            for k, (m, opt) in enumerate(zip(members, opts)):
-                if not active[k]:
-                    continue
-                perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(epoch * 7919 + k))
-                loss = F.cross_entropy(m(x[perm]), labels[perm], ignore_index=IGNORE_INDEX)
-                if not torch.isfinite(loss):
-                    continue  # a batch of ignored pixels only
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            losses, count = _member_losses(ensemble(ensemble.normalize(feats)), labels)
+            if count == 0:
+                continue  # a batch of ignored pixels only
+            opt.zero_grad(set_to_none=True)
+            (losses.sum() / count).backward()  # the sum of the members' mean losses: each gets its own gradient
+            opt.step()
         val = _val_losses(ensemble, val_batches)
-        for k in range(len(members)):
+        for k in range(ensemble.num_members):
             if active[k] and stoppers[k].update(epoch, val[k]):
                 active[k] = False
         if progress is not None:
             progress(epoch, val, active)
     history = [s.restore() for s in stoppers]
-    for m in members:
-        m.eval()
+    ensemble.eval()
     return history
 
 
 @torch.no_grad()
 def _val_losses(ensemble: PixelEnsemble, val_batches) -> list[float]:
-    totals = torch.zeros(len(ensemble.members), dtype=torch.float64)
+    ensemble.eval()
+    totals = torch.zeros(ensemble.num_members, dtype=torch.float64, device=ensemble.mean.device)
     count = 0
     for feats, labels in val_batches():
-        keep = labels != IGNORE_INDEX
-        if not keep.any():
-            continue
-        x, y = ensemble.normalize(feats[keep]), labels[keep]
-        for k, m in enumerate(ensemble.members):
-            m.eval()
-            totals[k] += F.cross_entropy(m(x), y, reduction="sum").double()
-        count += int(keep.sum())
+        losses, n = _member_losses(ensemble(ensemble.normalize(feats)), labels)
+        totals += losses.double()
+        count += n
     if count == 0:
-        return [math.inf] * len(ensemble.members)
+        return [math.inf] * ensemble.num_members
     return (totals / count).tolist()

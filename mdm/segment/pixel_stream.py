@@ -1,4 +1,5 @@
-"""Training pixels streamed tile by tile: ``(features [N, d], labels [N])`` batches for the pixel MLPs.
+"""Training pixels streamed tile by tile: ``(features [N, d], labels [N])`` batches for the pixel MLPs, on the
+feature extractor's device.
 
 Each labeled image is cut into tiles; an epoch visits the tiles in a seeded order and takes up to
 ``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them into batches
@@ -35,6 +36,7 @@ class PixelStream:
         self.extractor, self.images, self.tile_size = extractor, images, tile_size
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
         self.tiles: list[TrainTile] = []
+        self._kept: dict[int, dict[str, torch.Tensor]] = {}
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
             train, val = split_labels(im, tile_size, val_fraction, seed, min_class_pixels)
@@ -43,32 +45,39 @@ class PixelStream:
             for tile in tile_grid(*im.label.shape, tile_size, overlap):
                 self.tiles.append(TrainTile(k, tile))
 
-    def tile_features(self, t: TrainTile, index: torch.Tensor) -> torch.Tensor:
-        """``[N, D]`` features of the tile's flat pixel indices ``index``."""
+    def _tile_blocks(self, i: int) -> dict[str, torch.Tensor]:
+        if i in self._kept:
+            return self._kept[i]
+        t = self.tiles[i]
         im = self.images[t.image_index]
-        blocks = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])[0]
-        return self.extractor.pixel_features(blocks, self.tile_size, index)
+        return self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])[0]
+
+    def tile_features(self, i: int, index: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` features (on the extractor's device) of tile ``i``'s flat pixel indices ``index``."""
+        return self.extractor.pixel_features(self._tile_blocks(i), self.tile_size, index)
 
     def _labels(self, t: TrainTile, which: list[torch.Tensor]) -> torch.Tensor:
         s = self.tile_size
         return which[t.image_index][t.tile.top:t.tile.top + s, t.tile.left:t.tile.left + s].reshape(-1)
 
     def prefetch(self, progress: bool = True) -> None:
-        """Extract (and cache) every training tile once."""
-        for t in tqdm(self.tiles, desc="features", disable=None if progress else True, leave=False):
-            im = self.images[t.image_index]
-            self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])
+        """Extract (and cache) every training tile once. Without a cache folder the block outputs are in memory
+        anyway, so the stream keeps them by tile instead of looking them up again each epoch."""
+        for i in tqdm(range(len(self.tiles)), desc="features", disable=None if progress else True, leave=False):
+            blocks = self._tile_blocks(i)
+            if self.extractor.cache_dir is None:
+                self._kept[i] = blocks
 
     def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std over the labeled training pixels (accumulated tile by tile)."""
         d = self.extractor.feature_dim
         s1, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
-        for t in self.tiles:
+        for i, t in enumerate(self.tiles):
             keep = (self._labels(t, self.train_labels) != IGNORE_INDEX).nonzero().squeeze(1)
             if keep.numel() > self.pixels_per_tile > 0:
                 keep = keep[torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))][
                     :self.pixels_per_tile]
-            x = self.tile_features(t, keep).double()
+            x = self.tile_features(i, keep).double().cpu()
             s1 += x.sum(0)
             s2 += (x * x).sum(0)
             n += x.shape[0]
@@ -87,14 +96,14 @@ class PixelStream:
             if cap and keep.numel() > cap:
                 g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
                 keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
-            buf_x.append(self.tile_features(t, keep))
+            buf_x.append(self.tile_features(i, keep))
             buf_y.append(y[keep])
             size += keep.numel()
             if size >= self.batch_pixels:
-                yield torch.cat(buf_x), torch.cat(buf_y)
+                yield torch.cat(buf_x), torch.cat(buf_y).to(self.extractor.device)
                 buf_x, buf_y, size = [], [], 0
         if buf_x:
-            yield torch.cat(buf_x), torch.cat(buf_y)
+            yield torch.cat(buf_x), torch.cat(buf_y).to(self.extractor.device)
 
     def train_batches(self, epoch: int):
         g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))

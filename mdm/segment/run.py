@@ -111,6 +111,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
         ensemble = PixelEnsemble(extractor.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
         if seg.normalize:
             ensemble.mean, ensemble.std = stream.feature_stats()
+        ensemble.to(extractor.device)
         bar = tqdm(total=seg.max_epochs, desc="pixel MLPs", disable=None if progress else True, leave=False)
 
         def tick(epoch, val, active):
@@ -129,11 +130,9 @@ def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: S
               device):
     """Build the network to fine-tune; returns ``fit(progress) -> (segmenter, [history])``."""
     check_tile(seg, tile)
-    model = build_network(seg, splits.num_classes, export if seg.arch == "unet" else None)
+    model = build_network(seg, splits.num_classes, export if seg.arch == "unet" else None).to(device)
     if seg.arch == "unet":
         model.unet.check_input_size(tile, tile)
-    if device is not None:
-        model = model.to(device)
 
     def fit(progress: bool):
         history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, progress)
@@ -143,11 +142,11 @@ def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: S
 
 
 def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, out: str | Path, *,
-                     device: torch.device | None = None, progress: bool = True) -> dict:
+                     device: torch.device, progress: bool = True) -> dict:
     """Train, evaluate and save one segmentation run into ``out``; returns the metrics (also in ``metrics.json``).
 
     ``export``: the pretraining export (its U-Net gives the features, or is fine-tuned); ``None`` only for
-    ``seg.mode: finetune`` with ``seg.arch: smp``. ``device``: where the networks run (default: the CPU).
+    ``seg.mode: finetune`` with ``seg.arch: smp``. ``device``: where the networks run.
     """
     if export is None and not (seg.mode == "finetune" and seg.arch == "smp"):
         raise ConfigError(f"--checkpoint is required (a pretraining export folder) for seg.mode={seg.mode}"

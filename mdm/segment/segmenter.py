@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..common.config import Config, from_dict, to_dict
+from ..common.devices import autocast_dtype
 from ..common.errors import CheckpointError
 from ..common.io import atomic_dir, load_tensors
 from ..common.tiling import blend_tiles, tile_grid
@@ -39,7 +40,7 @@ class PixelSegmenter:
 
     def __init__(self, cfg: Config, extractor: FeatureExtractor, ensemble: PixelEnsemble, tile_size: int):
         self.cfg, self.extractor, self.ensemble, self.tile_size = cfg, extractor, ensemble, tile_size
-        self.num_classes, self.num_members = ensemble.num_classes, len(ensemble.members)
+        self.num_classes, self.num_members = ensemble.num_classes, ensemble.num_members
 
     @torch.no_grad()
     def member_probs(self, name: str, image: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,8 @@ class PixelSegmenter:
         def per_tile():
             for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles)):
                 probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
-                                   for chunk in torch.arange(s * s).split(PREDICT_CHUNK)], dim=1)
+                                   for chunk in torch.arange(s * s, device=self.extractor.device)
+                                   .split(PREDICT_CHUNK)], dim=1)
                 yield tile, probs.reshape(m, s, s, c).permute(0, 3, 1, 2)
 
         return blend_tiles(h, w, s, per_tile())
@@ -60,14 +62,14 @@ class PixelSegmenter:
         probs = self.member_probs(name, image)
         how = "mean_prob" if self.cfg.seg.combine == "individual" else self.cfg.seg.combine
         scores = combine(probs.permute(0, 2, 3, 1), how)  # [H, W, C]
-        return scores.argmax(-1), entropy(probs.mean(0).permute(1, 2, 0)), probs
+        return scores.argmax(-1).cpu(), entropy(probs.mean(0).permute(1, 2, 0)).cpu(), probs.cpu()
 
     def save(self, folder: Path, export: Export) -> None:
         """Write ``folder`` atomically; the export's files are hard-linked (copied where links are impossible)."""
         with atomic_dir(folder) as tmp:
             save_file({k: v.contiguous() for k, v in self.ensemble.state_dict().items()},
                       str(tmp / "ensemble.safetensors"))
-            _write_meta(tmp, self, feature_dim=self.ensemble.dim, members=len(self.ensemble.members))
+            _write_meta(tmp, self, feature_dim=self.ensemble.dim, members=self.ensemble.num_members)
             (tmp / "export").mkdir()
             for f in ("config.yaml", *WEIGHTS.values()):
                 try:
@@ -76,12 +78,12 @@ class PixelSegmenter:
                     shutil.copy2(export.folder / f, tmp / "export" / f)
 
     @classmethod
-    def load(cls, folder: Path, meta: dict, device: torch.device | None) -> PixelSegmenter:
+    def load(cls, folder: Path, meta: dict, device: torch.device) -> PixelSegmenter:
         cfg = from_dict(meta["config"])
         extractor = build_extractor(cfg.seg, open_export(folder / "export", cfg.seg.weights), device)
         ensemble = PixelEnsemble(meta["feature_dim"], meta["num_classes"], meta["members"])
         _load_strict(ensemble, folder / "ensemble.safetensors")
-        return cls(cfg, extractor, ensemble.eval(), meta["tile_size"])
+        return cls(cfg, extractor, ensemble.to(extractor.device).eval(), meta["tile_size"])
 
 
 class SupervisedSegmenter:
@@ -94,7 +96,9 @@ class SupervisedSegmenter:
         self.cfg, self.model, self.num_classes, self.tile_size = cfg, model.eval(), num_classes, tile_size
 
     def predict(self, name: str, image: torch.Tensor):
-        probs = predict_probs(self.model, image, self.tile_size, self.cfg.seg.overlap)
+        device = next(self.model.parameters()).device
+        probs = predict_probs(self.model, image, self.tile_size, self.cfg.seg.overlap,
+                              autocast_dtype(self.cfg.seg.mixed_precision, device))
         return probs[0].argmax(0), entropy(probs[0].permute(1, 2, 0)), probs
 
     def save(self, folder: Path, export: Export | None = None) -> None:
@@ -108,12 +112,12 @@ class SupervisedSegmenter:
                 write_export(tmp / "export", self.cfg, self.model.unet, self.model.unet)
 
     @classmethod
-    def load(cls, folder: Path, meta: dict, device: torch.device | None) -> SupervisedSegmenter:
+    def load(cls, folder: Path, meta: dict, device: torch.device) -> SupervisedSegmenter:
         cfg = from_dict(meta["config"])
         export = open_export(folder / "export") if cfg.seg.arch == "unet" else None
         model = build_network(cfg.seg, meta["num_classes"], export)
         _load_strict(model, folder / "network.safetensors")
-        return cls(cfg, model.to(device) if device is not None else model, meta["num_classes"], meta["tile_size"])
+        return cls(cfg, model.to(device), meta["num_classes"], meta["tile_size"])
 
 
 KINDS = {k.kind: k for k in (PixelSegmenter, SupervisedSegmenter)}
@@ -132,7 +136,7 @@ def _load_strict(module: nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: {str(e).splitlines()[0]}") from None
 
 
-def load_segmenter(run_or_folder: str | Path, device: torch.device | None = None):
+def load_segmenter(run_or_folder: str | Path, device: torch.device):
     """A saved segmenter, from a segmentation run folder or its ``segmenter/``; ``device`` for its networks."""
     folder = Path(run_or_folder)
     if (folder / "segmenter").is_dir():
