@@ -15,6 +15,7 @@ interrupted sweep resumes. Output folder::
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -80,11 +81,16 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     """The whole study, pretraining on ``train_device`` and segmenting on ``seg_device``; returns
     ``{"rows": [...], "budget": [...], "table": markdown}``."""
     bc = cfg.bench
+    started = time.perf_counter()
     out = Path(bc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     objectives = sorted({METHODS[m].objective for m in bc.methods} - {None})
-    pretrain = {obj: pretrain_if_needed(cfg, obj, out, train_device, log) for obj in objectives}
+    pretrain = {}
+    for obj in objectives:
+        t = time.perf_counter()
+        pretrain[obj] = pretrain_if_needed(cfg, obj, out, train_device, log)
+        log(f"pretraining {obj}: {time.perf_counter() - t:.1f} s")
 
     def export_for(method: str, which: str | None = None) -> Path | None:
         m = METHODS[method]
@@ -97,9 +103,10 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
             for method in bc.methods:
                 run = out / "runs" / method / f"f{fraction:g}_s{seed}"
                 done = (run / "metrics.json").is_file()
-                log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}"
-                    + (" (done, skipped)" if done else ""))
+                t = time.perf_counter()
                 result = run_one(cfg, method, fraction, seed, export_for(method), run, seg_device)
+                log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}: "
+                    + ("done before, skipped" if done else f"{time.perf_counter() - t:.1f} s"))
                 rows.append(result_row(method, fraction, seed, result))
     write_csv(out / "results.csv", rows, COLUMNS)
     table = summarize(rows, bc.metric, bc.methods, bc.fractions)
@@ -117,8 +124,10 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         seed = bc.seeds[0]  # one seed: the curve shows the trend; the sweep above gives the spread
         for step in steps:
             run = out / "budget" / method / f"step_{step}_s{seed}"
-            log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}")
+            t = time.perf_counter()
             result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run, seg_device)
+            log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
+                f"{time.perf_counter() - t:.1f} s")
             budget.append({"pretrain_steps": step, **result_row(method, lowest, seed, result)})
     if budget:
         write_csv(out / "budget.csv", budget, ["pretrain_steps", *COLUMNS])
@@ -126,4 +135,6 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                    {m: [(s, [b[bc.metric] for b in budget if b["method"] == m and b["pretrain_steps"] == s])
                         for s in sorted({b["pretrain_steps"] for b in budget})] for m in bc.budget_methods},
                    "pretraining steps", bc.metric, f"Pretraining budget at {lowest:g} labels (seed {bc.seeds[0]})")
-    return {"rows": rows, "budget": budget, "table": table}
+    elapsed = time.perf_counter() - started
+    log(f"study finished in {elapsed // 60:.0f} min {elapsed % 60:.0f} s")
+    return {"rows": rows, "budget": budget, "table": table, "seconds": elapsed}
