@@ -204,7 +204,7 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 
 def _convert(argv: list[str]) -> int:
-    from .pretrain.convert import convert, count_parameters
+    from .pretrain.convert import convert, count_parameters, flags_to_overrides, read_flags, unconfirmed_warning
 
     p = argparse.ArgumentParser(prog="python -m mdm.convert", description="Convert a guided-diffusion / MDM / "
                                 "DDPM-segmentation checkpoint (a state dict in .pt/.pth) into an export folder for "
@@ -213,12 +213,18 @@ def _convert(argv: list[str]) -> int:
     p.add_argument("--config", required=True, help="the preset describing its architecture, e.g. configs/paper.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. model.out_channels=6 (repeatable)")
+    p.add_argument("--flags", help="the release's training flags (a file of --name value pairs, e.g. its MODEL_FLAGS "
+                   "line, or an args.json): the architecture, attention layout and order come from them")
     p.add_argument("--key", help="the entry holding the state dict when the file wraps several (e.g. ema)")
     p.add_argument("--out", required=True, help="the export folder to write, e.g. exports/mdm_glas")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
-    cfg = _load(args)
+    flags = flags_to_overrides(read_flags(args.flags), args.flags) if args.flags else []
+    cfg = load(args.config, flags + args.overrides)  # the config file, then the release's flags, then --set
     out = convert(args.checkpoint, cfg, args.out, key=args.key)
+    warning = unconfirmed_warning(cfg, args.overrides, bool(args.flags))
+    if warning:  # after a conversion that worked: a failed one is one line, the error
+        print(f"warning: {warning}", file=sys.stderr)
     n = count_parameters(out)
     print(f"converted {args.checkpoint}: {n:,} parameters ({n / 1e6:.2f}M), objective {cfg.diffusion.objective} "
           f"-> {out}")

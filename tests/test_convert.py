@@ -206,3 +206,41 @@ def test_refuses_to_replace_a_non_export_folder(tmp_path, tiny_yaml):
         convert(ckpt, cfg, tmp_path / "other")
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
     assert ckpt.is_file()
+
+
+RELEASE_FLAGS = ('MODEL_FLAGS="--image_size 16 --num_channels 64 --num_res_blocks 1 --channel_mult 1,1 '
+                 '--attention_resolutions 8 --num_heads 4 --num_head_channels -1 --resblock_updown True '
+                 '--use_new_attention_order True --learn_sigma False"\n'
+                 'DIFFUSION_FLAGS="--diffusion_steps 1000 --noise_schedule linear"\n')
+
+
+def test_release_flags_give_what_the_weights_cannot_tell(tmp_path, tiny_yaml, capsys):
+    """A model trained with 4 heads and the new attention order: its flags file converts it to the same outputs;
+    without them it converts too (same shapes) but computes something else, and a warning says so."""
+    cfg = small_cfg(tiny_yaml, "model.model_channels=64", "model.num_heads=4", "model.num_head_channels=-1",
+                    "model.use_new_attention_order=true")
+    state = random_state(cfg)
+    ckpt = tmp_path / "model.pt"
+    torch.save(state, ckpt)
+    model = build_unet(cfg.model)
+    model.load_state_dict(state)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([3, 500])
+    with torch.no_grad():
+        expected = model(x, t)
+    (tmp_path / "flags.txt").write_text(RELEASE_FLAGS)
+    base = ["--checkpoint", str(ckpt), "--config", tiny_yaml]
+    assert main(base + ["--flags", str(tmp_path / "flags.txt"), "--out", str(tmp_path / "with")]) == 0
+    assert "cannot tell" not in capsys.readouterr().err
+    with torch.no_grad():
+        torch.testing.assert_close(load_export(tmp_path / "with")[0](x, t), expected)
+    sets = sum((["--set", s] for s in SMALL + ["model.model_channels=64"]), [])
+    assert main(base + sets + ["--out", str(tmp_path / "without")]) == 0
+    assert "warning: the weights cannot tell the attention head layout or order" in capsys.readouterr().err
+    with torch.no_grad():
+        assert (load_export(tmp_path / "without")[0](x, t) - expected).abs().max() > 1e-3
+    all_three = sets + ["--set", "model.num_heads=4", "--set", "model.num_head_channels=-1",
+                        "--set", "model.use_new_attention_order=true"]
+    assert main(base + all_three + ["--out", str(tmp_path / "set")]) == 0
+    assert "cannot tell" not in capsys.readouterr().err
+    with torch.no_grad():
+        torch.testing.assert_close(load_export(tmp_path / "set")[0](x, t), expected)

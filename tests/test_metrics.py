@@ -306,3 +306,17 @@ def test_instance_maps_must_be_integer_and_nonnegative():
         aji(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.int64))
     with pytest.raises(ValueError):
         object_dice(np.array([[-1, 0]]), np.array([[1, 0]]))
+
+
+def test_miou_absent_class_skipped_or_counted_as_zero():
+    """3 classes, the third absent from gt and prediction on the whole set: IoUs 2/3 and 3/4 -> skip 0.708, zero
+    0.472 (ddpm-segmentation's convention)."""
+    pred = np.array([0, 0, 1, 1, 1, 0])
+    gt = np.array([0, 1, 1, 1, 1, 0])
+    cm = confusion_matrix(pred, gt, 3)
+    # class 0: inter 2, union 3 -> 2/3; class 1: inter 3, union 4 -> 3/4
+    skip, per_class = miou_from_confusion(cm)
+    zero, _ = miou_from_confusion(cm, absent="zero")
+    assert math.isnan(per_class[2])
+    assert skip == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert zero == pytest.approx((2 / 3 + 3 / 4 + 0) / 3)

@@ -158,3 +158,33 @@ def test_dihedral_crops_keep_image_and_label_aligned():
                 assert len(found) == 1  # each crop is exactly one transformed patch of the image
                 turns_seen.add(found[0])
         assert turns_seen == turns_expected, augment
+
+
+def test_validation_holds_out_whole_images_or_slides():
+    from mdm.segment.datasets import LabeledImage, load_split
+    from mdm.segment.splits import split_labels, validation_roles
+
+    ds = load_split("synthetic", None, "train")
+    images = [ds[i] for i in range(len(ds))]  # 4 slides x 5 images
+    roles = validation_roles(images, 0.15, seed=0)
+    held = {im.slide for im in images if roles[im.name] == "validation"}
+    assert len(held) == 1 and sum(r == "validation" for r in roles.values()) == 5  # one whole slide
+    assert validation_roles(images, 0.15, seed=0) == roles and validation_roles(images, 0.15, seed=1) != roles
+    one_slide = [im for im in images if im.slide == "s00"][:3]
+    roles = validation_roles(one_slide, 0.15, seed=0)
+    assert sorted(roles.values()) == ["train", "train", "validation"]  # by image within one slide
+    assert set(validation_roles(images[:1], 0.15, seed=0).values()) == {"pixels"}
+    assert set(validation_roles(images, 0.15, seed=0, split="pixels").values()) == {"pixels"}
+    im = images[0]
+    train, val = split_labels(im, 32, 0.15, 0, role="validation")
+    assert (train == 255).all() and torch.equal(val[:64, :64], im.label)
+    train, val = split_labels(im, 32, 0.15, 0, role="train")
+    assert (val == 255).all() and torch.equal(train[:64, :64], im.label)
+    assert LabeledImage.__dataclass_fields__["slide"].default == ""
+
+
+def test_the_run_records_its_validation_images(baseline):
+    out, _ = baseline
+    subset = json.loads((out / "label_subset.json").read_text())
+    assert len(subset["names"]) == 2 and subset["validation_split"] == "images"
+    assert len(subset["validation"]) == 1 and subset["validation"][0] in subset["names"]

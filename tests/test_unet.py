@@ -87,3 +87,26 @@ def test_attention_matches_guided_diffusion_legacy_qkv_attention():
         out = block(x.contiguous(memory_format=torch.channels_last)).reshape(b, c, t)
     torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.05)
     assert (out.float() - expected).abs().mean() < 5e-3
+
+
+def test_new_attention_order_matches_guided_diffusion_qkv_attention():
+    """With use_new_attention_order, the block computes guided-diffusion's QKVAttention: q, k, v split first (each
+    [B, heads * ch, T]), then the heads; the same weights give another result than the legacy order."""
+    from mdm.nn.unet import AttentionBlock
+
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_head_channels=16, use_new_attention_order=True)
+    legacy = AttentionBlock(64, num_head_channels=16)
+    with torch.no_grad():
+        block.proj_out.weight.normal_(0, 0.1)
+    legacy.load_state_dict(block.state_dict())
+    x = torch.randn(2, 64, 6, 5)
+    b, c, t, heads, ch = 2, 64, 30, 4, 16
+    h = torch.nn.functional.group_norm(x.reshape(b, c, t), 32, block.norm.weight, block.norm.bias)
+    q, k, v = torch.nn.functional.conv1d(h, block.qkv.weight, block.qkv.bias).chunk(3, dim=1)
+    q, k, v = (z.reshape(b * heads, ch, t) for z in (q, k, v))
+    weight = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / ch ** 0.5, dim=-1)
+    a = torch.einsum("bts,bcs->bct", weight, v).reshape(b, c, t)
+    expected = x.reshape(b, c, t) + torch.nn.functional.conv1d(a, block.proj_out.weight, block.proj_out.bias)
+    torch.testing.assert_close(block(x).reshape(b, c, t), expected, rtol=1e-4, atol=1e-5)
+    assert (legacy(x).reshape(b, c, t) - expected).abs().max() > 1e-2

@@ -9,17 +9,24 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ["method", "label_fraction", "seed", "labeled_images", "dice", "iou", "miou", "object_f1", "object_dice",
-           "aji"]
+           "object_hausdorff", "aji", "member_dice_mean", "member_dice_std", "seconds"]
 
 
 def result_row(method: str, fraction: float, seed: int, result: dict) -> dict:
-    """One ``results.csv`` row from a run's metrics."""
+    """One ``results.csv`` row from a run's metrics; per-group metrics (GlaS testA / testB) as ``<group>_<metric>``."""
     row = {"method": method, "label_fraction": fraction, "seed": seed,
            "labeled_images": result.get("labeled_images")}
     for k in COLUMNS[4:]:
         if k in result:
             row[k] = result[k]
+    for group, values in result.get("groups", {}).items():
+        row.update({f"{group}_{k}": v for k, v in values.items()})
     return row
+
+
+def columns(rows: list[dict], first: list[str]) -> list[str]:
+    """``first``, then every other key the rows hold, in order of appearance."""
+    return list(dict.fromkeys([*first, *(k for r in rows for k in r)]))
 
 
 def summarize(rows: list[dict], metric: str, methods: list[str], fractions: list[float]) -> str:
@@ -61,8 +68,11 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     plt.close(fig)
 
 
-def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+def write_csv(path: Path, rows: list[dict], first: list[str]) -> None:
+    """``rows`` as CSV (columns: ``first``, then the rest the rows hold), written by a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns(rows, first), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    tmp.replace(path)

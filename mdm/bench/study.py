@@ -6,7 +6,8 @@ the same unlabeled pool for ``bench.pretrain_steps`` steps; ``random`` and ``une
 ``exports/step_0``, i.e. the very same initial weights. Finished runs (a ``metrics.json``) are skipped, so an
 interrupted sweep resumes. Output folder::
 
-    pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve)
+    pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve; pool.json: the
+                                        pool's size and the test images kept out of it, see ``pool``)
     runs/<method>/f<fraction>_s<seed>/  one segmentation run each
     results.csv results.md label_efficiency.png
     budget.csv pretrain_budget.png      the metric at the lowest fraction vs pretraining steps (first seed)
@@ -22,9 +23,11 @@ from pathlib import Path
 import torch
 
 from ..common.config import Config, dump
+from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
 from ..pretrain.trainer import list_checkpoints, train
 from ..segment.run import run_segmentation
+from .pool import pretraining_data
 from .report import COLUMNS, plot_lines, result_row, summarize, write_csv
 
 
@@ -60,7 +63,7 @@ def pretrain_if_needed(cfg: Config, objective: str, out: Path, device: torch.dev
     tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=max(1, steps // cfg.bench.budget_exports),
                  checkpoint_every=max(1, steps // 4))
     log(f"pretraining {objective} for {steps} steps -> {run}")
-    train(replace(cfg, diffusion=replace(cfg.diffusion, objective=objective), train=tc),
+    train(replace(cfg, data=pretraining_data(cfg), diffusion=replace(cfg.diffusion, objective=objective), train=tc),
           resume="latest" if list_checkpoints(run) else None, device=device)
     return run
 
@@ -105,12 +108,14 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                 done = (run / "metrics.json").is_file()
                 t = time.perf_counter()
                 result = run_one(cfg, method, fraction, seed, export_for(method), run, seg_device)
+                if not done:
+                    result["seconds"] = time.perf_counter() - t
                 log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}: "
-                    + ("done before, skipped" if done else f"{time.perf_counter() - t:.1f} s"))
+                    + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
                 rows.append(result_row(method, fraction, seed, result))
     write_csv(out / "results.csv", rows, COLUMNS)
     table = summarize(rows, bc.metric, bc.methods, bc.fractions)
-    (out / "results.md").write_text(f"# Label efficiency ({bc.metric}, mean ± std over seeds {bc.seeds})\n\n"
+    write_text_atomic(out / "results.md", f"# Label efficiency ({bc.metric}, mean ± std over seeds {bc.seeds})\n\n"
                                     f"{table}\n")
     plot_lines(out / "label_efficiency.png",
                {m: [(f, [r[bc.metric] for r in rows if r["method"] == m and r["label_fraction"] == f

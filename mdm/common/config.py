@@ -39,6 +39,7 @@ class ModelConfig:
     conv_resample: bool = True
     use_checkpoint: bool = False
     norm_groups: int = 32
+    use_new_attention_order: bool = False
 
 
 @dataclass
@@ -84,6 +85,7 @@ class DataConfig:
     # segmentation stage
     label_fraction: float = 1.0
     val_fraction: float = 0.1
+    val_split: str = "images"  # images: hold out whole labeled images (pixel blocks when only one); pixels
     num_classes: int = 0  # 0: the dataset's own (2 for glas/monuseg/synthetic, 34 for ffhq34)
 
 
@@ -146,6 +148,7 @@ class SegConfig:
     normalize: bool = True
     cache_dir: str = "runs/feature_cache"
     weights: str = "ema"
+    miou_absent: str = "skip"
     val_tiles: int = 64
     mixed_precision: str = "auto"
     device: str = "auto"
@@ -160,7 +163,11 @@ class BenchConfig:
     randomly initialised U-Net), ``mdm-ft``, ``unet-scratch`` (the U-Net + 1x1 head fine-tuned end to end from the MDM
     weights / from the same random init), ``smp-scratch`` (a segmentation-models-pytorch U-Net from scratch).
     ``pretrain_steps`` is the pretraining budget of both ``mdm`` and ``ddpm``; ``budget_exports`` exports are kept
-    along the way (evenly spaced, plus step 0) for the pretraining-budget curve.
+    along the way (evenly spaced, plus step 0) for the pretraining-budget curve. ``pretrain_data`` is the pool
+    pretraining reads (keys as ``data``): ``source: labeled`` (the default) takes the labeled source's training
+    images without their labels, plus ``ROOT/unlabeled/`` when it exists and the folders in ``root``; ``folder``
+    takes ``root`` only. The labeled source's test images are always excluded. A ``synthetic`` labeled source
+    pretrains on its own unlabeled pool (``data.synthetic_images``).
     """
 
     fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
@@ -172,6 +179,7 @@ class BenchConfig:
     budget_exports: int = 4
     budget_methods: list[str] = field(default_factory=lambda: ["mdm", "mdm-ft"])
     out_dir: str = "runs/bench"
+    pretrain_data: DataConfig = field(default_factory=lambda: DataConfig(source="labeled"))
 
 
 @dataclass
@@ -201,6 +209,10 @@ class Config:
             "train.channels_last": (self.train.channels_last, {True, False, "auto"}),
             "train.compile": (self.train.compile, {"auto", "none", "regional", "full"}),
             "seg.mixed_precision": (self.seg.mixed_precision, {"no", "bf16", "auto"}),
+            "seg.miou_absent": (self.seg.miou_absent, {"skip", "zero"}),
+            "data.val_split": (self.data.val_split, {"images", "pixels"}),
+            "bench.pretrain_data.source": (self.bench.pretrain_data.source, {"labeled", "folder", "synthetic"}),
+            "bench.pretrain_data.crop": (self.bench.pretrain_data.crop, {"random", "resize"}),
         }
         for key, (value, allowed) in choices.items():
             if value not in allowed:
@@ -216,7 +228,8 @@ class Config:
                     "train.checkpoint_every": t.checkpoint_every, "train.checkpoint_limit": t.checkpoint_limit,
                     "seg.max_epochs": sc.max_epochs, "seg.batch_pixels": sc.batch_pixels,
                     "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
-                    "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports}
+                    "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports,
+                    "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size}
         not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
                         "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
                         "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,

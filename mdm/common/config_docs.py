@@ -41,6 +41,8 @@ HELP = {
     "model.conv_resample": "convolution in separate up/downsampling layers",
     "model.use_checkpoint": "gradient checkpointing (less memory, slower)",
     "model.norm_groups": "GroupNorm groups",
+    "model.use_new_attention_order": "guided-diffusion's `use_new_attention_order` (q, k, v split before the "
+                                     "heads); the weights cannot tell, take it from the release's flags",
     "diffusion.objective": "`mdm` (hide patches, predict the clean image) or `ddpm` (Gaussian noise, predict it)",
     "diffusion.timesteps": "T; the MDM mask ratio is t / T",
     "diffusion.patch_size": "MDM patch size in px",
@@ -64,7 +66,9 @@ HELP = {
     "data.synthetic_seed": "which synthetic world (slides, stains, images): the same in both stages",
     "data.seed": "which training images are labeled (the label subset)",
     "data.label_fraction": "fraction of the training images that are labeled, in (0, 1]",
-    "data.val_fraction": "fraction of labeled pixels held out for early stopping",
+    "data.val_fraction": "fraction of the labeled images (or pixels) held out for early stopping",
+    "data.val_split": "`images`: hold out whole labeled images (pixel blocks when there is only one); `pixels`: "
+                      "8x8 pixel blocks of every labeled image",
     "data.num_classes": "0: the source's own (2 for glas/monuseg/synthetic, 34 for ffhq34)",
     "train.max_steps": "optimizer steps",
     "train.batch_size": "global batch per optimizer step (over processes and accumulation)",
@@ -111,6 +115,8 @@ HELP = {
     "seg.normalize": "standardise features with the training pixels' mean and std",
     "seg.cache_dir": "fp16 block-output cache folder (empty: in memory)",
     "seg.weights": "`ema` or `raw` export weights",
+    "seg.miou_absent": "a class absent from prediction and ground truth on the whole test set: `skip` it in the mean "
+                       "or count it as `zero` (ddpm-segmentation's convention)",
     "seg.val_tiles": "fine-tuning: validation tiles scored each epoch (a fixed seeded subset; 0: all)",
     "seg.mixed_precision": "`auto` (bf16 autocast where the device computes it natively), `no` or `bf16`",
     "seg.device": "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it",
@@ -123,16 +129,21 @@ HELP = {
     "bench.budget_exports": "evenly spaced exports for the pretraining-budget curve",
     "bench.budget_methods": "methods on the pretraining-budget curve",
     "bench.out_dir": "study folder",
+    "bench.pretrain_data": "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): `source: "
+                           "labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = "
+                           "`root` only; test images always excluded",
 }
 
 
 def keys() -> list[tuple[str, object]]:
-    """Every ``section.key`` with its default, in declaration order."""
+    """Every ``section.key`` with its default, in declaration order (a nested section is one key)."""
     cfg = Config()
     out = []
     for section in dataclasses.fields(cfg):
         for f in dataclasses.fields(getattr(cfg, section.name)):
-            out.append((f"{section.name}.{f.name}", getattr(getattr(cfg, section.name), f.name)))
+            value = getattr(getattr(cfg, section.name), f.name)
+            out.append((f"{section.name}.{f.name}", f"source: {value.source}" if dataclasses.is_dataclass(value)
+                        else value))
     return out
 
 

@@ -140,14 +140,18 @@ class ResBlock(TimestepBlock):
 
 
 class AttentionBlock(nn.Module):
-    """Spatial self-attention over all ``H*W`` positions, with guided-diffusion's legacy qkv layout.
+    """Spatial self-attention over all ``H*W`` positions, with either of guided-diffusion's qkv layouts.
 
-    ``qkv`` is a 1x1 Conv1d (its weights ``[heads * 3 * ch, C, 1]``, applied as a linear layer) whose output channels
-    are ordered head-major (q, k, v inside each head), which is what the published checkpoints hold.
+    ``qkv`` is a 1x1 Conv1d (its weights ``[3 * C, C, 1]``, applied as a linear layer). Its output channels are
+    ordered head-major, q, k, v inside each head (guided-diffusion's legacy ``QKVAttentionLegacy``, what most
+    published checkpoints hold), or with ``use_new_attention_order`` q, k, v first and the heads inside each
+    (``QKVAttention``). The weights have the same shape either way: only the training flags tell.
     """
 
-    def __init__(self, channels, num_heads=1, num_head_channels=-1, use_checkpoint=False, norm_groups=32):
+    def __init__(self, channels, num_heads=1, num_head_channels=-1, use_checkpoint=False, norm_groups=32,
+                 use_new_attention_order=False):
         super().__init__()
+        self.new_order = use_new_attention_order
         if num_head_channels == -1:
             self.num_heads = num_heads
         else:
@@ -173,7 +177,10 @@ class AttentionBlock(nn.Module):
         tokens = group_norm_act(self.norm, x, act=False).transpose(1, 2)
         qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # [B, T, heads*3*ch]
         heads, ch = self.num_heads, c // self.num_heads
-        q, k, v = qkv.unflatten(-1, (heads, 3 * ch)).transpose(1, 2).split(ch, dim=-1)  # each [B, heads, T, ch]
+        if self.new_order:  # [B, T, 3, heads, ch]
+            q, k, v = (t.transpose(1, 2) for t in qkv.unflatten(-1, (3, heads, ch)).unbind(2))
+        else:  # [B, T, heads, 3 * ch]
+            q, k, v = qkv.unflatten(-1, (heads, 3 * ch)).transpose(1, 2).split(ch, dim=-1)  # each [B, heads, T, ch]
         h = _attention(q, k, v).transpose(1, 2).flatten(2)  # [B, T, C]
         out = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias).transpose(1, 2)  # [B, C, T]
         return (x + out).reshape(b, c, *spatial)
@@ -236,7 +243,7 @@ class UNetModel(nn.Module):
     def __init__(self, image_size=64, in_channels=3, model_channels=64, out_channels=3, num_res_blocks=2,
                  attention_resolutions=(16, 8), dropout=0.0, channel_mult=(1, 2, 2, 4), conv_resample=True,
                  num_heads=1, num_head_channels=-1, use_scale_shift_norm=True, resblock_updown=True,
-                 use_checkpoint=False, norm_groups=32):
+                 use_checkpoint=False, norm_groups=32, use_new_attention_order=False):
         super().__init__()
         self.image_size = image_size
         self.in_channels = in_channels
@@ -250,7 +257,8 @@ class UNetModel(nn.Module):
         attention_ds = {image_size // int(r) for r in attention_resolutions}
         block_kw = dict(use_checkpoint=use_checkpoint, norm_groups=norm_groups)
         res_kw = dict(use_scale_shift_norm=use_scale_shift_norm, **block_kw)
-        attn_kw = dict(num_heads=num_heads, num_head_channels=num_head_channels, **block_kw)
+        attn_kw = dict(num_heads=num_heads, num_head_channels=num_head_channels,
+                       use_new_attention_order=use_new_attention_order, **block_kw)
 
         time_embed_dim = model_channels * 4
         self.time_embed = nn.Sequential(nn.Linear(model_channels, time_embed_dim), nn.SiLU(),

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import safe_open
 
 from ..common.config import Config
@@ -156,3 +157,78 @@ def count_parameters(export_dir: Path) -> int:
                 n *= s
             total += n
     return total
+
+
+# guided-diffusion's own defaults (script_util.model_and_diffusion_defaults): a flag a release does not give has
+# this value, not this toolkit's default
+GUIDED_DIFFUSION_DEFAULTS = {
+    "image_size": 64, "num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
+    "num_head_channels": -1, "attention_resolutions": "16,8", "channel_mult": "", "dropout": 0.0,
+    "class_cond": False, "use_checkpoint": False, "use_scale_shift_norm": True, "resblock_updown": False,
+    "use_fp16": False, "use_new_attention_order": False, "learn_sigma": False, "diffusion_steps": 1000,
+    "noise_schedule": "linear",
+}
+CHANNEL_MULT_BY_SIZE = {256: "1,1,2,2,4,4", 128: "1,1,2,3,4", 64: "1,2,3,4"}
+# what the weights' shapes cannot tell apart: only the training flags can
+UNCONFIRMED_KEYS = ("model.num_heads", "model.num_head_channels", "model.use_new_attention_order")
+
+
+def read_flags(path: str | Path) -> dict[str, object]:
+    """The training flags of a guided-diffusion / MDM release: a text file of ``--name value`` pairs (the
+    ``MODEL_FLAGS`` / ``DIFFUSION_FLAGS`` lines of their READMEs, shell syntax such as ``MODEL_FLAGS="`` allowed)
+    or a YAML / JSON mapping (e.g. an ``args.json``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConvertError(f"{path}: cannot read the flags file ({e.strerror})") from None
+    try:
+        mapping = yaml.safe_load(text)
+    except yaml.YAMLError:
+        mapping = None
+    if isinstance(mapping, dict):
+        return {str(k): v for k, v in mapping.items()}
+    flags = dict(re.findall(r"--([A-Za-z_]+)[ =]+([^\s\"']+)", text))
+    if not flags:
+        raise ConvertError(f"{path}: no flags found (expected --name value pairs or a YAML/JSON mapping)")
+    return {k: yaml.safe_load(v) for k, v in flags.items()}
+
+
+def flags_to_overrides(flags: dict[str, object], source: str) -> list[str]:
+    """``--set`` overrides (``model.*``, ``diffusion.*``) for a release's flags, completed with guided-diffusion's
+    defaults; flags of models this U-Net cannot hold (class-conditional, fractional channel multipliers) are a
+    ``ConvertError``."""
+    f = {**GUIDED_DIFFUSION_DEFAULTS, **flags}
+    if f["class_cond"]:
+        raise ConvertError(f"{source}: class_cond=True: a class-conditional model does not fit this U-Net")
+    if f["num_heads_upsample"] not in (-1, f["num_heads"]):
+        raise ConvertError(f"{source}: num_heads_upsample={f['num_heads_upsample']} differs from num_heads, which "
+                           f"this U-Net does not support")
+    mult = str(f["channel_mult"]) or CHANNEL_MULT_BY_SIZE.get(int(f["image_size"]))
+    if mult is None or "." in mult:
+        raise ConvertError(f"{source}: channel_mult {mult or '(default)'} at image_size {f['image_size']} is not "
+                           f"supported (integer multipliers only); give it with --set model.channel_mult=[...]")
+
+    def ints(text) -> str:
+        return "[" + ",".join(str(int(v)) for v in str(text).split(",") if v.strip()) + "]"
+
+    return [f"model.image_size={f['image_size']}", f"model.model_channels={f['num_channels']}",
+            f"model.num_res_blocks={f['num_res_blocks']}", f"model.num_heads={f['num_heads']}",
+            f"model.num_head_channels={f['num_head_channels']}",
+            f"model.attention_resolutions={ints(f['attention_resolutions'])}", f"model.channel_mult={ints(mult)}",
+            f"model.dropout={f['dropout']}", f"model.use_scale_shift_norm={str(f['use_scale_shift_norm']).lower()}",
+            f"model.resblock_updown={str(f['resblock_updown']).lower()}",
+            f"model.use_new_attention_order={str(f['use_new_attention_order']).lower()}",
+            f"model.out_channels={6 if f['learn_sigma'] else 3}", f"diffusion.timesteps={f['diffusion_steps']}",
+            f"diffusion.beta_schedule={f['noise_schedule']}"]
+
+
+def unconfirmed_warning(cfg: Config, overrides: list[str], flags_given: bool) -> str | None:
+    """A warning when the attention head layout and order come from the config alone: the weights cannot confirm
+    them, and a wrong value converts without error but gives other outputs."""
+    if flags_given or all(any(o.split("=", 1)[0].strip() == k for o in overrides) for k in UNCONFIRMED_KEYS):
+        return None
+    m = cfg.model
+    return (f"the weights cannot tell the attention head layout or order; using num_heads={m.num_heads}, "
+            f"num_head_channels={m.num_head_channels}, use_new_attention_order={m.use_new_attention_order} from the "
+            f"config: if the release's flags differ, pass them with --flags FILE (or --set)")

@@ -23,22 +23,26 @@ from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
 
 
-def gather_images(roots: list[str], exclude: list[str] = ()) -> list[Path]:
-    """Images under every root, minus the excluded ones (by path and by content hash)."""
+def gather_images(roots: list[str], exclude: list[str] = ()) -> tuple[list[Path], list[Path]]:
+    """``(kept, excluded)``: the images under every root (each once), split by whether they match an excluded file
+    by path or by content hash."""
     files: list[Path] = []
     for root in roots:
         found = list_images(root)
         if not found:
             raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         files += found
-    if exclude:
-        excluded = [p for e in exclude for p in list_images(e)]
-        paths = {p.resolve() for p in excluded}
-        digests = {file_digest(p) for p in excluded}
-        files = [f for f in files if f.resolve() not in paths and file_digest(f) not in digests]
-        if not files:
-            raise DataError(f"{', '.join(roots)}: every image is excluded by data.exclude")
-    return files
+    files = list(dict.fromkeys(files))
+    if not exclude:
+        return files, []
+    banned = [p for e in exclude for p in list_images(e)]
+    paths = {p.resolve() for p in banned}
+    digests = {file_digest(p) for p in banned}
+    hit = [f.resolve() in paths or file_digest(f) in digests for f in files]
+    kept = [f for f, h in zip(files, hit) if not h]
+    if not kept:
+        raise DataError(f"{', '.join(map(str, roots[:3]))}: every image is excluded by data.exclude")
+    return kept, [f for f, h in zip(files, hit) if h]
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
@@ -51,8 +55,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __init__(self, roots: list[str], crop_size: int, crop: str = "random", hflip: bool = True,
                  color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
-        files = gather_images(roots, exclude)
-        kept = []
+        files, excluded = gather_images(roots, exclude)
+        kept, skipped = [], []
         for f in tqdm(files, desc="checking images", disable=None, leave=False):
             try:
                 _, h, w = load_image(f, color_mode).shape
@@ -60,14 +64,17 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 if not skip_unreadable:
                     raise DataError(f"{e} (set data.skip_unreadable=true to skip such files)") from None
                 warnings.warn(f"skipping unreadable image {f}", stacklevel=2)
+                skipped.append(f)
                 continue
             if crop == "random" and min(h, w) < crop_size:
                 raise DataError(f"{f}: {w}x{h} is smaller than the crop size {crop_size}; use "
                                 f"data.crop=resize or a smaller data.crop_size")
             kept.append(f)
         if not kept:
-            raise DataError(f"{', '.join(roots)}: no readable images")
+            raise DataError(f"{', '.join(map(str, roots[:3]))}: no readable images")
         self.files = kept
+        self.record = {"images": len(kept), "excluded": len(excluded), "unreadable_skipped": len(skipped),
+                       "excluded_files": [str(f) for f in excluded], "skipped_files": [str(f) for f in skipped]}
 
     def __len__(self) -> int:
         return len(self.files)

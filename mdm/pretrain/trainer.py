@@ -3,6 +3,7 @@
 Run folder layout (``train.out_dir``)::
 
     config.yaml                 the resolved config, written at start
+    pool.json                   (image folders) images in the pool, excluded (test images), unreadable ones skipped
     log.jsonl                   one JSON object per logged step (rows of replayed steps are dropped on resume)
     samples/step_N.png          original | corrupted input | reconstruction (EMA weights)
     exports/step_N/             unet.safetensors (EMA), unet_raw.safetensors, config.yaml, for stage 2
@@ -241,6 +242,8 @@ class Trainer:
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             dump(self.cfg, self.run_dir / "config.yaml")
+            if hasattr(self.dataset, "record"):  # an image folder: how many images, how many excluded and why
+                write_text_atomic(self.run_dir / "pool.json", json.dumps(self.dataset.record, indent=1))
             self._truncate_log()  # a fresh start (or a resume) replays everything after self.step
         acc.print(self.summary())
         writer = _tensorboard(self.run_dir) if main else None

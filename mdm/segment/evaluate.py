@@ -50,7 +50,7 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
                 row["aji"] = metrics.aji(pred_inst, gt_inst)
         rows.append(row)
         save_prediction_images(out, item.name, item.image, labels, unc, c, item.label, class_names)
-    miou, per_class = metrics.miou_from_confusion(cm)
+    miou, per_class = metrics.miou_from_confusion(cm, segmenter.cfg.seg.miou_absent)
     result: dict = {"num_test_images": len(rows), "miou": miou,
                     "per_class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(class_names, per_class)}}
     if binary:

@@ -158,20 +158,22 @@ def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: t
 
 
 def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfig, val_fraction: float, tile: int,
-                     progress: bool = True) -> dict:
+                     roles: dict[str, str] | None = None, progress: bool = True) -> dict:
     """Train ``model`` (on its device; channels-last on the CPU; autocast per ``seg.mixed_precision``) on random
-    crops of the labeled images; early stopping on the validation pixels of ``splits.split_labels``, scored on
+    crops of the labeled images; early stopping on the validation pixels of ``splits.split_labels`` (``roles``: the
+    images' parts, see ``splits.validation_roles``; default: pixel blocks of every image), scored on
     ``validation_tiles``. Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
-    imgs, train_lab, val_lab = [], [], []
-    for im in images:
-        imgs.append(pad_to_tile(im.image, tile))
-        tl, vl = split_labels(im, tile, val_fraction, seg.seed, seg.min_class_pixels)
-        train_lab.append(tl)
-        val_lab.append(vl)
+    padded = [pad_to_tile(im.image, tile) for im in images]
+    splits = [split_labels(im, tile, val_fraction, seg.seed, seg.min_class_pixels,
+                           roles[im.name] if roles else "pixels") for im in images]
+    # crops come from the images with training labels (a held-out validation image has none)
+    imgs = [img for img, (tl, _) in zip(padded, splits) if (tl != IGNORE_INDEX).any()]
+    train_lab = [tl for tl, _ in splits if (tl != IGNORE_INDEX).any()]
+    val_lab = [vl for _, vl in splits]
     device = _device(model)
     dtype = autocast_dtype(seg.mixed_precision, device)
     model.to(memory_format=memory_format("auto", device))
-    val_x, val_y = validation_tiles(imgs, val_lab, tile, seg.seed, seg.val_tiles)
+    val_x, val_y = validation_tiles(padded, val_lab, tile, seg.seed, seg.val_tiles)
     opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr, fused=device.type in ("cpu", "cuda"))
     stopper = EarlyStopping.of_module(model, seg.patience)
     steps = max(1, seg.crops_per_epoch // seg.batch_size)

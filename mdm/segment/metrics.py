@@ -85,15 +85,17 @@ def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_index: int
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 
 
-def miou_from_confusion(cm: Any) -> tuple[float, np.ndarray]:
+def miou_from_confusion(cm: Any, absent: str = "skip") -> tuple[float, np.ndarray]:
     """Dataset-level mean IoU from a (summed) confusion matrix ``[C, C]`` (rows = target, columns = prediction).
 
     ``IoU_c = cm[c, c] / (row_sum_c + col_sum_c - cm[c, c])`` — intersections and unions are summed over all test
     images (they are already summed inside ``cm``), then averaged over classes (the FFHQ-34 convention).
 
     A class whose union is 0, i.e. absent from both the ground truth and the prediction on the whole set, has IoU
-    ``NaN`` in ``per_class_iou`` and is **excluded from the mean**. A class present in only one of the two has IoU 0
-    and counts. If every class has union 0 (e.g. all pixels ignored), ``miou`` is ``NaN``.
+    ``NaN`` in ``per_class_iou``; ``absent="skip"`` **excludes it from the mean**, ``absent="zero"`` counts it as 0
+    (ddpm-segmentation's convention, which the published FFHQ-34 numbers use). A class present in only one of the
+    two has IoU 0 and counts either way. If every class has union 0 (e.g. all pixels ignored), ``miou`` is ``NaN``
+    with ``skip`` and 0 with ``zero``.
 
     Returns ``(miou, per_class_iou)`` with ``per_class_iou`` float64 ``[C]``.
     """
@@ -105,6 +107,10 @@ def miou_from_confusion(cm: Any) -> tuple[float, np.ndarray]:
     per_class = np.full(inter.shape, np.nan)
     valid = union > 0
     per_class[valid] = inter[valid] / union[valid]
+    if absent == "zero":
+        return float(np.nan_to_num(per_class, nan=0.0).mean()), per_class
+    if absent != "skip":
+        raise ValueError(f"absent: {absent!r} is not skip or zero")
     miou = float(per_class[valid].mean()) if valid.any() else float("nan")
     return miou, per_class
 

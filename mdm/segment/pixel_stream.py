@@ -32,14 +32,16 @@ class PixelStream:
     """Streams ``(features [N, d], labels [N])`` pixel batches from the training tiles, tile by tile."""
 
     def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int, overlap: float,
-                 val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int):
+                 val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int,
+                 roles: dict[str, str] | None = None):
         self.extractor, self.images, self.tile_size = extractor, images, tile_size
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
         self.tiles: list[TrainTile] = []
         self._kept: dict[int, dict[str, torch.Tensor]] = {}
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
-            train, val = split_labels(im, tile_size, val_fraction, seed, min_class_pixels)
+            role = roles[im.name] if roles else "pixels"
+            train, val = split_labels(im, tile_size, val_fraction, seed, min_class_pixels, role)
             self.train_labels.append(train)
             self.val_labels.append(val)
             for tile in tile_grid(*im.label.shape, tile_size, overlap):

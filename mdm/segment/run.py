@@ -42,7 +42,7 @@ from .finetune import build_network, check_tile, train_supervised
 from .pixel_mlp import PixelEnsemble, fit_ensemble
 from .pixel_stream import PixelStream
 from .segmenter import PixelSegmenter, SupervisedSegmenter
-from .splits import label_subset
+from .splits import label_subset, validation_roles
 
 
 @dataclass
@@ -55,6 +55,7 @@ class SegData:
     num_classes: int
     label_indices: list[int]  # into the train split, sorted
     label_names: list[str]
+    roles: dict[str, str]  # each labeled image's part in early stopping (splits.validation_roles)
 
 
 def open_splits(data: DataConfig) -> SegData:
@@ -71,7 +72,8 @@ def open_splits(data: DataConfig) -> SegData:
     check_classes_occur(train_images, train_ds.num_classes, train_ds.class_names)
     for i in range(len(test_ds)):
         test_ds[i]
-    return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes, chosen, subset.names)
+    roles = validation_roles(train_images, data.val_fraction, data.seed, data.val_split)
+    return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes, chosen, subset.names, roles)
 
 
 def check_classes_occur(images: list[LabeledImage], num_classes: int, class_names: list[str]) -> None:
@@ -106,7 +108,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
 
     def fit(progress: bool):
         stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
-                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile)
+                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles)
         stream.prefetch(progress)
         ensemble = PixelEnsemble(extractor.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
         if seg.normalize:
@@ -135,7 +137,7 @@ def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: S
         model.unet.check_input_size(tile, tile)
 
     def fit(progress: bool):
-        history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, progress)
+        history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, splits.roles, progress)
         return SupervisedSegmenter(cfg, model, splits.num_classes, tile), [history]
 
     return fit
@@ -162,7 +164,9 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
         dump(cfg, tmp / "config.yaml")
         (tmp / "label_subset.json").write_text(json.dumps(
             {"label_fraction": data.label_fraction, "seed": data.seed, "indices": splits.label_indices,
-             "names": splits.label_names}, indent=1))
+             "names": splits.label_names, "validation_split": data.val_split,
+             "validation": sorted(n for n, r in splits.roles.items() if r == "validation"),
+             "validation_pixels_of": sorted(n for n, r in splits.roles.items() if r == "pixels")}, indent=1))
         segmenter, history = fit(progress)
         result = evaluate(segmenter, splits.test, tmp, splits.class_names, progress)
         result.update(members=history, labeled_images=len(splits.train_images), tile_size=tile)

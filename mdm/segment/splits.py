@@ -1,8 +1,9 @@
 """How the labeled images are split: which images are labeled, and which of their pixels only validate.
 
 - ``label_subset``: a seeded random subset of the training images, nested across fractions for one seed.
-- ``validation_mask`` / ``split_labels``: held-out validation pixels of a labeled image (whole 8x8 blocks drawn with a
-  probability, seeded by the image name), used for early stopping; the rest trains.
+- ``validation_roles`` / ``split_labels``: what early stopping watches: whole held-out labeled images (or slides), or,
+  with a single labeled image, held-out pixel blocks of it (``validation_mask``: 8x8 blocks drawn with a
+  probability, seeded by the image name); the rest trains.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from ..common import rng
 from ..common.errors import DataError
 from ..common.labels import IGNORE_INDEX
-from ..common.rng import Stream
+from ..common.rng import Stream, Tag
 from ..common.tiling import pad_to_tile
 from .datasets import LabeledImage
 
@@ -55,14 +56,36 @@ def drop_small_classes(label: torch.Tensor, min_pixels: int) -> torch.Tensor:
     return label
 
 
-def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int,
-                 min_class_pixels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_roles(images: list[LabeledImage], fraction: float, seed: int, split: str = "images") -> dict[str, str]:
+    """Each labeled image's part in early stopping: ``train``, ``validation`` or ``pixels``.
+
+    ``split="images"`` with at least 2 labeled images: a seeded choice of whole images, about ``fraction`` of them
+    (at least one, always leaving one to train on), validates and the rest trains, so early stopping sees the shift
+    from one image to the next. Where the images carry slide ids and span at least 2 slides, whole slides are held
+    out instead. Otherwise (one labeled image, ``split="pixels"``, ``fraction`` 0) every image is ``pixels``: pixel
+    blocks of each validate (``validation_mask``)."""
+    if split == "pixels" or len(images) < 2 or fraction <= 0:
+        return {im.name: "pixels" for im in images}
+    slides = {im.slide for im in images}
+    by_slide = "" not in slides and len(slides) >= 2
+    units = sorted(slides) if by_slide else [im.name for im in images]
+    count = min(len(units) - 1, max(1, round(fraction * len(units))))
+    g = torch.Generator().manual_seed(rng.make_key(seed, Tag.VALIDATION_IMAGES))
+    held = {units[i] for i in torch.randperm(len(units), generator=g)[:count].tolist()}
+    return {im.name: "validation" if (im.slide if by_slide else im.name) in held else "train" for im in images}
+
+
+def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int, min_class_pixels: int = 0,
+                 role: str = "pixels") -> tuple[torch.Tensor, torch.Tensor]:
     """Training and validation labels ``[H', W']`` of a labeled image, padded like the image to at least ``tile``
-    (padding is ignored): validation pixels (``validation_mask``) are ignored in the first, all others in the
-    second."""
+    (padding is ignored). ``role`` (see ``validation_roles``): ``train`` keeps every label for training,
+    ``validation`` for validation; ``pixels`` holds the pixel blocks of ``validation_mask`` out for validation."""
     h, w = im.label.shape
     lab = drop_small_classes(im.label, min_class_pixels)
-    val = validation_mask(im.name, h, w, val_fraction, seed)
+    if role == "pixels":
+        val = validation_mask(im.name, h, w, val_fraction, seed)
+    else:
+        val = torch.full((h, w), role == "validation", dtype=torch.bool)
     out = []
     for labels in (torch.where(val, IGNORE_INDEX, lab), torch.where(val, lab, IGNORE_INDEX)):
         padded = pad_to_tile(labels.float(), tile).long()

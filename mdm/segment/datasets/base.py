@@ -33,6 +33,7 @@ class LabeledImage:
     label: torch.Tensor  # [H, W] int64 class ids; IGNORE_INDEX = ignore
     instances: torch.Tensor | None  # [H, W] int64 instance ids (0 = background), when the ground truth has them
     group: str = ""  # subset name, e.g. "testA" / "testB" for GlaS test images
+    slide: str = ""  # the slide (or patient) the image comes from, where the source knows it
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,11 @@ class LabeledDataset:
     @property
     def names(self) -> list[str]:
         return [e.name for e in self._entries]
+
+    @property
+    def image_files(self) -> list[Path]:
+        """The image files of the items (none for a source without files)."""
+        return [e.image for e in self._entries if isinstance(e.image, Path)]
 
     @property
     def groups(self) -> list[str]:

@@ -16,6 +16,7 @@ def open_split(split: str, seed: int, size: int) -> LabeledDataset:
 
     def load(entry: Entry) -> LabeledImage:
         image, instances = source.render(*entry.image)
-        return LabeledImage(entry.name, image, (instances > 0).long(), instances, entry.group)
+        return LabeledImage(entry.name, image, (instances > 0).long(), instances, entry.group,
+                            slide=entry.name.split("_")[0])
 
     return LabeledDataset(entries, load, 2, CLASS_NAMES, "synthetic", split)

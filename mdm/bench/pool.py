@@ -1,0 +1,39 @@
+"""What the study pretrains on: a pool beside the labeled source, never holding one of its test images.
+
+``bench.pretrain_data`` (keys as ``data``) with ``source: labeled`` (the default) is the labeled source's training
+images without their labels, plus ``ROOT/unlabeled/`` when that folder exists, plus the folders in its ``root``;
+with ``source: folder`` its ``root`` alone. The labeled source's test images are always added to ``exclude``, so
+they are removed by path and by content hash whatever the folders hold (a renamed copy too). A ``synthetic``
+labeled source pretrains on its own unlabeled pool, which never holds a labeled or test image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..common.config import Config, DataConfig
+from ..common.errors import ConfigError
+from ..segment.datasets import load_split
+
+
+def pretraining_data(cfg: Config) -> DataConfig:
+    """The ``DataConfig`` the pretraining runs of a study read (see the module docstring)."""
+    pool, data = cfg.bench.pretrain_data, cfg.data
+    if data.source in ("synthetic", "folder") and pool.source == "labeled":
+        return data  # the synthetic world's own unlabeled pool, or a plain folder study as before
+    if pool.source == "synthetic":
+        return replace(pool, source="synthetic")
+    root = data.root[0] if data.root else None
+    kw = {"num_classes": data.num_classes} if data.num_classes else {}
+    roots = [str(r) for r in pool.root]
+    if pool.source == "labeled":
+        roots = [str(f) for f in load_split(data.source, root, "train", **kw).image_files] + roots
+        unlabeled = Path(root) / "unlabeled" if root else None
+        if unlabeled is not None and unlabeled.is_dir():
+            roots.append(str(unlabeled))
+    if not roots:
+        raise ConfigError("bench.pretrain_data: no pretraining images (source: folder needs "
+                          "bench.pretrain_data.root=[FOLDER, ...])")
+    test_files = [str(f) for f in load_split(data.source, root, "test", **kw).image_files]
+    return replace(pool, source="folder", root=roots, exclude=[*test_files, *pool.exclude])
