@@ -1,7 +1,7 @@
 """Every entry point, with the same flags and the same error handling.
 
 =====================================  ===================================================================
-``train.py`` / ``mdm-train``           pretrain a U-Net (MDM or the DDPM baseline)
+``train.py`` / ``mdm-train``           pretrain a U-Net (MDM, or the DDPM / MAE baselines)
 ``finetune_seg.py`` / ``mdm-seg``      the segmentation stage (frozen features by default; ``predict``)
 ``python -m mdm.benchmark`` / ``mdm-bench``   the label-efficiency study
 ``python -m mdm.convert``              a published checkpoint -> an export folder
@@ -47,13 +47,14 @@ def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
-def _run(main, argv: list[str] | None, debug_default: bool = False) -> int:
-    """Call ``main(argv)``; an expected failure becomes one line on stderr and exit code 2."""
+def _run(main, argv: list[str] | None) -> int:
+    """Call ``main(argv)``; an expected failure becomes one line on stderr and exit code 2 (with ``--debug``, after
+    its traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return main(argv) or 0
     except EXPECTED as e:
-        if "--debug" in argv or debug_default:
+        if "--debug" in argv:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,9 @@
 import json
 import os
 
+import numpy as np
+from PIL import Image
+
 from mdm.common.config import load
 
 TINY_OVERRIDES = [
@@ -19,3 +22,25 @@ def tiny_config(configs_dir, out_dir, *extra):
 def read_log(run_dir):
     with open(os.path.join(run_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def half_mask(size: int, foreground: int = 1) -> np.ndarray:
+    """``[size, size]`` uint8: the right half is ``foreground``, the left half 0."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[:, size // 2:] = foreground
+    return mask
+
+
+def make_generic(root, size=32, mask_of=None, train=4, test=2):
+    """A generic-layout dataset (``ROOT/{train,test}/{images,masks}``) of random ``size``-px images whose masks are
+    ``mask_of(k)`` (default: ``half_mask``)."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for k in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                root / split / "images" / f"{k}.png")
+            mask = half_mask(size) if mask_of is None else mask_of(k)
+            Image.fromarray(np.asarray(mask).astype(np.uint8)).save(root / split / "masks" / f"{k}.png")
+    return root

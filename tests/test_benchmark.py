@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from helpers import make_generic
 from mdm.common.config import load
 
 MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
@@ -73,7 +74,8 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
 
 def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(tmp_path, configs_dir, monkeypatch):
     """ROOT/{train,test}/{images,masks} + ROOT/unlabeled/ holding a renamed copy of a test image: the pool is the
-    training images + unlabeled/ minus that copy; 2 methods x 1 fraction x 1 seed; a rerun trains nothing."""
+    training images + unlabeled/ minus that copy; 2 methods x 1 fraction x 1 seed, blocks chosen on validation; a
+    rerun trains nothing."""
     import json
     import shutil
 
@@ -82,17 +84,8 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
 
     from mdm.bench import study
 
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("test", 2)):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        for k in range(count):
-            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / split / "images" / f"{k}.png")
-            mask = np.zeros((40, 40), np.uint8)
-            mask[:, 20:] = 1
-            Image.fromarray(mask).save(root / split / "masks" / f"{k}.png")
+    root = make_generic(tmp_path / "data", size=40)
+    rng = np.random.default_rng(1)
     (root / "unlabeled").mkdir()
     for k in range(3):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "unlabeled" / f"u{k}.jpg")
@@ -101,7 +94,9 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
             "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
             "seg.crops_per_epoch=8", "seg.batch_size=4", "data.num_classes=2", f"data.root=[{root}]",
             "bench.fractions=[1.0]", "bench.seeds=[0]", "bench.methods=[mdm,unet-scratch]", "bench.pretrain_steps=2",
-            "bench.budget_exports=1", "bench.budget_methods=[]", f"bench.out_dir={tmp_path / 'study'}"]
+            "bench.budget_exports=1", "bench.budget_methods=[]", f"bench.out_dir={tmp_path / 'study'}",
+            "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[50]", "seg.probe_epochs=1",
+            "seg.auto_blocks=1"]
     cfg = load(os.path.join(configs_dir, "bench_generic_cpu.yaml"), sets)
     cpu = torch.device("cpu")
     first = study.run_benchmark(cfg, cpu, cpu, log=lambda *_: None)
@@ -109,6 +104,7 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
     assert pool["images"] == 4 + 3 and pool["excluded"] == 1
     assert [os.path.basename(f) for f in pool["excluded_files"]] == ["renamed.png"]
     assert [(r["method"], r["labeled_images"]) for r in first["rows"]] == [("mdm", 4), ("unet-scratch", 4)]
+    assert (tmp_path / "study" / "block_selection.png").is_file()  # the frozen method chose its block on validation
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")

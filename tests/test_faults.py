@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import read_log, tiny_config
+from helpers import half_mask, make_generic, read_log, tiny_config
 from mdm.cli import convert_main, seg_main, train_main
 from mdm.common import faults
 from mdm.common.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -198,23 +198,8 @@ def test_a_truncated_jpeg_is_found_before_the_run_and_can_be_skipped(tmp_path):
 # ---- the segmentation stage ----------------------------------------------------------------------------------------
 
 
-def make_generic(root, mask_of):
-    """A generic-layout dataset of 4 train + 2 test 32x32 images whose masks are ``mask_of(k)``."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("test", 2)):
-        (root / split / "images").mkdir(parents=True)
-        (root / split / "masks").mkdir(parents=True)
-        for k in range(count):
-            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / split / "images" / f"{k}.png")
-            Image.fromarray(mask_of(k).astype(np.uint8)).save(root / split / "masks" / f"{k}.png")
-    return root
-
-
 def half(k, fg=1):
-    m = np.zeros((32, 32))
-    m[:, 16:] = fg
-    return m
+    return half_mask(32, fg)
 
 
 def seg_args(configs_dir, root, out, *extra):
@@ -232,7 +217,7 @@ def seg_args(configs_dir, root, out, *extra):
 ])
 def test_labels_with_nothing_to_learn_stop_before_any_output(tmp_path, configs_dir, pretrained_export, capsys, mode,
                                                              mask, message):
-    root = make_generic(tmp_path / "data", mask)
+    root = make_generic(tmp_path / "data", mask_of=mask)
     out = tmp_path / "out"
     args = seg_args(configs_dir, root, out, f"seg.mode={mode}") + ["--checkpoint", str(pretrained_export)]
     assert seg_main(args) == 2
@@ -246,7 +231,7 @@ def test_labels_with_nothing_to_learn_stop_before_any_output(tmp_path, configs_d
 
 def test_a_killed_segmentation_run_leaves_the_previous_one_intact(tmp_path, configs_dir, pretrained_export,
                                                                   monkeypatch):
-    root = make_generic(tmp_path / "data", half)
+    root = make_generic(tmp_path / "data", mask_of=half)
     out = tmp_path / "out"
     base = seg_args(configs_dir, root, out) + ["--checkpoint", str(pretrained_export)]
     assert seg_main(base) == 0
@@ -264,7 +249,7 @@ def test_a_killed_segmentation_run_leaves_the_previous_one_intact(tmp_path, conf
 
 
 def test_a_folder_with_other_files_is_not_replaced(tmp_path, configs_dir, pretrained_export, capsys):
-    root = make_generic(tmp_path / "data", half)
+    root = make_generic(tmp_path / "data", mask_of=half)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("precious")
     assert seg_main(seg_args(configs_dir, root, tmp_path / "mine") + ["--checkpoint", str(pretrained_export)]) == 2
@@ -273,7 +258,7 @@ def test_a_folder_with_other_files_is_not_replaced(tmp_path, configs_dir, pretra
 
 
 def test_damaged_weights_are_one_line_errors(tmp_path, configs_dir, pretrained_export, capsys):
-    root = make_generic(tmp_path / "data", half)
+    root = make_generic(tmp_path / "data", mask_of=half)
     export = tmp_path / "export"
     shutil.copytree(pretrained_export, export)
     weights_file = export / "unet.safetensors"
@@ -293,7 +278,7 @@ def test_damaged_weights_are_one_line_errors(tmp_path, configs_dir, pretrained_e
 
 
 def test_predict_keeps_folders_apart_and_odd_names_work(tmp_path, configs_dir, pretrained_export):
-    root = make_generic(tmp_path / "data", half)
+    root = make_generic(tmp_path / "data", mask_of=half)
     assert seg_main(seg_args(configs_dir, root, tmp_path / "run") + ["--checkpoint", str(pretrained_export)]) == 0
     images = tmp_path / "images"
     for sub, colour in (("a", (250, 0, 0)), ("b", (0, 0, 250))):

@@ -97,3 +97,30 @@ def test_mdm_objective_lowers_its_loss_on_a_fixed_batch(loss):
         losses.append(float(out.loss.detach().mean()))
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
+
+
+def test_mae_masks_a_fixed_share_sees_timestep_zero_and_scores_masked_pixels_only():
+    """4x4 image, 2x2 patches (4 patches), mask ratio 0.75: exactly 3 patches hidden for every key; the model gets
+    t = 0; the loss is the squared error over the hidden pixels alone (by hand: a prediction wrong by 1 only on the
+    visible patch scores 0, wrong by 2 everywhere scores 4)."""
+    from mdm.pretrain.objectives import MaskedAutoencoder
+
+    mae = MaskedAutoencoder(timesteps=1000, patch_size=2, fill=0.0, mask_ratio=0.75)
+    x0 = torch.rand(3, 1, 4, 4) * 2 - 1
+    keys = rng.sample_keys(0, 0, 0, 3)
+    seen = {}
+
+    def model_wrong_on_visible(x, t):
+        seen["t"] = t
+        visible = (x != 0).float()  # masked pixels are 0
+        return x0 + visible
+
+    out = mae.loss(model_wrong_on_visible, x0, keys)
+    assert torch.equal(seen["t"], torch.zeros(3, dtype=torch.int64))
+    hidden = (out.x_t == 0).float().reshape(3, -1).sum(1)
+    assert torch.equal(hidden, torch.full((3,), 12.0))  # 3 of 4 patches of 4 pixels
+    torch.testing.assert_close(out.loss, torch.zeros(3))
+    out = mae.loss(lambda x, t: x0 + 2, x0, keys)
+    torch.testing.assert_close(out.loss, torch.full((3,), 4.0))
+    x_t, mask = mae.corrupt(x0, torch.tensor([250, 500, 1000]), keys)  # extraction: t / T of the patches
+    assert mask.sum(1).tolist() == [1, 2, 4]

@@ -65,13 +65,13 @@ def test_damaged_features_lower_the_score(baseline, pretrained_export, tmp_path,
     _, good = baseline
     real = FeatureExtractor.pixel_features
 
-    def damaged(self, blocks, size, index=None):
+    def damaged(self, blocks, size, index=None, parts=None):
         if index is None:
             index = torch.arange(size * size)
         if damage == "zeroed":
-            return torch.zeros_like(real(self, blocks, size, index))
+            return torch.zeros_like(real(self, blocks, size, index, parts))
         ys, xs = torch.div(index, size, rounding_mode="floor"), index % size  # read a quarter tile away
-        return real(self, blocks, size, ((ys + size // 4) % size) * size + (xs + size // 4) % size)
+        return real(self, blocks, size, ((ys + size // 4) % size) * size + (xs + size // 4) % size, parts)
 
     monkeypatch.setattr(FeatureExtractor, "pixel_features", damaged)
     result = segment(configs_dir, pretrained_export, tmp_path)
@@ -188,3 +188,39 @@ def test_the_run_records_its_validation_images(baseline):
     subset = json.loads((out / "label_subset.json").read_text())
     assert len(subset["names"]) == 2 and subset["validation_split"] == "images"
     assert len(subset["validation"]) == 1 and subset["validation"][0] in subset["names"]
+
+
+def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, tmp_path, configs_dir, monkeypatch):
+    """seg.blocks / seg.timesteps auto: the probes read the labeled training images only (every image the feature
+    extractor has seen when the choice is made, and every image of the stream it chooses on, is one of them), the
+    choice and its scores are saved, and the saved segmenter uses the chosen blocks."""
+    from mdm.segment import run
+    from mdm.segment.features import FeatureExtractor as Extractor
+
+    seen, streamed = [], []
+    real_tile_blocks, real_select = Extractor.tile_blocks, run.select_parts
+
+    def spy_tile_blocks(self, name, *args, **kwargs):
+        seen.append(name)
+        return real_tile_blocks(self, name, *args, **kwargs)
+
+    def spy_select(stream, *args, **kwargs):
+        streamed.extend(im.name for im in stream.images)
+        seen.append("<chosen>")
+        return real_select(stream, *args, **kwargs)
+
+    monkeypatch.setattr(Extractor, "tile_blocks", spy_tile_blocks)
+    monkeypatch.setattr(run, "select_parts", spy_select)
+    result = segment(configs_dir, pretrained_export, tmp_path / "auto", "seg.blocks=auto", "seg.timesteps=auto",
+                     "seg.auto_timesteps=[10,50]", "seg.probe_epochs=1", "seg.auto_blocks=2")
+    labeled = json.loads((tmp_path / "auto" / "label_subset.json").read_text())["names"]
+    before_choice = seen[:seen.index("<chosen>")]
+    assert before_choice and set(before_choice) <= set(labeled) and set(streamed) == set(labeled)
+    selection = json.loads((tmp_path / "auto" / "block_selection.json").read_text())
+    assert (tmp_path / "auto" / "block_selection.png").is_file()
+    assert len(selection["blocks"]) == 2 and str(selection["timestep"]) in {"10", "50"}
+    assert len(selection["scores"]["10"]) == len(selection["scores"]["50"]) == 4  # every decoder block, each t
+    assert result["selection"]["blocks"] == selection["blocks"]
+    saved = load(tmp_path / "auto" / "config.yaml")
+    assert saved.seg.blocks == selection["blocks"] and saved.seg.timesteps == [selection["timestep"]]
+    assert load_segmenter(tmp_path / "auto", CPU).extractor.blocks == selection["blocks"]

@@ -68,6 +68,41 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     plt.close(fig)
 
 
+def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -> None:
+    """One block x timestep heatmap per method: the probes' validation loss averaged over the runs given (the
+    ``selection`` of each run's metrics), the blocks most often chosen outlined."""
+    import matplotlib  # deferred, as above
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m, runs in selections.items() if runs]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        # JSON made the numbers keys strings
+        runs = [{int(t): {int(b): v for b, v in row.items()} for t, row in r["scores"].items()}
+                for r in selections[method]]
+        timesteps = sorted({t for r in runs for t in r})
+        blocks = sorted({b for r in runs for row in r.values() for b in row})
+        grid = np.array([[np.mean([r[t][b] for r in runs]) for t in timesteps] for b in blocks])
+        image = ax.imshow(grid, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(timesteps)), [f"t={t}" for t in timesteps])
+        ax.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks])
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+        for r in selections[method]:
+            j = timesteps.index(int(r["timestep"]))
+            for b in r["blocks"]:
+                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(int(b)) - 0.5), 1, 1, fill=False, lw=1.2,
+                                           edgecolor="red", alpha=len(runs) ** -0.5))
+        ax.set_title(method, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_csv(path: Path, rows: list[dict], first: list[str]) -> None:
     """``rows`` as CSV (columns: ``first``, then the rest the rows hold), written by a rename."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -10,6 +10,7 @@ interrupted sweep resumes. Output folder::
                                         pool's size and the test images kept out of it, see ``pool``)
     runs/<method>/f<fraction>_s<seed>/  one segmentation run each
     results.csv results.md label_efficiency.png
+    block_selection.png                 (seg.blocks / seg.timesteps auto) the probes' scores per frozen method
     budget.csv pretrain_budget.png      the metric at the lowest fraction vs pretraining steps (first seed)
 """
 
@@ -28,7 +29,7 @@ from ..pretrain.export import open_export
 from ..pretrain.trainer import list_checkpoints, train
 from ..segment.run import run_segmentation
 from .pool import pretraining_data
-from .report import COLUMNS, plot_lines, result_row, summarize, write_csv
+from .report import COLUMNS, plot_lines, plot_selections, result_row, summarize, write_csv
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,10 @@ class Method:
 METHODS = {m.name: m for m in (
     Method("mdm", "frozen", "unet", "mdm", "export"),
     Method("ddpm", "frozen", "unet", "ddpm", "export"),
+    Method("mae", "frozen", "unet", "mae", "export"),
     Method("random", "frozen", "unet", "mdm", "exports/step_0"),
     Method("mdm-ft", "finetune", "unet", "mdm", "export"),
+    Method("mae-ft", "finetune", "unet", "mae", "export"),
     Method("unet-scratch", "finetune", "unet", "mdm", "exports/step_0"),
     Method("smp-scratch", "finetune", "smp", None, ""),
 )}
@@ -122,10 +125,19 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                          and bc.metric in r]) for f in bc.fractions] for m in bc.methods},
                "label fraction", bc.metric, "Label efficiency")
 
-    budget = []
     lowest = min(bc.fractions)
-    for method in [m for m in bc.budget_methods if m in bc.methods and METHODS[m].objective == "mdm"]:
-        steps = sorted(int(p.name.split("_")[1]) for p in (pretrain["mdm"] / "exports").glob("step_*"))
+    selections = {m: [json.loads((out / "runs" / m / f"f{lowest:g}_s{s}" / "metrics.json").read_text()).get(
+        "selection") for s in bc.seeds] for m in bc.methods if METHODS[m].mode == "frozen"}
+    selections = {m: [s for s in runs if s] for m, runs in selections.items()}
+    if any(selections.values()):
+        plot_selections(out / "block_selection.png", selections,
+                        f"one-block probes' validation loss at {lowest:g} labels (mean over seeds {bc.seeds}; red: "
+                        f"chosen)")
+
+    budget = []
+    for method in [m for m in bc.budget_methods if m in bc.methods and METHODS[m].objective]:
+        exports = pretrain[METHODS[method].objective] / "exports"
+        steps = sorted(int(p.name.split("_")[1]) for p in exports.glob("step_*") if p.name.split("_")[1].isdigit())
         seed = bc.seeds[0]  # one seed: the curve shows the trend; the sweep above gives the spread
         for step in steps:
             run = out / "budget" / method / f"step_{step}_s{seed}"

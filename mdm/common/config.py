@@ -17,7 +17,7 @@ import yaml
 
 from .errors import ConfigError
 
-BENCH_METHODS = ("mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch")
+BENCH_METHODS = ("mdm", "ddpm", "mae", "random", "mdm-ft", "mae-ft", "unet-scratch", "smp-scratch")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class DiffusionConfig:
     ssim_win_size: int = 5
     ssim_sigma: float = 1.5
     beta_schedule: str = "linear"
+    mae_mask_ratio: float = 0.75
 
 
 @dataclass
@@ -132,8 +133,11 @@ class SegConfig:
     augment: str = "hflip"  # finetune only: hflip, or dihedral (flips + 90-degree rotations: histology), or none
     crops_per_epoch: int = 64
     batch_size: int = 8
-    blocks: list[int] = field(default_factory=lambda: [-3, -2, -1])
-    timesteps: list[int] = field(default_factory=lambda: [50])
+    blocks: list[int] | str = field(default_factory=lambda: [-3, -2, -1])
+    timesteps: list[int] | str = field(default_factory=lambda: [50])
+    auto_blocks: int = 3
+    auto_timesteps: list[int] = field(default_factory=lambda: [10, 50, 200])
+    probe_epochs: int = 4
     seed: int = 0
     ensemble_size: int = 10
     combine: str = "vote"
@@ -177,7 +181,7 @@ class BenchConfig:
     metric: str = "dice"
     pretrain_steps: int = 1000
     budget_exports: int = 4
-    budget_methods: list[str] = field(default_factory=lambda: ["mdm", "mdm-ft"])
+    budget_methods: list[str] = field(default_factory=lambda: ["mdm", "ddpm", "mae"])
     out_dir: str = "runs/bench"
     pretrain_data: DataConfig = field(default_factory=lambda: DataConfig(source="labeled"))
 
@@ -194,7 +198,7 @@ class Config:
     def validate(self) -> "Config":
         """Check value ranges and choices; raise ``ConfigError`` naming the key."""
         choices = {
-            "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm"}),
+            "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm", "mae"}),
             "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_masked", "mse", "l1"}),
             "diffusion.beta_schedule": (self.diffusion.beta_schedule, {"linear", "cosine"}),
             "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "generic"}),
@@ -229,7 +233,8 @@ class Config:
                     "seg.max_epochs": sc.max_epochs, "seg.batch_pixels": sc.batch_pixels,
                     "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
                     "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports,
-                    "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size}
+                    "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size, "seg.auto_blocks": sc.auto_blocks,
+                    "seg.probe_epochs": sc.probe_epochs}
         not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
                         "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
                         "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,
@@ -254,13 +259,18 @@ class Config:
             raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
         if not 0.0 <= self.seg.overlap < 1.0:
             raise ConfigError(f"seg.overlap: must be in [0, 1), got {self.seg.overlap}")
+        for key in ("blocks", "timesteps"):
+            if isinstance(getattr(self.seg, key), str) and getattr(self.seg, key) != "auto":
+                raise ConfigError(f"seg.{key}: {getattr(self.seg, key)!r} is not a list of numbers or auto")
         if self.seg.ensemble_size < 1 or not self.seg.timesteps or not self.seg.blocks:
             raise ConfigError("seg.ensemble_size, seg.timesteps and seg.blocks must be non-empty / positive")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.train.ema_decay}")
         if self.diffusion.ssim_win_size % 2 == 0:
             raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {self.diffusion.ssim_win_size}")
-        if self.diffusion.objective == "mdm" and self.data.crop_size % self.diffusion.patch_size:
+        if not 0.0 < self.diffusion.mae_mask_ratio < 1.0:
+            raise ConfigError(f"diffusion.mae_mask_ratio: must be in (0, 1), got {self.diffusion.mae_mask_ratio}")
+        if self.diffusion.objective in ("mdm", "mae") and self.data.crop_size % self.diffusion.patch_size:
             raise ConfigError(f"data.crop_size: {self.data.crop_size} is not divisible by diffusion.patch_size="
                               f"{self.diffusion.patch_size}")
         if self.data.source == "folder" and not self.data.root:

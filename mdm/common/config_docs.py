@@ -43,7 +43,8 @@ HELP = {
     "model.norm_groups": "GroupNorm groups",
     "model.use_new_attention_order": "guided-diffusion's `use_new_attention_order` (q, k, v split before the "
                                      "heads); the weights cannot tell, take it from the release's flags",
-    "diffusion.objective": "`mdm` (hide patches, predict the clean image) or `ddpm` (Gaussian noise, predict it)",
+    "diffusion.objective": "`mdm` (hide patches, predict the clean image), `ddpm` (Gaussian noise, predict it) or "
+                           "`mae` (a fixed share of patches hidden, timestep 0, MSE on the hidden pixels)",
     "diffusion.timesteps": "T; the MDM mask ratio is t / T",
     "diffusion.patch_size": "MDM patch size in px",
     "diffusion.mask_fill": "value of masked pixels (images are in [-1, 1])",
@@ -51,6 +52,7 @@ HELP = {
     "diffusion.ssim_win_size": "SSIM Gaussian window size (odd)",
     "diffusion.ssim_sigma": "SSIM Gaussian window sigma",
     "diffusion.beta_schedule": "DDPM noise schedule: `linear` or `cosine`",
+    "diffusion.mae_mask_ratio": "MAE: the fixed fraction of patches hidden",
     "data.source": "`folder` or `synthetic` (pretraining); `glas`, `monuseg`, `ffhq34`, `generic` or `synthetic` "
                    "(stage 2)",
     "data.root": "folder(s) of the source",
@@ -99,8 +101,13 @@ HELP = {
     "seg.augment": "fine-tuning crops: `hflip`, `dihedral` (flips + 90° rotations) or `none`",
     "seg.crops_per_epoch": "fine-tuning crops per epoch",
     "seg.batch_size": "fine-tuning batch",
-    "seg.blocks": "decoder blocks for features (guided-diffusion numbering; negatives count from the end)",
-    "seg.timesteps": "extraction timesteps (features of all are concatenated)",
+    "seg.blocks": "decoder blocks for features (guided-diffusion numbering; negatives count from the end), or `auto`: "
+                  "chosen on validation pixels",
+    "seg.timesteps": "extraction timesteps (features of all are concatenated), or `auto`: the best of "
+                     "`seg.auto_timesteps` on validation pixels",
+    "seg.auto_blocks": "`blocks: auto`: how many of the best blocks to keep",
+    "seg.auto_timesteps": "`timesteps: auto`: the candidates",
+    "seg.probe_epochs": "`auto`: epochs of each one-block probe",
     "seg.seed": "classifier init, pixel order, extraction masks and validation pixels",
     "seg.ensemble_size": "pixel MLPs in the ensemble",
     "seg.combine": "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS protocol)",
@@ -123,7 +130,7 @@ HELP = {
     "seg.out_dir": "run folder",
     "bench.fractions": "label fractions",
     "bench.seeds": "seeds (each draws its own labeled subset and initialisations)",
-    "bench.methods": "`mdm`, `ddpm`, `random`, `mdm-ft`, `unet-scratch`, `smp-scratch`",
+    "bench.methods": "`mdm`, `ddpm`, `mae`, `random`, `mdm-ft`, `mae-ft`, `unet-scratch`, `smp-scratch`",
     "bench.metric": "the metric of the table and plots",
     "bench.pretrain_steps": "pretraining steps of each objective",
     "bench.budget_exports": "evenly spaced exports for the pretraining-budget curve",

@@ -201,6 +201,11 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     return F.scaled_dot_product_attention(q, k, v)
 
 
+def num_decoder_blocks(channel_mult, num_res_blocks: int) -> int:
+    """How many ``output_blocks`` a U-Net of these levels has (each level holds ``num_res_blocks + 1``)."""
+    return len(channel_mult) * (num_res_blocks + 1)
+
+
 def compile_unet(model: nn.Module, mode: str) -> None:
     """Compile ``model`` in place with ``torch.compile``: ``regional`` compiles each ResBlock and AttentionBlock (a
     short compile that fuses the norms, activations and scale-shifts around the convolutions), ``full`` the whole

@@ -89,6 +89,15 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return (pred - target).pow(2).flatten(1).mean(1)
 
 
+def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample ``[B]`` over the masked pixels only (``pixel_mask [B, 1, H, W]``, 1 = masked),
+    averaged over channels; a sample with no masked pixel scores 0."""
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target, pixel_mask = _fp32(pred, target, pixel_mask)
+        num = ((pred - target).pow(2) * pixel_mask).sum((1, 2, 3))
+        return num / (pixel_mask.sum((1, 2, 3)) * pred.shape[1]).clamp_min(1.0)
+
+
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error per sample ``[B]``."""
     with torch.autocast(pred.device.type, enabled=False):

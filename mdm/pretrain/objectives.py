@@ -8,6 +8,9 @@
   predicts x0 from ``(x_t, t)``; loss SSIM (default), masked SSIM, MSE or L1.
 - ``GaussianDiffusion`` (DDPM baseline): t ~ U{0..T-1}, ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, the model
   predicts eps; MSE.
+- ``MaskedAutoencoder`` (MAE baseline): a fixed mask ratio, timestep 0, MSE on the masked pixels.
+
+``objective.model_timesteps(t)`` is the timestep input the U-Net sees for corruption level ``t`` (MAE: 0).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from ..common import rng
 from ..common.rng import Stream
-from .losses import l1_loss, masked_ssim_loss, mse_loss, ssim_loss
+from .losses import l1_loss, masked_mse_loss, masked_ssim_loss, mse_loss, ssim_loss
 from .masking import apply_mask, check_patchable, mask_to_pixels, patch_mask
 
 
@@ -35,6 +38,10 @@ class ObjectiveOutput:
 
 class MaskedDiffusion:
     """MDM: hide a fraction t / T of the ``patch_size`` patches and reconstruct the clean image."""
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The timestep input the U-Net sees for corruption level ``t`` (MDM: ``t`` itself)."""
+        return t
 
     def __init__(self, timesteps: int = 1000, patch_size: int = 8, fill: float = 0.0, loss: str = "ssim",
                  ssim_win_size: int = 5, ssim_sigma: float = 1.5):
@@ -86,6 +93,9 @@ def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
 class GaussianDiffusion:
     """DDPM baseline: Gaussian noising, epsilon prediction, MSE."""
 
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
     def __init__(self, timesteps: int = 1000, schedule: str = "linear"):
         self.timesteps = timesteps
         self.alphas_cumprod = torch.cumprod(1 - beta_schedule(schedule, timesteps), 0)
@@ -114,6 +124,43 @@ class GaussianDiffusion:
         return ObjectiveOutput(mse_loss(eps_pred, eps), t, x_t, x0_pred)
 
 
+class MaskedAutoencoder:
+    """MAE baseline in the same U-Net: a fixed fraction ``mask_ratio`` (0.75) of the patches hidden, the U-Net sees
+    timestep 0 (no notion of a corruption level) and predicts the clean image; MSE over the masked pixels only.
+
+    ``corrupt(x0, t, keys)`` masks a fraction ``t / T``, as MDM does, so that feature extraction at ``seg.timesteps``
+    hides the same share of patches for both masked objectives; ``loss`` always masks ``mask_ratio``.
+    """
+
+    def __init__(self, timesteps: int = 1000, patch_size: int = 8, fill: float = 0.0, mask_ratio: float = 0.75):
+        self.timesteps, self.patch_size, self.fill, self.mask_ratio = timesteps, patch_size, fill, mask_ratio
+
+    def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(t)
+
+    def sample_t(self, keys: torch.Tensor) -> torch.Tensor:
+        """``[B]`` the corruption level of ``mask_ratio`` (for logging; the model sees 0)."""
+        return torch.full((keys.shape[0],), round(self.mask_ratio * self.timesteps), dtype=torch.int64)
+
+    def _mask(self, x0: torch.Tensor, ratio: torch.Tensor, keys: torch.Tensor):
+        num_patches = check_patchable(x0.shape[-2], x0.shape[-1], self.patch_size)
+        noise = rng.uniform(keys, Stream.MASK, num_patches).to(x0.device)
+        mask = patch_mask(ratio, num_patches, noise=noise)
+        return apply_mask(x0, mask, self.patch_size, self.fill), mask
+
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor):
+        """``(x_t, mask)`` with a fraction ``t / T`` of the patches hidden."""
+        return self._mask(x0, t.double() / self.timesteps, keys)
+
+    def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
+        t = self.sample_t(keys).to(x0.device)
+        ratio = torch.full((x0.shape[0],), self.mask_ratio, dtype=torch.float64, device=x0.device)
+        x_t, mask = self._mask(x0, ratio, keys)
+        pred = model(x_t, self.model_timesteps(t))
+        pix = mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], self.patch_size)
+        return ObjectiveOutput(masked_mse_loss(pred, x0, pix), t, x_t, pred)
+
+
 def build_objective(cfg):
     """``cfg``: a ``DiffusionConfig``."""
     if cfg.objective == "mdm":
@@ -121,4 +168,6 @@ def build_objective(cfg):
                                cfg.ssim_sigma)
     if cfg.objective == "ddpm":
         return GaussianDiffusion(cfg.timesteps, cfg.beta_schedule)
+    if cfg.objective == "mae":
+        return MaskedAutoencoder(cfg.timesteps, cfg.patch_size, cfg.mask_fill, cfg.mae_mask_ratio)
     raise ValueError(f"unknown objective {cfg.objective!r}")

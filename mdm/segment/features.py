@@ -86,8 +86,17 @@ class FeatureExtractor:
         return [info[i].channels for i in self.blocks]
 
     @property
+    def parts(self) -> list[tuple[int, int]]:
+        """``(timestep, block)`` of every feature part, in the order they are concatenated."""
+        return [(t, i) for t in self.timesteps for i in self.blocks]
+
+    def parts_dim(self, parts: list[tuple[int, int]] | None = None) -> int:
+        info = self.model.decoder_blocks()
+        return sum(info[i].channels for _, i in (parts or self.parts))
+
+    @property
     def feature_dim(self) -> int:
-        return len(self.timesteps) * sum(self.block_channels())
+        return self.parts_dim()
 
     def _cache_key(self, name: str, content: str, tile: Tile, size: int) -> str:
         key = (f"{self.fingerprint}|{name}|{content}|{tile.top},{tile.left},{size}|{self.timesteps}|{self.seed}|"
@@ -124,7 +133,7 @@ class FeatureExtractor:
             x_t = self.objective.corrupt(x0, tt, tile_keys.to(self.device))[0]
             self._outputs.clear()
             with autocast(self.dtype, self.device):
-                self.model(x_t.contiguous(memory_format=self.memory_format), tt)
+                self.model(x_t.contiguous(memory_format=self.memory_format), self.objective.model_timesteps(tt))
             for i in self.blocks:
                 o = self._outputs[i].to("cpu", torch.float16)
                 for j in range(x0.shape[0]):
@@ -153,21 +162,21 @@ class FeatureExtractor:
                 self._store(keys[k], blocks)
         return result  # type: ignore[return-value]
 
-    def pixel_features(self, blocks: dict[str, torch.Tensor], size: int,
-                       index: torch.Tensor | None = None) -> torch.Tensor:
+    def pixel_features(self, blocks: dict[str, torch.Tensor], size: int, index: torch.Tensor | None = None,
+                       parts: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """Features ``[N, D]`` float32, on the extractor's device, of the pixels ``index`` (flat, row-major, of a
         ``size x size`` tile; default: all pixels) from one tile's block outputs: each block sampled bilinearly
         (exactly what upsampling the block to ``size x size`` with ``align_corners=False`` would give at those
         pixels), then concatenated. Only the requested pixels are formed, so memory is ``N x D``, not
-        ``size^2 x D``."""
+        ``size^2 x D``. ``parts`` (default: all, see ``parts``) picks ``(timestep, block)`` parts to form."""
         dev = self.device
         index = torch.arange(size * size, device=dev) if index is None else index.to(dev)
         ys, xs = torch.div(index, size, rounding_mode="floor"), index % size
         grid = torch.stack([(2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1], dim=-1).float()  # [N, 2] as (x, y)
         grid = grid.reshape(1, 1, -1, 2)
-        parts = [blocks[f"t{t}_b{i}"] for t in self.timesteps for i in self.blocks]
-        return torch.cat([F.grid_sample(p[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
-                                        padding_mode="border", align_corners=False)[0, :, 0].T for p in parts], dim=1)
+        outputs = [blocks[f"t{t}_b{i}"] for t, i in (parts or self.parts)]
+        return torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
+                                        padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs], dim=1)
 
 
 def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> FeatureExtractor:

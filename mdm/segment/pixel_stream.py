@@ -8,6 +8,7 @@ of about ``batch_pixels``. Validation batches hold every validation pixel, in ti
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class PixelStream:
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
         self.tiles: list[TrainTile] = []
         self._kept: dict[int, dict[str, torch.Tensor]] = {}
+        self.parts: list[tuple[int, int]] | None = None  # the (timestep, block) parts formed; None: all
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
             role = roles[im.name] if roles else "pixels"
@@ -56,7 +58,17 @@ class PixelStream:
 
     def tile_features(self, i: int, index: torch.Tensor) -> torch.Tensor:
         """``[N, D]`` features (on the extractor's device) of tile ``i``'s flat pixel indices ``index``."""
-        return self.extractor.pixel_features(self._tile_blocks(i), self.tile_size, index)
+        return self.extractor.pixel_features(self._tile_blocks(i), self.tile_size, index, self.parts)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.extractor.parts_dim(self.parts)
+
+    def restricted(self, parts: list[tuple[int, int]]) -> PixelStream:
+        """The same stream (tiles, labels, kept block outputs) forming only ``parts``."""
+        view = copy.copy(self)
+        view.parts = list(parts)
+        return view
 
     def _labels(self, t: TrainTile, which: list[torch.Tensor]) -> torch.Tensor:
         s = self.tile_size
@@ -72,7 +84,7 @@ class PixelStream:
 
     def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std over the labeled training pixels (accumulated tile by tile)."""
-        d = self.extractor.feature_dim
+        d = self.feature_dim
         s1, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
         for i, t in enumerate(self.tiles):
             keep = (self._labels(t, self.train_labels) != IGNORE_INDEX).nonzero().squeeze(1)

@@ -14,6 +14,7 @@ Run folder::
     config.yaml           the resolved config: the export's model and diffusion, this run's data and seg
     label_subset.json     the labeled training images drawn for (label_fraction, data.seed)
     metrics.json          dice / iou (binary tasks), miou and per-class IoU, object metrics, per group
+    block_selection.json / .png   (seg.blocks or seg.timesteps auto) the probes' validation losses and the choice
     per_image.csv         one row per test image
     predictions/  overlays/  uncertainty/     PNGs per test image
     segmenter/            what ``load_segmenter`` reads back to segment new images
@@ -34,6 +35,7 @@ from ..common.config import Config, DataConfig, SegConfig, dump
 from ..common.errors import ConfigError, DataError
 from ..common.io import atomic_dir
 from ..common.labels import IGNORE_INDEX
+from ..nn.unet import num_decoder_blocks
 from ..pretrain.export import Export
 from .datasets import LabeledDataset, LabeledImage, load_split
 from .evaluate import evaluate
@@ -42,7 +44,9 @@ from .finetune import build_network, check_tile, train_supervised
 from .pixel_mlp import PixelEnsemble, fit_ensemble
 from .pixel_stream import PixelStream
 from .segmenter import PixelSegmenter, SupervisedSegmenter
+from .select import candidates, select_parts
 from .splits import label_subset, validation_roles
+from .visualize import save_heatmap
 
 
 @dataclass
@@ -102,15 +106,30 @@ def check_classes_occur(images: list[LabeledImage], num_classes: int, class_name
 
 
 def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, tile: int, cfg: Config, device):
-    """Load the U-Net for features; returns ``fit(progress) -> (segmenter, member histories)``."""
-    extractor = build_extractor(seg, export, device)
+    """Load the U-Net for features (every candidate block and timestep when they are chosen on validation); returns
+    ``fit(progress) -> (segmenter, member histories, extras)``."""
+    auto = seg.blocks == "auto" or seg.timesteps == "auto"
+    if auto:
+        m = export.config.model
+        blocks, timesteps = candidates(seg, num_decoder_blocks(m.channel_mult, m.num_res_blocks))
+        extractor = build_extractor(replace(seg, blocks=blocks, timesteps=timesteps), export, device)
+    else:
+        extractor = build_extractor(seg, export, device)
     extractor.model.check_input_size(tile, tile)
 
     def fit(progress: bool):
         stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
                              seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles)
         stream.prefetch(progress)
-        ensemble = PixelEnsemble(extractor.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
+        extras, chosen_seg, chosen_cfg, final_extractor = {}, seg, cfg, extractor
+        if auto:
+            extras["selection"] = select_parts(stream, splits.num_classes, seg, progress)
+            t, blocks = extras["selection"]["timestep"], extras["selection"]["blocks"]
+            stream = stream.restricted([(t, b) for b in blocks])
+            chosen_seg = replace(seg, blocks=blocks, timesteps=[t])
+            chosen_cfg = replace(cfg, seg=chosen_seg)
+            final_extractor = build_extractor(chosen_seg, export, device)
+        ensemble = PixelEnsemble(stream.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
         if seg.normalize:
             ensemble.mean, ensemble.std = stream.feature_stats()
         ensemble.to(extractor.device)
@@ -123,7 +142,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
         history = fit_ensemble(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience,
                                seg.lr, progress=tick)
         bar.close()
-        return PixelSegmenter(cfg, extractor, ensemble.eval(), tile), history
+        return PixelSegmenter(chosen_cfg, final_extractor, ensemble.eval(), tile), history, extras
 
     return fit
 
@@ -138,7 +157,7 @@ def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: S
 
     def fit(progress: bool):
         history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, splits.roles, progress)
-        return SupervisedSegmenter(cfg, model, splits.num_classes, tile), [history]
+        return SupervisedSegmenter(cfg, model, splits.num_classes, tile), [history], {}
 
     return fit
 
@@ -161,15 +180,17 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     splits = open_splits(data)
     fit = (_frozen if seg.mode == "frozen" else _finetune)(seg, data, export, splits, tile, cfg, device)
     with atomic_dir(out) as tmp:  # the whole run becomes visible at once; a killed run leaves the old one as it was
-        dump(cfg, tmp / "config.yaml")
         (tmp / "label_subset.json").write_text(json.dumps(
             {"label_fraction": data.label_fraction, "seed": data.seed, "indices": splits.label_indices,
              "names": splits.label_names, "validation_split": data.val_split,
              "validation": sorted(n for n, r in splits.roles.items() if r == "validation"),
              "validation_pixels_of": sorted(n for n, r in splits.roles.items() if r == "pixels")}, indent=1))
-        segmenter, history = fit(progress)
+        segmenter, history, extras = fit(progress)
+        dump(segmenter.cfg, tmp / "config.yaml")  # what it decided: the tile size, blocks chosen on validation
+        if "selection" in extras:
+            save_selection(tmp, extras["selection"])
         result = evaluate(segmenter, splits.test, tmp, splits.class_names, progress)
-        result.update(members=history, labeled_images=len(splits.train_images), tile_size=tile)
+        result.update(members=history, labeled_images=len(splits.train_images), tile_size=tile, **extras)
         segmenter.save(tmp / "segmenter", export)
         faults.reached("segmenter saved")
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
@@ -177,7 +198,18 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
 
 
 RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "per_image.csv", "predictions", "overlays",
-             "uncertainty", "segmenter"}
+             "uncertainty", "segmenter", "block_selection.json", "block_selection.png"}
+
+
+def save_selection(folder: Path, selection: dict) -> None:
+    """``block_selection.json`` and a block x timestep heatmap of the probes' validation losses."""
+    (folder / "block_selection.json").write_text(json.dumps(selection, indent=1))
+    timesteps = sorted(selection["scores"])
+    blocks = sorted({b for row in selection["scores"].values() for b in row})
+    save_heatmap(folder / "block_selection.png", [[selection["scores"][t].get(b) for t in timesteps] for b in blocks],
+                 [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps],
+                 f"validation loss of one-block probes (chosen: t={selection['timestep']}, blocks "
+                 f"{selection['blocks']})")
 
 
 def check_replaceable(out: Path) -> None:

@@ -77,6 +77,29 @@ def panel(image: torch.Tensor, prediction: np.ndarray, uncertainty: np.ndarray,
     return canvas
 
 
+def save_heatmap(path: Path, values: list[list[float | None]], rows: list[str], columns: list[str],
+                 title: str) -> None:
+    """A table of numbers as a heatmap PNG, each cell written in (lower is darker)."""
+    import matplotlib  # deferred: a second to import, and only block selection draws one
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(columns), 1.2 + 0.45 * len(rows)))
+    image = ax.imshow(data, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    for (i, j), v in np.ndenumerate(data):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white")
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: torch.Tensor,
                            uncertainty: torch.Tensor, num_classes: int, ground_truth: torch.Tensor | None = None,
                            class_names: list[str] | None = None) -> None:

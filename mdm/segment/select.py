@@ -1,0 +1,52 @@
+"""Features chosen on validation (``seg.blocks: auto`` and/or ``seg.timesteps: auto``), the same rule for every
+frozen method.
+
+Every candidate ``(timestep, decoder block)`` is probed alone: one pixel MLP (the ensemble's architecture, one member,
+``seg.probe_epochs`` epochs) trains on the training pixels of the labeled images and is scored by its best
+cross-entropy on their validation pixels (held-out labeled images, see ``splits.validation_roles``). The best timestep
+is the one whose best block scores best; its ``seg.auto_blocks`` best blocks are kept. Only the labeled training
+images are read: no test image can reach the choice. Candidates: every decoder block for ``blocks: auto``, else the
+configured ones; ``seg.auto_timesteps`` for ``timesteps: auto``, else the configured ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tqdm.auto import tqdm
+
+from ..common.config import SegConfig
+from ..common.errors import ConfigError
+from .pixel_mlp import PixelEnsemble, fit_ensemble
+from .pixel_stream import PixelStream
+
+
+def candidates(seg: SegConfig, num_blocks: int) -> tuple[list[int], list[int]]:
+    """The blocks (as configured: negatives allowed) and timesteps to probe."""
+    blocks = list(range(num_blocks)) if seg.blocks == "auto" else list(seg.blocks)
+    timesteps = list(seg.auto_timesteps) if seg.timesteps == "auto" else list(seg.timesteps)
+    return blocks, timesteps
+
+
+def select_parts(stream: PixelStream, num_classes: int, seg: SegConfig, progress: bool = True) -> dict:
+    """Probe every ``(timestep, block)`` of ``stream``'s extractor; returns ``{"timestep", "blocks", "scores":
+    {timestep: {block: validation loss}}, "metric"}`` (blocks as absolute numbers, ascending)."""
+    ex = stream.extractor
+    scores: dict[int, dict[int, float]] = {}
+    bar = tqdm(total=len(ex.parts), desc="choosing blocks", disable=None if progress else True, leave=False)
+    for t, block in ex.parts:
+        probe = stream.restricted([(t, block)])
+        mlp = PixelEnsemble(probe.feature_dim, num_classes, 1, seg.seed)
+        mlp.mean, mlp.std = probe.feature_stats()
+        mlp.to(ex.device)
+        history = fit_ensemble(mlp, probe.train_batches, probe.val_batches, seg.probe_epochs, seg.probe_epochs, seg.lr)
+        scores.setdefault(t, {})[block] = history[0]["best_val_loss"]
+        bar.update(1)
+    bar.close()
+    if all(math.isinf(v) for row in scores.values() for v in row.values()):
+        raise ConfigError("seg.blocks / seg.timesteps: auto chooses on validation pixels, and there are none "
+                          "(data.val_fraction is 0?)")
+    best_t = min(scores, key=lambda t: min(scores[t].values()))
+    chosen = sorted(sorted(scores[best_t], key=scores[best_t].get)[:seg.auto_blocks])
+    return {"timestep": best_t, "blocks": chosen, "scores": scores,
+            "metric": "best validation cross-entropy of a one-block probe (lower is better)"}
