@@ -206,8 +206,10 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
 
     def spy_select(stream, *args, **kwargs):
         streamed.extend(im.name for im in stream.images)
-        seen.append("<chosen>")
-        return real_select(stream, *args, **kwargs)
+        try:
+            return real_select(stream, *args, **kwargs)
+        finally:
+            seen.append("<chosen>")  # every image read up to here, probing included, must be a labeled one
 
     monkeypatch.setattr(Extractor, "tile_blocks", spy_tile_blocks)
     monkeypatch.setattr(run, "select_parts", spy_select)
@@ -224,3 +226,19 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
     saved = load(tmp_path / "auto" / "config.yaml")
     assert saved.seg.blocks == selection["blocks"] and saved.seg.timesteps == [selection["timestep"]]
     assert load_segmenter(tmp_path / "auto", CPU).extractor.blocks == selection["blocks"]
+
+
+def test_the_feature_cache_tells_objectives_apart(pretrained_export, tmp_path):
+    """Every objective's step-0 export holds the same weights; their features differ (masking vs noise), so the
+    fingerprint that keys the feature cache must differ too."""
+    import shutil
+
+    from mdm.common.config import dump
+
+    other = tmp_path / "ddpm_export"
+    shutil.copytree(pretrained_export, other)
+    cfg = load(other / "config.yaml")
+    cfg.diffusion.objective = "ddpm"
+    dump(cfg, other / "config.yaml")
+    assert open_export(other).fingerprint() != open_export(pretrained_export).fingerprint()
+    assert open_export(other).fingerprint() == open_export(other).fingerprint()

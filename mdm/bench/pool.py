@@ -20,8 +20,8 @@ from ..segment.datasets import load_split
 def pretraining_data(cfg: Config) -> DataConfig:
     """The ``DataConfig`` the pretraining runs of a study read (see the module docstring)."""
     pool, data = cfg.bench.pretrain_data, cfg.data
-    if data.source in ("synthetic", "folder") and pool.source == "labeled":
-        return data  # the synthetic world's own unlabeled pool, or a plain folder study as before
+    if data.source == "synthetic" and pool.source == "labeled":
+        return data  # the synthetic world's own unlabeled pool
     if pool.source == "synthetic":
         return replace(pool, source="synthetic")
     root = data.root[0] if data.root else None

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..common.config import Config, dump
+from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
 from ..pretrain.trainer import list_checkpoints, train
@@ -87,6 +88,10 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     """The whole study, pretraining on ``train_device`` and segmenting on ``seg_device``; returns
     ``{"rows": [...], "budget": [...], "table": markdown}``."""
     bc = cfg.bench
+    wrong = [m for m in bc.budget_methods if m not in METHODS or METHODS[m].export != "export"]
+    if wrong:
+        raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
+                          f"weights: {', '.join(m for m, v in METHODS.items() if v.export == 'export')})")
     started = time.perf_counter()
     out = Path(bc.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ BENCH_METHODS = ("mdm", "ddpm", "mae", "random", "mdm-ft", "mae-ft", "unet-scrat
 
 @dataclass
 class ModelConfig:
-    """U-Net architecture (see ``mdm.unet.UNetModel``)."""
+    """U-Net architecture (see ``mdm.nn.unet.UNetModel``)."""
 
     image_size: int = 32
     in_channels: int = 3
@@ -46,7 +46,8 @@ class ModelConfig:
 class DiffusionConfig:
     """The corruption process and its loss.
 
-    ``objective``: ``mdm`` (hide patches, predict x0) or ``ddpm`` (Gaussian noise, predict epsilon, MSE).
+    ``objective``: ``mdm`` (hide patches, predict x0), ``ddpm`` (Gaussian noise, predict epsilon, MSE) or ``mae``
+    (a fixed share ``mae_mask_ratio`` of the patches hidden, timestep 0, MSE on the hidden pixels).
     ``loss`` (MDM only): ``ssim`` (whole image), ``ssim_masked`` (SSIM map averaged over masked pixels), ``mse``,
     ``l1``.
     """
@@ -66,7 +67,8 @@ class DiffusionConfig:
 class DataConfig:
     """Where images come from and how they are cropped.
 
-    ``source``: ``folder`` (``root``: a folder or a list of folders, searched recursively) or ``synthetic``.
+    ``source``: ``folder`` (``root``: a folder or a list of folders, searched recursively) or ``synthetic`` for
+    pretraining; ``glas``, ``monuseg``, ``ffhq34``, ``celeba19``, ``generic`` or ``synthetic`` for stage 2.
     ``crop``: ``random`` (random ``crop_size`` crops, no resize, as the reference) or ``resize``.
     """
 
@@ -163,10 +165,11 @@ class SegConfig:
 class BenchConfig:
     """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods.
 
-    Methods: ``mdm``, ``ddpm``, ``random`` (frozen features + pixel MLPs of the MDM-pretrained, DDPM-pretrained and
-    randomly initialised U-Net), ``mdm-ft``, ``unet-scratch`` (the U-Net + 1x1 head fine-tuned end to end from the MDM
-    weights / from the same random init), ``smp-scratch`` (a segmentation-models-pytorch U-Net from scratch).
-    ``pretrain_steps`` is the pretraining budget of both ``mdm`` and ``ddpm``; ``budget_exports`` exports are kept
+    Methods: ``mdm``, ``ddpm``, ``mae``, ``random`` (frozen features + pixel MLPs of the MDM-, DDPM- and
+    MAE-pretrained and the randomly initialised U-Net), ``mdm-ft``, ``mae-ft``, ``unet-scratch`` (the U-Net + 1x1
+    head fine-tuned end to end from the MDM / MAE weights / from the same random init), ``smp-scratch`` (a
+    segmentation-models-pytorch U-Net from scratch). ``pretrain_steps`` is the pretraining budget of every
+    objective; ``budget_exports`` exports are kept
     along the way (evenly spaced, plus step 0) for the pretraining-budget curve. ``pretrain_data`` is the pool
     pretraining reads (keys as ``data``): ``source: labeled`` (the default) takes the labeled source's training
     images without their labels, plus ``ROOT/unlabeled/`` when it exists and the folders in ``root``; ``folder``
@@ -201,7 +204,8 @@ class Config:
             "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm", "mae"}),
             "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_masked", "mse", "l1"}),
             "diffusion.beta_schedule": (self.diffusion.beta_schedule, {"linear", "cosine"}),
-            "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "generic"}),
+            "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "celeba19",
+                                               "generic"}),
             "seg.combine": (self.seg.combine, {"vote", "mean_prob", "individual"}),
             "seg.weights": (self.seg.weights, {"ema", "raw"}),
             "seg.mode": (self.seg.mode, {"frozen", "finetune"}),
@@ -270,9 +274,13 @@ class Config:
             raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {self.diffusion.ssim_win_size}")
         if not 0.0 < self.diffusion.mae_mask_ratio < 1.0:
             raise ConfigError(f"diffusion.mae_mask_ratio: must be in (0, 1), got {self.diffusion.mae_mask_ratio}")
-        if self.diffusion.objective in ("mdm", "mae") and self.data.crop_size % self.diffusion.patch_size:
-            raise ConfigError(f"data.crop_size: {self.data.crop_size} is not divisible by diffusion.patch_size="
-                              f"{self.diffusion.patch_size}")
+        masked = {"mdm", "mae"}  # objectives that hide patches: crops must hold whole patches
+        if self.diffusion.objective in masked or any(m.split("-")[0] in masked for m in self.bench.methods):
+            for key, crop in (("data.crop_size", self.data.crop_size),
+                              ("bench.pretrain_data.crop_size", self.bench.pretrain_data.crop_size)):
+                if crop % self.diffusion.patch_size:
+                    raise ConfigError(f"{key}: {crop} is not divisible by diffusion.patch_size="
+                                      f"{self.diffusion.patch_size}")
         if self.data.source == "folder" and not self.data.root:
             raise ConfigError("data.root: data.source is 'folder' but no folder is given (--set data.root=DIR)")
         return self

@@ -53,8 +53,8 @@ HELP = {
     "diffusion.ssim_sigma": "SSIM Gaussian window sigma",
     "diffusion.beta_schedule": "DDPM noise schedule: `linear` or `cosine`",
     "diffusion.mae_mask_ratio": "MAE: the fixed fraction of patches hidden",
-    "data.source": "`folder` or `synthetic` (pretraining); `glas`, `monuseg`, `ffhq34`, `generic` or `synthetic` "
-                   "(stage 2)",
+    "data.source": "`folder` or `synthetic` (pretraining); `glas`, `monuseg`, `ffhq34`, `celeba19`, `generic` or "
+                   "`synthetic` (stage 2)",
     "data.root": "folder(s) of the source",
     "data.crop_size": "pretraining crop size; also stage 2's default tile size",
     "data.crop": "`random` crops (no resize) or `resize` whole images",
@@ -134,7 +134,8 @@ HELP = {
     "bench.metric": "the metric of the table and plots",
     "bench.pretrain_steps": "pretraining steps of each objective",
     "bench.budget_exports": "evenly spaced exports for the pretraining-budget curve",
-    "bench.budget_methods": "methods on the pretraining-budget curve",
+    "bench.budget_methods": "methods on the pretraining-budget curve (of `mdm`, `ddpm`, `mae`, `mdm-ft`, "
+                            "`mae-ft`)",
     "bench.out_dir": "study folder",
     "bench.pretrain_data": "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): `source: "
                            "labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = "

@@ -2,7 +2,7 @@
 
 ``resolve_device("auto")`` is ``cuda`` when a GPU is present, else ``cpu``. What follows from the device is decided
 here too: the memory format (channels-last where it is faster: the CPU; NCHW on CUDA, where channels-last ran the
-paper U-Net 30% slower) and the autocast precision (bf16 where the device computes it natively).
+paper U-Net a third slower) and the autocast precision (bf16 where the device computes it natively).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module, optimizer) -> 
         index, name = key.split(".", 1)
         param = params[int(index)] if int(index) < len(params) else None
         if param is not None and value.shape == param.shape:  # e.g. channels-last moments of channels-last weights
-            value = torch.empty_like(param, dtype=value.dtype, device="cpu").copy_(value)
+            value = torch.empty_like(param, dtype=value.dtype, device=value.device).copy_(value)
         opt_state.setdefault(int(index), {})[name] = value
     for index, values in opt_meta["state"].items():
         opt_state.setdefault(int(index), {}).update(values)

@@ -9,6 +9,7 @@ unexpected keys. Writes are atomic (a temporary folder renamed into place).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -72,7 +73,10 @@ class Export:
         return self.folder / WEIGHTS[self.weights]
 
     def fingerprint(self) -> str:
-        return file_fingerprint(self.weights_path)
+        """Identifies what the export computes: its weights and its model and objective settings (two objectives'
+        step-0 exports hold the same weights but corrupt their inputs differently)."""
+        settings = json.dumps([asdict(self.config.model), asdict(self.config.diffusion)], sort_keys=True)
+        return hashlib.sha1(f"{file_fingerprint(self.weights_path)}|{settings}".encode()).hexdigest()[:16]
 
     def load_model(self) -> UNetModel:
         """The U-Net with the export's weights (strict), on the CPU in fp32."""

@@ -2,7 +2,7 @@
 
 ``objective = build_objective(cfg.diffusion)``; ``out = objective.loss(model, x0, keys[, t])`` returns an
 ``ObjectiveOutput`` whose ``loss`` is per sample ``[B]`` (fp32). ``x0 [B, C, H, W]`` is in [-1, 1]; ``keys [B]``
-(int64, see ``mdm.rng``) make every random draw (timestep, mask, noise) a function of the sample's key.
+(int64, see ``mdm.common.rng``) make every random draw (timestep, mask, noise) a function of the sample's key.
 
 - ``MaskedDiffusion`` (MDM): t ~ U{1..T}, mask ratio t / T, masked patches filled with ``fill``, the model
   predicts x0 from ``(x_t, t)``; loss SSIM (default), masked SSIM, MSE or L1.

@@ -101,7 +101,11 @@ class Trainer:
     def __init__(self, cfg: Config, device: torch.device | None = None):
         self.cfg = cfg
         tc = cfg.train
-        use_cuda = (device or resolve_device(tc.device)).type == "cuda"
+        device = device or resolve_device(tc.device)
+        if device.type == "cuda" and device.index not in (None, 0):
+            raise ConfigError(f"device {device}: pretraining places each process on its GPU through Accelerate; choose "
+                              f"the GPU with CUDA_VISIBLE_DEVICES={device.index} and device cuda")
+        use_cuda = device.type == "cuda"
         self.precision = resolve_precision(tc.mixed_precision, torch.device("cuda" if use_cuda else "cpu"))
         _fresh_accelerator_state()
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not use_cuda,

@@ -71,9 +71,5 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
 
 
 def _pool(rows: list[dict], keys: list[str]) -> dict:
-    out = {}
-    for k in keys:
-        vals = [r[k] for r in rows if k in r]
-        if vals:
-            out[k] = float(np.mean(vals))
-    return out
+    """The per-image mean of each metric the rows hold (``metrics.pool_per_image``)."""
+    return {k: metrics.pool_per_image([r[k] for r in rows if k in r])[0] for k in keys if any(k in r for r in rows)}

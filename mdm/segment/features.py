@@ -81,10 +81,6 @@ class FeatureExtractor:
             self._outputs[index] = output
         return fn
 
-    def block_channels(self) -> list[int]:
-        info = self.model.decoder_blocks()
-        return [info[i].channels for i in self.blocks]
-
     @property
     def parts(self) -> list[tuple[int, int]]:
         """``(timestep, block)`` of every feature part, in the order they are concatenated."""
@@ -140,12 +136,13 @@ class FeatureExtractor:
                     out[j][f"t{t}_b{i}"] = o[j].contiguous()
         return out
 
-    def tile_blocks(self, name: str, image: torch.Tensor, tile_size: int,
-                    tiles: list[Tile]) -> list[dict[str, torch.Tensor]]:
+    def tile_blocks(self, name: str, image: torch.Tensor, tile_size: int, tiles: list[Tile],
+                    remember: bool = True) -> list[dict[str, torch.Tensor]]:
         """Native-resolution fp16 block outputs for ``tiles`` of ``image [3, H, W]`` (from the cache when there).
 
-        The cache key holds the weights' fingerprint, the image name and a hash of its pixels, the tile, the
-        timesteps, the seed and the blocks; without a cache folder they are kept in memory."""
+        The cache key holds the export's fingerprint, the image name and a hash of its pixels, the tile, the
+        timesteps, the seed, the blocks and the precision; without a cache folder they are kept in memory, except
+        with ``remember=False`` (inference), so that segmenting many images needs no more memory than one."""
         padded = pad_to_tile(image, tile_size)
         content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
         keys = [self._cache_key(name, content, tile, tile_size) for tile in tiles]
@@ -159,7 +156,8 @@ class FeatureExtractor:
             seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left) for k in batch])
             for k, blocks in zip(batch, self._run(crops, seeds)):
                 result[k] = blocks
-                self._store(keys[k], blocks)
+                if remember or self.cache_dir is not None:
+                    self._store(keys[k], blocks)
         return result  # type: ignore[return-value]
 
     def pixel_features(self, blocks: dict[str, torch.Tensor], size: int, index: torch.Tensor | None = None,

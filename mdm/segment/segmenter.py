@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,7 +51,7 @@ class PixelSegmenter:
         tiles = tile_grid(h, w, s, self.cfg.seg.overlap)
 
         def per_tile():
-            for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles)):
+            for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles, remember=False)):
                 probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
                                    for chunk in torch.arange(s * s, device=self.extractor.device)
                                    .split(PREDICT_CHUNK)], dim=1)
@@ -80,7 +81,9 @@ class PixelSegmenter:
     @classmethod
     def load(cls, folder: Path, meta: dict, device: torch.device) -> PixelSegmenter:
         cfg = from_dict(meta["config"])
-        extractor = build_extractor(cfg.seg, open_export(folder / "export", cfg.seg.weights), device)
+        # new images: nothing to reuse, so no cache folder is written where predict happens to run
+        extractor = build_extractor(replace(cfg.seg, cache_dir=""), open_export(folder / "export", cfg.seg.weights),
+                                    device)
         ensemble = PixelEnsemble(meta["feature_dim"], meta["num_classes"], meta["members"])
         _load_strict(ensemble, folder / "ensemble.safetensors")
         return cls(cfg, extractor, ensemble.to(extractor.device).eval(), meta["tile_size"])
