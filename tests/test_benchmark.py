@@ -56,6 +56,10 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     assert {r["labeled_images"] for r in rows if r["label_fraction"] == "0.1"} == {"2"}
     budget = list(csv.DictReader((tmp_path / "budget.csv").open()))
     assert sorted({int(b["pretrain_steps"]) for b in budget}) == [0, 2, 4]
+    # the last point is the sweep's own run (exports/step_4 is what export/ holds), not trained twice
+    assert [b["dice"] for b in budget if b["method"] == "mdm" and b["pretrain_steps"] == "4"] == \
+        [r["dice"] for r in rows if r["method"] == "mdm" and r["label_fraction"] == "0.1"]
+    assert not (tmp_path / "budget" / "mdm" / "step_4_s0").exists()
     # random and unet-scratch start from the MDM run's step-0 export: the same initial weights as mdm
     assert (tmp_path / "pretrain_mdm" / "exports" / "step_0" / "unet.safetensors").is_file()
 
@@ -95,7 +99,7 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
             "seg.crops_per_epoch=8", "seg.batch_size=4", "data.num_classes=2", f"data.root=[{root}]",
             "bench.fractions=[1.0]", "bench.seeds=[0]", "bench.methods=[mdm,unet-scratch]", "bench.pretrain_steps=2",
             "bench.budget_exports=1", "bench.budget_methods=[]", f"bench.out_dir={tmp_path / 'study'}",
-            "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[50]", "seg.probe_epochs=1",
+            "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[50]", "seg.probe_steps=1",
             "seg.auto_blocks=1"]
     cfg = load(os.path.join(configs_dir, "bench_generic_cpu.yaml"), sets)
     cpu = torch.device("cpu")

@@ -214,7 +214,7 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
     monkeypatch.setattr(Extractor, "tile_blocks", spy_tile_blocks)
     monkeypatch.setattr(run, "select_parts", spy_select)
     result = segment(configs_dir, pretrained_export, tmp_path / "auto", "seg.blocks=auto", "seg.timesteps=auto",
-                     "seg.auto_timesteps=[10,50]", "seg.probe_epochs=1", "seg.auto_blocks=2")
+                     "seg.auto_timesteps=[10,50]", "seg.probe_steps=1", "seg.auto_blocks=2")
     labeled = json.loads((tmp_path / "auto" / "label_subset.json").read_text())["names"]
     before_choice = seen[:seen.index("<chosen>")]
     assert before_choice and set(before_choice) <= set(labeled) and set(streamed) == set(labeled)
@@ -242,3 +242,19 @@ def test_the_feature_cache_tells_objectives_apart(pretrained_export, tmp_path):
     dump(cfg, other / "config.yaml")
     assert open_export(other).fingerprint() != open_export(pretrained_export).fingerprint()
     assert open_export(other).fingerprint() == open_export(other).fingerprint()
+
+
+def test_an_export_reads_only_the_sections_that_describe_its_network(pretrained_export, tmp_path):
+    """An export written by a version with other stage-2 or study keys still opens (and keys the same cache)."""
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old_export"
+    shutil.copytree(pretrained_export, old)
+    data = yaml.safe_load((old / "config.yaml").read_text())
+    data["seg"]["probe_epochs"] = 3  # a key this version no longer has
+    data["bench"]["retired_key"] = 1
+    (old / "config.yaml").write_text(yaml.safe_dump(data))
+    assert open_export(old).config.model == open_export(pretrained_export).config.model
+    assert open_export(old).fingerprint() == open_export(pretrained_export).fingerprint()

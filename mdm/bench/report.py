@@ -89,7 +89,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
         ax.set_xticks(range(len(timesteps)), [f"t={t}" for t in timesteps])
         ax.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks])
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white")
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6, color="white")
         for r in selections[method]:
             j = timesteps.index(int(r["timestep"]))
             for b in r["blocks"]:

@@ -107,7 +107,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         m = METHODS[method]
         return pretrain[m.objective] / (which or m.export) if m.objective else None
 
-    rows = []
+    rows, results = [], {}
     total = len(bc.fractions) * len(bc.seeds) * len(bc.methods)
     for fraction in bc.fractions:
         for seed in bc.seeds:
@@ -120,6 +120,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                     result["seconds"] = time.perf_counter() - t
                 log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}: "
                     + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
+                results[method, fraction, seed] = result
                 rows.append(result_row(method, fraction, seed, result))
     write_csv(out / "results.csv", rows, COLUMNS)
     table = summarize(rows, bc.metric, bc.methods, bc.fractions)
@@ -145,11 +146,16 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         steps = sorted(int(p.name.split("_")[1]) for p in exports.glob("step_*") if p.name.split("_")[1].isdigit())
         seed = bc.seeds[0]  # one seed: the curve shows the trend; the sweep above gives the spread
         for step in steps:
-            run = out / "budget" / method / f"step_{step}_s{seed}"
-            t = time.perf_counter()
-            result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run, seg_device)
-            log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
-                f"{time.perf_counter() - t:.1f} s")
+            if step == bc.pretrain_steps:  # the sweep's own run: ``export`` is a copy of exports/step_N
+                result = results[method, lowest, seed]
+                log(f"budget: {method} from pretraining step {step}: the sweep's run at {lowest:g} labels, seed {seed}")
+            else:
+                run = out / "budget" / method / f"step_{step}_s{seed}"
+                t = time.perf_counter()
+                result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run,
+                                 seg_device)
+                log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
+                    f"{time.perf_counter() - t:.1f} s")
             budget.append({"pretrain_steps": step, **result_row(method, lowest, seed, result)})
     if budget:
         write_csv(out / "budget.csv", budget, ["pretrain_steps", *COLUMNS])

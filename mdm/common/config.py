@@ -139,7 +139,7 @@ class SegConfig:
     timesteps: list[int] | str = field(default_factory=lambda: [50])
     auto_blocks: int = 3
     auto_timesteps: list[int] = field(default_factory=lambda: [10, 50, 200])
-    probe_epochs: int = 4
+    probe_steps: int = 50
     seed: int = 0
     ensemble_size: int = 10
     combine: str = "vote"
@@ -238,7 +238,7 @@ class Config:
                     "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
                     "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports,
                     "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size, "seg.auto_blocks": sc.auto_blocks,
-                    "seg.probe_epochs": sc.probe_epochs}
+                    "seg.probe_steps": sc.probe_steps}
         not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
                         "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
                         "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,
@@ -369,8 +369,9 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+def load(path: str | Path | None = None, overrides: list[str] = (), sections: tuple[str, ...] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides; with
+    ``sections``, only those top-level sections are read (the others take their defaults)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -380,6 +381,8 @@ def load(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if sections is not None and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in sections}
     for text in overrides:
         key, value = parse_override(text)
         _set_nested(data, key, value)

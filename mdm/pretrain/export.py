@@ -85,6 +85,9 @@ class Export:
         return model
 
 
+EXPORT_SECTIONS = ("model", "diffusion", "data", "train")
+
+
 def open_export(export_dir: str | Path, weights: str = "ema") -> Export:
     """Read an export's ``config.yaml`` and check that its weights file is there (not loaded yet)."""
     export_dir = Path(export_dir)
@@ -93,8 +96,8 @@ def open_export(export_dir: str | Path, weights: str = "ema") -> Export:
         if not p.is_file():
             raise CheckpointError(f"{p}: not found (an export folder holds config.yaml, unet.safetensors and "
                                   f"unet_raw.safetensors)")
-    try:
-        cfg = load(cfg_path)
+    try:  # the sections that describe the network: stage 2's and the study's keys may change between versions
+        cfg = load(cfg_path, sections=EXPORT_SECTIONS)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path}: {e}") from None
     return Export(export_dir, cfg, weights)

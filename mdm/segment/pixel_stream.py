@@ -9,6 +9,7 @@ of about ``batch_pixels``. Validation batches hold every validation pixel, in ti
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -123,6 +124,15 @@ class PixelStream:
         g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))
         order = torch.randperm(len(self.tiles), generator=g).tolist()
         return self._batches(self.train_labels, order, self.pixels_per_tile, epoch)
+
+    def train_batches_per_epoch(self) -> int:
+        """About how many batches ``train_batches`` yields per epoch (at least 1): the capped training pixels of every
+        tile over ``batch_pixels`` (batches are packed tile by tile, so the last one of an epoch may be short)."""
+        total = 0
+        for t in self.tiles:
+            n = int((self._labels(t, self.train_labels) != IGNORE_INDEX).sum())
+            total += min(n, self.pixels_per_tile) if self.pixels_per_tile else n
+        return max(1, math.ceil(total / self.batch_pixels))
 
     def val_batches(self):
         return self._batches(self.val_labels, range(len(self.tiles)), 0, 0)

@@ -1,9 +1,10 @@
 """Features chosen on validation (``seg.blocks: auto`` and/or ``seg.timesteps: auto``), the same rule for every
 frozen method.
 
-Every candidate ``(timestep, decoder block)`` is probed alone: one pixel MLP (the ensemble's architecture, one member,
-``seg.probe_epochs`` epochs) trains on the training pixels of the labeled images and is scored by its best
-cross-entropy on their validation pixels (held-out labeled images, see ``splits.validation_roles``). The best timestep
+Every candidate ``(timestep, decoder block)`` is probed alone: one pixel MLP (the ensemble's architecture, one member)
+trains on the training pixels of the labeled images for whole epochs, at least ``seg.probe_steps`` optimizer steps
+(with two labeled images an epoch is a single batch, so a budget in epochs would leave the probe at chance), and is
+scored by its best cross-entropy on their validation pixels (held-out labeled images, see ``splits.validation_roles``). The best timestep
 is the one whose best block scores best; its ``seg.auto_blocks`` best blocks are kept. Only the labeled training
 images are read: no test image can reach the choice. Candidates: every decoder block for ``blocks: auto``, else the
 configured ones; ``seg.auto_timesteps`` for ``timesteps: auto``, else the configured ones.
@@ -33,13 +34,14 @@ def select_parts(stream: PixelStream, num_classes: int, seg: SegConfig, progress
     {timestep: {block: validation loss}}, "metric"}`` (blocks as absolute numbers, ascending)."""
     ex = stream.extractor
     scores: dict[int, dict[int, float]] = {}
+    epochs = math.ceil(seg.probe_steps / stream.train_batches_per_epoch())
     bar = tqdm(total=len(ex.parts), desc="choosing blocks", disable=None if progress else True, leave=False)
     for t, block in ex.parts:
         probe = stream.restricted([(t, block)])
         mlp = PixelEnsemble(probe.feature_dim, num_classes, 1, seg.seed)
         mlp.mean, mlp.std = probe.feature_stats()
         mlp.to(ex.device)
-        history = fit_ensemble(mlp, probe.train_batches, probe.val_batches, seg.probe_epochs, seg.probe_epochs, seg.lr)
+        history = fit_ensemble(mlp, probe.train_batches, probe.val_batches, epochs, epochs, seg.lr)
         scores.setdefault(t, {})[block] = history[0]["best_val_loss"]
         bar.update(1)
     bar.close()
@@ -48,5 +50,5 @@ def select_parts(stream: PixelStream, num_classes: int, seg: SegConfig, progress
                           "(data.val_fraction is 0?)")
     best_t = min(scores, key=lambda t: min(scores[t].values()))
     chosen = sorted(sorted(scores[best_t], key=scores[best_t].get)[:seg.auto_blocks])
-    return {"timestep": best_t, "blocks": chosen, "scores": scores,
+    return {"timestep": best_t, "blocks": chosen, "scores": scores, "probe_epochs": epochs,
             "metric": "best validation cross-entropy of a one-block probe (lower is better)"}
