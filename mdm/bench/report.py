@@ -50,7 +50,7 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for name, points in series.items():
         points = [(x, v) for x, v in points if v]
         if not points:
@@ -62,7 +62,7 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # beside the plot: never over a line
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
