@@ -84,7 +84,8 @@ HELP = {
     "train.mixed_precision": "`no`, `bf16`, `fp16` (GPU only) or `auto` (bf16 where native, on a GPU else fp16)",
     "train.channels_last": "NHWC memory format: `auto` (on the CPU, where it is faster and the fused norm kernel "
                            "needs it; NCHW on GPUs), `true` or `false`",
-    "train.device": "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it",
+    "train.device": "`auto` (CUDA when present), `cpu` or `cuda` (pick the GPU with `CUDA_VISIBLE_DEVICES`: "
+                    "Accelerate places each process); `--device` overrides it",
     "train.compile": "`torch.compile`: `auto` (`regional` on GPUs, `none` on CPUs), `none`, `regional` (each "
                      "residual and attention block) or `full`",
     "train.seed": "initial weights and every sample's crop, timestep, mask and noise",
