@@ -211,10 +211,26 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
         finally:
             seen.append("<chosen>")  # every image read up to here, probing included, must be a labeled one
 
+    from mdm.segment import select
+
+    steps, real_fit = [], select.fit_ensemble
+
+    def counting_fit(mlp, train_batches, *args, **kwargs):
+        def counted(epoch):
+            for batch in train_batches(epoch):
+                steps[-1] += 1
+                yield batch
+        steps.append(0)
+        return real_fit(mlp, counted, *args, **kwargs)
+
     monkeypatch.setattr(Extractor, "tile_blocks", spy_tile_blocks)
     monkeypatch.setattr(run, "select_parts", spy_select)
+    monkeypatch.setattr(select, "fit_ensemble", counting_fit)
     result = segment(configs_dir, pretrained_export, tmp_path / "auto", "seg.blocks=auto", "seg.timesteps=auto",
-                     "seg.auto_timesteps=[10,50]", "seg.probe_steps=1", "seg.auto_blocks=2")
+                     "seg.auto_timesteps=[10,50]", "seg.probe_steps=5", "seg.auto_blocks=2")
+    # every probe takes at least seg.probe_steps optimizer steps in whole epochs, not seg.probe_steps epochs (an
+    # epoch here is 2 batches: 3 epochs = 6 steps; read as epochs, 5 would be 10 steps)
+    assert len(steps) == 8 and all(5 <= n < 10 for n in steps), steps
     labeled = json.loads((tmp_path / "auto" / "label_subset.json").read_text())["names"]
     before_choice = seen[:seen.index("<chosen>")]
     assert before_choice and set(before_choice) <= set(labeled) and set(streamed) == set(labeled)
