@@ -228,7 +228,7 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
     monkeypatch.setattr(select, "fit_ensemble", counting_fit)
     result = segment(configs_dir, pretrained_export, tmp_path / "auto", "seg.blocks=auto", "seg.timesteps=auto",
                      "seg.auto_timesteps=[10,50]", "seg.probe_steps=5", "seg.auto_blocks=2")
-    # every probe takes at least seg.probe_steps optimizer steps in whole epochs, not seg.probe_steps epochs (an
+    # every probe takes about seg.probe_steps optimizer steps in whole epochs, not seg.probe_steps epochs (an
     # epoch here is 2 batches: 3 epochs = 6 steps; read as epochs, 5 would be 10 steps)
     assert len(steps) == 8 and all(5 <= n < 10 for n in steps), steps
     labeled = json.loads((tmp_path / "auto" / "label_subset.json").read_text())["names"]

@@ -108,7 +108,7 @@ HELP = {
                      "`seg.auto_timesteps` on validation pixels",
     "seg.auto_blocks": "`blocks: auto`: how many of the best blocks to keep",
     "seg.auto_timesteps": "`timesteps: auto`: the candidates",
-    "seg.probe_steps": "`auto`: optimizer steps of each one-block probe (whole epochs, at least this many steps)",
+    "seg.probe_steps": "`auto`: about how many optimizer steps each one-block probe takes (in whole epochs)",
     "seg.seed": "classifier init, pixel order, extraction masks and validation pixels",
     "seg.ensemble_size": "pixel MLPs in the ensemble",
     "seg.combine": "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS protocol)",
