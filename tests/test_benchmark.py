@@ -53,6 +53,7 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     assert len(rows) == 2 * 5
     assert {r["method"] for r in rows} == {"mdm", "ddpm", "random", "mdm-ft", "smp-scratch"}
     assert all(0 <= float(r["dice"]) <= 1 for r in rows)
+    assert all(float(r["seconds"]) > 0 for r in rows)  # runs finished before the kill keep their time
     assert {r["labeled_images"] for r in rows if r["label_fraction"] == "0.1"} == {"2"}
     budget = list(csv.DictReader((tmp_path / "budget.csv").open()))
     assert sorted({int(b["pretrain_steps"]) for b in budget}) == [0, 2, 4]
@@ -116,3 +117,14 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
     monkeypatch.setattr(study, "run_segmentation", refuse)
     again = study.run_benchmark(cfg, cpu, cpu, log=lambda *_: None)
     assert [r["dice"] for r in again["rows"]] == [r["dice"] for r in first["rows"]]
+
+
+def test_a_pool_crop_without_whole_patches_stops_before_anything_is_written(tmp_path, configs_dir):
+    from mdm.bench.study import run_benchmark
+    from mdm.common.errors import ConfigError
+
+    cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path / 'study'}",
+               "bench.pretrain_data.source=synthetic", "bench.pretrain_data.crop_size=30"])
+    with pytest.raises(ConfigError, match="bench.pretrain_data.crop_size: 30 is not divisible"):
+        run_benchmark(cfg, torch.device("cpu"), torch.device("cpu"))
+    assert not (tmp_path / "study").exists()

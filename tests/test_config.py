@@ -61,3 +61,10 @@ def test_every_key_is_documented_and_the_readme_table_is_current():
     assert {k for k, _ in config_docs.keys()} == set(config_docs.HELP)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert config_docs.replace_in(readme) == readme, "run: python -m mdm.common.config_docs --write"
+
+
+def test_whole_patches_are_asked_of_masked_objectives_only():
+    """A DDPM run's crops need not hold whole patches, whatever the study section lists; an MDM run's must."""
+    assert load(None, ["diffusion.objective=ddpm", "data.crop_size=36", "diffusion.patch_size=8"]).data.crop_size == 36
+    with pytest.raises(ConfigError, match="data.crop_size: 36 is not divisible by diffusion.patch_size=8"):
+        load(None, ["diffusion.objective=mdm", "data.crop_size=36", "diffusion.patch_size=8"])

@@ -244,3 +244,16 @@ def test_release_flags_give_what_the_weights_cannot_tell(tmp_path, tiny_yaml, ca
     assert "cannot tell" not in capsys.readouterr().err
     with torch.no_grad():
         torch.testing.assert_close(load_export(tmp_path / "set")[0](x, t), expected)
+
+
+def test_args_json_lists_read_like_flag_strings(tmp_path):
+    """args.json may store channel_mult / attention_resolutions as lists: same overrides as the "1,1" strings."""
+    import json
+
+    from mdm.pretrain.convert import flags_to_overrides, read_flags
+
+    (tmp_path / "flags.txt").write_text(RELEASE_FLAGS)
+    strings = read_flags(tmp_path / "flags.txt")
+    (tmp_path / "args.json").write_text(json.dumps({**strings, "channel_mult": [1, 1], "attention_resolutions": [8]}))
+    assert flags_to_overrides(read_flags(tmp_path / "args.json"), "args.json") == \
+        flags_to_overrides(strings, "flags.txt")

@@ -23,7 +23,7 @@ def pretraining_data(cfg: Config) -> DataConfig:
     if data.source == "synthetic" and pool.source == "labeled":
         return data  # the synthetic world's own unlabeled pool
     if pool.source == "synthetic":
-        return replace(pool, source="synthetic")
+        return pool
     root = data.root[0] if data.root else None
     kw = {"num_classes": data.num_classes} if data.num_classes else {}
     roots = [str(r) for r in pool.root]

@@ -4,9 +4,12 @@ and line plots with error bars."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
+
+from ..common.io import write_text_atomic
 
 COLUMNS = ["method", "label_fraction", "seed", "labeled_images", "dice", "iou", "miou", "object_f1", "object_dice",
            "object_hausdorff", "aji", "member_dice_mean", "member_dice_std", "seconds"]
@@ -105,9 +108,8 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
 
 def write_csv(path: Path, rows: list[dict], first: list[str]) -> None:
     """``rows`` as CSV (columns: ``first``, then the rest the rows hold), written by a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns(rows, first), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(rows, first), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())

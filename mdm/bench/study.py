@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.config import Config, dump
+from ..common.config import MASKED_OBJECTIVES, Config, DataConfig, check_crop, dump
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
@@ -58,8 +58,10 @@ METHODS = {m.name: m for m in (
 )}
 
 
-def pretrain_if_needed(cfg: Config, objective: str, out: Path, device: torch.device, log=print) -> Path:
-    """Run (or resume) the pretraining of ``objective`` for ``bench.pretrain_steps``; returns the run folder."""
+def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, out: Path, device: torch.device,
+                       log=print) -> Path:
+    """Run (or resume) the pretraining of ``objective`` on ``pool`` (``pretraining_data(cfg)``) for
+    ``bench.pretrain_steps``; returns the run folder."""
     run = out / f"pretrain_{objective}"
     steps = cfg.bench.pretrain_steps
     if (run / "exports" / f"step_{steps}").is_dir():
@@ -67,7 +69,7 @@ def pretrain_if_needed(cfg: Config, objective: str, out: Path, device: torch.dev
     tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=max(1, steps // cfg.bench.budget_exports),
                  checkpoint_every=max(1, steps // 4))
     log(f"pretraining {objective} for {steps} steps -> {run}")
-    train(replace(cfg, data=pretraining_data(cfg), diffusion=replace(cfg.diffusion, objective=objective), train=tc),
+    train(replace(cfg, data=pool, diffusion=replace(cfg.diffusion, objective=objective), train=tc),
           resume="latest" if list_checkpoints(run) else None, device=device)
     return run
 
@@ -92,15 +94,19 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
                           f"weights: {', '.join(m for m, v in METHODS.items() if v.export == 'export')})")
+    objectives = sorted({METHODS[m].objective for m in bc.methods} - {None})
+    pool = pretraining_data(cfg)
+    if set(objectives) & set(MASKED_OBJECTIVES):  # before anything is written
+        check_crop("data.crop_size" if pool is cfg.data else "bench.pretrain_data.crop_size", pool.crop_size,
+                   cfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
-    objectives = sorted({METHODS[m].objective for m in bc.methods} - {None})
     pretrain = {}
     for obj in objectives:
         t = time.perf_counter()
-        pretrain[obj] = pretrain_if_needed(cfg, obj, out, train_device, log)
+        pretrain[obj] = pretrain_if_needed(cfg, obj, pool, out, train_device, log)
         log(f"pretraining {obj}: {time.perf_counter() - t:.1f} s")
 
     def export_for(method: str, which: str | None = None) -> Path | None:
@@ -114,10 +120,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
             for method in bc.methods:
                 run = out / "runs" / method / f"f{fraction:g}_s{seed}"
                 done = (run / "metrics.json").is_file()
-                t = time.perf_counter()
                 result = run_one(cfg, method, fraction, seed, export_for(method), run, seg_device)
-                if not done:
-                    result["seconds"] = time.perf_counter() - t
                 log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}: "
                     + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
                 results[method, fraction, seed] = result
@@ -132,9 +135,8 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                "label fraction", bc.metric, "Label efficiency")
 
     lowest = min(bc.fractions)
-    selections = {m: [json.loads((out / "runs" / m / f"f{lowest:g}_s{s}" / "metrics.json").read_text()).get(
-        "selection") for s in bc.seeds] for m in bc.methods if METHODS[m].mode == "frozen"}
-    selections = {m: [s for s in runs if s] for m, runs in selections.items()}
+    selections = {m: [results[m, lowest, s]["selection"] for s in bc.seeds if "selection" in results[m, lowest, s]]
+                  for m in bc.methods if METHODS[m].mode == "frozen"}
     if any(selections.values()):
         plot_selections(out / "block_selection.png", selections,
                         f"one-block probes' validation loss at {lowest:g} labels (mean over seeds {bc.seeds}; red: "

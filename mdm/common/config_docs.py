@@ -81,7 +81,8 @@ HELP = {
     "train.grad_clip": "gradient-norm clip (0: off)",
     "train.ema_decay": "EMA decay of the exported weights",
     "train.ema_warmup": "EMA warm-up (short runs need it)",
-    "train.mixed_precision": "`no`, `bf16`, `fp16` (GPU only) or `auto` (bf16 where native, on a GPU else fp16)",
+    "train.mixed_precision": "`no`, `bf16`, `fp16` (GPU only) or `auto` (bf16 where native, else fp16 on a GPU "
+                             "and fp32 on a CPU)",
     "train.channels_last": "NHWC memory format: `auto` (on the CPU, where it is faster and the fused norm kernel "
                            "needs it; NCHW on GPUs), `true` or `false`",
     "train.device": "`auto` (CUDA when present), `cpu` or `cuda` (pick the GPU with `CUDA_VISIBLE_DEVICES`: "
@@ -140,7 +141,7 @@ HELP = {
     "bench.out_dir": "study folder",
     "bench.pretrain_data": "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): `source: "
                            "labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = "
-                           "`root` only; test images always excluded",
+                           "`root` only; `synthetic` = the built-in pool; test images always excluded",
 }
 
 

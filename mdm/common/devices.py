@@ -30,7 +30,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively (CUDA from Ampere on; CPUs with avx512_bf16 or AMX)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (pre-Ampere) is slow
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 

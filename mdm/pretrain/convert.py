@@ -204,13 +204,16 @@ def flags_to_overrides(flags: dict[str, object], source: str) -> list[str]:
     if f["num_heads_upsample"] not in (-1, f["num_heads"]):
         raise ConvertError(f"{source}: num_heads_upsample={f['num_heads_upsample']} differs from num_heads, which "
                            f"this U-Net does not support")
-    mult = str(f["channel_mult"]) or CHANNEL_MULT_BY_SIZE.get(int(f["image_size"]))
+    def listed(value) -> str:  # "1,2,4" as MODEL_FLAGS give it; args.json may hold a list
+        return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    mult = listed(f["channel_mult"]) or CHANNEL_MULT_BY_SIZE.get(int(f["image_size"]))
     if mult is None or "." in mult:
         raise ConvertError(f"{source}: channel_mult {mult or '(default)'} at image_size {f['image_size']} is not "
                            f"supported (integer multipliers only); give it with --set model.channel_mult=[...]")
 
     def ints(text) -> str:
-        return "[" + ",".join(str(int(v)) for v in str(text).split(",") if v.strip()) + "]"
+        return "[" + ",".join(str(int(v)) for v in listed(text).split(",") if v.strip()) + "]"
 
     return [f"model.image_size={f['image_size']}", f"model.model_channels={f['num_channels']}",
             f"model.num_res_blocks={f['num_res_blocks']}", f"model.num_heads={f['num_heads']}",

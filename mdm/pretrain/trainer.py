@@ -271,7 +271,9 @@ class Trainer:
                     self._watch("loss", loss)
                     acc.backward(loss)
                     if acc.sync_gradients and tc.grad_clip > 0:
-                        self._watch("gradient norm", acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip))
+                        norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                        if self.precision != "fp16":  # fp16: an overflow is the loss scaler's to skip, not an error
+                            self._watch("gradient norm", norm)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr_at(self.step, tc)
                     self.optimizer.step()

@@ -89,6 +89,8 @@ class PixelStream:
         s1, s2, n = torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64), 0
         for i, t in enumerate(self.tiles):
             keep = (self._labels(t, self.train_labels) != IGNORE_INDEX).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                continue  # a tile of a validation image
             if keep.numel() > self.pixels_per_tile > 0:
                 keep = keep[torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))][
                     :self.pixels_per_tile]

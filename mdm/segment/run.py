@@ -23,6 +23,7 @@ Run folder::
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,6 +173,7 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     if export is None and not (seg.mode == "finetune" and seg.arch == "smp"):
         raise ConfigError(f"--checkpoint is required (a pretraining export folder) for seg.mode={seg.mode}"
                           + (f" with seg.arch={seg.arch}" if seg.mode == "finetune" else ""))
+    started = time.perf_counter()
     out = Path(out)
     tile = seg.tile_size or (export.config.data.crop_size if export is not None else data.crop_size)
     seg = replace(seg, tile_size=tile, out_dir=str(out))
@@ -193,6 +195,7 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
         result.update(members=history, labeled_images=len(splits.train_images), tile_size=tile, **extras)
         segmenter.save(tmp / "segmenter", export)
         faults.reached("segmenter saved")
+        result["seconds"] = time.perf_counter() - started  # kept in the file, so a resumed study still has it
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
     return result
 
