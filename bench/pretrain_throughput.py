@@ -6,9 +6,11 @@ SSIM loss, backward, AdamW, EMA) in fp32 and under bf16 autocast, against the ma
     python bench/pretrain_throughput.py --device cuda --config configs/paper.yaml [--batch 16] [--variants ...]
 
 On CUDA it times the step as the trainer runs it at the paper preset under bf16 (NCHW, the ResBlocks and attention
-blocks compiled), then with each speed-up switched off in turn (channels-last instead of NCHW, no compilation;
-``--variants`` picks them; ``full`` compiles the whole model), against an 8192^3 bf16 matmul measured in the same
-process.
+blocks compiled, cuDNN's algorithm search on), then other settings (``--variants``, see ``CUDA_VARIANTS``):
+channels-last instead of NCHW, no compilation with and without the cuDNN search, every block compiled (the
+default compiles one shared ResBlock function for at most 8 shapes), the whole model compiled, and that replayed as
+CUDA graphs. Each variant starts
+from a cleared compile cache; all are timed against an 8192^3 bf16 matmul measured in the same process.
 
 Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
 The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. It also times the model's
@@ -134,15 +136,37 @@ def forward_flops_per_image(cfg) -> float:
     return float(counter.get_total_flops())
 
 
-def cuda_step_rate(cfg, batch: int, steps: int, channels_last: bool, compile_mode: str) -> dict:
+DEFAULT_RECOMPILE_LIMIT = torch._dynamo.config.recompile_limit
+# name -> (what it is, channels-last, compile mode, cuDNN algorithm search, recompile limit or None for torch's)
+CUDA_VARIANTS = {
+    "default": ("default: NCHW, compile regional", False, "regional", True, None),
+    "channels-last": ("channels-last", True, "regional", True, None),
+    "none": ("no compile", False, "none", True, None),
+    "none-no-cudnn-benchmark": ("no compile, no cuDNN search", False, "none", False, None),
+    "all-blocks": ("compile regional, every block", False, "regional", True, 64),
+    "full": ("compile full", False, "full", True, None),
+    "full-cudagraphs": ("compile full, CUDA graphs", False, "reduce-overhead", True, None),
+}
+
+
+def cuda_step_rate(cfg, batch: int, steps: int, channels_last: bool, compile_mode: str, cudnn_benchmark: bool = True,
+                   recompile_limit: int | None = None) -> dict:
     """Images/s of the full training step on the GPU under bf16 autocast (median of ``steps`` timed steps after
-    warm-up), with gradient clipping, fused AdamW and the EMA as the trainer runs them, and the peak memory."""
+    warm-up), with gradient clipping, fused AdamW and the EMA as the trainer runs them, and the peak memory.
+    Compiled code is cached per function, not per model, so the cache is cleared first: otherwise a variant would
+    inherit the previous one's compiled shapes and its recompile budget."""
     device = torch.device("cuda")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = recompile_limit or DEFAULT_RECOMPILE_LIMIT
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.manual_seed(0)
     model = build_unet(cfg.model).to(device, memory_format=fmt)
     ema = ModelEmaV3(model, decay=0.9999, use_warmup=True)  # before compiling, as the trainer does
-    compile_unet(model, compile_mode)
+    if compile_mode == "reduce-overhead":  # the whole model compiled and replayed as CUDA graphs
+        model.compile(mode="reduce-overhead")
+    else:
+        compile_unet(model, compile_mode)
     objective = build_objective(cfg.diffusion)
     opt = make_optimizer(model, lr=1e-4, weight_decay=0.0, device=device)
     size = cfg.model.image_size
@@ -150,6 +174,8 @@ def cuda_step_rate(cfg, batch: int, steps: int, channels_last: bool, compile_mod
     torch.cuda.reset_peak_memory_stats()
 
     def train_step(step: int) -> None:
+        if compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be overwritten
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = objective.loss(model, x, rng.sample_keys(0, step, 0, batch, device=device)).loss.mean()
         loss.backward()
@@ -197,12 +223,9 @@ def cuda_main(args) -> None:
     del model
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
               "model_tflop_per_image": flops / 1e12, "bf16_matmul_tflop_s": peak / 1e12, "variants": {}}
-    variants = {"default": ("default: NCHW, compile regional", False, "regional"),
-                "channels-last": ("channels-last", True, "regional"), "none": ("no compile", False, "none"),
-                "full": ("compile full", False, "full")}
     for key in args.variants.split(","):
-        name, channels_last, mode = variants[key]
-        r = cuda_step_rate(cfg, args.batch, args.steps, channels_last, mode)
+        name, *setting = CUDA_VARIANTS[key]
+        r = cuda_step_rate(cfg, args.batch, args.steps, *setting)
         r["model_tflop_s"] = r["img_s"] * flops / 1e12
         r["matmul_fraction"] = r["img_s"] * flops / peak
         result["variants"][name] = r
@@ -230,7 +253,7 @@ def main() -> None:
                    help="time the bf16 step even where this CPU has no native bf16 (it is emulated, very slowly)")
     p.add_argument("--device", default="cpu", help="cpu (the cpu-small numbers) or cuda (--config paper.yaml)")
     p.add_argument("--variants", default="default,channels-last,none",
-                   help="CUDA: which steps to time, of default, channels-last, none, full (comma-separated)")
+                   help=f"CUDA: which steps to time, of {', '.join(CUDA_VARIANTS)} (comma-separated)")
     args = p.parse_args()
     if args.device.startswith("cuda"):
         cuda_main(args)

@@ -1,5 +1,6 @@
 """The package's shape: imports point down the stages (common <- nn <- pretrain <- segment <- bench <- entry points),
-no import circle (imports inside functions count), no module over 400 lines."""
+no import circle (imports inside functions count), no module over 400 lines, and no device chosen outside
+``mdm/common/devices.py`` (the device is resolved once at the entry point and passed down)."""
 
 import ast
 from pathlib import Path
@@ -84,3 +85,36 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
 def test_no_module_over_400_lines():
     long = {m: n for m, p in package_modules().items() if (n := len(p.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def device_choices(path: Path) -> list[str]:
+    """Places in ``path`` that pick a device themselves: a ``.cuda()`` call, a ``"cuda"`` string anywhere but in a
+    comparison (``device.type == "cuda"``), or a ``device`` parameter with a string default."""
+    tree = ast.parse(path.read_text())
+    compared = {id(c) for node in ast.walk(tree) if isinstance(node, ast.Compare)
+                for side in node.comparators for c in ast.walk(side)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "cuda":
+            found.append(f"{path.name}:{node.lineno}: .cuda()")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("cuda")
+              and id(node) not in compared):
+            found.append(f"{path.name}:{node.lineno}: {node.value!r} outside a comparison")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            defaults = dict(zip([a.arg for a in args][len(args) - len(node.args.defaults):], node.args.defaults))
+            defaults |= {a.arg: d for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None}
+            if isinstance(defaults.get("device"), ast.Constant) and isinstance(defaults["device"].value, str):
+                found.append(f"{path.name}:{node.lineno}: {node.name}(device={defaults['device'].value!r})")
+    return found
+
+
+def test_devices_are_chosen_at_the_entry_point_only(tmp_path):
+    rule_maker = PACKAGE / "common" / "devices.py"
+    found = [f for p in PACKAGE.rglob("*.py") if p != rule_maker for f in device_choices(p)]
+    assert not found, "\n".join(found)
+    bad = tmp_path / "bad.py"
+    bad.write_text('def f(x, device="cpu"):\n    return x.cuda(), torch.device("cuda")\n\n'
+                   'def g(device):\n    return device.type in ("cpu", "cuda")\n')
+    assert [f.split(": ", 1)[1] for f in device_choices(bad)] == [
+        "f(device='cpu')", ".cuda()", "'cuda' outside a comparison"]

@@ -2,7 +2,8 @@
 
 ``resolve_device("auto")`` is ``cuda`` when a GPU is present, else ``cpu``. What follows from the device is decided
 here too: the memory format (channels-last where it is faster: the CPU; NCHW on CUDA, where channels-last ran the
-paper U-Net a third slower) and the autocast precision (bf16 where the device computes it natively).
+paper U-Net a third slower), the autocast precision (bf16 where the device computes it natively) and cuDNN's
+algorithm search (``tune_for_fixed_shapes``).
 """
 
 from __future__ import annotations
@@ -53,3 +54,12 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def tune_for_fixed_shapes(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
+    (``torch.backends.cudnn.benchmark``, a process-wide switch): every stage here feeds fixed-size crops or tiles, so
+    each shape is timed once and reused for the whole run. Nothing changes on the CPU.
+    ``bench/pretrain_throughput.py --device cuda --variants none,none-no-cudnn-benchmark`` measures what it gives."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

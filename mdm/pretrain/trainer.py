@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..common import faults
 from ..common.config import Config, dump
-from ..common.devices import memory_format, native_bf16, resolve_device
+from ..common.devices import memory_format, native_bf16, resolve_device, tune_for_fixed_shapes
 from ..common.errors import ConfigError, TrainingError
 from ..common.io import atomic_dir, replace_dir, temp_sibling, write_text_atomic
 from ..common.rng import Tag, seeded_init
@@ -106,7 +106,8 @@ class Trainer:
             raise ConfigError(f"device {device}: pretraining places each process on its GPU through Accelerate; choose "
                               f"the GPU with CUDA_VISIBLE_DEVICES={device.index} and device cuda")
         use_cuda = device.type == "cuda"
-        self.precision = resolve_precision(tc.mixed_precision, torch.device("cuda" if use_cuda else "cpu"))
+        tune_for_fixed_shapes(device)
+        self.precision = resolve_precision(tc.mixed_precision, device)
         _fresh_accelerator_state()
         self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not use_cuda,
                                        gradient_accumulation_steps=tc.grad_accum_steps)

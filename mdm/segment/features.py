@@ -160,13 +160,19 @@ class FeatureExtractor:
                     self._store(keys[k], blocks)
         return result  # type: ignore[return-value]
 
+    def on_device(self, blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One tile's block outputs as float32 on the extractor's device: convert once before forming the features of
+        many pixel chunks of the same tile (``pixel_features`` would otherwise copy and convert them per chunk)."""
+        return {k: v.to(self.device, torch.float32, non_blocking=True) for k, v in blocks.items()}
+
     def pixel_features(self, blocks: dict[str, torch.Tensor], size: int, index: torch.Tensor | None = None,
                        parts: list[tuple[int, int]] | None = None) -> torch.Tensor:
         """Features ``[N, D]`` float32, on the extractor's device, of the pixels ``index`` (flat, row-major, of a
         ``size x size`` tile; default: all pixels) from one tile's block outputs: each block sampled bilinearly
         (exactly what upsampling the block to ``size x size`` with ``align_corners=False`` would give at those
         pixels), then concatenated. Only the requested pixels are formed, so memory is ``N x D``, not
-        ``size^2 x D``. ``parts`` (default: all, see ``parts``) picks ``(timestep, block)`` parts to form."""
+        ``size^2 x D``. ``parts`` (default: all, see ``parts``) picks ``(timestep, block)`` parts to form. ``blocks``
+        may be fp16 on the CPU (as extracted or cached) or already ``on_device``."""
         dev = self.device
         index = torch.arange(size * size, device=dev) if index is None else index.to(dev)
         ys, xs = torch.div(index, size, rounding_mode="floor"), index % size

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..common import faults
 from ..common.config import Config, DataConfig, SegConfig, dump
+from ..common.devices import tune_for_fixed_shapes
 from ..common.errors import ConfigError, DataError
 from ..common.io import atomic_dir
 from ..common.labels import IGNORE_INDEX
@@ -174,6 +175,7 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
         raise ConfigError(f"--checkpoint is required (a pretraining export folder) for seg.mode={seg.mode}"
                           + (f" with seg.arch={seg.arch}" if seg.mode == "finetune" else ""))
     started = time.perf_counter()
+    tune_for_fixed_shapes(device)
     out = Path(out)
     tile = seg.tile_size or (export.config.data.crop_size if export is not None else data.crop_size)
     seg = replace(seg, tile_size=tile, out_dir=str(out))

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..common.config import Config, from_dict, to_dict
-from ..common.devices import autocast_dtype
+from ..common.devices import autocast_dtype, tune_for_fixed_shapes
 from ..common.errors import CheckpointError
 from ..common.io import atomic_dir, load_tensors
 from ..common.tiling import blend_tiles, tile_grid
@@ -52,6 +52,7 @@ class PixelSegmenter:
 
         def per_tile():
             for tile, blocks in zip(tiles, self.extractor.tile_blocks(name, image, s, tiles, remember=False)):
+                blocks = self.extractor.on_device(blocks)
                 probs = torch.cat([self.ensemble.member_probs(self.extractor.pixel_features(blocks, s, chunk))
                                    for chunk in torch.arange(s * s, device=self.extractor.device)
                                    .split(PREDICT_CHUNK)], dim=1)
@@ -151,4 +152,5 @@ def load_segmenter(run_or_folder: str | Path, device: torch.device):
     kind = KINDS.get(meta.get("kind") if isinstance(meta, dict) else None)
     if kind is None:
         raise CheckpointError(f"{meta_path}: unknown segmenter kind (known: {', '.join(KINDS)})")
+    tune_for_fixed_shapes(device)  # its tiles all have one size
     return kind.load(folder, meta, device)
