@@ -121,7 +121,8 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
 
     def fit(progress: bool):
         stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
-                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles)
+                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles,
+                             seg.min_epoch_batches)
         stream.prefetch(progress)
         extras, chosen_seg, chosen_cfg, final_extractor = {}, seg, cfg, extractor
         if auto:
