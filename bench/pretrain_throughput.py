@@ -9,8 +9,11 @@ On CUDA it times the step as the trainer runs it at the paper preset under bf16 
 blocks compiled, cuDNN's algorithm search on), then other settings (``--variants``, see ``CUDA_VARIANTS``):
 channels-last instead of NCHW, no compilation with and without the cuDNN search, every block compiled (the
 default compiles one shared ResBlock function for at most 8 shapes), the whole model compiled, and that replayed as
-CUDA graphs. Each variant starts
-from a cleared compile cache; all are timed against an 8192^3 bf16 matmul measured in the same process.
+CUDA graphs. Each variant starts from cleared in-memory compile caches (inductor's on-disk cache is kept: a
+variant that compiles graphs an earlier one compiled warms up faster; give each process its own
+``TORCHINDUCTOR_CACHE_DIR`` for comparable warm-ups). cuDNN remembers the algorithm it chose per convolution shape
+for the whole process, whatever the search setting, so compare ``none`` with ``none-no-cudnn-benchmark`` in two
+processes (``bench/gpu_checks.sh`` does). All are timed against an 8192^3 bf16 matmul measured in the same process.
 
 Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
 The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. It also times the model's
@@ -23,6 +26,7 @@ slower than oneDNN's convolutions, that rate is the more honest ceiling. All num
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -229,6 +233,7 @@ def cuda_main(args) -> None:
         r["model_tflop_s"] = r["img_s"] * flops / 1e12
         r["matmul_fraction"] = r["img_s"] * flops / peak
         result["variants"][name] = r
+        gc.collect()  # a compiled module refers to itself: free the variant's model before the next one
         torch.cuda.empty_cache()
         print(f"{name}: {r['img_s']:.1f} img/s, {r['model_tflop_s']:.0f} TFLOP/s = {r['matmul_fraction']:.3f} of "
               f"the bf16 matmul rate ({peak / 1e12:.0f} TFLOP/s), peak {r['peak_gb']:.1f} GB, warm-up "

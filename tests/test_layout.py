@@ -88,15 +88,18 @@ def test_no_module_over_400_lines():
 
 
 def device_choices(path: Path) -> list[str]:
-    """Places in ``path`` that pick a device themselves: a ``.cuda()`` call, a ``"cuda"`` string anywhere but in a
-    comparison (``device.type == "cuda"``), or a ``device`` parameter with a string default."""
+    """Places in ``path`` that pick a device themselves: a ``.cuda()`` or ``torch.cuda.is_available()`` call, a
+    ``"cuda"`` string anywhere but in a comparison (``device.type == "cuda"``), or a ``device`` parameter with a
+    string default."""
     tree = ast.parse(path.read_text())
     compared = {id(c) for node in ast.walk(tree) if isinstance(node, ast.Compare)
-                for side in node.comparators for c in ast.walk(side)}
+                for side in [node.left, *node.comparators] for c in ast.walk(side)}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "cuda":
             found.append(f"{path.name}:{node.lineno}: .cuda()")
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.cuda.is_available":
+            found.append(f"{path.name}:{node.lineno}: torch.cuda.is_available()")
         elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("cuda")
               and id(node) not in compared):
             found.append(f"{path.name}:{node.lineno}: {node.value!r} outside a comparison")
@@ -114,7 +117,7 @@ def test_devices_are_chosen_at_the_entry_point_only(tmp_path):
     found = [f for p in PACKAGE.rglob("*.py") if p != rule_maker for f in device_choices(p)]
     assert not found, "\n".join(found)
     bad = tmp_path / "bad.py"
-    bad.write_text('def f(x, device="cpu"):\n    return x.cuda(), torch.device("cuda")\n\n'
-                   'def g(device):\n    return device.type in ("cpu", "cuda")\n')
+    bad.write_text('def f(x, device="cpu"):\n    return x.cuda(), torch.device("cuda"), torch.cuda.is_available()\n\n'
+                   'def g(device):\n    return device.type in ("cpu", "cuda") or "cuda" == device.type\n')
     assert [f.split(": ", 1)[1] for f in device_choices(bad)] == [
-        "f(device='cpu')", ".cuda()", "'cuda' outside a comparison"]
+        "f(device='cpu')", ".cuda()", "torch.cuda.is_available()", "'cuda' outside a comparison"]
