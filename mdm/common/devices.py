@@ -59,7 +59,9 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
 def tune_for_fixed_shapes(device: torch.device) -> None:
     """On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
     (``torch.backends.cudnn.benchmark``, a process-wide switch): every stage here feeds fixed-size crops or tiles, so
-    each shape is timed once and reused for the whole run. Nothing changes on the CPU.
+    each shape is timed once and reused for the whole run. The choice rests on timings, so two runs may pick other
+    algorithms and differ in the last bits (CUDA results are compared with tolerances anyway: tests/test_gpu.py).
+    Nothing changes on the CPU.
     ``bench/pretrain_throughput.py --device cuda --variants none,none-no-cudnn-benchmark`` measures what it gives."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
