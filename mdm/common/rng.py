@@ -44,8 +44,7 @@ class Tag(IntEnum):
 
     EPOCH_PERMUTATION = 0xE90C  # pretraining sampler: the image order of an epoch
     PREVIEW = 0x5EED  # pretraining: the fixed preview samples (key = PREVIEW + i)
-    TILE_ORDER = 0x7A1  # pixel MLPs: the training tile order of an epoch (and of each further pass in it)
-    PIXEL_REVISIT = 0x7A4  # pixel MLPs: the pixels drawn on a tile's further visits within an epoch
+    TILE_ORDER = 0x7A1  # pixel MLPs: the training tile order of an epoch
     VALIDATION_TILES = 0x7A2  # fine-tuning: which validation tiles are scored
     VALIDATION_IMAGES = 0x7A3  # segmentation: which labeled images (or slides) validate
     SLIDE_STYLE = 0xC01  # synthetic data: a slide's stain and optics

@@ -54,8 +54,7 @@ class PixelStream:
                 self.tiles.append(TrainTile(k, tile))
         pass_pixels = sum(min(n, pixels_per_tile) if pixels_per_tile else n for n in (
             int((self._labels(t, self.train_labels) != IGNORE_INDEX).sum()) for t in self.tiles))
-        # the fewest passes whose pixels fill min_epoch_batches batches: ceil(passes * pass_pixels / batch_pixels) >= it
-        self.passes = (min_epoch_batches - 1) * batch_pixels // pass_pixels + 1 if pass_pixels else 1
+        self.passes = max(1, math.ceil(min_epoch_batches * batch_pixels / max(pass_pixels, 1)))
         self._epoch_batches = max(1, math.ceil(self.passes * pass_pixels / batch_pixels))
 
     def _tile_blocks(self, i: int) -> dict[str, torch.Tensor]:
@@ -121,10 +120,8 @@ class PixelStream:
             if keep.numel() == 0:
                 continue
             if cap and keep.numel() > cap:
-                visit = visits[i] = visits.get(i, -1) + 1  # the first visit keeps the one-pass key
-                key = rng.make_key(self.seed, epoch, i) if visit == 0 else rng.make_key(
-                    self.seed, epoch, Tag.PIXEL_REVISIT, i, visit)
-                g = torch.Generator().manual_seed(key)
+                visit = visits[i] = visits.get(i, -1) + 1
+                g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i, *([visit] if visit else [])))
                 keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
             buf_x.append(self.tile_features(i, keep))
             buf_y.append(y[keep])

@@ -3,12 +3,12 @@ frozen method.
 
 Every candidate ``(timestep, decoder block)`` is probed alone: one pixel MLP (the ensemble's architecture, one member)
 trains on the training pixels of the labeled images for about ``seg.probe_steps`` optimizer steps in whole epochs
-(``ceil(probe_steps / batches per epoch)``, an epoch being at least ``seg.min_epoch_batches`` batches; a budget of
-``probe_steps`` epochs would cost up to that many times more), and is scored by its best cross-entropy on their
-validation pixels (held-out labeled images, see ``splits.validation_roles``). The best timestep is the one whose
-best block scores best; its ``seg.auto_blocks`` best blocks are kept. Only the labeled training images are read: no
-test image can reach the choice. Candidates: every decoder block for ``blocks: auto``, else the configured ones;
-``seg.auto_timesteps`` for ``timesteps: auto``, else the configured ones.
+(``ceil(probe_steps / batches per epoch)``; with two labeled images an epoch is a single batch, so a budget in epochs
+would leave the probe at chance), and is scored by its best cross-entropy on their validation pixels (held-out
+labeled images, see ``splits.validation_roles``). The best timestep is the one whose best block scores best; its
+``seg.auto_blocks`` best blocks are kept. Only the labeled training images are read: no test image can reach the
+choice. Candidates: every decoder block for ``blocks: auto``, else the configured ones; ``seg.auto_timesteps`` for
+``timesteps: auto``, else the configured ones.
 """
 
 from __future__ import annotations
