@@ -182,46 +182,6 @@ def test_validation_holds_out_whole_images_or_slides():
     assert (val == 255).all() and torch.equal(train[:64, :64], im.label)
 
 
-def test_an_epoch_of_pixels_fills_its_batches_whatever_the_number_of_labels():
-    """With few labeled pixels an epoch repeats its pass over them (new tile order, new pixel draws) until it holds
-    seg.min_epoch_batches batches, so 10% and 100% runs get comparable budgets; with many, one pass as before."""
-    from types import SimpleNamespace
-
-    from mdm.segment.datasets import load_split
-    from mdm.segment.pixel_stream import PixelStream
-
-    class Positions:  # a stand-in extractor: a pixel's "features" are its tile and its index in the tile
-        device, cache_dir = CPU, None
-
-        def tile_blocks(self, name, image, size, tiles):
-            return [SimpleNamespace(tile=t, image=name) for t in tiles]
-
-        def pixel_features(self, blocks, size, index, parts=None):
-            t = blocks.tile
-            return torch.stack([torch.full_like(index, t.top), torch.full_like(index, t.left), index], 1).float()
-
-    ds = load_split("synthetic", None, "train")
-    one, many = [ds[0]], [ds[i] for i in range(len(ds))]
-
-    def stream(images, min_batches):
-        return PixelStream(Positions(), images, 32, 0.2, 0.0, 0, 0, batch_pixels=256, pixels_per_tile=64,
-                           roles={im.name: "train" for im in images}, min_epoch_batches=min_batches)
-
-    single = stream(one, 1)  # one image of 64 px: 9 tiles x 64 pixels = 576 pixels = 3 batches of 256
-    assert single.passes == 1 and len(list(single.train_batches(0))) == single.train_batches_per_epoch() == 3
-    padded = stream(one, 12)
-    batches = list(padded.train_batches(0))
-    assert padded.passes == 6 and len(batches) == padded.train_batches_per_epoch() == 14
-    drawn = torch.cat([x for x, _ in batches])
-    assert drawn.shape[0] == 6 * 576
-    first_tile = drawn[(drawn[:, 0] == 0) & (drawn[:, 1] == 0)][:, 2]  # its 6 visits drew other pixels each time
-    assert len(set(first_tile.tolist())) > 64 and first_tile.shape[0] == 6 * 64
-    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(batches, padded.train_batches(0)))  # seeded
-    assert not torch.equal(torch.cat([x for x, _ in padded.train_batches(1)]), drawn)
-    large = stream(many, 12)  # 20 images: one pass is already 45 batches
-    assert large.passes == 1 and large.train_batches_per_epoch() == stream(many, 1).train_batches_per_epoch()
-
-
 def test_the_run_records_its_validation_images(baseline):
     out, _ = baseline
     subset = json.loads((out / "label_subset.json").read_text())
@@ -266,8 +226,7 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
     monkeypatch.setattr(run, "select_parts", spy_select)
     monkeypatch.setattr(select, "fit_ensemble", counting_fit)
     result = segment(configs_dir, pretrained_export, tmp_path / "auto", "seg.blocks=auto", "seg.timesteps=auto",
-                     "seg.auto_timesteps=[10,50]", "seg.probe_steps=5", "seg.auto_blocks=2",
-                     "seg.min_epoch_batches=1")
+                     "seg.auto_timesteps=[10,50]", "seg.probe_steps=5", "seg.auto_blocks=2")
     # every probe takes about seg.probe_steps optimizer steps in whole epochs, not seg.probe_steps epochs (an
     # epoch here is 2 batches: 3 epochs = 6 steps; read as epochs, 5 would be 10 steps)
     assert len(steps) == 8 and all(5 <= n < 10 for n in steps), steps

@@ -145,7 +145,6 @@ class SegConfig:
     patience: int = 5
     lr: float = 1e-3
     batch_pixels: int = 4096
-    min_epoch_batches: int = 16
     pixels_per_tile: int = 2048
     min_class_pixels: int = 0
     tile_size: int = 0
@@ -237,7 +236,7 @@ class Config:
                     "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
                     "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports,
                     "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size, "seg.auto_blocks": sc.auto_blocks,
-                    "seg.probe_steps": sc.probe_steps, "seg.min_epoch_batches": sc.min_epoch_batches}
+                    "seg.probe_steps": sc.probe_steps}
         not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
                         "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
                         "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,

@@ -117,8 +117,6 @@ HELP = {
     "seg.patience": "epochs without a better validation loss before stopping",
     "seg.lr": "Adam learning rate of the pixel MLPs",
     "seg.batch_pixels": "pixels per MLP batch",
-    "seg.min_epoch_batches": "pixel MLPs: batches per epoch at least (passes over the training pixels repeat, with "
-                             "new draws, until then), so that few labeled images still get a training budget",
     "seg.pixels_per_tile": "training pixels drawn per tile and epoch (0: all)",
     "seg.min_class_pixels": "ignore a class in an image where it has fewer pixels (FFHQ-34: 20)",
     "seg.tile_size": "sliding-window tile (0: the export's `data.crop_size`)",

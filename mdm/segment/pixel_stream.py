@@ -1,12 +1,9 @@
 """Training pixels streamed tile by tile: ``(features [N, d], labels [N])`` batches for the pixel MLPs, on the
 feature extractor's device.
 
-Each labeled image is cut into tiles; a pass visits the tiles in a seeded order and takes up to ``pixels_per_tile``
-random labeled pixels of each (features are formed only for those), packing them into batches of about
-``batch_pixels``. An epoch is as many passes as it takes to fill ``min_epoch_batches`` batches (each pass with its own
-tile order and pixel draws): with one labeled image a single pass is one or two batches, so a budget in epochs of
-passes would shrink with the labels, and the pixel MLPs of a 10% run would train a tenth of the steps of a 100% run
-(fine-tuning's epochs are a fixed number of crops). Validation batches hold every validation pixel, in tile order.
+Each labeled image is cut into tiles; an epoch visits the tiles in a seeded order and takes up to
+``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them into batches
+of about ``batch_pixels``. Validation batches hold every validation pixel, in tile order.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ class PixelStream:
 
     def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int, overlap: float,
                  val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int,
-                 roles: dict[str, str] | None = None, min_epoch_batches: int = 1):
+                 roles: dict[str, str] | None = None):
         self.extractor, self.images, self.tile_size = extractor, images, tile_size
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
         self.tiles: list[TrainTile] = []
@@ -52,10 +49,6 @@ class PixelStream:
             self.val_labels.append(val)
             for tile in tile_grid(*im.label.shape, tile_size, overlap):
                 self.tiles.append(TrainTile(k, tile))
-        pass_pixels = sum(min(n, pixels_per_tile) if pixels_per_tile else n for n in (
-            int((self._labels(t, self.train_labels) != IGNORE_INDEX).sum()) for t in self.tiles))
-        self.passes = max(1, math.ceil(min_epoch_batches * batch_pixels / max(pass_pixels, 1)))
-        self._epoch_batches = max(1, math.ceil(self.passes * pass_pixels / batch_pixels))
 
     def _tile_blocks(self, i: int) -> dict[str, torch.Tensor]:
         if i in self._kept:
@@ -110,9 +103,7 @@ class PixelStream:
         return mean.float(), std.float().clamp_min(1e-4)
 
     def _batches(self, which, order, cap, epoch):
-        """Batches of the tiles in ``order`` (a tile may come again: each visit draws other pixels)."""
         buf_x, buf_y, size = [], [], 0
-        visits: dict[int, int] = {}
         for i in order:
             t = self.tiles[i]
             y = self._labels(t, which)
@@ -120,8 +111,7 @@ class PixelStream:
             if keep.numel() == 0:
                 continue
             if cap and keep.numel() > cap:
-                visit = visits[i] = visits.get(i, -1) + 1
-                g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i, *([visit] if visit else [])))
+                g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
                 keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
             buf_x.append(self.tile_features(i, keep))
             buf_y.append(y[keep])
@@ -133,18 +123,18 @@ class PixelStream:
             yield torch.cat(buf_x), torch.cat(buf_y).to(self.extractor.device)
 
     def train_batches(self, epoch: int):
-        """The training batches of ``epoch``: ``passes`` passes, each over the tiles in its own seeded order."""
-        order = []
-        for p in range(self.passes):
-            key = rng.make_key(self.seed, epoch, Tag.TILE_ORDER, *([p] if p else []))
-            order += torch.randperm(len(self.tiles), generator=torch.Generator().manual_seed(key)).tolist()
+        g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))
+        order = torch.randperm(len(self.tiles), generator=g).tolist()
         return self._batches(self.train_labels, order, self.pixels_per_tile, epoch)
 
     def train_batches_per_epoch(self) -> int:
         """About how many batches ``train_batches`` yields per epoch (at least 1): the capped training pixels of every
-        tile times ``passes``, over ``batch_pixels`` (batches are packed tile by tile, so the last one of an epoch may
-        be short)."""
-        return self._epoch_batches
+        tile over ``batch_pixels`` (batches are packed tile by tile, so the last one of an epoch may be short)."""
+        total = 0
+        for t in self.tiles:
+            n = int((self._labels(t, self.train_labels) != IGNORE_INDEX).sum())
+            total += min(n, self.pixels_per_tile) if self.pixels_per_tile else n
+        return max(1, math.ceil(total / self.batch_pixels))
 
     def val_batches(self):
         return self._batches(self.val_labels, range(len(self.tiles)), 0, 0)

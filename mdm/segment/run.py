@@ -121,8 +121,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
 
     def fit(progress: bool):
         stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
-                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles,
-                             seg.min_epoch_batches)
+                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles)
         stream.prefetch(progress)
         extras, chosen_seg, chosen_cfg, final_extractor = {}, seg, cfg, extractor
         if auto:
