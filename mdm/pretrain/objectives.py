@@ -36,6 +36,15 @@ class ObjectiveOutput:
     x0_pred: torch.Tensor
 
 
+def mask_keyed(x0: torch.Tensor, ratio: torch.Tensor, keys: torch.Tensor, patch_size: int, fill: float):
+    """Hide a fraction ``ratio [B]`` of the ``patch_size`` patches of ``x0 [B, C, H, W]``, which ones drawn from each
+    sample's key; returns ``(x_t, mask [B, L])`` (True = hidden). MDM and MAE corrupt through this one function."""
+    num_patches = check_patchable(x0.shape[-2], x0.shape[-1], patch_size)
+    noise = rng.uniform(keys, Stream.MASK, num_patches).to(x0.device)
+    mask = patch_mask(ratio, num_patches, noise=noise)
+    return apply_mask(x0, mask, patch_size, fill), mask
+
+
 class MaskedDiffusion:
     """MDM: hide a fraction t / T of the ``patch_size`` patches and reconstruct the clean image."""
 
@@ -54,10 +63,7 @@ class MaskedDiffusion:
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor):
         """Return ``(x_t [B, C, H, W], mask [B, L])``; ``mask`` True = hidden patch."""
-        num_patches = check_patchable(x0.shape[-2], x0.shape[-1], self.patch_size)
-        noise = rng.uniform(keys, Stream.MASK, num_patches).to(x0.device)
-        mask = patch_mask(t.double() / self.timesteps, num_patches, noise=noise)
-        return apply_mask(x0, mask, self.patch_size, self.fill), mask
+        return mask_keyed(x0, t.double() / self.timesteps, keys, self.patch_size, self.fill)
 
     def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
         t = self.sample_t(keys).to(x0.device) if t is None else t
@@ -142,20 +148,14 @@ class MaskedAutoencoder:
         """``[B]`` the corruption level of ``mask_ratio`` (for logging; the model sees 0)."""
         return torch.full((keys.shape[0],), round(self.mask_ratio * self.timesteps), dtype=torch.int64)
 
-    def _mask(self, x0: torch.Tensor, ratio: torch.Tensor, keys: torch.Tensor):
-        num_patches = check_patchable(x0.shape[-2], x0.shape[-1], self.patch_size)
-        noise = rng.uniform(keys, Stream.MASK, num_patches).to(x0.device)
-        mask = patch_mask(ratio, num_patches, noise=noise)
-        return apply_mask(x0, mask, self.patch_size, self.fill), mask
-
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor):
         """``(x_t, mask)`` with a fraction ``t / T`` of the patches hidden."""
-        return self._mask(x0, t.double() / self.timesteps, keys)
+        return mask_keyed(x0, t.double() / self.timesteps, keys, self.patch_size, self.fill)
 
     def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
         t = self.sample_t(keys).to(x0.device)
         ratio = torch.full((x0.shape[0],), self.mask_ratio, dtype=torch.float64, device=x0.device)
-        x_t, mask = self._mask(x0, ratio, keys)
+        x_t, mask = mask_keyed(x0, ratio, keys, self.patch_size, self.fill)
         pred = model(x_t, self.model_timesteps(t))
         pix = mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], self.patch_size)
         return ObjectiveOutput(masked_mse_loss(pred, x0, pix), t, x_t, pred)
