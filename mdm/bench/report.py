@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..common.io import write_text_atomic
+from ..segment.visualize import draw_heatmap
 
 COLUMNS = ["method", "label_fraction", "seed", "labeled_images", "dice", "iou", "miou", "object_f1", "object_dice",
            "object_hausdorff", "aji", "member_dice_mean", "member_dice_std", "seconds"]
@@ -88,11 +89,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
         timesteps = sorted({t for r in runs for t in r})
         blocks = sorted({b for r in runs for row in r.values() for b in row})
         grid = np.array([[np.mean([r[t][b] for r in runs]) for t in timesteps] for b in blocks])
-        image = ax.imshow(grid, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(timesteps)), [f"t={t}" for t in timesteps])
-        ax.set_yticks(range(len(blocks)), [f"block {b}" for b in blocks])
-        for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=6, color="white")
+        image = draw_heatmap(ax, grid, [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps], fontsize=6)
         for r in selections[method]:
             j = timesteps.index(int(r["timestep"]))
             for b in r["blocks"]:

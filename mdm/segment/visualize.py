@@ -77,6 +77,18 @@ def panel(image: torch.Tensor, prediction: np.ndarray, uncertainty: np.ndarray,
     return canvas
 
 
+def draw_heatmap(ax, data: np.ndarray, rows: list[str], columns: list[str], fontsize: int = 8):
+    """``data [len(rows), len(columns)]`` on the matplotlib axes ``ax`` as a heatmap, each cell's value written in
+    (NaN cells left blank); returns the image, for a colour bar."""
+    image = ax.imshow(data, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    for (i, j), v in np.ndenumerate(data):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=fontsize, color="white")
+    return image
+
+
 def save_heatmap(path: Path, values: list[list[float | None]], rows: list[str], columns: list[str],
                  title: str) -> None:
     """A table of numbers as a heatmap PNG, each cell written in (lower is darker)."""
@@ -87,12 +99,7 @@ def save_heatmap(path: Path, values: list[list[float | None]], rows: list[str], 
 
     data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
     fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(columns), 1.2 + 0.45 * len(rows)))
-    image = ax.imshow(data, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(columns)), columns)
-    ax.set_yticks(range(len(rows)), rows)
-    for (i, j), v in np.ndenumerate(data):
-        if not np.isnan(v):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8, color="white")
+    image = draw_heatmap(ax, data, rows, columns)
     ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
