@@ -111,6 +111,19 @@ def test_predict_segments_new_images_of_odd_sizes(baseline, tmp_path):
         assert panel.width >= 3 * 256 and panel.height > 256
         assert Image.open(tmp_path / "p" / "uncertainty" / name).size == size
     assert load_segmenter(out, CPU).num_classes == 2
+    # segmenter.yaml carries its format: one from another version is refused by name, one without the key is format 1
+    import shutil
+
+    import yaml
+
+    copy = shutil.copytree(out / "segmenter", tmp_path / "copy")
+    meta = yaml.safe_load((copy / "segmenter.yaml").read_text())
+    assert meta["format"] == 1
+    (copy / "segmenter.yaml").write_text(yaml.safe_dump({**meta, "format": 2}))
+    with pytest.raises(CheckpointError, match="segmenter format 2, written by another version of mdm"):
+        load_segmenter(copy, CPU)
+    (copy / "segmenter.yaml").write_text(yaml.safe_dump({k: v for k, v in meta.items() if k != "format"}))
+    assert load_segmenter(copy, CPU).num_classes == 2
 
 
 def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_path, configs_dir, capsys):

@@ -127,8 +127,11 @@ class SupervisedSegmenter:
 KINDS = {k.kind: k for k in (PixelSegmenter, SupervisedSegmenter)}
 
 
+SEGMENTER_FORMAT = 1  # segmenter.yaml's layout; a reader refuses a newer one by name instead of misreading it
+
+
 def _write_meta(folder: Path, segmenter, **extra) -> None:
-    meta = {"kind": segmenter.kind, "config": to_dict(segmenter.cfg), **extra,
+    meta = {"format": SEGMENTER_FORMAT, "kind": segmenter.kind, "config": to_dict(segmenter.cfg), **extra,
             "num_classes": segmenter.num_classes, "tile_size": segmenter.tile_size}
     (folder / "segmenter.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
 
@@ -149,6 +152,9 @@ def load_segmenter(run_or_folder: str | Path, device: torch.device):
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not found (pass a segmentation run folder or its segmenter/)")
     meta = yaml.safe_load(meta_path.read_text())
+    if isinstance(meta, dict) and meta.get("format", 1) != SEGMENTER_FORMAT:  # saves without the key are format 1
+        raise CheckpointError(f"{meta_path}: segmenter format {meta.get('format')!r}, written by another version of "
+                              f"mdm; this one reads format {SEGMENTER_FORMAT}")
     kind = KINDS.get(meta.get("kind") if isinstance(meta, dict) else None)
     if kind is None:
         raise CheckpointError(f"{meta_path}: unknown segmenter kind (known: {', '.join(KINDS)})")
