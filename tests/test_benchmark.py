@@ -128,3 +128,22 @@ def test_a_pool_crop_without_whole_patches_stops_before_anything_is_written(tmp_
     with pytest.raises(ConfigError, match="bench.pretrain_data.crop_size: 30 is not divisible"):
         run_benchmark(cfg, torch.device("cpu"), torch.device("cpu"))
     assert not (tmp_path / "study").exists()
+
+
+def test_a_study_folder_is_resumed_only_by_the_same_study(tmp_path, configs_dir):
+    """Finished runs are skipped on resume, so a rerun with a config that changes what a run gives is refused before
+    anything is written; more seeds, other methods or another device may resume the folder."""
+    from mdm.bench.study import check_same_study, run_benchmark
+    from mdm.common.config import dump
+    from mdm.common.errors import ConfigError
+
+    def config(*extra):
+        return load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}", *extra])
+
+    dump(config(), tmp_path / "config.yaml")
+    check_same_study(config("bench.seeds=[0,1,2]", "bench.methods=[mdm]", "train.log_every=7"), tmp_path)
+    with pytest.raises(ConfigError, match=r"seg.max_epochs = 1, this one has 2; its finished runs would be mixed"):
+        run_benchmark(config("seg.max_epochs=2"), torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"and 1 more key"):
+        check_same_study(config("seg.max_epochs=2", "bench.pretrain_steps=6"), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -4,7 +4,7 @@ Every method sees the same labeled subsets (``data.seed`` = the seed), validatio
 runs once per objective and is reused by every fraction and seed: ``mdm`` and ``ddpm`` train the same architecture on
 the same unlabeled pool for ``bench.pretrain_steps`` steps; ``random`` and ``unet-scratch`` use the MDM run's
 ``exports/step_0``, i.e. the very same initial weights. Finished runs (a ``metrics.json``) are skipped, so an
-interrupted sweep resumes. Output folder::
+interrupted sweep resumes, and a folder is only resumed by the same study (``check_same_study``). Output folder::
 
     pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve; pool.json: the
                                         pool's size and the test images kept out of it, see ``pool``)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.config import MASKED_OBJECTIVES, Config, DataConfig, check_crop, dump
+from ..common.config import MASKED_OBJECTIVES, Config, DataConfig, check_crop, dump, load, to_dict
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
@@ -86,6 +86,38 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
     return run_segmentation(seg, data, opened, out, device=device, progress=False)
 
 
+# keys that decide which runs a study holds, or where and how fast it runs, but not what a run gives: a folder may
+# be resumed with other values of these (more seeds, another method, another device)
+RESUMABLE_KEYS = {"bench.fractions", "bench.seeds", "bench.methods", "bench.budget_methods", "bench.out_dir",
+                  "train.out_dir", "seg.out_dir", "train.device", "seg.device", "train.log_every",
+                  "train.image_every", "seg.cache_dir", "data.num_workers"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_study(cfg: Config, out: Path) -> None:
+    """Refuse to resume ``out`` with a config that would change what its finished runs give: they are skipped on
+    resume, so their results would be mixed with runs of the new config in one table. ``RESUMABLE_KEYS`` may differ."""
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        return
+    before, now = _flat(to_dict(load(saved))), _flat(to_dict(cfg))
+    changed = [k for k in now if k not in RESUMABLE_KEYS and before.get(k) != now[k]]
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"{saved}: this folder holds a study with {k} = {before.get(k)!r}, this one has "
+                          f"{now[k]!r}{f' (and {len(changed) - 1} more key(s))' if len(changed) > 1 else ''}; its "
+                          f"finished runs would be mixed into the table: use another bench.out_dir or remove it")
+
+
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
     """The whole study, pretraining on ``train_device`` and segmenting on ``seg_device``; returns
     ``{"rows": [...], "budget": [...], "table": markdown}``."""
@@ -101,6 +133,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                    cfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
+    check_same_study(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     pretrain = {}
