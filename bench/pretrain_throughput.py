@@ -242,6 +242,26 @@ def cuda_main(args) -> None:
         print(json.dumps(result))
 
 
+def count_block_graphs(cfg, limit: int, size: int = 64) -> dict:
+    """How many graphs torch.compile makes of the ResBlocks and attention blocks in one forward pass, with dynamo's
+    eager backend (no code generation, so it runs in seconds on a CPU) and ``limit`` recompiles per function."""
+    from torch._dynamo.utils import counters
+
+    from mdm.nn.unet import AttentionBlock, ResBlock
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch._dynamo.config.recompile_limit = limit
+    model = build_unet(cfg.model)
+    for block in model.modules():
+        if isinstance(block, (ResBlock, AttentionBlock)):
+            block.compile(backend="eager")
+    with torch.no_grad():
+        model(torch.randn(2, 3, size, size), torch.ones(2))
+    return {"recompile_limit": limit, "graphs": counters["stats"]["unique_graphs"],
+            "frames_over_the_limit": counters["frames"]["total"] - counters["frames"]["ok"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "cpu-small.yaml"))
@@ -259,7 +279,13 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu (the cpu-small numbers) or cuda (--config paper.yaml)")
     p.add_argument("--variants", default="default,channels-last,none",
                    help=f"CUDA: which steps to time, of {', '.join(CUDA_VARIANTS)} (comma-separated)")
+    p.add_argument("--count-graphs", action="store_true",
+                   help="print how many block graphs one forward pass compiles at torch's recompile limit and at 64")
     args = p.parse_args()
+    if args.count_graphs:
+        cfg = load(args.config)
+        print(json.dumps([count_block_graphs(cfg, limit) for limit in (DEFAULT_RECOMPILE_LIMIT, 64)]))
+        return
     if args.device.startswith("cuda"):
         cuda_main(args)
         return
