@@ -40,7 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mdm.common import rng  # noqa: E402
-from mdm.common.config import load  # noqa: E402
+from mdm.common.config_io import load  # noqa: E402
 from mdm.nn.group_norm_act import fused_kernel_available  # noqa: E402
 from mdm.nn.unet import compile_unet  # noqa: E402
 from mdm.pretrain.cpu_memory import keep_freed_memory  # noqa: E402

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mdm.common.config import load  # noqa: E402
+from mdm.common.config_io import load  # noqa: E402
 from mdm.common.devices import autocast_dtype  # noqa: E402
 from mdm.common.tiling import Tile  # noqa: E402
 from mdm.pretrain.export import build_unet  # noqa: E402

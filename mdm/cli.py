@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .common.config import Config, load
+from .common.config import Config
+from .common.config_io import load
 from .common.devices import resolve_device
 from .common.errors import DataError, MdmError
 from .common.io import list_images, load_image

@@ -6,7 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from mdm.common.config import load
+from mdm.common.config_io import load
 
 TINY_OVERRIDES = [
     "model.image_size=16", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",

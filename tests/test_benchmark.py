@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import make_generic
-from mdm.common.config import load
+from mdm.common.config_io import load
 
 MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
         "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
@@ -134,7 +134,7 @@ def test_a_study_folder_is_resumed_only_by_the_same_study(tmp_path, configs_dir)
     """Finished runs are skipped on resume, so a rerun with a config that changes what a run gives is refused before
     anything is written; more seeds, other methods or another device may resume the folder."""
     from mdm.bench.study import check_same_study, run_benchmark
-    from mdm.common.config import dump
+    from mdm.common.config_io import dump
     from mdm.common.errors import ConfigError
 
     def config(*extra):

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from mdm.cli import train_main
-from mdm.common.config import ConfigError, dump, load
+from mdm.common.config_io import ConfigError, dump, load
 
 
 def test_dump_and_reload_is_identical(tmp_path, configs_dir):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mdm.cli import convert_main as main
-from mdm.common.config import load
+from mdm.common.config_io import load
 from mdm.common.errors import CheckpointError
 from mdm.pretrain.convert import ConvertError, convert
 from mdm.pretrain.export import build_unet, load_export

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import read_log, tiny_config
-from mdm.common.config import load
+from mdm.common.config_io import load
 from mdm.pretrain.export import load_export, open_export
 from mdm.pretrain.trainer import train
 from mdm.segment.run import run_segmentation

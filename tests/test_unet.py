@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from mdm.common.config import load
+from mdm.common.config_io import load
 from mdm.nn.unet import UNetModel
 from mdm.pretrain.export import build_unet
 

@@ -1,13 +1,16 @@
-"""Tables and plots of a label-efficiency study: ``results.csv`` rows, a markdown table of mean ± std over seeds,
-and line plots with error bars."""
+"""Tables and plots of a label-efficiency study: ``results.csv`` rows, markdown tables of mean ± std over seeds (per
+method and fraction, or per variant and method), line plots with error bars, the ablation's bars and the table of
+the pretraining runs' colour checks."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..common.io import write_text_atomic
 from ..segment.visualize import draw_heatmap
@@ -38,17 +41,50 @@ def summarize(rows: list[dict], metric: str, methods: list[str], fractions: list
     head = "| method | " + " | ".join(f"{f:g} labels" for f in fractions) + " |"
     lines = [head, "|---" * (len(fractions) + 1) + "|"]
     for m in methods:
-        cells = []
-        for f in fractions:
-            vals = [r[metric] for r in rows if r["method"] == m and r["label_fraction"] == f and metric in r]
-            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f} (n={len(vals)})" if vals else "–")
+        cells = [_cell([r[metric] for r in rows if r["method"] == m and r["label_fraction"] == f and metric in r])
+                 for f in fractions]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _cell(vals: list[float]) -> str:
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f} (n={len(vals)})" if vals else "–"
+
+
+def summarize_variants(rows: list[dict], metric: str, variants: list[str], methods: list[str], fraction: float) -> str:
+    """Markdown table at one label fraction: mean ± std of ``metric`` over seeds, one row per variant, one column per
+    method."""
+    lines = ["| variant | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for v in variants:
+        cells = [_cell([r[metric] for r in rows if r.get("variant") == v and r["method"] == m
+                        and r["label_fraction"] == fraction and metric in r]) for m in methods]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pretraining_table(runs: list[Path]) -> str:
+    """Markdown table of pretraining runs: objective, loss, the last logged loss and the colour check of the EMA
+    weights (``previews.colour_check``: mean absolute error and per-channel mean error on the pixels the model saw,
+    at t = 0.05 T, [-1, 1] scale)."""
+    lines = ["| run | objective | loss | steps | last loss | recon error | colour bias (per channel) |",
+             "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        log = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines() if r.strip()]
+        last = log[-1] if log else {}
+        bias = ", ".join(f"{last[k]:+.3f}" for k in sorted(k for k in last if k.startswith("recon_bias_c")))
+        objective = cfg["diffusion"]["objective"]
+        loss = cfg["diffusion"]["loss"] if objective == "mdm" else "mse"
+        nan = float("nan")
+        lines.append(f"| {run.name} | {objective} | {loss} | {last.get('step', 0)} | {last.get('loss', nan):.4f} | "
+                     f"{last.get('recon_error', nan):.3f} | {bias or '–'} |")
+    return "\n".join(lines)
+
+
 def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], xlabel: str, ylabel: str,
-               title: str) -> None:
-    """One line per series with mean ± std error bars; ``series[name] = [(x, [values over seeds]), ...]``."""
+               title: str, log_x: bool = False, references: dict[str, list[float]] | None = None) -> None:
+    """One line per series with mean ± std error bars; ``series[name] = [(x, [values over seeds]), ...]``;
+    ``references[name]``: values drawn as a dashed horizontal line at their mean."""
     import matplotlib  # deferred: matplotlib takes a second to import and only the report draws
 
     matplotlib.use("Agg")
@@ -62,11 +98,43 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
         xs = [x for x, _ in points]
         ax.errorbar(xs, [np.mean(v) for _, v in points], yerr=[np.std(v) for _, v in points], marker="o",
                     capsize=3, label=name)
+    for name, values in (references or {}).items():
+        if values:
+            ax.axhline(float(np.mean(values)), color="grey", linestyle="--", label=name)
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # beside the plot: never over a line
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str], methods: list[str],
+                  fraction: float) -> None:
+    """Grouped bars at one label fraction: one group per variant, one bar per method (mean ± std over seeds)."""
+    import matplotlib  # deferred, as above
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(variants) * max(1, len(methods)) / 2), 4))
+    width = 0.8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        vals = [[r[metric] for r in rows if r.get("variant") == v and r["method"] == m
+                 and r["label_fraction"] == fraction and metric in r] for v in variants]
+        xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(variants))]
+        ax.bar(xs, [np.mean(v) if v else 0 for v in vals], width, yerr=[np.std(v) if v else 0 for v in vals],
+               capsize=2, label=m)
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(f"Ablation at {fraction:g} labels (mean ± std over seeds)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

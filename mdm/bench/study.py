@@ -1,17 +1,22 @@
-"""The label-efficiency study: label fractions x seeds x methods, then a table and plots.
+"""The label-efficiency study: label fractions x seeds x methods, then a table and plots; with ``bench.variants``, an
+ablation: the same study once per variant (see ``variants``).
 
 Every method sees the same labeled subsets (``data.seed`` = the seed), validation pixels and test images. Pretraining
-runs once per objective and is reused by every fraction and seed: ``mdm`` and ``ddpm`` train the same architecture on
-the same unlabeled pool for ``bench.pretrain_steps`` steps; ``random`` and ``unet-scratch`` use the MDM run's
-``exports/step_0``, i.e. the very same initial weights. Finished runs (a ``metrics.json``) are skipped, so an
-interrupted sweep resumes, and a folder is only resumed by the same study (``check_same_study``). Output folder::
+runs once per objective and is reused by every fraction and seed (and by every variant that does not change it):
+``mdm``, ``ddpm`` and ``mae`` train the same architecture on the same unlabeled pool for ``bench.pretrain_steps``
+steps; ``random`` and ``unet-scratch`` use the MDM run's ``exports/step_0``, i.e. the very same initial weights.
+Finished runs (a ``metrics.json``) are skipped, so an interrupted sweep resumes, and a folder is only resumed by the
+same study (``check_same_study``). Output folder::
 
     pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve; pool.json: the
-                                        pool's size and the test images kept out of it, see ``pool``)
-    runs/<method>/f<fraction>_s<seed>/  one segmentation run each
-    results.csv results.md label_efficiency.png
+                                        pool's size and the test images kept out of it, see ``pool``);
+                                        pretrain_<objective>_<variant>/ where a variant pretrains otherwise
+    pretraining.md                      each pretraining run's last loss and colour check
+    runs/[<variant>/]<method>/f<fraction>_s<seed>/  one segmentation run each
+    results.csv results.md label_efficiency.png (ablation.png: variants x methods at the lowest fraction)
     block_selection.png                 (seg.blocks / seg.timesteps auto) the probes' scores per frozen method
-    budget.csv pretrain_budget.png      the metric at the lowest fraction vs pretraining steps (first seed)
+    budget.csv pretrain_budget.png      the metric at the lowest fraction vs images seen in pretraining (the first
+                                        bench.budget_seeds seeds; the first variant)
 """
 
 from __future__ import annotations
@@ -23,14 +28,26 @@ from pathlib import Path
 
 import torch
 
-from ..common.config import MASKED_OBJECTIVES, Config, DataConfig, check_crop, dump, load, to_dict
+from ..common.config import MASKED_OBJECTIVES, Config, DataConfig, check_crop
+from ..common.config_io import dump, load, to_dict
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
 from ..pretrain.trainer import list_checkpoints, train
 from ..segment.run import run_segmentation
 from .pool import pretraining_data
-from .report import COLUMNS, plot_lines, plot_selections, result_row, summarize, write_csv
+from .report import (
+    COLUMNS,
+    plot_ablation,
+    plot_lines,
+    plot_selections,
+    pretraining_table,
+    result_row,
+    summarize,
+    summarize_variants,
+    write_csv,
+)
+from .variants import PretrainFolders, arms
 
 
 @dataclass(frozen=True)
@@ -58,15 +75,25 @@ METHODS = {m.name: m for m in (
 )}
 
 
-def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, out: Path, device: torch.device,
+def budget_steps(steps: int, exports: int, spacing: str) -> list[int]:
+    """The pretraining steps (besides step 0) whose exports the budget curve scores: ``linear``, the multiples of
+    ``steps // exports`` up to ``steps``; ``log``, ``steps / 2^k`` for ``k = exports - 1 .. 0`` (rounded)."""
+    if spacing == "log":
+        return sorted({max(1, round(steps / 2 ** k)) for k in range(exports)})
+    every = max(1, steps // exports)
+    return sorted({*range(every, steps + 1, every), steps})
+
+
+def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path, device: torch.device,
                        log=print) -> Path:
     """Run (or resume) the pretraining of ``objective`` on ``pool`` (``pretraining_data(cfg)``) for
-    ``bench.pretrain_steps``; returns the run folder."""
-    run = out / f"pretrain_{objective}"
-    steps = cfg.bench.pretrain_steps
+    ``bench.pretrain_steps`` into ``run``, keeping the exports of ``budget_steps``; returns ``run``."""
+    bc = cfg.bench
+    steps = bc.pretrain_steps
     if (run / "exports" / f"step_{steps}").is_dir():
         return run
-    tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=max(1, steps // cfg.bench.budget_exports),
+    tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=0,
+                 export_at=budget_steps(steps, bc.budget_exports, bc.budget_spacing),
                  checkpoint_every=max(1, steps // 4))
     log(f"pretraining {objective} for {steps} steps -> {run}")
     train(replace(cfg, data=pool, diffusion=replace(cfg.diffusion, objective=objective), train=tc),
@@ -87,10 +114,10 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
 
 
 # keys that decide which runs a study holds, or where and how fast it runs, but not what a run gives: a folder may
-# be resumed with other values of these (more seeds, another method, another device)
-RESUMABLE_KEYS = {"bench.fractions", "bench.seeds", "bench.methods", "bench.budget_methods", "bench.out_dir",
-                  "train.out_dir", "seg.out_dir", "train.device", "seg.device", "train.log_every",
-                  "train.image_every", "seg.cache_dir", "data.num_workers"}
+# be resumed with other values of these (more seeds, another method, another device, more variants)
+RESUMABLE_KEYS = {"bench.fractions", "bench.seeds", "bench.methods", "bench.budget_methods", "bench.budget_seeds",
+                  "bench.variants", "bench.out_dir", "train.out_dir", "seg.out_dir", "train.device", "seg.device",
+                  "train.log_every", "train.image_every", "seg.cache_dir", "data.num_workers"}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -105,99 +132,145 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def check_same_study(cfg: Config, out: Path) -> None:
     """Refuse to resume ``out`` with a config that would change what its finished runs give: they are skipped on
-    resume, so their results would be mixed with runs of the new config in one table. ``RESUMABLE_KEYS`` may differ."""
+    resume, so their results would be mixed with runs of the new config in one table. ``RESUMABLE_KEYS`` may differ;
+    variants may be added or dropped, but a variant that keeps its name keeps its overrides."""
     saved = out / "config.yaml"
     if not saved.is_file():
         return
-    before, now = _flat(to_dict(load(saved))), _flat(to_dict(cfg))
+    old = load(saved)
+    before, now = _flat(to_dict(old)), _flat(to_dict(cfg))
     changed = [k for k in now if k not in RESUMABLE_KEYS and before.get(k) != now[k]]
     if changed:
         k = changed[0]
         raise ConfigError(f"{saved}: this folder holds a study with {k} = {before.get(k)!r}, this one has "
                           f"{now[k]!r}{f' (and {len(changed) - 1} more key(s))' if len(changed) > 1 else ''}; its "
                           f"finished runs would be mixed into the table: use another bench.out_dir or remove it")
+    kept = {v.name: v.set for v in old.bench.variants}
+    for v in cfg.bench.variants:
+        if v.name in kept and kept[v.name] != v.set:
+            raise ConfigError(f"{saved}: this folder holds variant {v.name!r} with set = {kept[v.name]}, this one has "
+                              f"{v.set}; its finished runs would be mixed into the table: rename the variant or use "
+                              f"another bench.out_dir")
+
+
+def _objectives(cfg: Config) -> list[str]:
+    return sorted({METHODS[m].objective for m in cfg.bench.methods} - {None})
 
 
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
-    """The whole study, pretraining on ``train_device`` and segmenting on ``seg_device``; returns
-    ``{"rows": [...], "budget": [...], "table": markdown}``."""
+    """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and segmenting on
+    ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds"}``."""
     bc = cfg.bench
     wrong = [m for m in bc.budget_methods if m not in METHODS or METHODS[m].export != "export"]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
                           f"weights: {', '.join(m for m, v in METHODS.items() if v.export == 'export')})")
-    objectives = sorted({METHODS[m].objective for m in bc.methods} - {None})
-    pool = pretraining_data(cfg)
-    if set(objectives) & set(MASKED_OBJECTIVES):  # before anything is written
-        check_crop("data.crop_size" if pool is cfg.data else "bench.pretrain_data.crop_size", pool.crop_size,
-                   cfg.diffusion.patch_size)
+    studies = arms(cfg)  # every variant's config checked before anything is written
+    pools = {}
+    for name, vcfg in studies:
+        pools[name] = pool = pretraining_data(vcfg)
+        if set(_objectives(vcfg)) & set(MASKED_OBJECTIVES):
+            check_crop("data.crop_size" if pool is vcfg.data else "bench.pretrain_data.crop_size", pool.crop_size,
+                       vcfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
     check_same_study(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
-    pretrain = {}
-    for obj in objectives:
-        t = time.perf_counter()
-        pretrain[obj] = pretrain_if_needed(cfg, obj, pool, out, train_device, log)
-        log(f"pretraining {obj}: {time.perf_counter() - t:.1f} s")
+    folders = PretrainFolders(out, cfg, pretraining_data(cfg))
+    pretrain: dict[tuple[str, str], Path] = {}
+    for name, vcfg in studies:
+        for obj in _objectives(vcfg):
+            run = folders.folder(name, vcfg, obj, pools[name])
+            if run not in pretrain.values():
+                t = time.perf_counter()
+                pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
+                log(f"pretraining {obj} ({run.name}): {time.perf_counter() - t:.1f} s")
+            pretrain[name, obj] = run
+    pretrained = pretraining_table(sorted(set(pretrain.values())))
+    write_text_atomic(out / "pretraining.md", pretrained + "\n")
 
-    def export_for(method: str, which: str | None = None) -> Path | None:
+    def export_for(variant: str, method: str, which: str | None = None) -> Path | None:
         m = METHODS[method]
-        return pretrain[m.objective] / (which or m.export) if m.objective else None
+        return pretrain[variant, m.objective] / (which or m.export) if m.objective else None
 
     rows, results = [], {}
-    total = len(bc.fractions) * len(bc.seeds) * len(bc.methods)
-    for fraction in bc.fractions:
-        for seed in bc.seeds:
-            for method in bc.methods:
-                run = out / "runs" / method / f"f{fraction:g}_s{seed}"
-                done = (run / "metrics.json").is_file()
-                result = run_one(cfg, method, fraction, seed, export_for(method), run, seg_device)
-                log(f"[{len(rows) + 1}/{total}] {method} at {fraction:g} labels, seed {seed}: "
-                    + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
-                results[method, fraction, seed] = result
-                rows.append(result_row(method, fraction, seed, result))
-    write_csv(out / "results.csv", rows, COLUMNS)
-    table = summarize(rows, bc.metric, bc.methods, bc.fractions)
-    write_text_atomic(out / "results.md", f"# Label efficiency ({bc.metric}, mean ± std over seeds {bc.seeds})\n\n"
-                                    f"{table}\n")
-    plot_lines(out / "label_efficiency.png",
-               {m: [(f, [r[bc.metric] for r in rows if r["method"] == m and r["label_fraction"] == f
-                         and bc.metric in r]) for f in bc.fractions] for m in bc.methods},
-               "label fraction", bc.metric, "Label efficiency")
-
+    total = len(studies) * len(bc.fractions) * len(bc.seeds) * len(bc.methods)
+    for name, vcfg in studies:
+        for fraction in bc.fractions:
+            for seed in bc.seeds:
+                for method in bc.methods:
+                    run = out / "runs" / name / method / f"f{fraction:g}_s{seed}"
+                    done = (run / "metrics.json").is_file()
+                    result = run_one(vcfg, method, fraction, seed, export_for(name, method), run, seg_device)
+                    log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
+                        f"seed {seed}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
+                    results[name, method, fraction, seed] = result
+                    rows.append({**({"variant": name} if name else {}), **result_row(method, fraction, seed, result)})
+    write_csv(out / "results.csv", rows, ["variant", *COLUMNS] if bc.variants else COLUMNS)
     lowest = min(bc.fractions)
-    selections = {m: [results[m, lowest, s]["selection"] for s in bc.seeds if "selection" in results[m, lowest, s]]
+    if bc.variants:
+        names = [n for n, _ in studies]
+        table = "\n\n".join(f"{f:g} labels:\n\n{summarize_variants(rows, bc.metric, names, bc.methods, f)}"
+                             for f in bc.fractions)
+        plot_ablation(out / "ablation.png", rows, bc.metric, names, bc.methods, lowest)
+    else:
+        table = summarize(rows, bc.metric, bc.methods, bc.fractions)
+        plot_lines(out / "label_efficiency.png",
+                   {m: [(f, [r[bc.metric] for r in rows if r["method"] == m and r["label_fraction"] == f
+                             and bc.metric in r]) for f in bc.fractions] for m in bc.methods},
+                   "label fraction", bc.metric, "Label efficiency")
+    write_text_atomic(out / "results.md", f"# Label efficiency ({bc.metric}, mean ± std over seeds {bc.seeds})\n\n"
+                                          f"{table}\n\n## Pretraining runs\n\n{pretrained}\n")
+
+    name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
+    selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
+                      if "selection" in results[name0, m, lowest, s]]
                   for m in bc.methods if METHODS[m].mode == "frozen"}
     if any(selections.values()):
         plot_selections(out / "block_selection.png", selections,
                         f"one-block probes' validation loss at {lowest:g} labels (mean over seeds {bc.seeds}; red: "
                         f"chosen)")
-
-    budget = []
-    for method in [m for m in bc.budget_methods if m in bc.methods and METHODS[m].objective]:
-        exports = pretrain[METHODS[method].objective] / "exports"
-        steps = sorted(int(p.name.split("_")[1]) for p in exports.glob("step_*") if p.name.split("_")[1].isdigit())
-        seed = bc.seeds[0]  # one seed: the curve shows the trend; the sweep above gives the spread
-        for step in steps:
-            if step == bc.pretrain_steps:  # the sweep's own run: ``export`` is a copy of exports/step_N
-                result = results[method, lowest, seed]
-                log(f"budget: {method} from pretraining step {step}: the sweep's run at {lowest:g} labels, seed {seed}")
-            else:
-                run = out / "budget" / method / f"step_{step}_s{seed}"
-                t = time.perf_counter()
-                result = run_one(cfg, method, lowest, seed, export_for(method, f"exports/step_{step}"), run,
-                                 seg_device)
-                log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
-                    f"{time.perf_counter() - t:.1f} s")
-            budget.append({"pretrain_steps": step, **result_row(method, lowest, seed, result)})
-    if budget:
-        write_csv(out / "budget.csv", budget, ["pretrain_steps", *COLUMNS])
-        plot_lines(out / "pretrain_budget.png",
-                   {m: [(s, [b[bc.metric] for b in budget if b["method"] == m and b["pretrain_steps"] == s])
-                        for s in sorted({b["pretrain_steps"] for b in budget})] for m in bc.budget_methods},
-                   "pretraining steps", bc.metric, f"Pretraining budget at {lowest:g} labels (seed {bc.seeds[0]})")
+    budget = budget_curve(cfg0, name0, results, export_for, out, seg_device, log)
     elapsed = time.perf_counter() - started
     log(f"study finished in {elapsed // 60:.0f} min {elapsed % 60:.0f} s")
     return {"rows": rows, "budget": budget, "table": table, "seconds": elapsed}
+
+
+def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path, device: torch.device,
+                 log=print) -> list[dict]:
+    """The metric at the lowest fraction from every kept export of the pretraining runs of ``bench.budget_methods``
+    (the first ``bench.budget_seeds`` seeds); writes ``budget.csv`` and ``pretrain_budget.png`` (against images
+    seen, with the ``random`` method's runs as a reference line when the study has it)."""
+    bc = cfg.bench
+    lowest, seeds = min(bc.fractions), bc.seeds[:bc.budget_seeds]
+    budget = []
+    for method in [m for m in bc.budget_methods if m in bc.methods and METHODS[m].objective]:
+        exports = export_for(variant, method, "exports")
+        steps = sorted(int(p.name.split("_")[1]) for p in exports.glob("step_*") if p.name.split("_")[1].isdigit())
+        for seed in seeds:
+            for step in steps:
+                if step == bc.pretrain_steps:  # the sweep's own run: ``export`` is a copy of exports/step_N
+                    result = results[variant, method, lowest, seed]
+                else:
+                    run = out / "budget" / variant / method / f"step_{step}_s{seed}"
+                    t = time.perf_counter()
+                    result = run_one(cfg, method, lowest, seed, export_for(variant, method, f"exports/step_{step}"),
+                                     run, device)
+                    log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
+                        f"{time.perf_counter() - t:.1f} s")
+                budget.append({"pretrain_steps": step, "images_seen": step * cfg.train.batch_size,
+                               **result_row(method, lowest, seed, result)})
+    if budget:
+        write_csv(out / "budget.csv", budget, ["pretrain_steps", "images_seen", *COLUMNS])
+        reference = {"random (step 0)": [results[variant, "random", lowest, s][bc.metric] for s in seeds
+                                         if bc.metric in results[variant, "random", lowest, s]]
+                     } if "random" in bc.methods else {}
+        log_x = bc.budget_spacing == "log"
+        plot_lines(out / "pretrain_budget.png",
+                   {m: [(n, [b[bc.metric] for b in budget if b["method"] == m and b["images_seen"] == n])
+                        for n in sorted({b["images_seen"] for b in budget}) if n > 0 or not log_x]
+                    for m in bc.budget_methods},
+                   "images seen in pretraining", bc.metric,
+                   f"Pretraining budget at {lowest:g} labels (seeds {seeds})", log_x=log_x, references=reference)
+    return budget

@@ -1,17 +1,11 @@
-"""Configuration: YAML files mapped onto dataclasses (sections ``model``, ``diffusion``, ``data``, ``train``, ``seg``,
-``bench``), with ``--set a.b=value`` overrides. Loading rejects unknown keys and values of the wrong type with a
-``ConfigError`` that names the key; ``dump`` writes YAML that ``load`` reads back into an equal object.
+"""Configuration: the dataclasses of the six sections (``model``, ``diffusion``, ``data``, ``train``, ``seg``,
+``bench``) with their defaults and ``Config.validate``'s checks of ranges and choices. Files and ``--set``
+overrides are read and written by ``config_io``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-
-import yaml
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -46,8 +40,8 @@ class DiffusionConfig:
 
     ``objective``: ``mdm`` (hide patches, predict x0), ``ddpm`` (Gaussian noise, predict epsilon, MSE) or ``mae``
     (a fixed share ``mae_mask_ratio`` of the patches hidden, timestep 0, MSE on the hidden pixels).
-    ``loss`` (MDM only): ``ssim`` (whole image), ``ssim_masked`` (SSIM map averaged over masked pixels), ``mse``,
-    ``l1``.
+    ``loss`` (MDM only): ``ssim`` (whole image), ``ssim_ref`` (the reference code's SSIM, see ``losses``),
+    ``ssim_masked`` (SSIM map averaged over masked pixels), ``mse``, ``l1``.
     """
 
     objective: str = "mdm"
@@ -86,7 +80,7 @@ class DataConfig:
     # segmentation stage
     label_fraction: float = 1.0
     val_fraction: float = 0.1
-    val_split: str = "images"  # images: hold out whole labeled images (pixel blocks when only one); pixels
+    val_split: str = "images"  # images: hold out whole labeled images (pixel blocks when only one); pixels; none
     num_classes: int = 0  # 0: the dataset's own (2 for glas/monuseg/synthetic, 34 for ffhq34)
 
 
@@ -114,16 +108,24 @@ class TrainConfig:
     checkpoint_every: int = 500
     checkpoint_limit: int = 2
     export_every: int = 0
+    export_at: list[int] = field(default_factory=list)
     out_dir: str = "runs/pretrain"
 
 
 @dataclass
 class SegConfig:
-    """The segmentation stage (``finetune_seg.py``): features of frozen decoder blocks + a pixel MLP ensemble.
+    """The segmentation stage (``finetune_seg.py``): ``mode: frozen`` trains a pixel MLP ensemble on features of
+    frozen decoder blocks; ``mode: finetune`` trains a whole network end to end (the export's U-Net + a 1x1 head, or
+    an smp U-Net from scratch).
 
-    ``blocks``: inclusive list of decoder block numbers (negatives count from the end). ``timesteps``: extraction
-    timesteps. ``combine``: ``vote``, ``mean_prob`` or ``individual``. ``tile_size`` 0 means the export's
-    ``data.crop_size``. ``cache_dir`` empty keeps block outputs in memory instead of on disk.
+    Frozen: ``blocks``: inclusive list of decoder block numbers (negatives count from the end), or ``auto``.
+    ``timesteps``: extraction timesteps, or ``auto``. ``extract_masks``: ``fixed`` (one seeded mask per tile) or
+    ``per_epoch`` (training tiles get a new keyed draw each epoch, ``mask_draws`` of them cycled; 0: no cycle).
+    ``normalize``: ``zscore`` (per channel, from the training pixels), ``l2_image`` (each tile's feature tensor
+    divided by its L2 norm: the reference's) or ``none``. ``combine``: ``vote``, ``mean_prob`` or ``individual``.
+    Both: ``tile_size`` 0 means the export's ``data.crop_size``; early stopping after ``patience`` epochs without a
+    better validation loss (the training loss with ``data.val_split: none``), never before ``min_epochs``.
+    ``cache_dir`` empty keeps block outputs in memory instead of on disk.
     """
 
     mode: str = "frozen"  # frozen: features + pixel MLPs; finetune: train a whole network end to end
@@ -138,18 +140,21 @@ class SegConfig:
     auto_blocks: int = 3
     auto_timesteps: list[int] = field(default_factory=lambda: [10, 50, 200])
     probe_steps: int = 50
+    extract_masks: str = "fixed"
+    mask_draws: int = 0
     seed: int = 0
     ensemble_size: int = 10
     combine: str = "vote"
     max_epochs: int = 30
     patience: int = 5
+    min_epochs: int = 0
     lr: float = 1e-3
     batch_pixels: int = 4096
     pixels_per_tile: int = 2048
     min_class_pixels: int = 0
     tile_size: int = 0
     overlap: float = 0.2
-    normalize: bool = True
+    normalize: bool | str = "zscore"  # a bool is read as before the key took names: true = zscore, false = none
     cache_dir: str = "runs/feature_cache"
     weights: str = "ema"
     miou_absent: str = "skip"
@@ -160,6 +165,15 @@ class SegConfig:
 
 
 @dataclass
+class Variant:
+    """One arm of an ablation (``bench.variants``): its ``name`` and the overrides it applies to the study's config,
+    written as ``--set`` takes them (``["seg.normalize=l2_image", "diffusion.loss=ssim_ref"]``)."""
+
+    name: str = ""
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BenchConfig:
     """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods.
 
@@ -167,8 +181,10 @@ class BenchConfig:
     MAE-pretrained and the randomly initialised U-Net), ``mdm-ft``, ``mae-ft``, ``unet-scratch`` (the U-Net + 1x1
     head fine-tuned end to end from the MDM / MAE weights / from the same random init), ``smp-scratch`` (a
     segmentation-models-pytorch U-Net from scratch). ``pretrain_steps`` is the pretraining budget of every
-    objective; ``budget_exports`` exports are kept
-    along the way (evenly spaced, plus step 0) for the pretraining-budget curve. ``pretrain_data`` is the pool
+    objective; ``budget_exports`` exports are kept along the way (``budget_spacing``: evenly or logarithmically
+    spaced, plus step 0) for the pretraining-budget curve, scored with the first ``budget_seeds`` seeds.
+    ``variants`` (an ablation): the study runs once per variant, each with its overrides; a pretraining run is
+    shared by every variant that leaves it unchanged. ``pretrain_data`` is the pool
     pretraining reads (keys as ``data``): ``source: labeled`` (the default) takes the labeled source's training
     images without their labels, plus ``ROOT/unlabeled/`` when it exists and the folders in ``root``; ``folder``
     takes ``root`` only. The labeled source's test images are always excluded. A ``synthetic`` labeled source
@@ -183,6 +199,9 @@ class BenchConfig:
     pretrain_steps: int = 1000
     budget_exports: int = 4
     budget_methods: list[str] = field(default_factory=lambda: ["mdm", "ddpm", "mae"])
+    budget_seeds: int = 1
+    budget_spacing: str = "linear"
+    variants: list[Variant] = field(default_factory=list)
     out_dir: str = "runs/bench"
     pretrain_data: DataConfig = field(default_factory=lambda: DataConfig(source="labeled"))
 
@@ -198,9 +217,11 @@ class Config:
 
     def validate(self) -> "Config":
         """Check value ranges and choices; raise ``ConfigError`` naming the key."""
+        if isinstance(self.seg.normalize, bool):  # written before the key took names
+            self.seg.normalize = "zscore" if self.seg.normalize else "none"
         choices = {
             "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm", "mae"}),
-            "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_masked", "mse", "l1"}),
+            "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_ref", "ssim_masked", "mse", "l1"}),
             "diffusion.beta_schedule": (self.diffusion.beta_schedule, {"linear", "cosine"}),
             "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "celeba19",
                                                "generic"}),
@@ -216,7 +237,10 @@ class Config:
             "train.compile": (self.train.compile, {"auto", "none", "regional", "full"}),
             "seg.mixed_precision": (self.seg.mixed_precision, {"no", "bf16", "auto"}),
             "seg.miou_absent": (self.seg.miou_absent, {"skip", "zero"}),
-            "data.val_split": (self.data.val_split, {"images", "pixels"}),
+            "data.val_split": (self.data.val_split, {"images", "pixels", "none"}),
+            "seg.extract_masks": (self.seg.extract_masks, {"fixed", "per_epoch"}),
+            "seg.normalize": (self.seg.normalize, {"zscore", "l2_image", "none"}),
+            "bench.budget_spacing": (self.bench.budget_spacing, {"linear", "log"}),
             "bench.pretrain_data.source": (self.bench.pretrain_data.source, {"labeled", "folder", "synthetic"}),
             "bench.pretrain_data.crop": (self.bench.pretrain_data.crop, {"random", "resize"}),
         }
@@ -236,12 +260,13 @@ class Config:
                     "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
                     "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports,
                     "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size, "seg.auto_blocks": sc.auto_blocks,
-                    "seg.probe_steps": sc.probe_steps}
+                    "seg.probe_steps": sc.probe_steps, "bench.budget_seeds": bc.budget_seeds}
         not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
                         "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
                         "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,
                         "seg.min_class_pixels": sc.min_class_pixels, "data.num_workers": self.data.num_workers,
-                        "seg.val_tiles": sc.val_tiles}
+                        "seg.val_tiles": sc.val_tiles, "seg.mask_draws": sc.mask_draws,
+                        "seg.min_epochs": sc.min_epochs}
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key}: must be positive, got {value}")
@@ -264,6 +289,12 @@ class Config:
         for key in ("blocks", "timesteps"):
             if isinstance(getattr(self.seg, key), str) and getattr(self.seg, key) != "auto":
                 raise ConfigError(f"seg.{key}: {getattr(self.seg, key)!r} is not a list of numbers or auto")
+        if self.data.val_split == "none" and "auto" in (self.seg.blocks, self.seg.timesteps):
+            raise ConfigError("seg.blocks / seg.timesteps: auto chooses on validation pixels, and data.val_split: none "
+                              "holds none out; give the blocks and timesteps, or another data.val_split")
+        names = [v.name for v in bc.variants]
+        if "" in names or len(set(names)) != len(names):
+            raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")
         if self.seg.ensemble_size < 1 or not self.seg.timesteps or not self.seg.blocks:
             raise ConfigError("seg.ensemble_size, seg.timesteps and seg.blocks must be non-empty / positive")
         if not 0.0 <= self.train.ema_decay < 1.0:
@@ -286,114 +317,3 @@ def check_crop(key: str, crop: int, patch_size: int) -> None:
     """A masked objective's crops must hold whole patches."""
     if crop % patch_size:
         raise ConfigError(f"{key}: {crop} is not divisible by diffusion.patch_size={patch_size}")
-
-
-def _check_type(key: str, value, tp):
-    """Return ``value`` converted to type ``tp`` where that is lossless (int or "1e-4" -> float,
-    scalar -> 1-list, tuple -> list), else raise ``ConfigError``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {tp}, got {type(value).__name__} {value!r}")
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, (list, tuple)):
-            return [_check_type(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-        return [_check_type(key, value, item_tp)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if tp is str and isinstance(value, bool):  # YAML 1.1 reads no / off as false: mixed_precision=no is meant
-        return "no" if not value else "yes"
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build(cls, data: dict, prefix: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!s} (known keys in "
-                          f"{prefix.rstrip('.') or 'config'}: {', '.join(sorted(known))})")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_type(f"{prefix}{name}", value, tp)
-    return cls(**kwargs)
-
-
-def from_dict(data: dict) -> Config:
-    """Build and validate a ``Config`` from nested dicts; missing keys take the dataclass defaults."""
-    return _build(Config, data or {}, "").validate()
-
-
-def _set_nested(data: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {part} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """``"a.b=value"`` -> ``("a.b", parsed value)``; values are read as YAML (``3``, ``1e-4``, ``[1,2]``, ``true``)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def load(path: str | Path | None = None, overrides: list[str] = (), sections: tuple[str, ...] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides; with
-    ``sections``, only those top-level sections are read (the others take their defaults)."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    data = {k: v for k, v in data.items() if k in sections} if sections and isinstance(data, dict) else data
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_nested(data, key, value)
-    return from_dict(data)
-
-
-def to_dict(cfg) -> dict:
-    return asdict(cfg)
-
-
-def dump(cfg, path: str | Path) -> None:
-    """Write the resolved config as YAML (readable by ``load``)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

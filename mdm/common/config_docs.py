@@ -48,7 +48,9 @@ HELP = {
     "diffusion.timesteps": "T; the MDM mask ratio is t / T",
     "diffusion.patch_size": "MDM patch size in px",
     "diffusion.mask_fill": "value of masked pixels (images are in [-1, 1])",
-    "diffusion.loss": "MDM loss: `ssim`, `ssim_masked` (masked pixels only), `mse` or `l1`",
+    "diffusion.loss": "MDM loss: `ssim` (pytorch-msssim's, on [0, 1]), `ssim_ref` (the reference code's: zero "
+                      "padding, range-1 constants on [-1, 1], `mean(clamp(1 - map, 0, 1)) / 2`; keeps colour), "
+                      "`ssim_masked` (masked pixels only), `mse` or `l1`",
     "diffusion.ssim_win_size": "SSIM Gaussian window size (odd)",
     "diffusion.ssim_sigma": "SSIM Gaussian window sigma",
     "diffusion.beta_schedule": "DDPM noise schedule: `linear` or `cosine`",
@@ -70,7 +72,8 @@ HELP = {
     "data.label_fraction": "fraction of the training images that are labeled, in (0, 1]",
     "data.val_fraction": "fraction of the labeled images (or pixels) held out for early stopping",
     "data.val_split": "`images`: hold out whole labeled images (pixel blocks when there is only one); `pixels`: "
-                      "8x8 pixel blocks of every labeled image",
+                      "8x8 pixel blocks of every labeled image; `none`: every labeled pixel trains and early stopping "
+                      "watches the training loss (the reference's rule)",
     "data.num_classes": "0: the source's own (2 for glas/monuseg/synthetic, 34 for ffhq34)",
     "train.max_steps": "optimizer steps",
     "train.batch_size": "global batch per optimizer step (over processes and accumulation)",
@@ -95,6 +98,7 @@ HELP = {
     "train.checkpoint_every": "steps between checkpoints",
     "train.checkpoint_limit": "checkpoints kept",
     "train.export_every": "steps between kept exports (0: only the first and last)",
+    "train.export_at": "further steps with a kept export (the study's budget curve)",
     "train.out_dir": "run folder",
     "seg.mode": "`frozen` (features + pixel MLPs) or `finetune` (a whole network end to end)",
     "seg.arch": "fine-tuning network: `unet` (the export's U-Net + 1x1 head) or `smp` (from scratch)",
@@ -110,18 +114,24 @@ HELP = {
     "seg.auto_blocks": "`blocks: auto`: how many of the best blocks to keep",
     "seg.auto_timesteps": "`timesteps: auto`: the candidates",
     "seg.probe_steps": "`auto`: about how many optimizer steps each one-block probe takes (in whole epochs)",
+    "seg.extract_masks": "`fixed`: one seeded extraction mask per tile; `per_epoch`: training tiles get a new keyed "
+                         "draw each epoch (the reference draws one per step), validation and test tiles keep one",
+    "seg.mask_draws": "`per_epoch`: draws cycled (a cache stays bounded); 0: a new draw every epoch, never stored",
     "seg.seed": "classifier init, pixel order, extraction masks and validation pixels",
     "seg.ensemble_size": "pixel MLPs in the ensemble",
     "seg.combine": "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS protocol)",
     "seg.max_epochs": "epochs at most",
-    "seg.patience": "epochs without a better validation loss before stopping",
+    "seg.patience": "epochs without a better validation loss (training loss with `data.val_split: none`) before "
+                    "stopping",
+    "seg.min_epochs": "no early stop before this many epochs (the reference's GlaS rule: 40 + patience 20)",
     "seg.lr": "Adam learning rate of the pixel MLPs",
     "seg.batch_pixels": "pixels per MLP batch",
     "seg.pixels_per_tile": "training pixels drawn per tile and epoch (0: all)",
     "seg.min_class_pixels": "ignore a class in an image where it has fewer pixels (FFHQ-34: 20)",
     "seg.tile_size": "sliding-window tile (0: the export's `data.crop_size`)",
     "seg.overlap": "overlap of neighbouring tiles, in [0, 1)",
-    "seg.normalize": "standardise features with the training pixels' mean and std",
+    "seg.normalize": "`zscore` (each channel with the training pixels' mean and std), `l2_image` (each tile's "
+                     "feature tensor divided by its L2 norm: the reference's) or `none`",
     "seg.cache_dir": "fp16 block-output cache folder (empty: in memory)",
     "seg.weights": "`ema` or `raw` export weights",
     "seg.miou_absent": "a class absent from prediction and ground truth on the whole test set: `skip` it in the mean "
@@ -135,9 +145,13 @@ HELP = {
     "bench.methods": "`mdm`, `ddpm`, `mae`, `random`, `mdm-ft`, `mae-ft`, `unet-scratch`, `smp-scratch`",
     "bench.metric": "the metric of the table and plots",
     "bench.pretrain_steps": "pretraining steps of each objective",
-    "bench.budget_exports": "evenly spaced exports for the pretraining-budget curve",
+    "bench.budget_exports": "exports kept along the way for the pretraining-budget curve",
     "bench.budget_methods": "methods on the pretraining-budget curve (of `mdm`, `ddpm`, `mae`, `mdm-ft`, "
                             "`mae-ft`)",
+    "bench.budget_seeds": "how many of `bench.seeds` score the budget curve",
+    "bench.budget_spacing": "budget exports `linear`ly or `log`arithmically spaced in steps",
+    "bench.variants": "an ablation: `[{name: NAME, set: [KEY=VALUE, ...]}, ...]`, the study run once per variant; "
+                      "pretraining shared where a variant leaves it unchanged (empty: one plain study)",
     "bench.out_dir": "study folder",
     "bench.pretrain_data": "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): `source: "
                            "labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = "

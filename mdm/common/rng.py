@@ -47,6 +47,7 @@ class Tag(IntEnum):
     TILE_ORDER = 0x7A1  # pixel MLPs: the training tile order of an epoch
     VALIDATION_TILES = 0x7A2  # fine-tuning: which validation tiles are scored
     VALIDATION_IMAGES = 0x7A3  # segmentation: which labeled images (or slides) validate
+    MASK_DRAW = 0x7A4  # segmentation: a training tile's extraction masks after the first (seg.extract_masks)
     SLIDE_STYLE = 0xC01  # synthetic data: a slide's stain and optics
     SLIDE_IMAGE = 0x1A6E  # synthetic data: one image's content
 

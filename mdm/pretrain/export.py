@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..common.config import Config, dump, load
+from ..common.config import Config
+from ..common.config_io import dump, load
 from ..common.errors import CheckpointError, ConfigError
 from ..common.io import atomic_dir, load_tensors
 from ..nn.unet import UNetModel

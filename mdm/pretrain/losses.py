@@ -1,11 +1,16 @@
 """Image losses, always computed in fp32 outside autocast.
 
-SSIM here is pytorch-msssim's: a Gaussian window (``win_size`` x ``win_size``, ``sigma``), *valid* convolution (no
-padding), constants K1=0.01, K2=0.03 for a data range of 1, on images rescaled from [-1, 1] to [0, 1]; the loss is
-``1 - mean SSIM`` per sample. This differs on purpose from the reference MDM code, which zero-pads the window
-(darkening the border statistics), applies the data-range-1 constants to [-1, 1] images (so its constants are four
-times too small relative to the signal range), clamps ``1 - ssim_map`` to [0, 1] and halves the result. Our choice
-is the standard SSIM definition; the loss value scale differs, its minimiser does not.
+Two SSIM losses, the same minimiser, different gradients away from it:
+
+- ``ssim_loss`` (``diffusion.loss: ssim``) is pytorch-msssim's SSIM: a Gaussian window (``win_size`` x ``win_size``,
+  ``sigma``), *valid* convolution (no padding), constants K1=0.01, K2=0.03 for a data range of 1, on images rescaled
+  from [-1, 1] to [0, 1]; the loss is ``1 - mean SSIM`` per sample.
+- ``ssim_ref_loss`` (``diffusion.loss: ssim_ref``) is the reference MDM code's: the same window with zero padding
+  (a map of the image's size, darker statistics at the border), the data-range-1 constants applied to the [-1, 1]
+  images themselves, and ``mean(clamp(1 - ssim_map, 0, 1)) / 2``. On [-1, 1] the luminance term
+  ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)`` turns negative where the two local means straddle 0, so a
+  colour shift costs far more than under ``ssim_loss``, where a local mean of 0.62 predicted as 0.42 ([0, 1] scale)
+  costs about 0.035: a model trained with ``ssim_loss`` is free to drop colour.
 """
 
 from __future__ import annotations
@@ -29,19 +34,22 @@ def gaussian_window(win_size: int, sigma: float, device=None) -> torch.Tensor:
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, win_size: int = 5, sigma: float = 1.5,
-             data_range: float = 1.0) -> torch.Tensor:
-    """Per-pixel SSIM of ``x, y [B, C, H, W]`` -> ``[B, C, H - win + 1, W - win + 1]`` (valid region).
+             data_range: float = 1.0, zero_pad: bool = False) -> torch.Tensor:
+    """Per-pixel SSIM of ``x, y [B, C, H, W]`` -> ``[B, C, H - win + 1, W - win + 1]`` (valid region), or
+    ``[B, C, H, W]`` with ``zero_pad`` (the window sees zeros beyond the border, as the reference MDM code's).
 
-    The same definition as pytorch-msssim (separable Gaussian window, valid convolution), which does not expose
-    the map; ``ssim_map(x, y).mean((1, 2, 3))`` equals ``pytorch_msssim.ssim(x, y, size_average=False)``.
+    Without padding, the same definition as pytorch-msssim (separable Gaussian window, valid convolution), which
+    does not expose the map; ``ssim_map(x, y).mean((1, 2, 3))`` equals ``pytorch_msssim.ssim(x, y,
+    size_average=False)``.
     """
     c = x.shape[1]
     g = gaussian_window(win_size, sigma, x.device)
     wh = g.reshape(1, 1, 1, -1).repeat(c, 1, 1, 1)
     wv = g.reshape(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    pad = win_size // 2 if zero_pad else 0
 
     def blur(t):
-        return F.conv2d(F.conv2d(t, wh, groups=c), wv, groups=c)
+        return F.conv2d(F.conv2d(t, wh, padding=(0, pad), groups=c), wv, padding=(pad, 0), groups=c)
 
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     mu_x, mu_y = blur(x), blur(y)
@@ -64,6 +72,15 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, win_size: int = 5, sigma
         s = msssim_ssim(to_unit(pred), to_unit(target), data_range=1.0, size_average=False, win_size=win_size,
                         win_sigma=sigma)
         return 1.0 - s
+
+
+def ssim_ref_loss(pred: torch.Tensor, target: torch.Tensor, win_size: int = 5, sigma: float = 1.5) -> torch.Tensor:
+    """The reference MDM code's SSIM loss per sample ``[B]``: ``mean(clamp(1 - ssim_map, 0, 1)) / 2`` with a
+    zero-padded window and the data-range-1 constants on the [-1, 1] inputs ``[B, C, H, W]`` themselves."""
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = _fp32(pred, target)
+        m = ssim_map(pred, target, win_size, sigma, data_range=1.0, zero_pad=True)
+        return (1.0 - m).clamp(0.0, 1.0).mean((1, 2, 3)) / 2
 
 
 def masked_ssim_loss(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor, win_size: int = 5,

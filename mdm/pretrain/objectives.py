@@ -1,16 +1,18 @@
-"""The two corruption processes and their per-sample losses, behind one interface.
+"""The three corruption processes and their per-sample losses, behind one interface.
 
 ``objective = build_objective(cfg.diffusion)``; ``out = objective.loss(model, x0, keys[, t])`` returns an
 ``ObjectiveOutput`` whose ``loss`` is per sample ``[B]`` (fp32). ``x0 [B, C, H, W]`` is in [-1, 1]; ``keys [B]``
 (int64, see ``mdm.common.rng``) make every random draw (timestep, mask, noise) a function of the sample's key.
 
 - ``MaskedDiffusion`` (MDM): t ~ U{1..T}, mask ratio t / T, masked patches filled with ``fill``, the model
-  predicts x0 from ``(x_t, t)``; loss SSIM (default), masked SSIM, MSE or L1.
+  predicts x0 from ``(x_t, t)``; loss SSIM (default), the reference code's SSIM, masked SSIM, MSE or L1.
 - ``GaussianDiffusion`` (DDPM baseline): t ~ U{0..T-1}, ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``, the model
   predicts eps; MSE.
 - ``MaskedAutoencoder`` (MAE baseline): a fixed mask ratio, timestep 0, MSE on the masked pixels.
 
-``objective.model_timesteps(t)`` is the timestep input the U-Net sees for corruption level ``t`` (MAE: 0).
+``objective.model_timesteps(t)`` is the timestep input the U-Net sees for corruption level ``t`` (MAE: 0), and
+``objective.reconstruct(model, x0, t, keys)`` the clean-image estimate from the input corrupted at level ``t`` (what
+feature extraction feeds the U-Net), with the pixels the model saw.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from ..common import rng
 from ..common.rng import Stream
-from .losses import l1_loss, masked_mse_loss, masked_ssim_loss, mse_loss, ssim_loss
+from .losses import l1_loss, masked_mse_loss, masked_ssim_loss, mse_loss, ssim_loss, ssim_ref_loss
 from .masking import apply_mask, check_patchable, mask_to_pixels, patch_mask
 
 
@@ -34,6 +36,15 @@ class ObjectiveOutput:
     t: torch.Tensor
     x_t: torch.Tensor
     x0_pred: torch.Tensor
+
+
+@dataclass
+class Reconstruction:
+    """``x0_pred [B, C, H, W]`` the clean-image estimate; ``visible [B, 1, H, W]`` 1 where the model saw the pixel
+    (all ones for DDPM, whose noise hides nothing entirely)."""
+
+    x0_pred: torch.Tensor
+    visible: torch.Tensor
 
 
 def mask_keyed(x0: torch.Tensor, ratio: torch.Tensor, keys: torch.Tensor, patch_size: int, fill: float):
@@ -65,12 +76,17 @@ class MaskedDiffusion:
         """Return ``(x_t [B, C, H, W], mask [B, L])``; ``mask`` True = hidden patch."""
         return mask_keyed(x0, t.double() / self.timesteps, keys, self.patch_size, self.fill)
 
+    def reconstruct(self, model, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor) -> Reconstruction:
+        return masked_reconstruction(self, model, x0, t, keys)
+
     def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
         t = self.sample_t(keys).to(x0.device) if t is None else t
         x_t, mask = self.corrupt(x0, t, keys)
         pred = model(x_t, t)
         if self.loss_name == "ssim":
             loss = ssim_loss(pred, x0, self.win, self.sigma)
+        elif self.loss_name == "ssim_ref":
+            loss = ssim_ref_loss(pred, x0, self.win, self.sigma)
         elif self.loss_name == "ssim_masked":
             pix = mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], self.patch_size)
             loss = masked_ssim_loss(pred, x0, pix, self.win, self.sigma)
@@ -81,6 +97,13 @@ class MaskedDiffusion:
         else:
             raise ValueError(f"unknown MDM loss {self.loss_name!r}")
         return ObjectiveOutput(loss, t, x_t, pred)
+
+
+def masked_reconstruction(objective, model, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor) -> Reconstruction:
+    """MDM and MAE: hide a fraction ``t / T`` of the patches, predict the clean image; the kept patches are visible."""
+    x_t, mask = objective.corrupt(x0, t, keys)
+    pred = model(x_t, objective.model_timesteps(t))
+    return Reconstruction(pred, 1 - mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], objective.patch_size))
 
 
 def beta_schedule(name: str, timesteps: int) -> torch.Tensor:
@@ -120,6 +143,12 @@ class GaussianDiffusion:
         a, s = self._coefs(t, x0)
         return a * x0 + s * eps, eps
 
+    def reconstruct(self, model, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor) -> Reconstruction:
+        x_t, _ = self.corrupt(x0, t, keys)
+        a, s = self._coefs(t, x0)
+        x0_pred = ((x_t - s * model(x_t, t).float()) / a).clamp(-1, 1)
+        return Reconstruction(x0_pred, torch.ones_like(x0[:, :1]))
+
     def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
         t = self.sample_t(keys).to(x0.device) if t is None else t
         x_t, eps = self.corrupt(x0, t, keys)
@@ -151,6 +180,9 @@ class MaskedAutoencoder:
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor):
         """``(x_t, mask)`` with a fraction ``t / T`` of the patches hidden."""
         return mask_keyed(x0, t.double() / self.timesteps, keys, self.patch_size, self.fill)
+
+    def reconstruct(self, model, x0: torch.Tensor, t: torch.Tensor, keys: torch.Tensor) -> Reconstruction:
+        return masked_reconstruction(self, model, x0, t, keys)
 
     def loss(self, model, x0: torch.Tensor, keys: torch.Tensor, t: torch.Tensor | None = None) -> ObjectiveOutput:
         t = self.sample_t(keys).to(x0.device)

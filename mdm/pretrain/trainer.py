@@ -4,7 +4,9 @@ Run folder layout (``train.out_dir``)::
 
     config.yaml                 the resolved config, written at start
     pool.json                   (image folders) images in the pool, excluded (test images), unreadable ones skipped
-    log.jsonl                   one JSON object per logged step (rows of replayed steps are dropped on resume)
+    log.jsonl                   one JSON object per logged step (rows of replayed steps are dropped on resume): the
+                                loss, by mask-ratio quartile, lr, images/s, and the colour check of the EMA weights
+                                (``previews.colour_check``: recon_error, recon_bias_c0..)
     samples/step_N.png          original | corrupted input | reconstruction (EMA weights)
     exports/step_N/             unet.safetensors (EMA), unet_raw.safetensors, config.yaml, for stage 2
     export/                     the latest export
@@ -33,7 +35,8 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from ..common import faults
-from ..common.config import Config, dump
+from ..common.config import Config
+from ..common.config_io import dump
 from ..common.devices import memory_format, native_bf16, resolve_device, tune_for_fixed_shapes
 from ..common.errors import ConfigError, TrainingError
 from ..common.io import atomic_dir, replace_dir, temp_sibling, write_text_atomic
@@ -45,7 +48,7 @@ from .cpu_memory import keep_freed_memory
 from .export import WEIGHTS, build_unet, file_fingerprint, save_export
 from .objectives import build_objective
 from .pools import build_pretrain_dataset
-from .previews import save_reconstruction_grid
+from .previews import colour_check, save_reconstruction_grid
 from .sampler import StepBatchSampler
 
 
@@ -253,7 +256,7 @@ class Trainer:
         acc.print(self.summary())
         writer = _tensorboard(self.run_dir) if main else None
         log_file = (self.run_dir / "log.jsonl").open("a") if main else None
-        preview = self.preview_batch() if main and tc.image_every else None
+        preview = self.preview_batch() if main else None  # the grids' samples, and the colour check's
         if self.step == 0:
             self.export()
             if main and tc.image_every:
@@ -292,6 +295,7 @@ class Trainer:
                     rate = images_seen / (time.perf_counter() - t_start)
                     record = self._record(losses, ts, rate)
                     if main:
+                        record.update(self._colour_check(preview))
                         log_file.write(json.dumps(record) + "\n")
                         log_file.flush()
                         if writer:
@@ -304,7 +308,8 @@ class Trainer:
                 if main and tc.image_every and (self.step % tc.image_every == 0 or self.step == tc.max_steps):
                     self._save_preview(preview)
                 # the export first: a checkpoint of step N vouches for exports/step_N (resuming rewrites it)
-                if (tc.export_every and self.step % tc.export_every == 0) or self.step == tc.max_steps:
+                if ((tc.export_every and self.step % tc.export_every == 0) or self.step == tc.max_steps
+                        or self.step in tc.export_at):
                     self.export()
                 if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
                     self.save_checkpoint()
@@ -327,6 +332,18 @@ class Trainer:
             if sel.numel():
                 record[f"loss_q{q + 1}"] = float(sel.mean())
         return record
+
+    @torch.no_grad()
+    def _colour_check(self, preview) -> dict[str, float]:
+        """``previews.colour_check`` of the EMA weights on the preview images."""
+        images, keys, _ = preview
+        model, dev = self.ema.module, self.accelerator.device
+        was_training = model.training
+        model.eval()
+        with self.accelerator.autocast():
+            out = colour_check(self.objective, model, images.to(dev), keys.to(dev))
+        model.train(was_training)
+        return out
 
     @torch.no_grad()
     def _save_preview(self, preview) -> None:

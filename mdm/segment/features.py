@@ -7,6 +7,12 @@ image always gives the same features), the U-Net runs once, and the outputs of t
 at their native resolution in fp16. Pixel features are only formed for the pixels needed, when needed: each block
 sampled bilinearly at those pixels (as if upsampled to the tile size) and concatenated, giving ``[N, D]`` with
 ``D = len(timesteps) * sum(block channels)``. Nothing holds the features of all pixels of all images at once.
+
+Mask draws: draw 0 is the tile's one fixed mask; ``seg.extract_masks: per_epoch`` gives training tiles another keyed
+draw each epoch (``draw`` > 0), the reference's fresh mask per step made repeatable. Normalisation
+``seg.normalize: l2_image`` (the reference's) divides a tile's features by the L2 norm of its whole feature tensor
+(every pixel of the upsampled parts): each block's squared norm at tile size is kept beside its output (``sq_...``),
+so the norm of any set of parts is known without forming every pixel's features.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ from ..common.config import SegConfig
 from ..common.devices import autocast, autocast_dtype, memory_format
 from ..common.errors import CheckpointError, ConfigError
 from ..common.io import load_tensors
+from ..common.rng import Tag
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
 
 EXTRACT_BATCH = 8  # tiles per U-Net forward pass
+CACHE_FORMAT = 2  # in every cache key: entries of format 1 lack the squared norms
 
 
 def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
@@ -58,15 +66,18 @@ class FeatureExtractor:
         cache_dir: where per-tile block outputs are cached as fp16 safetensors (None: in memory, for this object).
         fingerprint: identifies the weights in cache keys (e.g. ``Export.fingerprint()``).
         device: where the U-Net runs (default: where its weights are).
+        dtype: autocast precision of the U-Net (None: fp32).
+        l2_image: divide each tile's pixel features by the L2 norm of the tile's whole feature tensor.
     """
 
     def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
                  cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, l2_image: bool = False):
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.memory_format = memory_format("auto", device)
         self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
         self.objective, self.seed, self.device, self.dtype = objective, seed, device, dtype
+        self.l2_image = l2_image
         self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
         self.timesteps = list(timesteps)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -94,9 +105,9 @@ class FeatureExtractor:
     def feature_dim(self) -> int:
         return self.parts_dim()
 
-    def _cache_key(self, name: str, content: str, tile: Tile, size: int) -> str:
-        key = (f"{self.fingerprint}|{name}|{content}|{tile.top},{tile.left},{size}|{self.timesteps}|{self.seed}|"
-               f"{self.blocks}|{self.dtype}")
+    def _cache_key(self, name: str, content: str, tile: Tile, size: int, draw: int) -> str:
+        key = (f"{CACHE_FORMAT}|{self.fingerprint}|{name}|{content}|{tile.top},{tile.left},{size}|{self.timesteps}|"
+               f"{self.seed}|{draw}|{self.blocks}|{self.dtype}")
         return hashlib.sha1(key.encode()).hexdigest()
 
     def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
@@ -120,7 +131,8 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def _run(self, tiles: torch.Tensor, keys: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """``tiles [B, 3, S, S]`` -> per tile ``{f"t{t}_b{i}": [C_i, h_i, w_i] fp16}``."""
+        """``tiles [B, 3, S, S]`` -> per tile ``{f"t{t}_b{i}": [C_i, h_i, w_i] fp16, f"sq_t{t}_b{i}": [] fp32}``, the
+        second the squared L2 norm of the block's fp16 output upsampled to ``S x S`` (for ``l2_image``)."""
         out: list[dict[str, torch.Tensor]] = [{} for _ in range(tiles.shape[0])]
         x0 = tiles.to(self.device)
         for t in self.timesteps:
@@ -131,32 +143,39 @@ class FeatureExtractor:
             with autocast(self.dtype, self.device):
                 self.model(x_t.contiguous(memory_format=self.memory_format), self.objective.model_timesteps(tt))
             for i in self.blocks:
-                o = self._outputs[i].to("cpu", torch.float16)
+                o = self._outputs[i].to(torch.float16)
+                up = F.interpolate(o.float(), size=tiles.shape[-2:], mode="bilinear", align_corners=False)
+                sq = up.pow(2).sum((1, 2, 3)).cpu()
+                o = o.cpu()
                 for j in range(x0.shape[0]):
                     out[j][f"t{t}_b{i}"] = o[j].contiguous()
+                    out[j][f"sq_t{t}_b{i}"] = sq[j].clone()
         return out
 
     def tile_blocks(self, name: str, image: torch.Tensor, tile_size: int, tiles: list[Tile],
-                    remember: bool = True) -> list[dict[str, torch.Tensor]]:
-        """Native-resolution fp16 block outputs for ``tiles`` of ``image [3, H, W]`` (from the cache when there).
+                    remember: bool = True, draw: int = 0, cache: bool = True) -> list[dict[str, torch.Tensor]]:
+        """Native-resolution fp16 block outputs for ``tiles`` of ``image [3, H, W]`` (from the cache when there),
+        extracted through mask (or noise) draw ``draw`` of each tile.
 
         The cache key holds the export's fingerprint, the image name and a hash of its pixels, the tile, the
-        timesteps, the seed, the blocks and the precision; without a cache folder they are kept in memory, except
-        with ``remember=False`` (inference), so that segmenting many images needs no more memory than one."""
+        timesteps, the seed, the draw, the blocks and the precision; without a cache folder they are kept in
+        memory, except with ``remember=False`` (inference), so that segmenting many images needs no more memory
+        than one. ``cache=False`` neither looks up nor stores anything (a draw that is never used again)."""
         padded = pad_to_tile(image, tile_size)
         content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
-        keys = [self._cache_key(name, content, tile, tile_size) for tile in tiles]
-        result = [self._lookup(key) for key in keys]
+        keys = [self._cache_key(name, content, tile, tile_size, draw) for tile in tiles]
+        result = [self._lookup(key) if cache else None for key in keys]
         todo = [k for k, r in enumerate(result) if r is None]
         name_key = zlib.crc32(name.encode())
         for first in range(0, len(todo), EXTRACT_BATCH):  # bounded memory: a few tiles through the U-Net at once
             batch = todo[first:first + EXTRACT_BATCH]
             crops = torch.stack([padded[:, tiles[k].top:tiles[k].top + tile_size,
                                         tiles[k].left:tiles[k].left + tile_size] for k in batch])
-            seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left) for k in batch])
+            seeds = torch.tensor([rng.make_key(self.seed, name_key, tiles[k].top, tiles[k].left,
+                                               *((Tag.MASK_DRAW, draw) if draw else ())) for k in batch])
             for k, blocks in zip(batch, self._run(crops, seeds)):
                 result[k] = blocks
-                if remember or self.cache_dir is not None:
+                if cache and (remember or self.cache_dir is not None):
                     self._store(keys[k], blocks)
         return result  # type: ignore[return-value]
 
@@ -172,21 +191,29 @@ class FeatureExtractor:
         (exactly what upsampling the block to ``size x size`` with ``align_corners=False`` would give at those
         pixels), then concatenated. Only the requested pixels are formed, so memory is ``N x D``, not
         ``size^2 x D``. ``parts`` (default: all, see ``parts``) picks ``(timestep, block)`` parts to form. ``blocks``
-        may be fp16 on the CPU (as extracted or cached) or already ``on_device``."""
+        may be fp16 on the CPU (as extracted or cached) or already ``on_device``. With ``l2_image`` every row is
+        divided by the L2 norm of the tile's whole feature tensor of those parts."""
         dev = self.device
+        parts = parts or self.parts
         index = torch.arange(size * size, device=dev) if index is None else index.to(dev)
         ys, xs = torch.div(index, size, rounding_mode="floor"), index % size
         grid = torch.stack([(2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1], dim=-1).float()  # [N, 2] as (x, y)
         grid = grid.reshape(1, 1, -1, 2)
-        outputs = [blocks[f"t{t}_b{i}"] for t, i in (parts or self.parts)]
-        return torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
-                                        padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs], dim=1)
+        outputs = [blocks[f"t{t}_b{i}"] for t, i in parts]
+        feats = torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
+                                         padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs],
+                          dim=1)
+        if self.l2_image:
+            norm = sum(float(blocks[f"sq_t{t}_b{i}"]) for t, i in parts) ** 0.5
+            feats = feats / max(norm, 1e-12)
+        return feats
 
 
 def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> FeatureExtractor:
     """The export's U-Net (weights ``seg.weights``, loaded strictly) wrapped in a ``FeatureExtractor`` for
     ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's own objective, on ``device``
-    under the autocast of ``seg.mixed_precision``."""
+    under the autocast of ``seg.mixed_precision``, normalising per tile when ``seg.normalize`` is ``l2_image``."""
     return FeatureExtractor(export.load_model(), build_objective(export.config.diffusion), seg.blocks, seg.timesteps,
                             seed=seg.seed, cache_dir=seg.cache_dir or None, fingerprint=export.fingerprint(),
-                            device=device, dtype=autocast_dtype(seg.mixed_precision, device))
+                            device=device, dtype=autocast_dtype(seg.mixed_precision, device),
+                            l2_image=seg.normalize == "l2_image")

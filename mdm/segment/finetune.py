@@ -162,7 +162,8 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
     """Train ``model`` (on its device; channels-last on the CPU; autocast per ``seg.mixed_precision``) on random
     crops of the labeled images; early stopping on the validation pixels of ``splits.split_labels`` (``roles``: the
     images' parts, see ``splits.validation_roles``; default: pixel blocks of every image), scored on
-    ``validation_tiles``. Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
+    ``validation_tiles``, or on the epoch's mean training loss where no pixel is held out (``data.val_split: none``).
+    Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
     padded = [pad_to_tile(im.image, tile) for im in images]
     splits = [split_labels(im, tile, val_fraction, seg.seed, seg.min_class_pixels,
                            roles[im.name] if roles else "pixels") for im in images]
@@ -175,10 +176,11 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
     model.to(memory_format=memory_format("auto", device))
     val_x, val_y = validation_tiles(padded, val_lab, tile, seg.seed, seg.val_tiles)
     opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr, fused=device.type in ("cpu", "cuda"))
-    stopper = EarlyStopping.of_module(model, seg.patience)
+    stopper = EarlyStopping.of_module(model, seg.patience, seg.min_epochs)
     steps = max(1, seg.crops_per_epoch // seg.batch_size)
     for epoch in tqdm(range(seg.max_epochs), desc="fine-tune", disable=None if progress else True, leave=False):
         model.train()
+        train_losses = []
         for b in range(steps):
             x, y = crop_batch(imgs, train_lab, tile, seg.batch_size, rng.make_key(seg.seed, epoch, b), seg.augment)
             if (y == IGNORE_INDEX).all():
@@ -187,6 +189,10 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if stopper.update(epoch, validation_loss(model, val_x, val_y, dtype)):
+            train_losses.append(loss.detach())
+        watched = validation_loss(model, val_x, val_y, dtype)
+        if math.isinf(watched) and train_losses:  # nothing held out: watch the training loss
+            watched = float(torch.stack(train_losses).mean())
+        if stopper.update(epoch, watched):
             break
     return stopper.restore()

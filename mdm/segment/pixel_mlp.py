@@ -5,7 +5,8 @@ otherwise; weights N(0, 0.02) drawn from the member's own seed, biases 0. The me
 (``[M, d_in, d_out]``), so a forward pass is one batched matmul per layer for the whole ensemble, on the CPU or the
 GPU. They train in lockstep on the same streamed pixel batches, each on its own cross-entropy (with the ignore
 label), with Adam (lr 1e-3, elementwise, so stacking changes nothing), and each keeps its best-validation weights and
-stops counting after ``patience`` epochs without improvement.
+stops counting after ``patience`` epochs without improvement (never before ``min_epochs``). Where no pixel is held out
+(``data.val_split: none``, the reference's rule) each member watches its own mean training loss of the epoch.
 
 Combining (``combine``): ``vote`` (per-pixel majority of the members' labels, ties to the lowest class id: the FFHQ-34
 protocol), ``mean_prob`` (argmax of the mean softmax), or ``individual`` (each member scored alone; the caller
@@ -115,22 +116,24 @@ def _member_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                  val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], max_epochs: int = 50,
-                 patience: int = 5, lr: float = 1e-3, progress=None) -> list[dict]:
+                 patience: int = 5, lr: float = 1e-3, progress=None, min_epochs: int = 0) -> list[dict]:
     """Train every member; returns a per-member history ``[{"best_epoch", "best_val_loss", "epochs"}]``.
 
     ``train_batches(epoch)`` yields ``(features [N, d], labels [N])`` on the ensemble's device (raw features:
-    normalisation happens here); ``val_batches()`` likewise for the validation pixels. Labels use ``IGNORE_INDEX``
-    for pixels to skip. A member that has stopped keeps training with the others (one batched pass costs the same);
-    at the end every member gets its best-validation weights back.
+    normalisation happens here); ``val_batches()`` likewise for the validation pixels (none: the training loss is
+    watched). Labels use ``IGNORE_INDEX`` for pixels to skip. A member that has stopped keeps training with the others
+    (one batched pass costs the same); at the end every member gets its best weights back.
     """
     opt = torch.optim.Adam(ensemble.parameters(), lr=lr)
     stoppers = [EarlyStopping(lambda k=k: ensemble.member_state(k), lambda s, k=k: ensemble.load_member_state(k, s),
-                              patience) for k in range(ensemble.num_members)]
+                              patience, min_epochs) for k in range(ensemble.num_members)]
     active = [True] * ensemble.num_members
     for epoch in range(max_epochs):
         if not any(active):
             break
         ensemble.train()
+        train_total = torch.zeros(ensemble.num_members, dtype=torch.float64, device=ensemble.mean.device)
+        train_count = 0
         for feats, labels in train_batches(epoch):
             if feats.shape[0] < 2:
                 continue
@@ -140,7 +143,11 @@ def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterabl
             opt.zero_grad(set_to_none=True)
             (losses.sum() / count).backward()  # the sum of the members' mean losses: each gets its own gradient
             opt.step()
+            train_total += losses.detach().double()
+            train_count += count
         val = _val_losses(ensemble, val_batches)
+        if all(math.isinf(v) for v in val) and train_count:  # nothing held out: watch the training loss
+            val = (train_total / train_count).tolist()
         for k in range(ensemble.num_members):
             if active[k] and stoppers[k].update(epoch, val[k]):
                 active[k] = False

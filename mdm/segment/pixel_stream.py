@@ -4,6 +4,11 @@ feature extractor's device.
 Each labeled image is cut into tiles; an epoch visits the tiles in a seeded order and takes up to
 ``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them into batches
 of about ``batch_pixels``. Validation batches hold every validation pixel, in tile order.
+
+Extraction masks (``mask_draws``): ``None`` (``seg.extract_masks: fixed``) extracts every tile through its one fixed
+draw; a number (``per_epoch``) gives the training tiles of epoch ``e`` draw ``e % mask_draws`` (``e`` itself when
+``mask_draws`` is 0: a new draw every epoch, computed afresh and never stored). Validation pixels and the
+feature statistics always use draw 0, so early stopping compares epochs on the same features.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ class PixelStream:
 
     def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int, overlap: float,
                  val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int,
-                 roles: dict[str, str] | None = None):
+                 roles: dict[str, str] | None = None, mask_draws: int | None = None):
         self.extractor, self.images, self.tile_size = extractor, images, tile_size
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
+        self.mask_draws = mask_draws
         self.tiles: list[TrainTile] = []
-        self._kept: dict[int, dict[str, torch.Tensor]] = {}
+        self._kept: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # (tile, draw) -> block outputs
         self.parts: list[tuple[int, int]] | None = None  # the (timestep, block) parts formed; None: all
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
@@ -50,16 +56,28 @@ class PixelStream:
             for tile in tile_grid(*im.label.shape, tile_size, overlap):
                 self.tiles.append(TrainTile(k, tile))
 
-    def _tile_blocks(self, i: int) -> dict[str, torch.Tensor]:
-        if i in self._kept:
-            return self._kept[i]
+    def draw(self, epoch: int) -> int:
+        """The extraction-mask draw of the training tiles in ``epoch``."""
+        if self.mask_draws is None:
+            return 0
+        return epoch % self.mask_draws if self.mask_draws else epoch
+
+    def _tile_blocks(self, i: int, draw: int = 0) -> dict[str, torch.Tensor]:
+        if (i, draw) in self._kept:
+            return self._kept[i, draw]
         t = self.tiles[i]
         im = self.images[t.image_index]
-        return self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile])[0]
+        fresh = draw > 0 and self.mask_draws == 0  # a draw no later epoch asks for again
+        blocks = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile], draw=draw,
+                                            cache=not fresh)[0]
+        if self.extractor.cache_dir is None and not fresh:
+            self._kept[i, draw] = blocks  # in memory anyway: keep them by tile instead of looking them up again
+        return blocks
 
-    def tile_features(self, i: int, index: torch.Tensor) -> torch.Tensor:
-        """``[N, D]`` features (on the extractor's device) of tile ``i``'s flat pixel indices ``index``."""
-        return self.extractor.pixel_features(self._tile_blocks(i), self.tile_size, index, self.parts)
+    def tile_features(self, i: int, index: torch.Tensor, draw: int = 0) -> torch.Tensor:
+        """``[N, D]`` features (on the extractor's device) of tile ``i``'s flat pixel indices ``index``, extracted
+        through mask draw ``draw``."""
+        return self.extractor.pixel_features(self._tile_blocks(i, draw), self.tile_size, index, self.parts)
 
     @property
     def feature_dim(self) -> int:
@@ -76,12 +94,9 @@ class PixelStream:
         return which[t.image_index][t.tile.top:t.tile.top + s, t.tile.left:t.tile.left + s].reshape(-1)
 
     def prefetch(self, progress: bool = True) -> None:
-        """Extract (and cache) every training tile once. Without a cache folder the block outputs are in memory
-        anyway, so the stream keeps them by tile instead of looking them up again each epoch."""
+        """Extract (and cache) every training tile once, through draw 0."""
         for i in tqdm(range(len(self.tiles)), desc="features", disable=None if progress else True, leave=False):
-            blocks = self._tile_blocks(i)
-            if self.extractor.cache_dir is None:
-                self._kept[i] = blocks
+            self._tile_blocks(i)
 
     def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std over the labeled training pixels (accumulated tile by tile)."""
@@ -102,7 +117,7 @@ class PixelStream:
         std = (s2 / max(n, 1) - mean ** 2).clamp_min(0).sqrt()
         return mean.float(), std.float().clamp_min(1e-4)
 
-    def _batches(self, which, order, cap, epoch):
+    def _batches(self, which, order, cap, epoch, draw=0):
         buf_x, buf_y, size = [], [], 0
         for i in order:
             t = self.tiles[i]
@@ -113,7 +128,7 @@ class PixelStream:
             if cap and keep.numel() > cap:
                 g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
                 keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
-            buf_x.append(self.tile_features(i, keep))
+            buf_x.append(self.tile_features(i, keep, draw))
             buf_y.append(y[keep])
             size += keep.numel()
             if size >= self.batch_pixels:
@@ -125,7 +140,7 @@ class PixelStream:
     def train_batches(self, epoch: int):
         g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))
         order = torch.randperm(len(self.tiles), generator=g).tolist()
-        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch)
+        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch, self.draw(epoch))
 
     def train_batches_per_epoch(self) -> int:
         """About how many batches ``train_batches`` yields per epoch (at least 1): the capped training pixels of every

@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..common import faults
-from ..common.config import Config, DataConfig, SegConfig, dump
+from ..common.config import Config, DataConfig, SegConfig
+from ..common.config_io import dump
 from ..common.devices import tune_for_fixed_shapes
 from ..common.errors import ConfigError, DataError
 from ..common.io import atomic_dir
@@ -121,7 +122,8 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
 
     def fit(progress: bool):
         stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
-                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles)
+                             seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles,
+                             seg.mask_draws if seg.extract_masks == "per_epoch" else None)
         stream.prefetch(progress)
         extras, chosen_seg, chosen_cfg, final_extractor = {}, seg, cfg, extractor
         if auto:
@@ -132,7 +134,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
             chosen_cfg = replace(cfg, seg=chosen_seg)
             final_extractor = build_extractor(chosen_seg, export, device)
         ensemble = PixelEnsemble(stream.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
-        if seg.normalize:
+        if seg.normalize == "zscore":
             ensemble.mean, ensemble.std = stream.feature_stats()
         ensemble.to(extractor.device)
         bar = tqdm(total=seg.max_epochs, desc="pixel MLPs", disable=None if progress else True, leave=False)
@@ -142,7 +144,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
             bar.set_postfix(val_loss=f"{min(val):.4f}", active=sum(active))
 
         history = fit_ensemble(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience,
-                               seg.lr, progress=tick)
+                               seg.lr, progress=tick, min_epochs=seg.min_epochs)
         bar.close()
         return PixelSegmenter(chosen_cfg, final_extractor, ensemble.eval(), tile), history, extras
 

@@ -21,7 +21,8 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from ..common.config import Config, from_dict, to_dict
+from ..common.config import Config
+from ..common.config_io import from_dict, to_dict
 from ..common.devices import autocast_dtype, tune_for_fixed_shapes
 from ..common.errors import CheckpointError
 from ..common.io import atomic_dir, load_tensors

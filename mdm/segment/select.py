@@ -40,7 +40,8 @@ def select_parts(stream: PixelStream, num_classes: int, seg: SegConfig, progress
     for t, block in ex.parts:
         probe = stream.restricted([(t, block)])
         mlp = PixelEnsemble(probe.feature_dim, num_classes, 1, seg.seed)
-        mlp.mean, mlp.std = probe.feature_stats()
+        if seg.normalize == "zscore":
+            mlp.mean, mlp.std = probe.feature_stats()
         mlp.to(ex.device)
         history = fit_ensemble(mlp, probe.train_batches, probe.val_batches, epochs, epochs, seg.lr)
         scores.setdefault(t, {})[block] = history[0]["best_val_loss"]

@@ -63,7 +63,10 @@ def validation_roles(images: list[LabeledImage], fraction: float, seed: int, spl
     (at least one, always leaving one to train on), validates and the rest trains, so early stopping sees the shift
     from one image to the next. Where the images carry slide ids and span at least 2 slides, whole slides are held
     out instead. Otherwise (one labeled image, ``split="pixels"``, ``fraction`` 0) every image is ``pixels``: pixel
-    blocks of each validate (``validation_mask``)."""
+    blocks of each validate (``validation_mask``). ``split="none"`` (the reference's rule): every image is ``train``,
+    nothing is held out, and early stopping watches the training loss."""
+    if split == "none":
+        return {im.name: "train" for im in images}
     if split == "pixels" or len(images) < 2 or fraction <= 0:
         return {im.name: "pixels" for im in images}
     slides = {im.slide for im in images}
