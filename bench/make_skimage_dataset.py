@@ -29,7 +29,7 @@ def nucleus_mask(rgb: np.ndarray, min_pixels: int = 12) -> np.ndarray:
     from skimage import color, filters, morphology
 
     haematoxylin = color.rgb2hed(rgb)[..., 0]
-    mask = morphology.binary_opening(haematoxylin > filters.threshold_otsu(haematoxylin), morphology.disk(1))
+    mask = morphology.opening(haematoxylin > filters.threshold_otsu(haematoxylin), morphology.disk(1))
     blobs, _ = ndimage.label(mask)
     sizes = np.bincount(blobs.ravel())
     return mask & (sizes[blobs] >= min_pixels)

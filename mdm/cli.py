@@ -3,7 +3,8 @@
 =====================================  ===================================================================
 ``train.py`` / ``mdm-train``           pretrain a U-Net (MDM, or the DDPM / MAE baselines)
 ``finetune_seg.py`` / ``mdm-seg``      the segmentation stage (frozen features by default; ``predict``)
-``python -m mdm.benchmark`` / ``mdm-bench``   the label-efficiency study
+``python -m mdm.benchmark`` / ``mdm-bench``   the label-efficiency study (an ablation with ``bench.variants``)
+``python -m mdm.demo``                 ``make demo``: the demo study, then ``predict`` on new images, time per phase
 ``python -m mdm.convert``              a published checkpoint -> an export folder
 =====================================  ===================================================================
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -200,6 +202,41 @@ def _bench(argv: list[str]) -> int:
 
 def bench_main(argv: list[str] | None = None) -> int:
     return _run(_bench, argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from .bench.study import run_benchmark
+    from .common.synthetic import save_examples
+
+    p = _parser("python -m mdm.demo", "The whole story on built-in synthetic histology: the study of the config, then "
+                "its first method's segmenter (lowest label fraction, first seed) on three new images; prints the "
+                "time of each phase.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    if args.out:
+        cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
+    out, bc = Path(cfg.bench.out_dir), cfg.bench
+    train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
+    print(f"devices: pretraining {train_device}, segmentation {seg_device}")
+    result = run_benchmark(cfg, train_device, seg_device)
+    print(f"\n{bc.metric}, mean ± std over seeds {bc.seeds}:\n{result['table']}\n")
+    started = time.perf_counter()
+    model = out / "runs" / bc.methods[0] / f"f{min(bc.fractions):g}_s{bc.seeds[0]}"
+    save_examples(str(out / "new_images"), 3)
+    _predict(["--model", str(model), "--images", str(out / "new_images"), "--out", str(out / "predict"),
+              "--device", str(seg_device)])
+    phases = {**result["phases"], f"predict ({model.relative_to(out)} on 3 new images)":
+              time.perf_counter() - started}
+    print("\ntime per phase (installation aside):")
+    for name, seconds in phases.items():
+        print(f"  {name:<48} {seconds:7.1f} s")
+    print(f"  {'total':<48} {sum(phases.values()):7.1f} s")
+    print(f"see {out}/results.md, label_efficiency.png, pretrain_budget.png, pretrain_mdm/samples/, predict/overlays/")
+    return 0
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    return _run(_demo, argv)
 
 
 # ---- conversion ----------------------------------------------------------------------------------------------------

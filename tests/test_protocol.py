@@ -93,9 +93,11 @@ def test_l2_image_on_a_two_pixel_case():
     """One block of 1 channel at the tile's own 2x2 size holding 3 and 4 on its diagonal: the tile's feature tensor
     has norm 5, so its two non-zero pixels get 0.6 and 0.8."""
     ex = FeatureExtractor.__new__(FeatureExtractor)
-    ex.timesteps, ex.blocks, ex.device, ex.l2_image = [50], [0], CPU, True
+    ex.timesteps, ex.blocks, ex.device, ex.tile_norm = [50], [0], CPU, "l2_image"
     blocks = {"t50_b0": torch.tensor([[[3.0, 0.0], [0.0, 4.0]]]).half(), "sq_t50_b0": torch.tensor(25.0)}
     assert ex.pixel_features(blocks, 2).flatten().tolist() == pytest.approx([0.6, 0.0, 0.0, 0.8])
+    ex.tile_norm = "rms_image"  # the same times sqrt(4 pixels x 1 channel)
+    assert ex.pixel_features(blocks, 2).flatten().tolist() == pytest.approx([1.2, 0.0, 0.0, 1.6])
 
 
 def test_l2_image_gives_every_tile_unit_norm(stream_parts):
@@ -160,7 +162,7 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
 def test_an_ablation_shares_pretraining_where_a_variant_leaves_it_alone(tmp_path, configs_dir):
     from mdm.bench.study import run_benchmark
 
-    variants = ("bench.variants=[{name: ours}, {name: l2, set: [seg.normalize=l2_image]}, "
+    variants = ("bench.variants=[{name: ours}, {name: l2, set: [seg.normalize=l2_image, data.val_split=pixels]}, "
                 "{name: loss, set: [diffusion.loss=ssim_ref]}, {name: both, set: [diffusion.loss=ssim_ref, "
                 "seg.normalize=l2_image]}]")
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [variants, f"bench.out_dir={tmp_path}"])
@@ -177,7 +179,7 @@ def test_an_ablation_shares_pretraining_where_a_variant_leaves_it_alone(tmp_path
     table = (tmp_path / "pretraining.md").read_text()
     assert "pretrain_mdm_loss | mdm | ssim_ref" in table and "recon error" in table
     renamed = load(os.path.join(configs_dir, "bench_demo.yaml"),
-                   MINI + [variants.replace("{name: l2, set: [seg.normalize=l2_image]}",
+                   MINI + [variants.replace("{name: l2, set: [seg.normalize=l2_image, data.val_split=pixels]}",
                                             "{name: l2, set: [seg.normalize=none]}"), f"bench.out_dir={tmp_path}"])
     from mdm.common.errors import ConfigError
 

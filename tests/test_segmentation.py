@@ -141,7 +141,7 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
 def test_pixel_features_equal_upsampling_the_blocks():
     """Sampling selected pixels gives exactly what upsampling each block to the tile size would give there."""
     ex = FeatureExtractor.__new__(FeatureExtractor)
-    ex.timesteps, ex.blocks, ex.device, ex.l2_image = [50], [0, 1], torch.device("cpu"), False
+    ex.timesteps, ex.blocks, ex.device, ex.tile_norm = [50], [0, 1], torch.device("cpu"), "none"
     blocks = {"t50_b0": torch.randn(4, 8, 8).half(), "t50_b1": torch.randn(2, 16, 16).half()}
     full = torch.cat([torch.nn.functional.interpolate(blocks[k][None].float(), size=(32, 32), mode="bilinear",
                                                       align_corners=False)[0] for k in ("t50_b0", "t50_b1")])

@@ -53,11 +53,18 @@ def _cell(vals: list[float]) -> str:
 
 def summarize_variants(rows: list[dict], metric: str, variants: list[str], methods: list[str], fraction: float) -> str:
     """Markdown table at one label fraction: mean ± std of ``metric`` over seeds, one row per variant, one column per
-    method."""
+    method; from the second variant on, the change of the mean from the first variant's, in points (x100)."""
+    def values(v, m):
+        return [r[metric] for r in rows if r.get("variant") == v and r["method"] == m
+                and r["label_fraction"] == fraction and metric in r]
+
     lines = ["| variant | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-    for v in variants:
-        cells = [_cell([r[metric] for r in rows if r.get("variant") == v and r["method"] == m
-                        and r["label_fraction"] == fraction and metric in r]) for m in methods]
+    for k, v in enumerate(variants):
+        cells = []
+        for m in methods:
+            vals, first = values(v, m), values(variants[0], m)
+            change = f" ({100 * (np.mean(vals) - np.mean(first)):+.1f})" if k and vals and first else ""
+            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}{change}" if vals else "–")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -121,7 +128,7 @@ def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(variants) * max(1, len(methods)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(13.0, 2.0 + 0.9 * len(variants)), 4.2))
     width = 0.8 / max(1, len(methods))
     for j, m in enumerate(methods):
         vals = [[r[metric] for r in rows if r.get("variant") == v and r["method"] == m

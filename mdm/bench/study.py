@@ -159,7 +159,8 @@ def _objectives(cfg: Config) -> list[str]:
 
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
     """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and segmenting on
-    ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds"}``."""
+    ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
+    seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
     bc = cfg.bench
     wrong = [m for m in bc.budget_methods if m not in METHODS or METHODS[m].export != "export"]
     if wrong:
@@ -179,13 +180,15 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     dump(cfg, out / "config.yaml")
     folders = PretrainFolders(out, cfg, pretraining_data(cfg))
     pretrain: dict[tuple[str, str], Path] = {}
+    phases: dict[str, float] = {}  # seconds per phase of this call (a run done before counts as what its skip cost)
     for name, vcfg in studies:
         for obj in _objectives(vcfg):
             run = folders.folder(name, vcfg, obj, pools[name])
             if run not in pretrain.values():
                 t = time.perf_counter()
                 pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
-                log(f"pretraining {obj} ({run.name}): {time.perf_counter() - t:.1f} s")
+                phases[f"pretraining ({run.name})"] = time.perf_counter() - t
+                log(f"pretraining {obj} ({run.name}): {phases[f'pretraining ({run.name})']:.1f} s")
             pretrain[name, obj] = run
     pretrained = pretraining_table(sorted(set(pretrain.values())))
     write_text_atomic(out / "pretraining.md", pretrained + "\n")
@@ -202,7 +205,10 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                 for method in bc.methods:
                     run = out / "runs" / name / method / f"f{fraction:g}_s{seed}"
                     done = (run / "metrics.json").is_file()
+                    t = time.perf_counter()
                     result = run_one(vcfg, method, fraction, seed, export_for(name, method), run, seg_device)
+                    key = f"segmentation: {method}"
+                    phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
                     log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
                         f"seed {seed}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
                     results[name, method, fraction, seed] = result
@@ -231,10 +237,13 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         plot_selections(out / "block_selection.png", selections,
                         f"one-block probes' validation loss at {lowest:g} labels (mean over seeds {bc.seeds}; red: "
                         f"chosen)")
+    t = time.perf_counter()
     budget = budget_curve(cfg0, name0, results, export_for, out, seg_device, log)
+    if budget:
+        phases["budget curve"] = time.perf_counter() - t
     elapsed = time.perf_counter() - started
     log(f"study finished in {elapsed // 60:.0f} min {elapsed % 60:.0f} s")
-    return {"rows": rows, "budget": budget, "table": table, "seconds": elapsed}
+    return {"rows": rows, "budget": budget, "table": table, "seconds": elapsed, "phases": phases}
 
 
 def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path, device: torch.device,

@@ -19,6 +19,8 @@ from ..common.errors import ConfigError
 # diffusion keys that only one objective reads: they do not make another objective's pretraining differ
 OWN_KEYS = {"mdm": {"loss", "ssim_win_size", "ssim_sigma"}, "ddpm": {"beta_schedule"}, "mae": {"mae_mask_ratio"}}
 UNMASKED_IGNORES = {"patch_size", "mask_fill"}  # DDPM hides no patches
+# data keys that only stage 2 reads (a synthetic study pretrains on its ``data`` section itself), or that change speed
+STAGE_2_DATA = {"seed", "label_fraction", "val_fraction", "val_split", "num_classes", "num_workers"}
 # train keys that change where or how a run is logged, not its weights, or that the study sets itself
 NOT_WEIGHTS = {"out_dir", "device", "log_every", "image_every", "checkpoint_every", "checkpoint_limit", "max_steps",
                "export_every", "export_at"}
@@ -54,7 +56,7 @@ def pretraining_identity(cfg: Config, objective: str, pool: DataConfig) -> str:
                  and not (objective == "ddpm" and k in UNMASKED_IGNORES)}
     diffusion["objective"] = objective
     train = {k: v for k, v in to_dict(cfg.train).items() if k not in NOT_WEIGHTS}
-    pool_keys = {k: v for k, v in to_dict(pool).items() if k != "num_workers"}
+    pool_keys = {k: v for k, v in to_dict(pool).items() if k not in STAGE_2_DATA}
     budget = {k: getattr(cfg.bench, k) for k in ("pretrain_steps", "budget_exports", "budget_spacing")}
     return json.dumps({"model": to_dict(cfg.model), "diffusion": diffusion, "train": train, "pool": pool_keys,
                        "budget": budget}, sort_keys=True)

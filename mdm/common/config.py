@@ -122,7 +122,8 @@ class SegConfig:
     ``timesteps``: extraction timesteps, or ``auto``. ``extract_masks``: ``fixed`` (one seeded mask per tile) or
     ``per_epoch`` (training tiles get a new keyed draw each epoch, ``mask_draws`` of them cycled; 0: no cycle).
     ``normalize``: ``zscore`` (per channel, from the training pixels), ``l2_image`` (each tile's feature tensor
-    divided by its L2 norm: the reference's) or ``none``. ``combine``: ``vote``, ``mean_prob`` or ``individual``.
+    divided by its L2 norm: the reference's), ``rms_image`` (by its root mean square) or ``none``. ``combine``:
+    ``vote``, ``mean_prob`` or ``individual``.
     Both: ``tile_size`` 0 means the export's ``data.crop_size``; early stopping after ``patience`` epochs without a
     better validation loss (the training loss with ``data.val_split: none``), never before ``min_epochs``.
     ``cache_dir`` empty keeps block outputs in memory instead of on disk.
@@ -239,7 +240,7 @@ class Config:
             "seg.miou_absent": (self.seg.miou_absent, {"skip", "zero"}),
             "data.val_split": (self.data.val_split, {"images", "pixels", "none"}),
             "seg.extract_masks": (self.seg.extract_masks, {"fixed", "per_epoch"}),
-            "seg.normalize": (self.seg.normalize, {"zscore", "l2_image", "none"}),
+            "seg.normalize": (self.seg.normalize, {"zscore", "l2_image", "rms_image", "none"}),
             "bench.budget_spacing": (self.bench.budget_spacing, {"linear", "log"}),
             "bench.pretrain_data.source": (self.bench.pretrain_data.source, {"labeled", "folder", "synthetic"}),
             "bench.pretrain_data.crop": (self.bench.pretrain_data.crop, {"random", "resize"}),
@@ -295,6 +296,9 @@ class Config:
         names = [v.name for v in bc.variants]
         if "" in names or len(set(names)) != len(names):
             raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")
+        odd = [n for n in names if n in (".", "..") or any(c in n for c in "/\\")]
+        if odd:
+            raise ConfigError(f"bench.variants: {odd[0]!r} cannot name a folder (no / or \\, not . or ..)")
         if self.seg.ensemble_size < 1 or not self.seg.timesteps or not self.seg.blocks:
             raise ConfigError("seg.ensemble_size, seg.timesteps and seg.blocks must be non-empty / positive")
         if not 0.0 <= self.train.ema_decay < 1.0:

@@ -131,7 +131,8 @@ HELP = {
     "seg.tile_size": "sliding-window tile (0: the export's `data.crop_size`)",
     "seg.overlap": "overlap of neighbouring tiles, in [0, 1)",
     "seg.normalize": "`zscore` (each channel with the training pixels' mean and std), `l2_image` (each tile's "
-                     "feature tensor divided by its L2 norm: the reference's) or `none`",
+                     "feature tensor divided by its L2 norm: the reference's), `rms_image` (divided by its root mean "
+                     "square: the same, at unit scale) or `none`",
     "seg.cache_dir": "fp16 block-output cache folder (empty: in memory)",
     "seg.weights": "`ema` or `raw` export weights",
     "seg.miou_absent": "a class absent from prediction and ground truth on the whole test set: `skip` it in the mean "

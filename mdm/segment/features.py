@@ -12,7 +12,9 @@ Mask draws: draw 0 is the tile's one fixed mask; ``seg.extract_masks: per_epoch`
 draw each epoch (``draw`` > 0), the reference's fresh mask per step made repeatable. Normalisation
 ``seg.normalize: l2_image`` (the reference's) divides a tile's features by the L2 norm of its whole feature tensor
 (every pixel of the upsampled parts): each block's squared norm at tile size is kept beside its output (``sq_...``),
-so the norm of any set of parts is known without forming every pixel's features.
+so the norm of any set of parts is known without forming every pixel's features. ``rms_image`` divides by the
+tile's root mean square instead: the same direction, entries of unit scale (``l2_image`` leaves them about
+``1 / sqrt(S^2 D)``, which the MLP's N(0, 0.02) weights and BatchNorm's eps learn from far more slowly).
 """
 
 from __future__ import annotations
@@ -67,17 +69,18 @@ class FeatureExtractor:
         fingerprint: identifies the weights in cache keys (e.g. ``Export.fingerprint()``).
         device: where the U-Net runs (default: where its weights are).
         dtype: autocast precision of the U-Net (None: fp32).
-        l2_image: divide each tile's pixel features by the L2 norm of the tile's whole feature tensor.
+        tile_norm: ``l2_image`` divides each tile's pixel features by the L2 norm of the tile's whole feature tensor,
+            ``rms_image`` by its root mean square; anything else leaves them as they are.
     """
 
     def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
                  cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, l2_image: bool = False):
+                 dtype: torch.dtype | None = None, tile_norm: str = "none"):
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.memory_format = memory_format("auto", device)
         self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
         self.objective, self.seed, self.device, self.dtype = objective, seed, device, dtype
-        self.l2_image = l2_image
+        self.tile_norm = tile_norm
         self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
         self.timesteps = list(timesteps)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -132,7 +135,7 @@ class FeatureExtractor:
     @torch.no_grad()
     def _run(self, tiles: torch.Tensor, keys: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """``tiles [B, 3, S, S]`` -> per tile ``{f"t{t}_b{i}": [C_i, h_i, w_i] fp16, f"sq_t{t}_b{i}": [] fp32}``, the
-        second the squared L2 norm of the block's fp16 output upsampled to ``S x S`` (for ``l2_image``)."""
+        second the squared L2 norm of the block's fp16 output upsampled to ``S x S`` (for ``tile_norm``)."""
         out: list[dict[str, torch.Tensor]] = [{} for _ in range(tiles.shape[0])]
         x0 = tiles.to(self.device)
         for t in self.timesteps:
@@ -191,8 +194,9 @@ class FeatureExtractor:
         (exactly what upsampling the block to ``size x size`` with ``align_corners=False`` would give at those
         pixels), then concatenated. Only the requested pixels are formed, so memory is ``N x D``, not
         ``size^2 x D``. ``parts`` (default: all, see ``parts``) picks ``(timestep, block)`` parts to form. ``blocks``
-        may be fp16 on the CPU (as extracted or cached) or already ``on_device``. With ``l2_image`` every row is
-        divided by the L2 norm of the tile's whole feature tensor of those parts."""
+        may be fp16 on the CPU (as extracted or cached) or already ``on_device``. With ``tile_norm`` every row is
+        divided by the L2 norm (``l2_image``) or the root mean square (``rms_image``) of the tile's whole feature
+        tensor of those parts."""
         dev = self.device
         parts = parts or self.parts
         index = torch.arange(size * size, device=dev) if index is None else index.to(dev)
@@ -203,17 +207,20 @@ class FeatureExtractor:
         feats = torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
                                          padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs],
                           dim=1)
-        if self.l2_image:
-            norm = sum(float(blocks[f"sq_t{t}_b{i}"]) for t, i in parts) ** 0.5
-            feats = feats / max(norm, 1e-12)
+        if self.tile_norm in ("l2_image", "rms_image"):
+            squares = sum(float(blocks[f"sq_t{t}_b{i}"]) for t, i in parts)
+            if self.tile_norm == "rms_image":
+                squares /= size * size * feats.shape[1]
+            feats = feats / max(squares ** 0.5, 1e-12)
         return feats
 
 
 def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> FeatureExtractor:
     """The export's U-Net (weights ``seg.weights``, loaded strictly) wrapped in a ``FeatureExtractor`` for
     ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's own objective, on ``device``
-    under the autocast of ``seg.mixed_precision``, normalising per tile when ``seg.normalize`` is ``l2_image``."""
+    under the autocast of ``seg.mixed_precision``, normalising per tile when ``seg.normalize`` is ``l2_image`` or
+    ``rms_image``."""
     return FeatureExtractor(export.load_model(), build_objective(export.config.diffusion), seg.blocks, seg.timesteps,
                             seed=seg.seed, cache_dir=seg.cache_dir or None, fingerprint=export.fingerprint(),
                             device=device, dtype=autocast_dtype(seg.mixed_precision, device),
-                            l2_image=seg.normalize == "l2_image")
+                            tile_norm=seg.normalize)

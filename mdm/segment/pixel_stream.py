@@ -8,7 +8,9 @@ of about ``batch_pixels``. Validation batches hold every validation pixel, in ti
 Extraction masks (``mask_draws``): ``None`` (``seg.extract_masks: fixed``) extracts every tile through its one fixed
 draw; a number (``per_epoch``) gives the training tiles of epoch ``e`` draw ``e % mask_draws`` (``e`` itself when
 ``mask_draws`` is 0: a new draw every epoch, computed afresh and never stored). Validation pixels and the
-feature statistics always use draw 0, so early stopping compares epochs on the same features.
+feature statistics always use draw 0, so early stopping compares epochs on the same features; the validation
+batches are therefore the same every epoch, and are kept after the first pass when they fit in
+``VALIDATION_CACHE_BYTES``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .datasets import LabeledImage
 from .features import FeatureExtractor
 from .splits import split_labels
 
+VALIDATION_CACHE_BYTES = 256 * 2 ** 20  # validation features kept between epochs up to this size (fp32)
+
 
 @dataclass
 class TrainTile:
@@ -46,6 +50,7 @@ class PixelStream:
         self.mask_draws = mask_draws
         self.tiles: list[TrainTile] = []
         self._kept: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # (tile, draw) -> block outputs
+        self._validation: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # kept validation batches
         self.parts: list[tuple[int, int]] | None = None  # the (timestep, block) parts formed; None: all
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
@@ -87,6 +92,7 @@ class PixelStream:
         """The same stream (tiles, labels, kept block outputs) forming only ``parts``."""
         view = copy.copy(self)
         view.parts = list(parts)
+        view._validation = None  # other parts: other features
         return view
 
     def _labels(self, t: TrainTile, which: list[torch.Tensor]) -> torch.Tensor:
@@ -94,9 +100,14 @@ class PixelStream:
         return which[t.image_index][t.tile.top:t.tile.top + s, t.tile.left:t.tile.left + s].reshape(-1)
 
     def prefetch(self, progress: bool = True) -> None:
-        """Extract (and cache) every training tile once, through draw 0."""
-        for i in tqdm(range(len(self.tiles)), desc="features", disable=None if progress else True, leave=False):
-            self._tile_blocks(i)
+        """Extract (and cache) every training tile once, through draw 0: an image's tiles go through the U-Net
+        together, several per forward pass."""
+        for k in tqdm(range(len(self.images)), desc="features", disable=None if progress else True, leave=False):
+            todo = [i for i, t in enumerate(self.tiles) if t.image_index == k and (i, 0) not in self._kept]
+            im = self.images[k]
+            found = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [self.tiles[i].tile for i in todo])
+            if self.extractor.cache_dir is None:
+                self._kept.update({(i, 0): blocks for i, blocks in zip(todo, found)})
 
     def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std over the labeled training pixels (accumulated tile by tile)."""
@@ -152,4 +163,13 @@ class PixelStream:
         return max(1, math.ceil(total / self.batch_pixels))
 
     def val_batches(self):
-        return self._batches(self.val_labels, range(len(self.tiles)), 0, 0)
+        """Every validation pixel's ``(features, labels)``, in tile order: the same each call, so kept after the first
+        when they fit in ``VALIDATION_CACHE_BYTES``."""
+        if self._validation is not None:
+            return iter(self._validation)
+        pixels = sum(int((self._labels(t, self.val_labels) != IGNORE_INDEX).sum()) for t in self.tiles)
+        batches = self._batches(self.val_labels, range(len(self.tiles)), 0, 0)
+        if pixels * self.feature_dim * 4 > VALIDATION_CACHE_BYTES:
+            return batches
+        self._validation = list(batches)
+        return iter(self._validation)
