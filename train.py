@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Pretrain a U-Net with MDM or DDPM: ``python train.py --config configs/tiny.yaml [--set k=v] [--resume latest]``."""
+"""Pretrain a U-Net with MDM, DDPM or MAE:
+``python train.py --config configs/tiny.yaml [--set k=v] [--resume latest]``."""
 
 from mdm.cli import train_main
 

@@ -42,9 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mdm.common import rng  # noqa: E402
 from mdm.common.config_io import load  # noqa: E402
 from mdm.nn.group_norm_act import fused_kernel_available  # noqa: E402
-from mdm.nn.unet import compile_unet  # noqa: E402
+from mdm.nn.unet import (
+    build_unet,  # noqa: E402
+    compile_unet,  # noqa: E402
+)
 from mdm.pretrain.cpu_memory import keep_freed_memory  # noqa: E402
-from mdm.pretrain.export import build_unet  # noqa: E402
 from mdm.pretrain.objectives import build_objective  # noqa: E402
 from mdm.pretrain.trainer import make_optimizer  # noqa: E402
 

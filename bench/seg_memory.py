@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mdm.common.config_io import load  # noqa: E402
 from mdm.common.devices import autocast_dtype  # noqa: E402
 from mdm.common.tiling import Tile  # noqa: E402
-from mdm.pretrain.export import build_unet  # noqa: E402
+from mdm.nn.unet import build_unet  # noqa: E402
 from mdm.pretrain.objectives import build_objective  # noqa: E402
 from mdm.segment.datasets import LabeledImage  # noqa: E402
 from mdm.segment.features import FeatureExtractor  # noqa: E402

@@ -1,4 +1,4 @@
-"""``python -m mdm.benchmark``: the label-efficiency study (see ``mdm.bench.study``)."""
+"""``python -m mdm.benchmark``: the label-efficiency study (see ``mdm.study.sweep``)."""
 
 from .cli import bench_main as main
 

@@ -32,6 +32,7 @@ from .common.errors import DataError, MdmError
 from .common.io import list_images, load_image
 
 EXPECTED = (MdmError, OSError)
+MESSAGE_LIMIT = 600  # characters of an error message shown
 
 
 def _parser(prog: str, description: str, config_example: str, out_help: str) -> argparse.ArgumentParser:
@@ -59,19 +60,42 @@ def _run(main, argv: list[str] | None) -> int:
     except EXPECTED as e:
         if "--debug" in argv:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)  # what was written is whole: every run folder appears by a rename
+        return 130
+
+
+def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """An error message as one line of at most ``limit`` characters (a message that echoes a file can be huge)."""
+    text = " ".join(message.split())
+    if len(text) <= limit:
+        return text
+    suffix = f" ... ({len(text)} characters in all)"
+    return text[:limit - len(suffix)] + suffix
 
 
 def _load(args) -> Config:
     return load(args.config, args.overrides)
 
 
+def check_out(path: str | Path, what: str = "--out") -> Path:
+    """Refuse an output path that is an existing file or a symbolic link before any work is done: runs replace their
+    folder as a whole, and would rename away what the user put there."""
+    p = Path(path)
+    if p.is_symlink():
+        raise DataError(f"{what} {p}: is a symbolic link; give the folder it points to, or a new folder")
+    if p.exists() and not p.is_dir():
+        raise DataError(f"{what} {p}: is a file, not a folder; give a new folder")
+    return p
+
+
 # ---- pretraining ---------------------------------------------------------------------------------------------------
 
 
 def _dry_run(cfg: Config) -> None:
-    from .pretrain.export import build_unet
+    from .nn.unet import build_unet
     from .pretrain.pools import build_pretrain_dataset
 
     with torch.device("meta"):
@@ -90,7 +114,7 @@ def _dry_run(cfg: Config) -> None:
 
 
 def _train(argv: list[str]) -> int:
-    p = _parser("train.py", "Pretrain a U-Net with MDM (or the DDPM baseline).", "configs/tiny.yaml",
+    p = _parser("train.py", "Pretrain a U-Net with MDM (or the DDPM or MAE baseline).", "configs/tiny.yaml",
                 "run folder (default: train.out_dir)")
     p.add_argument("--resume", help="'latest' (newest checkpoint in the run folder) or a checkpoint folder")
     p.add_argument("--dry-run", action="store_true", help="build the model and data, print a summary, exit")
@@ -98,6 +122,7 @@ def _train(argv: list[str]) -> int:
     cfg = _load(args)
     if args.out:
         cfg = replace(cfg, train=replace(cfg.train, out_dir=args.out))
+    check_out(cfg.train.out_dir, "--out" if args.out else "train.out_dir")
     if args.dry_run:
         _dry_run(cfg)
         return 0
@@ -129,7 +154,7 @@ def _segment(argv: list[str]) -> int:
                    "seg.mode=finetune with seg.arch=smp)")
     args = p.parse_args(argv)
     cfg = _load(args)
-    out = args.out or cfg.seg.out_dir
+    out = check_out(args.out or cfg.seg.out_dir, "--out" if args.out else "seg.out_dir")
     device = resolve_device(args.device or cfg.seg.device)
     print(f"device: {device}")
     export = open_export(args.checkpoint, cfg.seg.weights) if args.checkpoint else None
@@ -150,6 +175,7 @@ def _predict(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="where masks, overlays and uncertainty maps go")
     _add_runtime_flags(p)
     args = p.parse_args(argv)
+    check_predict_out(Path(args.out), Path(args.images), Path(args.model))
     device = resolve_device(args.device or "auto")
     print(f"device: {device}")
     segmenter = load_segmenter(args.model, device)
@@ -163,6 +189,20 @@ def _predict(argv: list[str]) -> int:
         save_prediction_images(out, name, image, labels, unc, segmenter.num_classes)
     print(f"segmented {len(files)} images into {out}")
     return 0
+
+
+def check_predict_out(out: Path, images: Path, model: Path) -> None:
+    """``predict --out`` must be a folder of its own: not inside ``--images`` (the next predict would segment its own
+    outputs) and not inside the run folder (a rerun replaces it, and its test predictions live there)."""
+    check_out(out)
+    o, images, model = out.resolve(), images.resolve(), model.resolve()
+    run = model.parent if model.name == "segmenter" else model
+    if images.is_dir() and (o == images or images in o.parents):
+        raise DataError(f"--out {out}: is inside --images {images}; a later predict would segment these outputs too: "
+                        f"give a folder outside it")
+    if o == run or run in o.parents:
+        raise DataError(f"--out {out}: is inside the run folder {run}, which holds the run's own test predictions and "
+                        f"is replaced as a whole by a rerun: give a folder outside it")
 
 
 def output_names(files: list[Path], root: Path) -> list[str]:
@@ -184,7 +224,7 @@ def seg_main(argv: list[str] | None = None) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from .bench.study import run_benchmark
+    from .study.sweep import run_benchmark
 
     p = _parser("python -m mdm.benchmark", "The label-efficiency study: pretrain, then label fractions x seeds x "
                 "methods, a table and plots.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
@@ -192,6 +232,7 @@ def _bench(argv: list[str]) -> int:
     cfg = _load(args)
     if args.out:
         cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
+    check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir")
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
     print(f"devices: pretraining {train_device}, segmentation {seg_device}")
     result = run_benchmark(cfg, train_device, seg_device)
@@ -205,8 +246,8 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from .bench.study import run_benchmark
     from .common.synthetic import save_examples
+    from .study.sweep import run_benchmark
 
     p = _parser("python -m mdm.demo", "The whole story on built-in synthetic histology: the study of the config, then "
                 "its first method's segmenter (lowest label fraction, first seed) on three new images; prints the "
@@ -215,7 +256,7 @@ def _demo(argv: list[str]) -> int:
     cfg = _load(args)
     if args.out:
         cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
-    out, bc = Path(cfg.bench.out_dir), cfg.bench
+    out, bc = check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir"), cfg.bench
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
     print(f"devices: pretraining {train_device}, segmentation {seg_device}")
     result = run_benchmark(cfg, train_device, seg_device)

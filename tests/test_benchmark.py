@@ -21,12 +21,13 @@ class Killed(BaseException):
     pass
 
 
-def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monkeypatch, capsys):
+def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monkeypatch, capsys,
+                                                    tmp_path_factory):
     """Killed while its 3rd run (random, 10%) saves, then run again: it finishes, and the killed run's result is
     what the same run gives uninterrupted; a third start trains nothing."""
     from mdm import benchmark
-    from mdm.bench import study
     from mdm.common import faults
+    from mdm.study import sweep as study
 
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}"])
     args = ["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path),
@@ -65,7 +66,7 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     assert (tmp_path / "pretrain_mdm" / "exports" / "step_0" / "unet.safetensors").is_file()
 
     reference = study.run_one(cfg, "random", 0.1, 0, tmp_path / "pretrain_mdm" / "exports" / "step_0",
-                              tmp_path / "reference", torch.device("cpu"))
+                              tmp_path_factory.mktemp("reference"), torch.device("cpu"))
     assert [float(r["dice"]) for r in rows if r["method"] == "random" and r["label_fraction"] == "0.1"] == \
         [reference["dice"]]
 
@@ -87,7 +88,7 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
     import numpy as np
     from PIL import Image
 
-    from mdm.bench import study
+    from mdm.study import sweep as study
 
     root = make_generic(tmp_path / "data", size=40)
     rng = np.random.default_rng(1)
@@ -120,8 +121,8 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
 
 
 def test_a_pool_crop_without_whole_patches_stops_before_anything_is_written(tmp_path, configs_dir):
-    from mdm.bench.study import run_benchmark
     from mdm.common.errors import ConfigError
+    from mdm.study.sweep import run_benchmark
 
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path / 'study'}",
                "bench.pretrain_data.source=synthetic", "bench.pretrain_data.crop_size=30"])
@@ -133,9 +134,9 @@ def test_a_pool_crop_without_whole_patches_stops_before_anything_is_written(tmp_
 def test_a_study_folder_is_resumed_only_by_the_same_study(tmp_path, configs_dir):
     """Finished runs are skipped on resume, so a rerun with a config that changes what a run gives is refused before
     anything is written; more seeds, other methods or another device may resume the folder."""
-    from mdm.bench.study import check_same_study, run_benchmark
     from mdm.common.config_io import dump
     from mdm.common.errors import ConfigError
+    from mdm.study.sweep import check_same_study, run_benchmark
 
     def config(*extra):
         return load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}", *extra])
@@ -147,3 +148,14 @@ def test_a_study_folder_is_resumed_only_by_the_same_study(tmp_path, configs_dir)
     with pytest.raises(ConfigError, match=r"and 1 more key"):
         check_same_study(config("seg.max_epochs=2", "bench.pretrain_steps=6"), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_the_demo_segments_new_images_and_prints_the_time_of_each_phase(tmp_path, configs_dir, capsys):
+    from mdm.cli import demo_main
+
+    sets = [a for o in MINI + ["bench.methods=[mdm]", "bench.fractions=[0.1]", "bench.budget_methods=[]"]
+            for a in ("--set", o)]
+    assert demo_main(["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path), *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "pretraining (pretrain_mdm)" in printed and "segmentation: mdm" in printed and "total" in printed
+    assert len(list((tmp_path / "predict" / "overlays").iterdir())) == 3

@@ -8,8 +8,9 @@ import torch
 from mdm.cli import convert_main as main
 from mdm.common.config_io import load
 from mdm.common.errors import CheckpointError
+from mdm.nn.unet import build_unet
 from mdm.pretrain.convert import ConvertError, convert
-from mdm.pretrain.export import build_unet, load_export
+from mdm.pretrain.export import load_export
 
 SMALL = ["model.image_size=16", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]"]
 

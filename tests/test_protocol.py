@@ -145,7 +145,7 @@ def test_a_normalize_flag_of_an_older_save_reads_as_its_name():
 
 
 def test_budget_steps_are_spaced_as_asked():
-    from mdm.bench.study import budget_steps
+    from mdm.study.sweep import budget_steps
 
     assert budget_steps(1000, 4, "linear") == [250, 500, 750, 1000]
     assert budget_steps(1000, 3, "linear") == [333, 666, 999, 1000]
@@ -160,7 +160,7 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
 
 
 def test_an_ablation_shares_pretraining_where_a_variant_leaves_it_alone(tmp_path, configs_dir):
-    from mdm.bench.study import run_benchmark
+    from mdm.study.sweep import run_benchmark
 
     variants = ("bench.variants=[{name: ours}, {name: l2, set: [seg.normalize=l2_image, data.val_split=pixels]}, "
                 "{name: loss, set: [diffusion.loss=ssim_ref]}, {name: both, set: [diffusion.loss=ssim_ref, "

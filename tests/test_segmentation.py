@@ -132,7 +132,9 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
     assert "config.yaml: not found" in capsys.readouterr().err
     assert seg_main(["--config", cfg, "--checkpoint", str(pretrained_export), "--set", "seg.blocks=[40]"]) == 2
     assert "seg.blocks: block 40 does not exist" in capsys.readouterr().err
-    assert seg_main(["predict", "--model", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path)]) == 2
+    (tmp_path / "images").mkdir()
+    assert seg_main(["predict", "--model", str(tmp_path / "images"), "--images", str(tmp_path / "images"),
+                     "--out", str(tmp_path / "pred")]) == 2
     assert "segmenter.yaml: not found" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         load_segmenter(tmp_path, CPU)

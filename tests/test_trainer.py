@@ -59,7 +59,7 @@ def test_a_non_finite_loss_stops_the_run_cleanly(tmp_path, configs_dir, monkeypa
 
 def test_export_round_trip_is_strict(tmp_path, configs_dir):
     cfg = tiny_config(configs_dir, tmp_path)
-    from mdm.pretrain.export import build_unet
+    from mdm.nn.unet import build_unet
 
     model = build_unet(cfg.model)
     for p in model.parameters():

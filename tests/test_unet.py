@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from mdm.common.config_io import load
-from mdm.nn.unet import UNetModel
-from mdm.pretrain.export import build_unet
+from mdm.nn.unet import UNetModel, build_unet
 
 
 def _meta_model(configs_dir, name):

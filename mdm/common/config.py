@@ -1,10 +1,13 @@
 """Configuration: the dataclasses of the six sections (``model``, ``diffusion``, ``data``, ``train``, ``seg``,
-``bench``) with their defaults and ``Config.validate``'s checks of ranges and choices. Files and ``--set``
+``bench``). Each key is described once, where it is declared (``key``): its default, its help line (the README's
+table, ``config_docs``), its choices and its range, which ``config_checks.validate`` checks. Files and ``--set``
 overrides are read and written by ``config_io``.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -12,157 +15,183 @@ from .errors import ConfigError
 BENCH_METHODS = ("mdm", "ddpm", "mae", "random", "mdm-ft", "mae-ft", "unet-scratch", "smp-scratch")
 
 
+def key(default, help: str, *, choices: tuple = (), positive: bool = False, not_negative: bool = False):
+    """A config key: ``default`` (lists and sections are copied for every instance), ``help`` (its line in the
+    README's table), ``choices`` (the values it may take, when it takes names), ``positive`` / ``not_negative`` (a
+    finite number above 0 / at least 0)."""
+    meta = {"help": help, "choices": tuple(choices),
+            "range": "positive" if positive else "not_negative" if not_negative else None}
+    if isinstance(default, list) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ModelConfig:
     """U-Net architecture (see ``mdm.nn.unet.UNetModel``)."""
 
-    image_size: int = 32
-    in_channels: int = 3
-    out_channels: int = 3
-    model_channels: int = 32
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
-    num_res_blocks: int = 1
-    attention_resolutions: list[int] = field(default_factory=lambda: [8])
-    num_heads: int = 1
-    num_head_channels: int = 32
-    dropout: float = 0.0
-    resblock_updown: bool = True
-    use_scale_shift_norm: bool = True
-    conv_resample: bool = True
-    use_checkpoint: bool = False
-    norm_groups: int = 32
-    use_new_attention_order: bool = False
+    image_size: int = key(32, "nominal input size; `attention_resolutions` are relative to it", positive=True)
+    in_channels: int = key(3, "input channels")
+    out_channels: int = key(3, "output channels (6 for a guided-diffusion learn-sigma model)")
+    model_channels: int = key(32, "base width")
+    channel_mult: list[int] = key([1, 2, 2], "width multiplier per resolution level")
+    num_res_blocks: int = key(1, "residual blocks per level (the decoder has one more)")
+    attention_resolutions: list[int] = key([8], "feature-map sizes (px at `image_size`) with self-attention")
+    num_heads: int = key(1, "attention heads (when `num_head_channels` is -1)")
+    num_head_channels: int = key(32, "channels per attention head (-1: use `num_heads`)")
+    dropout: float = key(0.0, "dropout in the residual blocks")
+    resblock_updown: bool = key(True, "resample inside residual blocks (guided-diffusion's `resblock_updown`)")
+    use_scale_shift_norm: bool = key(True, "the timestep embedding scales and shifts the second norm")
+    conv_resample: bool = key(True, "convolution in separate up/downsampling layers")
+    use_checkpoint: bool = key(False, "gradient checkpointing (less memory, slower)")
+    norm_groups: int = key(32, "GroupNorm groups")
+    use_new_attention_order: bool = key(False, "guided-diffusion's `use_new_attention_order` (q, k, v split before "
+                                               "the heads); the weights cannot tell, take it from the release's flags")
 
 
 @dataclass
 class DiffusionConfig:
-    """The corruption process and its loss.
+    """The corruption process and its loss."""
 
-    ``objective``: ``mdm`` (hide patches, predict x0), ``ddpm`` (Gaussian noise, predict epsilon, MSE) or ``mae``
-    (a fixed share ``mae_mask_ratio`` of the patches hidden, timestep 0, MSE on the hidden pixels).
-    ``loss`` (MDM only): ``ssim`` (whole image), ``ssim_ref`` (the reference code's SSIM, see ``losses``),
-    ``ssim_masked`` (SSIM map averaged over masked pixels), ``mse``, ``l1``.
-    """
-
-    objective: str = "mdm"
-    timesteps: int = 1000
-    patch_size: int = 8
-    mask_fill: float = 0.0
-    loss: str = "ssim"
-    ssim_win_size: int = 5
-    ssim_sigma: float = 1.5
-    beta_schedule: str = "linear"
-    mae_mask_ratio: float = 0.75
+    objective: str = key("mdm", "`mdm` (hide patches, predict the clean image), `ddpm` (Gaussian noise, predict it) "
+                                "or `mae` (a fixed share of patches hidden, timestep 0, MSE on the hidden pixels)",
+                                choices=("mdm", "ddpm", "mae"))
+    timesteps: int = key(1000, "T; the MDM mask ratio is t / T", positive=True)
+    patch_size: int = key(8, "MDM patch size in px", positive=True)
+    mask_fill: float = key(0.0, "value of masked pixels (images are in [-1, 1])")
+    loss: str = key("ssim", "MDM loss: `ssim` (pytorch-msssim's, on [0, 1]), `ssim_ref` (the reference code's: zero "
+                            "padding, range-1 constants on [-1, 1], `mean(clamp(1 - map, 0, 1)) / 2`; keeps colour), "
+                            "`ssim_masked` (masked pixels only), `mse` or `l1`",
+                            choices=("ssim", "ssim_ref", "ssim_masked", "mse", "l1"))
+    ssim_win_size: int = key(5, "SSIM Gaussian window size (odd)")
+    ssim_sigma: float = key(1.5, "SSIM Gaussian window sigma")
+    beta_schedule: str = key("linear", "DDPM noise schedule: `linear` or `cosine`", choices=("linear", "cosine"))
+    mae_mask_ratio: float = key(0.75, "MAE: the fixed fraction of patches hidden")
 
 
 @dataclass
 class DataConfig:
-    """Where images come from and how they are cropped.
+    """Where images come from: the pretraining pool, or the labeled dataset of stage 2."""
 
-    ``source``: ``folder`` (``root``: a folder or a list of folders, searched recursively) or ``synthetic`` for
-    pretraining; ``glas``, ``monuseg``, ``ffhq34``, ``celeba19``, ``generic`` or ``synthetic`` for stage 2.
-    ``crop``: ``random`` (random ``crop_size`` crops, no resize, as the reference) or ``resize``.
-    """
-
-    source: str = "synthetic"
-    root: list[str] = field(default_factory=list)
-    crop_size: int = 32
-    crop: str = "random"
-    hflip: bool = True
-    color_mode: str = "RGB"
-    exclude: list[str] = field(default_factory=list)
-    skip_unreadable: bool = False
-    num_workers: int = 0
-    synthetic_images: int = 256
-    synthetic_image_size: int = 64
-    synthetic_seed: int = 0  # which synthetic world (slides, images); the same for pretraining and segmentation
-    seed: int = 0  # draws the labeled subset (segmentation)
+    source: str = key("synthetic", "`folder` or `synthetic` (pretraining); `glas`, `monuseg`, `ffhq34`, `celeba19`, "
+                                   "`generic` or `synthetic` (stage 2)",
+                                   choices=("folder", "synthetic", "glas", "monuseg", "ffhq34", "celeba19", "generic"))
+    root: list[str] = key([], "folder(s) of the source")
+    crop_size: int = key(32, "pretraining crop size; also stage 2's default tile size", positive=True)
+    crop: str = key("random", "`random` crops (no resize) or `resize` whole images", choices=("random", "resize"))
+    hflip: bool = key(True, "random horizontal flips in pretraining")
+    color_mode: str = key("RGB", "`RGB` (grayscale images are read as three equal channels; `L` is refused: stage 2 "
+                                 "reads RGB)", choices=("RGB", "L"))
+    exclude: list[str] = key([], "files or folders never pretrained on (matched by path and by content)")
+    skip_unreadable: bool = key(False, "skip unreadable images with a warning instead of stopping")
+    num_workers: int = key(0, "DataLoader workers", not_negative=True)
+    synthetic_images: int = key(256, "size of the synthetic unlabeled pool", positive=True)
+    synthetic_image_size: int = key(64, "side of synthetic images in px", positive=True)
+    synthetic_seed: int = key(0, "which synthetic world (slides, stains, images): the same in both stages")
+    seed: int = key(0, "which training images are labeled (the label subset)")
     # segmentation stage
-    label_fraction: float = 1.0
-    val_fraction: float = 0.1
-    val_split: str = "images"  # images: hold out whole labeled images (pixel blocks when only one); pixels; none
-    num_classes: int = 0  # 0: the dataset's own (2 for glas/monuseg/synthetic, 34 for ffhq34)
+    label_fraction: float = key(1.0, "fraction of the training images that are labeled, in (0, 1]")
+    val_fraction: float = key(0.1, "fraction of the labeled images (or pixels) held out for early stopping")
+    val_split: str = key("images", "`images`: hold out whole labeled images (pixel blocks when there is only one); "
+                                   "`pixels`: 8x8 pixel blocks of every labeled image; `none`: every labeled pixel "
+                                   "trains and early stopping watches the training loss (the reference's rule)",
+                                   choices=("images", "pixels", "none"))
+    num_classes: int = key(0, "0: the source's own (2 for glas/monuseg/synthetic, 34 for ffhq34)")
 
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop. ``batch_size`` is the global batch per optimizer step (over all processes and
+    """The pretraining loop. ``batch_size`` is the global batch per optimizer step (over all processes and
     accumulation steps)."""
 
-    max_steps: int = 1000
-    batch_size: int = 8
-    grad_accum_steps: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True
-    mixed_precision: str = "no"
-    channels_last: bool | str = "auto"  # auto: NHWC on the CPU (faster, and the fused norm kernel needs it), else NCHW
-    device: str = "auto"
-    compile: str = "auto"
-    seed: int = 0
-    log_every: int = 10
-    image_every: int = 250
-    checkpoint_every: int = 500
-    checkpoint_limit: int = 2
-    export_every: int = 0
-    export_at: list[int] = field(default_factory=list)
-    out_dir: str = "runs/pretrain"
+    max_steps: int = key(1000, "optimizer steps", positive=True)
+    batch_size: int = key(8, "global batch per optimizer step (over processes and accumulation)", positive=True)
+    grad_accum_steps: int = key(1, "gradient accumulation steps", positive=True)
+    lr: float = key(1e-4, "AdamW learning rate (constant after warm-up)", positive=True)
+    weight_decay: float = key(0.0, "AdamW weight decay", not_negative=True)
+    warmup_steps: int = key(0, "linear learning-rate warm-up", not_negative=True)
+    grad_clip: float = key(1.0, "gradient-norm clip (0: off)", not_negative=True)
+    ema_decay: float = key(0.9999, "EMA decay of the exported weights")
+    ema_warmup: bool = key(True, "EMA warm-up (short runs need it)")
+    mixed_precision: str = key("no", "`no`, `bf16`, `fp16` (GPU only) or `auto` (bf16 where native, else fp16 on a "
+                                     "GPU and fp32 on a CPU)", choices=("no", "fp16", "bf16", "auto"))
+    channels_last: bool | str = key("auto", "NHWC memory format: `auto` (on the CPU, where it is faster and the fused "
+                                            "norm kernel needs it; NCHW on GPUs), `true` or `false`",
+                                            choices=(True, False, "auto"))
+    device: str = key("auto", "`auto` (CUDA when present), `cpu` or `cuda` (pick the GPU with `CUDA_VISIBLE_DEVICES`: "
+                              "Accelerate places each process); `--device` overrides it")
+    compile: str = key("auto", "`torch.compile`: `auto` (`regional` on GPUs, `none` on CPUs), `none`, `regional` "
+                               "(each residual and attention block) or `full`",
+                               choices=("auto", "none", "regional", "full"))
+    seed: int = key(0, "initial weights and every sample's crop, timestep, mask and noise")
+    log_every: int = key(10, "steps between log.jsonl rows", positive=True)
+    image_every: int = key(250, "steps between reconstruction grids (0: none)", not_negative=True)
+    checkpoint_every: int = key(500, "steps between checkpoints", positive=True)
+    checkpoint_limit: int = key(2, "checkpoints kept", positive=True)
+    export_every: int = key(0, "steps between kept exports (0: only the first and last)", not_negative=True)
+    export_at: list[int] = key([], "further steps with a kept export (the study's budget curve)")
+    out_dir: str = key("runs/pretrain", "run folder")
 
 
 @dataclass
 class SegConfig:
     """The segmentation stage (``finetune_seg.py``): ``mode: frozen`` trains a pixel MLP ensemble on features of
-    frozen decoder blocks; ``mode: finetune`` trains a whole network end to end (the export's U-Net + a 1x1 head, or
-    an smp U-Net from scratch).
+    frozen decoder blocks; ``mode: finetune`` trains a whole network end to end."""
 
-    Frozen: ``blocks``: inclusive list of decoder block numbers (negatives count from the end), or ``auto``.
-    ``timesteps``: extraction timesteps, or ``auto``. ``extract_masks``: ``fixed`` (one seeded mask per tile) or
-    ``per_epoch`` (training tiles get a new keyed draw each epoch, ``mask_draws`` of them cycled; 0: no cycle).
-    ``normalize``: ``zscore`` (per channel, from the training pixels), ``l2_image`` (each tile's feature tensor
-    divided by its L2 norm: the reference's), ``rms_image`` (by its root mean square) or ``none``. ``combine``:
-    ``vote``, ``mean_prob`` or ``individual``.
-    Both: ``tile_size`` 0 means the export's ``data.crop_size``; early stopping after ``patience`` epochs without a
-    better validation loss (the training loss with ``data.val_split: none``), never before ``min_epochs``.
-    ``cache_dir`` empty keeps block outputs in memory instead of on disk.
-    """
-
-    mode: str = "frozen"  # frozen: features + pixel MLPs; finetune: train a whole network end to end
-    arch: str = "unet"  # finetune only: unet (the export's U-Net + 1x1 head) or smp (segmentation-models-pytorch)
-    smp_encoder: str = "resnet18"
-    finetune_lr: float = 2e-4
-    augment: str = "hflip"  # finetune only: hflip, or dihedral (flips + 90-degree rotations: histology), or none
-    crops_per_epoch: int = 64
-    batch_size: int = 8
-    blocks: list[int] | str = field(default_factory=lambda: [-3, -2, -1])
-    timesteps: list[int] | str = field(default_factory=lambda: [50])
-    auto_blocks: int = 3
-    auto_timesteps: list[int] = field(default_factory=lambda: [10, 50, 200])
-    probe_steps: int = 50
-    extract_masks: str = "fixed"
-    mask_draws: int = 0
-    seed: int = 0
-    ensemble_size: int = 10
-    combine: str = "vote"
-    max_epochs: int = 30
-    patience: int = 5
-    min_epochs: int = 0
-    lr: float = 1e-3
-    batch_pixels: int = 4096
-    pixels_per_tile: int = 2048
-    min_class_pixels: int = 0
-    tile_size: int = 0
-    overlap: float = 0.2
-    normalize: bool | str = "zscore"  # a bool is read as before the key took names: true = zscore, false = none
-    cache_dir: str = "runs/feature_cache"
-    weights: str = "ema"
-    miou_absent: str = "skip"
-    val_tiles: int = 64
-    mixed_precision: str = "auto"
-    device: str = "auto"
-    out_dir: str = "runs/seg"
+    mode: str = key("frozen", "`frozen` (features + pixel MLPs) or `finetune` (a whole network end to end)",
+                              choices=("frozen", "finetune"))
+    arch: str = key("unet", "fine-tuning network: `unet` (the export's U-Net + 1x1 head) or `smp` (from scratch)",
+                            choices=("unet", "smp"))
+    smp_encoder: str = key("resnet18", "encoder of the smp U-Net (no pretrained weights)")
+    finetune_lr: float = key(2e-4, "Adam learning rate of fine-tuning", positive=True)
+    augment: str = key("hflip", "fine-tuning crops: `hflip`, `dihedral` (flips + 90° rotations) or `none`",
+                                choices=("none", "hflip", "dihedral"))
+    crops_per_epoch: int = key(64, "fine-tuning crops per epoch", positive=True)
+    batch_size: int = key(8, "fine-tuning batch", positive=True)
+    blocks: list[int] | str = key([-3, -2, -1], "decoder blocks for features (guided-diffusion numbering; negatives "
+                                                "count from the end), or `auto`: chosen on validation pixels")
+    timesteps: list[int] | str = key([50], "extraction timesteps (features of all are concatenated), or `auto`: the "
+                                           "best of `seg.auto_timesteps` on validation pixels")
+    auto_blocks: int = key(3, "`blocks: auto`: how many of the best blocks to keep", positive=True)
+    auto_timesteps: list[int] = key([10, 50, 200], "`timesteps: auto`: the candidates")
+    probe_steps: int = key(50, "`auto`: about how many optimizer steps each one-block probe takes (in whole epochs)",
+        positive=True)
+    extract_masks: str = key("fixed", "`fixed`: one seeded extraction mask per tile; `per_epoch`: training tiles get "
+                                      "a new keyed draw each epoch (the reference draws one per step), validation and "
+                                      "test tiles keep one", choices=("fixed", "per_epoch"))
+    mask_draws: int = key(0, "`per_epoch`: draws cycled (a cache stays bounded); 0: a new draw every epoch, never "
+                             "stored", not_negative=True)
+    seed: int = key(0, "classifier init, pixel order, extraction masks and validation pixels")
+    ensemble_size: int = key(10, "pixel MLPs in the ensemble", positive=True)
+    combine: str = key("vote", "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS "
+                               "protocol)", choices=("vote", "mean_prob", "individual"))
+    max_epochs: int = key(30, "epochs at most", positive=True)
+    patience: int = key(5, "epochs without a better validation loss (training loss with `data.val_split: none`) "
+                           "before stopping", not_negative=True)
+    min_epochs: int = key(0, "no early stop before this many epochs (the reference's GlaS rule: 40 + patience 20)",
+        not_negative=True)
+    lr: float = key(1e-3, "Adam learning rate of the pixel MLPs", positive=True)
+    batch_pixels: int = key(4096, "pixels per MLP batch", positive=True)
+    pixels_per_tile: int = key(2048, "training pixels drawn per tile and epoch (0: all)", not_negative=True)
+    min_class_pixels: int = key(0, "ignore a class in an image where it has fewer pixels (FFHQ-34: 20)",
+        not_negative=True)
+    tile_size: int = key(0, "sliding-window tile (0: the export's `data.crop_size`)", not_negative=True)
+    overlap: float = key(0.2, "overlap of neighbouring tiles, in [0, 1)")
+    normalize: bool | str = key("zscore", "`zscore` (each channel with the training pixels' mean and std), `l2_image` "
+                                          "(each tile's feature tensor divided by its L2 norm: the reference's), "
+                                          "`rms_image` (divided by its root mean square: the same, at unit scale) or "
+                                          "`none`", choices=("zscore", "l2_image", "rms_image", "none"))
+    cache_dir: str = key("runs/feature_cache", "fp16 block-output cache folder (empty: in memory)")
+    weights: str = key("ema", "`ema` or `raw` export weights", choices=("ema", "raw"))
+    miou_absent: str = key("skip", "a class absent from prediction and ground truth on the whole test set: `skip` it "
+                                   "in the mean or count it as `zero` (ddpm-segmentation's convention)",
+                                   choices=("skip", "zero"))
+    val_tiles: int = key(64, "fine-tuning: validation tiles scored each epoch (a fixed seeded subset; 0: all)",
+        not_negative=True)
+    mixed_precision: str = key("auto", "`auto` (bf16 autocast where the device computes it natively), `no` or `bf16`",
+                                       choices=("no", "bf16", "auto"))
+    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it")
+    out_dir: str = key("runs/seg", "run folder")
 
 
 @dataclass
@@ -176,35 +205,29 @@ class Variant:
 
 @dataclass
 class BenchConfig:
-    """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods.
+    """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods, once per
+    variant of ``variants`` (an ablation); pretraining runs once per objective and is shared where it can be."""
 
-    Methods: ``mdm``, ``ddpm``, ``mae``, ``random`` (frozen features + pixel MLPs of the MDM-, DDPM- and
-    MAE-pretrained and the randomly initialised U-Net), ``mdm-ft``, ``mae-ft``, ``unet-scratch`` (the U-Net + 1x1
-    head fine-tuned end to end from the MDM / MAE weights / from the same random init), ``smp-scratch`` (a
-    segmentation-models-pytorch U-Net from scratch). ``pretrain_steps`` is the pretraining budget of every
-    objective; ``budget_exports`` exports are kept along the way (``budget_spacing``: evenly or logarithmically
-    spaced, plus step 0) for the pretraining-budget curve, scored with the first ``budget_seeds`` seeds.
-    ``variants`` (an ablation): the study runs once per variant, each with its overrides; a pretraining run is
-    shared by every variant that leaves it unchanged. ``pretrain_data`` is the pool
-    pretraining reads (keys as ``data``): ``source: labeled`` (the default) takes the labeled source's training
-    images without their labels, plus ``ROOT/unlabeled/`` when it exists and the folders in ``root``; ``folder``
-    takes ``root`` only. The labeled source's test images are always excluded. A ``synthetic`` labeled source
-    pretrains on its own unlabeled pool (``data.synthetic_images``).
-    """
-
-    fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    methods: list[str] = field(default_factory=lambda: ["mdm", "ddpm", "random", "mdm-ft", "unet-scratch",
-                                                        "smp-scratch"])
-    metric: str = "dice"
-    pretrain_steps: int = 1000
-    budget_exports: int = 4
-    budget_methods: list[str] = field(default_factory=lambda: ["mdm", "ddpm", "mae"])
-    budget_seeds: int = 1
-    budget_spacing: str = "linear"
-    variants: list[Variant] = field(default_factory=list)
-    out_dir: str = "runs/bench"
-    pretrain_data: DataConfig = field(default_factory=lambda: DataConfig(source="labeled"))
+    fractions: list[float] = key([0.1, 1.0], "label fractions")
+    seeds: list[int] = key([0, 1], "seeds (each draws its own labeled subset and initialisations)")
+    methods: list[str] = key(["mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch"],
+                             "`mdm`, `ddpm`, `mae`, `random`, `mdm-ft`, `mae-ft`, `unet-scratch`, `smp-scratch`")
+    metric: str = key("dice", "the metric of the table and plots")
+    pretrain_steps: int = key(1000, "pretraining steps of each objective", positive=True)
+    budget_exports: int = key(4, "exports kept along the way for the pretraining-budget curve", positive=True)
+    budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (of `mdm`, "
+                                                            "`ddpm`, `mae`, `mdm-ft`, `mae-ft`)")
+    budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True)
+    budget_spacing: str = key("linear", "budget exports `linear`ly or `log`arithmically spaced in steps",
+                                        choices=("linear", "log"))
+    variants: list[Variant] = key([], "an ablation: `[{name: NAME, set: [KEY=VALUE, ...]}, ...]`, the study run once "
+                                      "per variant; pretraining shared where a variant leaves it unchanged (empty: "
+                                      "one plain study)")
+    out_dir: str = key("runs/bench", "study folder")
+    pretrain_data: DataConfig = key(
+        DataConfig(source="labeled"), "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): "
+        "`source: labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = `root` "
+        "only; `synthetic` = the built-in pool; test images always excluded")
 
 
 @dataclass
@@ -215,103 +238,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-
-    def validate(self) -> "Config":
-        """Check value ranges and choices; raise ``ConfigError`` naming the key."""
-        if isinstance(self.seg.normalize, bool):  # written before the key took names
-            self.seg.normalize = "zscore" if self.seg.normalize else "none"
-        choices = {
-            "diffusion.objective": (self.diffusion.objective, {"mdm", "ddpm", "mae"}),
-            "diffusion.loss": (self.diffusion.loss, {"ssim", "ssim_ref", "ssim_masked", "mse", "l1"}),
-            "diffusion.beta_schedule": (self.diffusion.beta_schedule, {"linear", "cosine"}),
-            "data.source": (self.data.source, {"folder", "synthetic", "glas", "monuseg", "ffhq34", "celeba19",
-                                               "generic"}),
-            "seg.combine": (self.seg.combine, {"vote", "mean_prob", "individual"}),
-            "seg.weights": (self.seg.weights, {"ema", "raw"}),
-            "seg.mode": (self.seg.mode, {"frozen", "finetune"}),
-            "seg.arch": (self.seg.arch, {"unet", "smp"}),
-            "seg.augment": (self.seg.augment, {"none", "hflip", "dihedral"}),
-            "data.crop": (self.data.crop, {"random", "resize"}),
-            "data.color_mode": (self.data.color_mode, {"RGB", "L"}),
-            "train.mixed_precision": (self.train.mixed_precision, {"no", "fp16", "bf16", "auto"}),
-            "train.channels_last": (self.train.channels_last, {True, False, "auto"}),
-            "train.compile": (self.train.compile, {"auto", "none", "regional", "full"}),
-            "seg.mixed_precision": (self.seg.mixed_precision, {"no", "bf16", "auto"}),
-            "seg.miou_absent": (self.seg.miou_absent, {"skip", "zero"}),
-            "data.val_split": (self.data.val_split, {"images", "pixels", "none"}),
-            "seg.extract_masks": (self.seg.extract_masks, {"fixed", "per_epoch"}),
-            "seg.normalize": (self.seg.normalize, {"zscore", "l2_image", "rms_image", "none"}),
-            "bench.budget_spacing": (self.bench.budget_spacing, {"linear", "log"}),
-            "bench.pretrain_data.source": (self.bench.pretrain_data.source, {"labeled", "folder", "synthetic"}),
-            "bench.pretrain_data.crop": (self.bench.pretrain_data.crop, {"random", "resize"}),
-        }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{key}: {value!r} is not one of {sorted(allowed, key=str)}")
-        unknown = sorted(set(self.bench.methods) - set(BENCH_METHODS))
-        if unknown:
-            raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
-        t, sc, bc = self.train, self.seg, self.bench
-        positive = {"train.max_steps": t.max_steps, "train.batch_size": t.batch_size,
-                    "train.grad_accum_steps": t.grad_accum_steps, "model.image_size": self.model.image_size,
-                    "data.crop_size": self.data.crop_size, "diffusion.timesteps": self.diffusion.timesteps,
-                    "diffusion.patch_size": self.diffusion.patch_size, "train.log_every": t.log_every,
-                    "train.checkpoint_every": t.checkpoint_every, "train.checkpoint_limit": t.checkpoint_limit,
-                    "seg.max_epochs": sc.max_epochs, "seg.batch_pixels": sc.batch_pixels,
-                    "seg.crops_per_epoch": sc.crops_per_epoch, "seg.batch_size": sc.batch_size,
-                    "bench.pretrain_steps": bc.pretrain_steps, "bench.budget_exports": bc.budget_exports,
-                    "bench.pretrain_data.crop_size": bc.pretrain_data.crop_size, "seg.auto_blocks": sc.auto_blocks,
-                    "seg.probe_steps": sc.probe_steps, "bench.budget_seeds": bc.budget_seeds}
-        not_negative = {"train.image_every": t.image_every, "train.export_every": t.export_every,
-                        "train.warmup_steps": t.warmup_steps, "seg.patience": sc.patience,
-                        "seg.pixels_per_tile": sc.pixels_per_tile, "seg.tile_size": sc.tile_size,
-                        "seg.min_class_pixels": sc.min_class_pixels, "data.num_workers": self.data.num_workers,
-                        "seg.val_tiles": sc.val_tiles, "seg.mask_draws": sc.mask_draws,
-                        "seg.min_epochs": sc.min_epochs}
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key}: must be positive, got {value}")
-        for key, value in not_negative.items():
-            if value < 0:
-                raise ConfigError(f"{key}: must be 0 or more, got {value}")
-        lists = {"bench.fractions": bc.fractions, "bench.seeds": bc.seeds, "bench.methods": bc.methods}
-        for key, values in lists.items():
-            if not values:
-                raise ConfigError(f"{key}: must not be empty")
-        bad = [f for f in bc.fractions if not 0.0 < f <= 1.0]
-        if bad:
-            raise ConfigError(f"bench.fractions: {bad[0]} is not in (0, 1]")
-        if not 0.0 < self.data.label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction: must be in (0, 1], got {self.data.label_fraction}")
-        if not 0.0 <= self.data.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.data.val_fraction}")
-        if not 0.0 <= self.seg.overlap < 1.0:
-            raise ConfigError(f"seg.overlap: must be in [0, 1), got {self.seg.overlap}")
-        for key in ("blocks", "timesteps"):
-            if isinstance(getattr(self.seg, key), str) and getattr(self.seg, key) != "auto":
-                raise ConfigError(f"seg.{key}: {getattr(self.seg, key)!r} is not a list of numbers or auto")
-        if self.data.val_split == "none" and "auto" in (self.seg.blocks, self.seg.timesteps):
-            raise ConfigError("seg.blocks / seg.timesteps: auto chooses on validation pixels, and data.val_split: none "
-                              "holds none out; give the blocks and timesteps, or another data.val_split")
-        names = [v.name for v in bc.variants]
-        if "" in names or len(set(names)) != len(names):
-            raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")
-        odd = [n for n in names if n in (".", "..") or any(c in n for c in "/\\")]
-        if odd:
-            raise ConfigError(f"bench.variants: {odd[0]!r} cannot name a folder (no / or \\, not . or ..)")
-        if self.seg.ensemble_size < 1 or not self.seg.timesteps or not self.seg.blocks:
-            raise ConfigError("seg.ensemble_size, seg.timesteps and seg.blocks must be non-empty / positive")
-        if not 0.0 <= self.train.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay: must be in [0, 1), got {self.train.ema_decay}")
-        if self.diffusion.ssim_win_size % 2 == 0:
-            raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {self.diffusion.ssim_win_size}")
-        if not 0.0 < self.diffusion.mae_mask_ratio < 1.0:
-            raise ConfigError(f"diffusion.mae_mask_ratio: must be in (0, 1), got {self.diffusion.mae_mask_ratio}")
-        if self.diffusion.objective in MASKED_OBJECTIVES:  # crops must hold whole patches (a study checks its pool)
-            check_crop("data.crop_size", self.data.crop_size, self.diffusion.patch_size)
-        if self.data.source == "folder" and not self.data.root:
-            raise ConfigError("data.root: data.source is 'folder' but no folder is given (--set data.root=DIR)")
-        return self
 
 
 MASKED_OBJECTIVES = ("mdm", "mae")  # objectives that hide patches

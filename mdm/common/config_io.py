@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .config import Config
+from .config_checks import validate
 from .errors import ConfigError
 
 
@@ -77,7 +78,7 @@ def _build(cls, data: dict, prefix: str):
 
 def from_dict(data: dict) -> Config:
     """Build and validate a ``Config`` from nested dicts; missing keys take the dataclass defaults."""
-    return _build(Config, data or {}, "").validate()
+    return validate(_build(Config, data or {}, ""))
 
 
 def set_nested(data: dict, dotted: str, value) -> None:
@@ -112,9 +113,16 @@ def load(path: str | Path | None = None, overrides: list[str] = (), sections: tu
             raise ConfigError(f"{path}: config file not found")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (a YAML config was expected)") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    data = {k: v for k, v in data.items() if k in sections} if sections and isinstance(data, dict) else data
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or 'unreadable'}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...), got a "
+                              f"{type(data).__name__}")
+    data = {k: v for k, v in data.items() if k in sections} if sections else data
     for text in overrides:
         key, value = parse_override(text)
         set_nested(data, key, value)

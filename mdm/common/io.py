@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from safetensors.torch import load_file
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError, DataError
 
@@ -45,13 +47,14 @@ def file_digest(path: Path) -> str:
 def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
     """Read an image, decoding it fully, as ``[C, H, W]`` float32 in [-1, 1] (``RGB``: 3 channels, ``L``: 1).
 
-    RGBA, palette and 16-bit images are converted (16-bit scaled by their maximum). Float images (PIL mode ``F``,
-    e.g. 32-bit TIFF) are read as [0, 1] when their values lie there, as [0, 255] when they lie there, else scaled
-    by their maximum; NaN or infinite values are refused. Raises ``DataError`` naming the file when it cannot be
-    decoded.
+    RGBA, palette and 16-bit images are converted (16-bit scaled by their maximum); an EXIF orientation is applied.
+    Float images (PIL mode ``F``, e.g. 32-bit TIFF) are read as [0, 1] when their values lie there, as [0, 255] when
+    they lie there, else scaled by their maximum; NaN or infinite values are refused. Raises ``DataError`` naming
+    the file when it cannot be decoded.
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im = ImageOps.exif_transpose(opened)  # a camera photo as it is shown, not as its sensor stored it
             if im.mode == "F":
                 arr = np.asarray(im, dtype=np.float32)
                 if not np.isfinite(arr).all():
@@ -65,6 +68,9 @@ def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
                 arr = np.asarray(im, dtype=np.float32)
                 im = Image.fromarray((arr / max(arr.max(), 1.0) * 255).astype(np.uint8))
             arr = np.asarray(im.convert(color_mode), dtype=np.uint8)
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: too many pixels to read safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the file "
+                        f"is trusted, or cut it into tiles") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DataError):
             raise
@@ -100,17 +106,65 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 @contextmanager
+def writing_lock(final: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``final`` (holding this process's id) while the block writes it; a second writer
+    is refused with a ``DataError`` while the holder lives. A lock whose process is gone is taken over."""
+    lock = final.with_name(f".{final.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder.isdigit() and int(holder) != os.getpid() and _alive(int(holder)):
+                raise DataError(f"{final}: another process (pid {holder}) is writing it; wait for it to finish or "
+                                f"choose another folder") from None
+            lock.unlink(missing_ok=True)  # its writer is gone (killed): take it over
+    else:
+        raise DataError(f"{final}: could not take its lock {lock}")
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> str:
+    """The process id in ``lock`` (read twice, a moment apart, when its writer has not written it yet)."""
+    for _ in range(2):
+        holder = lock.read_text().strip() if lock.is_file() else ""
+        if holder:
+            return holder
+        time.sleep(0.2)
+    return holder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Write the folder ``final`` atomically: the block fills the temporary folder it is given, which then replaces
-    ``final`` by a rename. If the block raises, the temporary folder is removed and ``final`` stays as it was."""
+    ``final`` by a rename. If the block raises, the temporary folder is removed and ``final`` stays as it was. One
+    writer at a time (``writing_lock``): a second is refused instead of clearing the first's temporary folder."""
     final = Path(final)
-    tmp = temp_sibling(final)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, final)
+    with writing_lock(final):
+        tmp = temp_sibling(final)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        replace_dir(tmp, final)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -119,6 +173,15 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """safetensors' ``save_file``, with its failures (a full disk, a file over the size limit) as an ``OSError`` that
+    names the file."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        raise OSError(f"{path}: could not be written ({e})") from None
 
 
 def load_tensors(path: str | Path, device: str | None = None) -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ is ``[B, out_channels, H, W]``. ``H`` and ``W`` must be divisible by ``2 ** (len
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -356,3 +357,8 @@ class UNetModel(nn.Module):
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return h
+
+
+def build_unet(model_cfg) -> UNetModel:
+    """The U-Net described by a ``ModelConfig`` (a dataclass whose fields are the constructor's arguments)."""
+    return UNetModel(**dataclasses.asdict(model_cfg))

@@ -20,11 +20,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..common.errors import CheckpointError
-from ..common.io import load_tensors
+from ..common.io import load_tensors, save_tensors
 from .export import load_state_strict
 
 FORMAT = 1
@@ -59,8 +58,8 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, ema: nn.Module, o
     def cpu(state):
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
-    save_file(cpu(model.state_dict()), str(folder / "model.safetensors"))
-    save_file(cpu(ema.state_dict()), str(folder / "ema.safetensors"))
+    save_tensors(cpu(model.state_dict()), str(folder / "model.safetensors"))
+    save_tensors(cpu(ema.state_dict()), str(folder / "ema.safetensors"))
     opt = optimizer.state_dict()
     tensors, other = {}, {}
     for index, state in opt["state"].items():
@@ -69,7 +68,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, ema: nn.Module, o
                 tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
             else:
                 other.setdefault(str(index), {})[name] = value
-    save_file(tensors, str(folder / "optimizer.safetensors"))
+    save_tensors(tensors, str(folder / "optimizer.safetensors"))
     (folder / "optimizer.json").write_text(json.dumps({"param_groups": opt["param_groups"], "state": other}))
     (folder / "trainer_state.json").write_text(json.dumps({"step": step, "format": FORMAT}))
 

@@ -31,7 +31,8 @@ from safetensors import safe_open
 
 from ..common.config import Config
 from ..common.errors import CheckpointError
-from .export import WEIGHTS, build_unet, load_state_strict, save_export
+from ..nn.unet import build_unet
+from .export import WEIGHTS, load_state_strict, save_export
 
 WRAPPER_KEYS = ("state_dict", "model", "ema", "model_state_dict")
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
@@ -139,6 +140,10 @@ def convert(checkpoint_path: str | Path, cfg: Config, out_dir: str | Path, *, ke
     ``cfg`` and the weights (as both EMA and raw); returns the folder."""
     checkpoint_path, out_dir = Path(checkpoint_path), Path(out_dir)
     state = read_state_dict(checkpoint_path, key)
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise CheckpointError(f"{checkpoint_path}: {len(broken)} tensor(s) hold NaN or infinite values ({broken[0]}, "
+                              f"...): a diverged or damaged checkpoint, not converted")
     _check_channels(state, cfg, str(checkpoint_path))
     _check_out(out_dir, checkpoint_path)
     model = build_unet(cfg.model)
@@ -198,7 +203,13 @@ def flags_to_overrides(flags: dict[str, object], source: str) -> list[str]:
     """``--set`` overrides (``model.*``, ``diffusion.*``) for a release's flags, completed with guided-diffusion's
     defaults; flags of models this U-Net cannot hold (class-conditional, fractional channel multipliers) are a
     ``ConvertError``."""
-    f = {**GUIDED_DIFFUSION_DEFAULTS, **flags}
+    try:
+        return _overrides({**GUIDED_DIFFUSION_DEFAULTS, **flags}, source)
+    except (TypeError, ValueError) as e:  # e.g. --image_size abc
+        raise ConvertError(f"{source}: a flag that must be a number is not one ({e})") from None
+
+
+def _overrides(f: dict[str, object], source: str) -> list[str]:
     if f["class_cond"]:
         raise ConvertError(f"{source}: class_cond=True: a class-conditional model does not fit this U-Net")
     if f["num_heads_upsample"] not in (-1, f["num_heads"]):

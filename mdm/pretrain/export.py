@@ -14,20 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ..common.config import Config
 from ..common.config_io import dump, load
 from ..common.errors import CheckpointError, ConfigError
-from ..common.io import atomic_dir, load_tensors
-from ..nn.unet import UNetModel
+from ..common.io import atomic_dir, load_tensors, save_tensors
+from ..nn.unet import UNetModel, build_unet
 
 WEIGHTS = {"ema": "unet.safetensors", "raw": "unet_raw.safetensors"}
-
-
-def build_unet(model_cfg) -> UNetModel:
-    """The U-Net described by a ``ModelConfig`` (its fields are the constructor's arguments)."""
-    return UNetModel(**asdict(model_cfg))
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -36,8 +30,8 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def write_export(folder: Path, cfg: Config, ema_model: torch.nn.Module, raw_model: torch.nn.Module) -> None:
     """Write the export files into an existing (temporary) folder."""
-    save_file(_state(ema_model), str(folder / WEIGHTS["ema"]))
-    save_file(_state(raw_model), str(folder / WEIGHTS["raw"]))
+    save_tensors(_state(ema_model), str(folder / WEIGHTS["ema"]))
+    save_tensors(_state(raw_model), str(folder / WEIGHTS["raw"]))
     dump(cfg, folder / "config.yaml")
 
 

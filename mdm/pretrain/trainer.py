@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -36,19 +35,21 @@ from tqdm.auto import tqdm
 
 from ..common import faults
 from ..common.config import Config
-from ..common.config_io import dump
+from ..common.config_io import dump, load
 from ..common.devices import memory_format, native_bf16, resolve_device, tune_for_fixed_shapes
 from ..common.errors import ConfigError, TrainingError
 from ..common.io import atomic_dir, replace_dir, temp_sibling, write_text_atomic
 from ..common.rng import Tag, seeded_init
 from ..nn.group_norm_act import fused_kernel_available
-from ..nn.unet import compile_unet
+from ..nn.unet import UNetModel, build_unet, compile_unet
 from .checkpoints import find_resume, list_checkpoints, load_checkpoint, save_checkpoint
 from .cpu_memory import keep_freed_memory
-from .export import WEIGHTS, build_unet, file_fingerprint, save_export
+from .export import WEIGHTS, file_fingerprint, save_export
+from .identity import check_resume
 from .objectives import build_objective
 from .pools import build_pretrain_dataset
 from .previews import colour_check, save_reconstruction_grid
+from .run_log import RunLog, truncate_log
 from .sampler import StepBatchSampler
 
 
@@ -99,27 +100,26 @@ def lr_at(step: int, cfg) -> float:
 
 
 class Trainer:
-    """Owns Accelerate, the model, the EMA, data, checkpoints, exports and logs for one run."""
+    """Owns Accelerate, the model, the EMA, the optimizer, checkpoints, exports and the run log of one run.
 
-    def __init__(self, cfg: Config, device: torch.device | None = None):
-        self.cfg = cfg
+    Built from parts (``Trainer(cfg, model, objective, dataset)``: a U-Net with its initial weights, an objective of
+    ``objectives``, a pool of ``pools``) or from a config (``Trainer.from_config``, what ``train`` does). ``cfg`` is
+    the run's whole config: its ``train`` section drives the loop, and it is saved with the run and every export.
+    """
+
+    def __init__(self, cfg: Config, model: UNetModel, objective, dataset, device: torch.device | None = None):
+        self.cfg, self.objective, self.dataset = cfg, objective, dataset
         tc = cfg.train
         device = device or resolve_device(tc.device)
         if device.type == "cuda" and device.index not in (None, 0):
             raise ConfigError(f"device {device}: pretraining places each process on its GPU through Accelerate; choose "
                               f"the GPU with CUDA_VISIBLE_DEVICES={device.index} and device cuda")
-        use_cuda = device.type == "cuda"
         tune_for_fixed_shapes(device)
         self.precision = resolve_precision(tc.mixed_precision, device)
         _fresh_accelerator_state()
-        self.accelerator = Accelerator(mixed_precision=self.precision, cpu=not use_cuda,
-                                       gradient_accumulation_steps=tc.grad_accum_steps)
-        acc = self.accelerator
+        self.accelerator = acc = Accelerator(mixed_precision=self.precision, cpu=device.type != "cuda",
+                                             gradient_accumulation_steps=tc.grad_accum_steps)
         self.run_dir = Path(tc.out_dir)
-        self.objective = build_objective(cfg.diffusion)
-        self.dataset = build_pretrain_dataset(cfg.data)
-        with seeded_init(tc.seed):  # the initial weights (identical on every process)
-            model = build_unet(cfg.model)
         model.check_input_size(cfg.data.crop_size, cfg.data.crop_size)
         self.num_params = sum(p.numel() for p in model.parameters())
         self.memory_format = memory_format(tc.channels_last, acc.device)
@@ -138,18 +138,24 @@ class Trainer:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by grad_accum_steps="
                              f"{tc.grad_accum_steps} x processes={acc.num_processes}")
 
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device | None = None) -> Trainer:
+        """The U-Net of ``cfg.model`` (initial weights from ``train.seed``, identical on every process), the
+        objective of ``cfg.diffusion`` and the pool of ``cfg.data``."""
+        with seeded_init(cfg.train.seed):
+            model = build_unet(cfg.model)
+        return cls(cfg, model, build_objective(cfg.diffusion), build_pretrain_dataset(cfg.data), device)
+
     # ---- state ----------------------------------------------------------------------------------------------
     def resume(self, resume: str) -> None:
+        """Continue from the checkpoint ``resume`` names (``latest``: the newest of this run), refusing a config that
+        would train other weights than the run's own (``identity.check_resume``)."""
         path = find_resume(self.run_dir, resume)
+        saved = path.parent.parent / "config.yaml"  # the run folder of checkpoints/step_N
+        if saved.is_file():
+            check_resume(load(saved), self.cfg, str(saved))
         self.step = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.ema.module, self.optimizer)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
-
-    def _truncate_log(self) -> None:
-        """Drop log rows of steps after the resumed one: they are about to be replayed."""
-        log = self.run_dir / "log.jsonl"
-        if log.is_file():
-            rows = [r for r in log.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
-            write_text_atomic(log, "".join(r + "\n" for r in rows))
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step_N`` (written by the main process into a temporary folder, then renamed); older ones
@@ -245,93 +251,84 @@ class Trainer:
         return f" | norm kernel: {'fused' if fused else 'unfused'}"
 
     def fit(self) -> Path:
+        """Train from ``self.step`` to ``train.max_steps``; returns the run folder."""
         acc, tc = self.accelerator, self.cfg.train
         main = acc.is_main_process
         if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump(self.cfg, self.run_dir / "config.yaml")
-            if hasattr(self.dataset, "record"):  # an image folder: how many images, how many excluded and why
-                write_text_atomic(self.run_dir / "pool.json", json.dumps(self.dataset.record, indent=1))
-            self._truncate_log()  # a fresh start (or a resume) replays everything after self.step
+            self._open_run_folder()
         acc.print(self.summary())
-        writer = _tensorboard(self.run_dir) if main else None
-        log_file = (self.run_dir / "log.jsonl").open("a") if main else None
         preview = self.preview_batch() if main else None  # the grids' samples, and the colour check's
         if self.step == 0:
             self.export()
             if main and tc.image_every:
                 self._save_preview(preview)
-        window_loss, window_t, t_start, images_seen = [], [], time.perf_counter(), 0
+        log = RunLog(self.run_dir, self.cfg.diffusion.timesteps, main)  # its first window starts here
         bar = tqdm(total=tc.max_steps, initial=self.step, disable=None if main else True, desc="pretrain",
                    dynamic_ncols=True)  # disable=None: no bar when not on a terminal
         self.model.train()
         try:
             for images, keys in self.loader():
-                images = images.to(acc.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-                keys = keys.to(acc.device)
-                with acc.accumulate(self.model):
-                    out = self.objective.loss(self.model, images, keys)
-                    loss = out.loss.mean()
-                    self._watch("loss", loss)
-                    acc.backward(loss)
-                    if acc.sync_gradients and tc.grad_clip > 0:
-                        norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                        if self.precision != "fp16":  # fp16: an overflow is the loss scaler's to skip, not an error
-                            self._watch("gradient norm", norm)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr_at(self.step, tc)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                window_loss.append(out.loss.detach())
-                window_t.append(out.t.detach())
-                images_seen += images.shape[0] * acc.num_processes
+                out = self._train_step(images, keys)
+                log.add(out.loss, out.t, images.shape[0] * acc.num_processes)
                 if not acc.sync_gradients:
-                    continue
+                    continue  # a micro-batch of an accumulated step
                 self.step += 1
                 self.ema.update(acc.unwrap_model(self.model), step=self.step)
                 if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                     self._check_watched()
-                    losses, ts = acc.gather(torch.cat(window_loss)), acc.gather(torch.cat(window_t))
-                    rate = images_seen / (time.perf_counter() - t_start)
-                    record = self._record(losses, ts, rate)
+                    record = log.row(self.step, lr_at(self.step - 1, tc), acc.gather)
                     if main:
                         record.update(self._colour_check(preview))
-                        log_file.write(json.dumps(record) + "\n")
-                        log_file.flush()
-                        if writer:
-                            for k, v in record.items():
-                                if k != "step":
-                                    writer.add_scalar(k, v, self.step)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{rate:.1f}")
-                    window_loss, window_t, t_start, images_seen = [], [], time.perf_counter(), 0
+                        log.write(record)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.1f}")
                 bar.update(1)
-                if main and tc.image_every and (self.step % tc.image_every == 0 or self.step == tc.max_steps):
-                    self._save_preview(preview)
-                # the export first: a checkpoint of step N vouches for exports/step_N (resuming rewrites it)
-                if ((tc.export_every and self.step % tc.export_every == 0) or self.step == tc.max_steps
-                        or self.step in tc.export_at):
-                    self.export()
-                if self.step % tc.checkpoint_every == 0 or self.step == tc.max_steps:
-                    self.save_checkpoint()
+                self._save_on_cadence(preview)
         finally:
             bar.close()
-            if log_file:
-                log_file.close()
-            if writer:
-                writer.close()
+            log.close()
         acc.wait_for_everyone()
         acc.print(f"done: {self.step} steps; export in {self.run_dir / 'export'}")
         return self.run_dir
 
-    def _record(self, losses: torch.Tensor, ts: torch.Tensor, rate: float) -> dict:
-        record = {"step": self.step, "loss": float(losses.mean()), "lr": lr_at(self.step - 1, self.cfg.train),
-                  "img_per_s": rate}
-        quartile = (ts.float() / self.cfg.diffusion.timesteps * 4).clamp(max=3.999).long()
-        for q in range(4):
-            sel = losses[quartile == q]
-            if sel.numel():
-                record[f"loss_q{q + 1}"] = float(sel.mean())
-        return record
+    def _open_run_folder(self) -> None:
+        """The run folder with the resolved config, the pool's record (image folders: how many images, how many
+        excluded and why) and the log without the steps after ``self.step`` (a start or a resume replays them)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dump(self.cfg, self.run_dir / "config.yaml")
+        if hasattr(self.dataset, "record"):
+            write_text_atomic(self.run_dir / "pool.json", json.dumps(self.dataset.record, indent=1))
+        truncate_log(self.run_dir, self.step)
+
+    def _train_step(self, images: torch.Tensor, keys: torch.Tensor):
+        """Forward, backward and (at the last micro-batch of a step) clip, learning rate and optimizer step; returns
+        the objective's output. Losses and gradient norms are watched for non-finite values without a GPU sync."""
+        acc, tc = self.accelerator, self.cfg.train
+        images = images.to(acc.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with acc.accumulate(self.model):
+            out = self.objective.loss(self.model, images, keys.to(acc.device))
+            loss = out.loss.mean()
+            self._watch("loss", loss)
+            acc.backward(loss)
+            if acc.sync_gradients and tc.grad_clip > 0:
+                norm = acc.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+                if self.precision != "fp16":  # fp16: an overflow is the loss scaler's to skip, not an error
+                    self._watch("gradient norm", norm)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, tc)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def _save_on_cadence(self, preview) -> None:
+        """The reconstruction grid, the export and the checkpoint due at ``self.step``; the export first, so a
+        checkpoint of step N vouches for exports/step_N (a resume that finds it missing writes it)."""
+        tc, last = self.cfg.train, self.step == self.cfg.train.max_steps
+        if self.accelerator.is_main_process and tc.image_every and (self.step % tc.image_every == 0 or last):
+            self._save_preview(preview)
+        if (tc.export_every and self.step % tc.export_every == 0) or last or self.step in tc.export_at:
+            self.export()
+        if self.step % tc.checkpoint_every == 0 or last:
+            self.save_checkpoint()
 
     @torch.no_grad()
     def _colour_check(self, preview) -> dict[str, float]:
@@ -359,18 +356,10 @@ class Trainer:
                                  out.x0_pred.float().cpu())
 
 
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
-
-
 def train(cfg: Config, resume: str | None = None, device: torch.device | None = None) -> Path:
     """Pretrain according to ``cfg``; returns the run folder. ``device`` (default: ``train.device``): ``cpu`` forces
     the CPU; with ``cuda`` Accelerate places each process on its own GPU."""
-    trainer = Trainer(cfg, device)
+    trainer = Trainer.from_config(cfg, device)
     if resume:
         trainer.resume(resume)
     if trainer.step >= cfg.train.max_steps:

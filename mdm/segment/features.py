@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from ..common import rng
 from ..common.config import SegConfig
 from ..common.devices import autocast, autocast_dtype, memory_format
 from ..common.errors import CheckpointError, ConfigError
-from ..common.io import load_tensors
+from ..common.io import load_tensors, save_tensors
 from ..common.rng import Tag
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
@@ -113,14 +112,22 @@ class FeatureExtractor:
                f"{self.seed}|{draw}|{self.blocks}|{self.dtype}")
         return hashlib.sha1(key.encode()).hexdigest()
 
-    def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
+    def _lookup(self, key: str, size: int) -> dict[str, torch.Tensor] | None:
+        """A cached tile's block outputs; ``None`` when absent, or when the file is damaged or holds other shapes than
+        a ``size`` tile gives (it is then computed again)."""
         if self.cache_dir is None:
             return self._memory.get(key)
         path = self.cache_dir / key[:2] / f"{key}.safetensors"
         try:
-            return load_tensors(path) if path.is_file() else None
-        except CheckpointError:  # a damaged cache entry is computed again
+            entry = load_tensors(path) if path.is_file() else None
+        except CheckpointError:
             return None
+        info = self.model.decoder_blocks(size, size)
+        for t, i in self.parts:
+            block, square = entry.get(f"t{t}_b{i}") if entry else None, entry.get(f"sq_t{t}_b{i}") if entry else None
+            if block is None or square is None or tuple(block.shape) != (info[i].channels, *info[i].resolution):
+                return None
+        return entry
 
     def _store(self, key: str, blocks: dict[str, torch.Tensor]) -> None:
         if self.cache_dir is None:
@@ -129,7 +136,7 @@ class FeatureExtractor:
         path = self.cache_dir / key[:2] / f"{key}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(blocks, str(tmp))
+        save_tensors(blocks, str(tmp))
         os.replace(tmp, path)
 
     @torch.no_grad()
@@ -167,7 +174,7 @@ class FeatureExtractor:
         padded = pad_to_tile(image, tile_size)
         content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
         keys = [self._cache_key(name, content, tile, tile_size, draw) for tile in tiles]
-        result = [self._lookup(key) if cache else None for key in keys]
+        result = [self._lookup(key, tile_size) if cache else None for key in keys]
         todo = [k for k, r in enumerate(result) if r is None]
         name_key = zlib.crc32(name.encode())
         for first in range(0, len(todo), EXTRACT_BATCH):  # bounded memory: a few tiles through the U-Net at once

@@ -22,6 +22,7 @@ Run folder::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -65,6 +66,16 @@ class SegData:
     roles: dict[str, str]  # each labeled image's part in early stopping (splits.validation_roles)
 
 
+@dataclass
+class Fitted:
+    """What a stage-2 path trained: the segmenter, each member's early-stopping record (``{"best_epoch",
+    "best_val_loss", "epochs"}``) and, where blocks or timesteps were chosen on validation, the choice."""
+
+    segmenter: PixelSegmenter | SupervisedSegmenter
+    members: list[dict]
+    selection: dict | None = None
+
+
 def open_splits(data: DataConfig) -> SegData:
     """Open the splits, draw the labeled subset (``data.label_fraction``, ``data.seed``) and read every image once,
     so that a bad file stops the run before anything is written."""
@@ -77,10 +88,35 @@ def open_splits(data: DataConfig) -> SegData:
     subset = train_ds.subset(chosen)
     train_images = [subset[i] for i in range(len(subset))]
     check_classes_occur(train_images, train_ds.num_classes, train_ds.class_names)
-    for i in range(len(test_ds)):
-        test_ds[i]
+    check_test_split(test_ds, train_images)
     roles = validation_roles(train_images, data.val_fraction, data.seed, data.val_split)
     return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes, chosen, subset.names, roles)
+
+
+def _pixels_digest(image: torch.Tensor) -> str:
+    return hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()
+
+
+def check_test_split(test_ds: LabeledDataset, train_images: list[LabeledImage]) -> None:
+    """Read every test image once (a bad file stops the run before anything is written); stop when the masks hold no
+    class but the first while some pixels are ignored (binary masks saved as 0/255 would score 0), and warn about a
+    test image whose pixels equal a labeled training image's (it would be scored on what the classifiers saw)."""
+    trained = {_pixels_digest(im.image): im.name for im in train_images}
+    foreground = ignored = total = 0
+    for i in range(len(test_ds)):
+        item = test_ds[i]
+        label = item.label
+        if _pixels_digest(item.image) in trained:
+            warnings.warn(f"test image {item.name!r} has the same pixels as the labeled training image "
+                          f"{trained[_pixels_digest(item.image)]!r}: its score measures memory, not segmentation",
+                          stacklevel=2)
+        ignored += int((label == IGNORE_INDEX).sum())
+        foreground += int(((label != IGNORE_INDEX) & (label > 0)).sum())
+        total += label.numel()
+    if ignored and not foreground:
+        raise DataError(f"the {len(test_ds)} test mask(s) hold no pixel of any class but {test_ds.class_names[0]!r}, "
+                        f"and {ignored / total:.0%} of their pixels are {IGNORE_INDEX} (= ignore): were the masks "
+                        f"saved as 0/255 instead of class ids 0/1? Every score would be 0")
 
 
 def check_classes_occur(images: list[LabeledImage], num_classes: int, class_names: list[str]) -> None:
@@ -110,7 +146,7 @@ def check_classes_occur(images: list[LabeledImage], num_classes: int, class_name
 
 def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, tile: int, cfg: Config, device):
     """Load the U-Net for features (every candidate block and timestep when they are chosen on validation); returns
-    ``fit(progress) -> (segmenter, member histories, extras)``."""
+    ``fit(progress) -> Fitted``."""
     auto = seg.blocks == "auto" or seg.timesteps == "auto"
     if auto:
         m = export.config.model
@@ -125,10 +161,10 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
                              seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles,
                              seg.mask_draws if seg.extract_masks == "per_epoch" else None)
         stream.prefetch(progress)
-        extras, chosen_seg, chosen_cfg, final_extractor = {}, seg, cfg, extractor
+        selection, chosen_seg, chosen_cfg, final_extractor = None, seg, cfg, extractor
         if auto:
-            extras["selection"] = select_parts(stream, splits.num_classes, seg, progress)
-            t, blocks = extras["selection"]["timestep"], extras["selection"]["blocks"]
+            selection = select_parts(stream, splits.num_classes, seg, progress)
+            t, blocks = selection["timestep"], selection["blocks"]
             stream = stream.restricted([(t, b) for b in blocks])
             chosen_seg = replace(seg, blocks=blocks, timesteps=[t])
             chosen_cfg = replace(cfg, seg=chosen_seg)
@@ -146,14 +182,14 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
         history = fit_ensemble(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience,
                                seg.lr, progress=tick, min_epochs=seg.min_epochs)
         bar.close()
-        return PixelSegmenter(chosen_cfg, final_extractor, ensemble.eval(), tile), history, extras
+        return Fitted(PixelSegmenter(chosen_cfg, final_extractor, ensemble.eval(), tile), history, selection)
 
     return fit
 
 
 def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: SegData, tile: int, cfg: Config,
               device):
-    """Build the network to fine-tune; returns ``fit(progress) -> (segmenter, [history])``."""
+    """Build the network to fine-tune; returns ``fit(progress) -> Fitted``."""
     check_tile(seg, tile)
     model = build_network(seg, splits.num_classes, export if seg.arch == "unet" else None).to(device)
     if seg.arch == "unet":
@@ -161,7 +197,7 @@ def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: S
 
     def fit(progress: bool):
         history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, splits.roles, progress)
-        return SupervisedSegmenter(cfg, model, splits.num_classes, tile), [history], {}
+        return Fitted(SupervisedSegmenter(cfg, model, splits.num_classes, tile), [history])
 
     return fit
 
@@ -191,12 +227,15 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
              "names": splits.label_names, "validation_split": data.val_split,
              "validation": sorted(n for n, r in splits.roles.items() if r == "validation"),
              "validation_pixels_of": sorted(n for n, r in splits.roles.items() if r == "pixels")}, indent=1))
-        segmenter, history, extras = fit(progress)
+        fitted = fit(progress)
+        segmenter = fitted.segmenter
         dump(segmenter.cfg, tmp / "config.yaml")  # what it decided: the tile size, blocks chosen on validation
-        if "selection" in extras:
-            save_selection(tmp, extras["selection"])
+        if fitted.selection is not None:
+            save_selection(tmp, fitted.selection)
         result = evaluate(segmenter, splits.test, tmp, splits.class_names, progress)
-        result.update(members=history, labeled_images=len(splits.train_images), tile_size=tile, **extras)
+        result.update(members=fitted.members, labeled_images=len(splits.train_images), tile_size=tile)
+        if fitted.selection is not None:
+            result["selection"] = fitted.selection
         segmenter.save(tmp / "segmenter", export)
         faults.reached("segmenter saved")
         result["seconds"] = time.perf_counter() - started  # kept in the file, so a resumed study still has it

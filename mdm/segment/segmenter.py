@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
 from torch import nn
 
 from ..common.config import Config
 from ..common.config_io import from_dict, to_dict
 from ..common.devices import autocast_dtype, tune_for_fixed_shapes
 from ..common.errors import CheckpointError
-from ..common.io import atomic_dir, load_tensors
+from ..common.io import atomic_dir, load_tensors, save_tensors
 from ..common.tiling import blend_tiles, tile_grid
 from ..pretrain.export import WEIGHTS, Export, open_export, write_export
 from .features import FeatureExtractor, build_extractor
@@ -70,9 +69,10 @@ class PixelSegmenter:
     def save(self, folder: Path, export: Export) -> None:
         """Write ``folder`` atomically; the export's files are hard-linked (copied where links are impossible)."""
         with atomic_dir(folder) as tmp:
-            save_file({k: v.contiguous() for k, v in self.ensemble.state_dict().items()},
+            save_tensors({k: v.contiguous() for k, v in self.ensemble.state_dict().items()},
                       str(tmp / "ensemble.safetensors"))
-            _write_meta(tmp, self, feature_dim=self.ensemble.dim, members=self.ensemble.num_members)
+            _write_meta(tmp, self, feature_dim=self.ensemble.dim, members=self.ensemble.num_members,
+                        export_fingerprint=export.fingerprint())
             (tmp / "export").mkdir()
             for f in ("config.yaml", *WEIGHTS.values()):
                 try:
@@ -83,10 +83,16 @@ class PixelSegmenter:
     @classmethod
     def load(cls, folder: Path, meta: dict, device: torch.device) -> PixelSegmenter:
         cfg = from_dict(meta["config"])
+        export = open_export(folder / "export", cfg.seg.weights)
+        recorded = meta.get("export_fingerprint")  # absent in saves from before it was recorded
+        if recorded is not None and recorded != export.fingerprint():
+            raise CheckpointError(f"{folder / 'export'}: holds other U-Net weights than the pixel classifiers were "
+                                  f"trained on (fingerprint {export.fingerprint()}, recorded {recorded}); save the "
+                                  f"segmenter again from its run")
         # new images: nothing to reuse, so no cache folder is written where predict happens to run
-        extractor = build_extractor(replace(cfg.seg, cache_dir=""), open_export(folder / "export", cfg.seg.weights),
-                                    device)
-        ensemble = PixelEnsemble(meta["feature_dim"], meta["num_classes"], meta["members"])
+        extractor = build_extractor(replace(cfg.seg, cache_dir=""), export, device)
+        ensemble = PixelEnsemble(_count(meta, "feature_dim", folder), meta["num_classes"],
+                                 _count(meta, "members", folder))
         _load_strict(ensemble, folder / "ensemble.safetensors")
         return cls(cfg, extractor, ensemble.to(extractor.device).eval(), meta["tile_size"])
 
@@ -110,7 +116,7 @@ class SupervisedSegmenter:
         """Write ``folder`` atomically; a U-Net network also gets ``export/`` (its architecture for reloading)."""
         with atomic_dir(folder) as tmp:
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            save_file(state, str(tmp / "network.safetensors"))
+            save_tensors(state, str(tmp / "network.safetensors"))
             _write_meta(tmp, self)
             if self.cfg.seg.arch == "unet":
                 (tmp / "export").mkdir()
@@ -137,6 +143,14 @@ def _write_meta(folder: Path, segmenter, **extra) -> None:
     (folder / "segmenter.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
 
 
+def _count(meta: dict, key: str, folder: Path) -> int:
+    """A positive whole number of ``segmenter.yaml``."""
+    value = meta.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{folder / 'segmenter.yaml'}: {key} must be a positive whole number, got {value!r}")
+    return value
+
+
 def _load_strict(module: nn.Module, path: Path) -> None:
     try:
         module.load_state_dict(load_tensors(path), strict=True)
@@ -152,12 +166,18 @@ def load_segmenter(run_or_folder: str | Path, device: torch.device):
     meta_path = folder / "segmenter.yaml"
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: not found (pass a segmentation run folder or its segmenter/)")
-    meta = yaml.safe_load(meta_path.read_text())
+    try:
+        meta = yaml.safe_load(meta_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: not readable as the YAML a segmenter writes "
+                              f"({getattr(e, 'problem', None) or type(e).__name__})") from None
     if isinstance(meta, dict) and meta.get("format", 1) != SEGMENTER_FORMAT:  # saves without the key are format 1
         raise CheckpointError(f"{meta_path}: segmenter format {meta.get('format')!r}, written by another version of "
                               f"mdm; this one reads format {SEGMENTER_FORMAT}")
     kind = KINDS.get(meta.get("kind") if isinstance(meta, dict) else None)
     if kind is None:
         raise CheckpointError(f"{meta_path}: unknown segmenter kind (known: {', '.join(KINDS)})")
+    for key in ("num_classes", "tile_size"):
+        _count(meta, key, folder)
     tune_for_fixed_shapes(device)  # its tiles all have one size
     return kind.load(folder, meta, device)

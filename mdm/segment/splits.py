@@ -61,10 +61,12 @@ def validation_roles(images: list[LabeledImage], fraction: float, seed: int, spl
 
     ``split="images"`` with at least 2 labeled images: a seeded choice of whole images, about ``fraction`` of them
     (at least one, always leaving one to train on), validates and the rest trains, so early stopping sees the shift
-    from one image to the next. Where the images carry slide ids and span at least 2 slides, whole slides are held
-    out instead. Otherwise (one labeled image, ``split="pixels"``, ``fraction`` 0) every image is ``pixels``: pixel
-    blocks of each validate (``validation_mask``). ``split="none"`` (the reference's rule): every image is ``train``,
-    nothing is held out, and early stopping watches the training loss."""
+    from one image to the next. An image is never held out when that would leave a class of the labeled images
+    without a training pixel (the next in the seeded order is taken; when none can go, pixel blocks validate). Where
+    the images carry slide ids and span at least 2 slides, whole slides are held out instead. Otherwise (one labeled
+    image, ``split="pixels"``, ``fraction`` 0) every image is ``pixels``: pixel blocks of each validate
+    (``validation_mask``). ``split="none"`` (the reference's rule): every image is ``train``, nothing is held out,
+    and early stopping watches the training loss."""
     if split == "none":
         return {im.name: "train" for im in images}
     if split == "pixels" or len(images) < 2 or fraction <= 0:
@@ -74,8 +76,22 @@ def validation_roles(images: list[LabeledImage], fraction: float, seed: int, spl
     units = sorted(slides) if by_slide else [im.name for im in images]
     count = min(len(units) - 1, max(1, round(fraction * len(units))))
     g = torch.Generator().manual_seed(rng.make_key(seed, Tag.VALIDATION_IMAGES))
-    held = {units[i] for i in torch.randperm(len(units), generator=g)[:count].tolist()}
-    return {im.name: "validation" if (im.slide if by_slide else im.name) in held else "train" for im in images}
+
+    def unit(im):
+        return im.slide if by_slide else im.name
+
+    classes = {im.name: set(im.label.unique().tolist()) - {IGNORE_INDEX} for im in images}
+    every = set().union(*classes.values())
+    held: set[str] = set()
+    for i in torch.randperm(len(units), generator=g).tolist():  # in the seeded order, skipping a unit whose hold-out
+        if len(held) == count:                                  # would leave a class with no training pixel
+            break
+        kept = set().union(*(classes[im.name] for im in images if unit(im) not in held | {units[i]}))
+        if kept == every:
+            held.add(units[i])
+    if not held:  # every unit holds a class no other has: validate on pixel blocks of each instead
+        return {im.name: "pixels" for im in images}
+    return {im.name: "validation" if unit(im) in held else "train" for im in images}
 
 
 def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int, min_class_pixels: int = 0,

@@ -1,6 +1,7 @@
 """Pictures of a segmentation a person can read.
 
-Per image, ``save_prediction_images`` writes ``predictions/<name>.png`` (class ids, the image's own size),
+Per image, ``save_prediction_images`` writes ``predictions/<name>.png`` (class ids, the image's own size; 16-bit
+where there are more classes than 8 bits hold beside the ignore id 255),
 ``uncertainty/<name>.png`` (entropy of the mean probabilities, 0 black .. log(C) white, the image's own size) and
 ``overlays/<name>.png``: a panel of image | ground truth (where known) | prediction | uncertainty side by side,
 enlarged with nearest neighbour so that the shorter side is at least 256 px, titled, with a legend of the classes
@@ -112,11 +113,12 @@ def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: to
                            class_names: list[str] | None = None) -> None:
     """``predictions/<name>.png``, ``uncertainty/<name>.png`` and the ``overlays/<name>.png`` panel under ``out``;
     ``name`` may hold sub-folders (``a/x``)."""
-    lab = labels.cpu().numpy().astype(np.uint8)
+    lab = labels.cpu().numpy().astype(np.int64)
+    ids = lab.astype(np.uint8 if num_classes <= IGNORE_INDEX else np.uint16)  # 16-bit PNG where 8 bits would wrap
     unc = (uncertainty.cpu() / math.log(max(num_classes, 2))).clamp(0, 1).numpy()
     gt = ground_truth.cpu().numpy() if ground_truth is not None else None
     names = class_names or [f"class {k}" for k in range(num_classes)]
-    pictures = {"predictions": Image.fromarray(lab), "uncertainty": Image.fromarray((unc * 255).astype(np.uint8)),
+    pictures = {"predictions": Image.fromarray(ids), "uncertainty": Image.fromarray((unc * 255).astype(np.uint8)),
                 "overlays": panel(image.cpu(), lab, unc, gt, names)}
     for sub, picture in pictures.items():
         path = out / sub / f"{name}.png"

@@ -77,6 +77,11 @@ class LabeledDataset:
         return [e.image for e in self._entries if isinstance(e.image, Path)]
 
     @property
+    def files(self) -> list[Path]:
+        """Every file the items are read from: images and masks (none for a source without files)."""
+        return [p for e in self._entries for p in (e.image, e.mask) if isinstance(p, Path)]
+
+    @property
     def groups(self) -> list[str]:
         return [e.group for e in self._entries]
 

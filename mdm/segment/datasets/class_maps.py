@@ -80,7 +80,11 @@ def _generic_classes(root: Path, num_classes: int | None, class_names: list[str]
     listed = None
     classes_txt = root / "classes.txt"
     if class_names is None and classes_txt.is_file():
-        listed = [line.strip() for line in classes_txt.read_text().splitlines() if line.strip()]
+        try:
+            text = classes_txt.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{classes_txt}: not UTF-8 text; save it as UTF-8 (one class name per line)") from None
+        listed = [line.strip() for line in text.splitlines() if line.strip()]
         if not listed:
             raise DataError(f"{classes_txt}: no class names")
         if num_classes is not None and num_classes != len(listed):

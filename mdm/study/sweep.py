@@ -6,11 +6,12 @@ runs once per objective and is reused by every fraction and seed (and by every v
 ``mdm``, ``ddpm`` and ``mae`` train the same architecture on the same unlabeled pool for ``bench.pretrain_steps``
 steps; ``random`` and ``unet-scratch`` use the MDM run's ``exports/step_0``, i.e. the very same initial weights.
 Finished runs (a ``metrics.json``) are skipped, so an interrupted sweep resumes, and a folder is only resumed by the
-same study (``check_same_study``). Output folder::
+same study on the same data (``check_same_study``, ``manifest``). Output folder::
 
     pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve; pool.json: the
                                         pool's size and the test images kept out of it, see ``pool``);
                                         pretrain_<objective>_<variant>/ where a variant pretrains otherwise
+    data.json                           every file the study read, with its content hash
     pretraining.md                      each pretraining run's last loss and colour check
     runs/[<variant>/]<method>/f<fraction>_s<seed>/  one segmentation run each
     results.csv results.md label_efficiency.png (ablation.png: variants x methods at the lowest fraction)
@@ -35,6 +36,7 @@ from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
 from ..pretrain.trainer import list_checkpoints, train
 from ..segment.run import run_segmentation
+from .manifest import check_same_data, data_manifest, write_manifest
 from .pool import pretraining_data
 from .report import (
     COLUMNS,
@@ -153,6 +155,25 @@ def check_same_study(cfg: Config, out: Path) -> None:
                               f"another bench.out_dir")
 
 
+STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "results.md", "label_efficiency.png",
+               "ablation.png", "block_selection.png", "budget.csv", "pretrain_budget.png", "runs", "budget",
+               "new_images", "predict"}
+
+
+def check_study_folder(out: Path) -> None:
+    """Refuse a study folder that holds anything a study does not write (``STUDY_FILES``, ``pretrain_*``, hidden
+    temporary files), or files but no ``config.yaml`` (a study writes that first): its tables would overwrite the
+    user's files."""
+    if out.is_dir():
+        names = [p.name for p in out.iterdir()]
+        foreign = sorted(n for n in names if n not in STUDY_FILES and not n.startswith(("pretrain_", ".")))
+        if not foreign and names and "config.yaml" not in names:
+            foreign = sorted(names)
+        if foreign:
+            raise ConfigError(f"{out}: holds files a study does not write ({', '.join(foreign[:3])}); give a new "
+                              f"bench.out_dir (--out), a study writes its tables there")
+
+
 def _objectives(cfg: Config) -> list[str]:
     return sorted({METHODS[m].objective for m in cfg.bench.methods} - {None})
 
@@ -175,9 +196,13 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                        vcfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
+    check_study_folder(out)
     check_same_study(cfg, out)
+    manifest = data_manifest([vcfg for _, vcfg in studies])
+    check_same_data(out, manifest)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
+    write_manifest(out, manifest)
     folders = PretrainFolders(out, cfg, pretraining_data(cfg))
     pretrain: dict[tuple[str, str], Path] = {}
     phases: dict[str, float] = {}  # seconds per phase of this call (a run done before counts as what its skip cost)

@@ -10,20 +10,13 @@ and the random initial weights.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from ..common.config import Config, DataConfig, Variant
 from ..common.config_io import from_dict, parse_override, set_nested, to_dict
 from ..common.errors import ConfigError
-
-# diffusion keys that only one objective reads: they do not make another objective's pretraining differ
-OWN_KEYS = {"mdm": {"loss", "ssim_win_size", "ssim_sigma"}, "ddpm": {"beta_schedule"}, "mae": {"mae_mask_ratio"}}
-UNMASKED_IGNORES = {"patch_size", "mask_fill"}  # DDPM hides no patches
-# data keys that only stage 2 reads (a synthetic study pretrains on its ``data`` section itself), or that change speed
-STAGE_2_DATA = {"seed", "label_fraction", "val_fraction", "val_split", "num_classes", "num_workers"}
-# train keys that change where or how a run is logged, not its weights, or that the study sets itself
-NOT_WEIGHTS = {"out_dir", "device", "log_every", "image_every", "checkpoint_every", "checkpoint_limit", "max_steps",
-               "export_every", "export_at"}
+from ..pretrain.identity import weight_keys
 
 
 def variant_config(cfg: Config, variant: Variant) -> Config:
@@ -49,17 +42,11 @@ def arms(cfg: Config) -> list[tuple[str, Config]]:
 
 
 def pretraining_identity(cfg: Config, objective: str, pool: DataConfig) -> str:
-    """What decides the weights of ``objective``'s pretraining on ``pool`` under ``cfg``: the model, the diffusion
-    keys that objective reads, the loop (not where it logs), the pool and the study's step budget and exports."""
-    diffusion = {k: v for k, v in to_dict(cfg.diffusion).items()
-                 if not any(k in keys for obj, keys in OWN_KEYS.items() if obj != objective)
-                 and not (objective == "ddpm" and k in UNMASKED_IGNORES)}
-    diffusion["objective"] = objective
-    train = {k: v for k, v in to_dict(cfg.train).items() if k not in NOT_WEIGHTS}
-    pool_keys = {k: v for k, v in to_dict(pool).items() if k not in STAGE_2_DATA}
-    budget = {k: getattr(cfg.bench, k) for k in ("pretrain_steps", "budget_exports", "budget_spacing")}
-    return json.dumps({"model": to_dict(cfg.model), "diffusion": diffusion, "train": train, "pool": pool_keys,
-                       "budget": budget}, sort_keys=True)
+    """What decides the weights of ``objective``'s pretraining on ``pool`` under ``cfg`` (``identity.weight_keys``:
+    the model, the diffusion keys that objective reads, the loop, the pool) and the study's step budget and exports."""
+    keys = weight_keys(replace(cfg, data=pool), objective)
+    keys.update({f"bench.{k}": getattr(cfg.bench, k) for k in ("pretrain_steps", "budget_exports", "budget_spacing")})
+    return json.dumps(keys, sort_keys=True)
 
 
 class PretrainFolders:

@@ -1,0 +1,92 @@
+"""``validate``: the checks of a config's values that its types cannot express, each error naming the key.
+
+Choices and ranges come from each key's declaration (``config.key``); the checks between keys are written here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from .config import BENCH_METHODS, MASKED_OBJECTIVES, Config, check_crop
+from .errors import ConfigError
+
+PRETRAIN_SOURCES = ("labeled", "folder", "synthetic")  # bench.pretrain_data.source: its own choices in a DataConfig
+
+
+def _declared(section, prefix: str) -> None:
+    """Every key of ``section`` (and of a section inside it) against its declared choices and range."""
+    for f in dataclasses.fields(section):
+        value, name = getattr(section, f.name), f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            _declared(value, name)
+            continue
+        allowed = PRETRAIN_SOURCES if name == "bench.pretrain_data.source" else f.metadata.get("choices")
+        if allowed and value not in allowed:
+            raise ConfigError(f"{name}: {value!r} is not one of {sorted(allowed, key=str)}")
+        wanted = f.metadata.get("range")
+        if wanted == "positive" and not (value > 0 and value != math.inf):  # NaN fails both
+            raise ConfigError(f"{name}: must be positive and finite, got {value}")
+        if wanted == "not_negative" and not (value >= 0 and value != math.inf):
+            raise ConfigError(f"{name}: must be 0 or more and finite, got {value}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ``cfg``'s values; raise ``ConfigError`` naming the key. Returns ``cfg`` (``seg.normalize`` of an older
+    save, a bool, becomes its name)."""
+    if isinstance(cfg.seg.normalize, bool):  # written before the key took names
+        cfg.seg.normalize = "zscore" if cfg.seg.normalize else "none"
+    for section in dataclasses.fields(cfg):
+        _declared(getattr(cfg, section.name), section.name)
+    d, sc, bc = cfg.data, cfg.seg, cfg.bench
+    unknown = sorted(set(bc.methods) - set(BENCH_METHODS))
+    if unknown:
+        raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
+    for key, values in {"seg.timesteps": sc.timesteps, "seg.auto_timesteps": sc.auto_timesteps}.items():
+        bad = [v for v in (values if isinstance(values, list) else []) if not 0 <= v < cfg.diffusion.timesteps]
+        if bad:
+            raise ConfigError(f"{key}: {bad[0]} is not a timestep of diffusion.timesteps = "
+                              f"{cfg.diffusion.timesteps} (0 .. {cfg.diffusion.timesteps - 1})")
+    for key, values in {"bench.fractions": bc.fractions, "bench.seeds": bc.seeds, "bench.methods": bc.methods}.items():
+        if not values:
+            raise ConfigError(f"{key}: must not be empty")
+    bad = [f for f in bc.fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"bench.fractions: {bad[0]} is not in (0, 1]")
+    if not 0.0 < d.label_fraction <= 1.0:
+        raise ConfigError(f"data.label_fraction: must be in (0, 1], got {d.label_fraction}")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
+    if not 0.0 <= sc.overlap < 1.0:
+        raise ConfigError(f"seg.overlap: must be in [0, 1), got {sc.overlap}")
+    for key in ("blocks", "timesteps"):
+        if isinstance(getattr(sc, key), str) and getattr(sc, key) != "auto":
+            raise ConfigError(f"seg.{key}: {getattr(sc, key)!r} is not a list of numbers or auto")
+    if not sc.timesteps or not sc.blocks:
+        raise ConfigError("seg.timesteps and seg.blocks must not be empty")
+    if d.val_split == "none" and "auto" in (sc.blocks, sc.timesteps):
+        raise ConfigError("seg.blocks / seg.timesteps: auto chooses on validation pixels, and data.val_split: none "
+                          "holds none out; give the blocks and timesteps, or another data.val_split")
+    names = [v.name for v in bc.variants]
+    if "" in names or len(set(names)) != len(names):
+        raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")
+    odd = [n for n in names if n in (".", "..") or any(c in n for c in "/\\")]
+    if odd:
+        raise ConfigError(f"bench.variants: {odd[0]!r} cannot name a folder (no / or \\, not . or ..)")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    if cfg.diffusion.ssim_win_size % 2 == 0:
+        raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {cfg.diffusion.ssim_win_size}")
+    if not 0.0 < cfg.diffusion.mae_mask_ratio < 1.0:
+        raise ConfigError(f"diffusion.mae_mask_ratio: must be in (0, 1), got {cfg.diffusion.mae_mask_ratio}")
+    if cfg.diffusion.objective in MASKED_OBJECTIVES:  # crops must hold whole patches (a study checks its pool)
+        check_crop("data.crop_size", d.crop_size, cfg.diffusion.patch_size)
+    if d.color_mode == "L":
+        raise ConfigError("data.color_mode: L would pretrain a one-channel U-Net that stage 2 (which reads RGB) "
+                          "cannot use; keep RGB: grayscale images are then read as three equal channels")
+    if d.source not in ("folder", "synthetic") and len(d.root) > 1:
+        raise ConfigError(f"data.root: the {d.source} source reads one folder, got {len(d.root)} "
+                          f"({', '.join(d.root)}); unlabeled folders for pretraining go in bench.pretrain_data.root")
+    if d.source == "folder" and not d.root:
+        raise ConfigError("data.root: data.source is 'folder' but no folder is given (--set data.root=DIR)")
+    return cfg

@@ -1,0 +1,55 @@
+"""What a study read, by content: every file of its labeled source (training and test images and masks) and of its
+pretraining pools, with a hash of each (``data.json`` in the study folder). A study folder is resumed only on the
+same data: its finished runs are skipped on resume, so a run on changed files would be mixed with runs on the old
+ones in one table. The built-in synthetic source reads no files (its images follow from the config)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..common.config import Config
+from ..common.errors import ConfigError
+from ..common.io import file_digest, write_text_atomic
+from ..pretrain.pools import gather_images
+from ..segment.datasets import load_split
+from .pool import pretraining_data
+
+
+def study_files(cfg: Config) -> list[Path]:
+    """The files the study of ``cfg`` reads: the labeled source's splits, then the pretraining pool's images."""
+    data = cfg.data
+    files: list[Path] = []
+    if data.source != "synthetic":
+        root = data.root[0] if data.root else None
+        kw = {"num_classes": data.num_classes} if data.num_classes else {}
+        files += [f for split in ("train", "test") for f in load_split(data.source, root, split, **kw).files]
+    pool = pretraining_data(cfg)
+    if pool.source == "folder":
+        files += gather_images(pool.root, pool.exclude)[0]
+    return files
+
+
+def data_manifest(configs: list[Config]) -> dict[str, str]:
+    """``{file: content hash}`` of what the studies of ``configs`` (one per variant) read."""
+    files = dict.fromkeys(f for cfg in configs for f in study_files(cfg))
+    return {str(f): file_digest(f) for f in files}
+
+
+def check_same_data(out: Path, manifest: dict[str, str]) -> None:
+    """Refuse to resume the study in ``out`` when the files it read were added, removed or changed since."""
+    saved = out / "data.json"
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())
+    changes = ([f"added {f}" for f in sorted(set(manifest) - set(before))]
+               + [f"removed {f}" for f in sorted(set(before) - set(manifest))]
+               + [f"changed {f}" for f in sorted(set(manifest) & set(before)) if manifest[f] != before[f]])
+    if changes:
+        more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+        raise ConfigError(f"{saved}: this folder holds a study of other data ({changes[0]}{more}); its finished runs "
+                          f"would be mixed with runs on the new data: use another bench.out_dir or remove it")
+
+
+def write_manifest(out: Path, manifest: dict[str, str]) -> None:
+    write_text_atomic(out / "data.json", json.dumps(manifest, indent=1))
