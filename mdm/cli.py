@@ -77,6 +77,9 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
 
 
 def _load(args) -> Config:
+    """The config of ``--config`` + ``--set``, checked against every registered name (``mdm.registries``)."""
+    from . import registries  # noqa: F401 - deferred: --help need not import torch's stages
+
     return load(args.config, args.overrides)
 
 

@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+import mdm.registries  # noqa: F401 - every registry filled, as through the entry points
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -56,11 +56,11 @@ def test_dry_run_prints_parameters_and_blocks(configs_dir, capsys):
 def test_every_key_is_documented_and_the_readme_table_is_current():
     from pathlib import Path
 
-    from mdm.common import config_docs
+    from mdm import config_docs
 
     assert all(help_text for _, _, help_text in config_docs.keys())
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert config_docs.replace_in(readme) == readme, "run: python -m mdm.common.config_docs --write"
+    assert config_docs.replace_in(readme) == readme, "run: python -m mdm.config_docs --write"
 
 
 def test_whole_patches_are_asked_of_masked_objectives_only():

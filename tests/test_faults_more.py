@@ -48,8 +48,13 @@ def test_a_resume_with_another_objective_or_lr_is_refused(tmp_path, configs_dir,
     for change, key in (("diffusion.objective=ddpm", "diffusion.objective = 'mdm'"), ("train.lr=0.5", "train.lr")):
         assert train_main(base + ["--set", change]) == 2
         assert key in one_line_error(capsys)
+    fresh = [a for a in base if a not in ("--resume", "latest")]
+    assert train_main(fresh) == 2  # a new run over the old one's checkpoints: a later resume would mix them
+    assert "holds checkpoints of an earlier run" in one_line_error(capsys)
     assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2]  # nothing trained, the log as it was
-    assert train_main(base + ["--set", "train.log_every=1", "--set", "train.lr=1e-3"]) == 0  # longer: fine
+    # longer, logged more often, with gradient checkpointing: the same weights, fine
+    assert train_main(base + ["--set", "train.log_every=1", "--set", "train.lr=1e-3",
+                              "--set", "model.use_checkpoint=true"]) == 0
 
 
 def test_a_log_row_cut_by_a_kill_is_dropped_on_resume(tmp_path, configs_dir):
@@ -298,3 +303,14 @@ def test_a_study_resumed_on_changed_data_is_refused(tmp_path, configs_dir, capsy
     shutil.copy(root / "train" / "masks" / "0.png", root / "train" / "masks" / "9.png")
     assert bench_main(args) == 2
     assert "holds a study of other data (added" in one_line_error(capsys)
+
+
+def test_a_file_name_that_is_not_utf8_is_named_in_one_line(tmp_path):
+    from mdm.common.io import list_images
+    from mdm.segment.datasets.base import images_in
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "fine.png")
+    (tmp_path / os.fsdecode(b"slide_\xff.png")).write_bytes((tmp_path / "fine.png").read_bytes())
+    for lister in (list_images, images_in):
+        with pytest.raises(DataError, match=r"slide_.*is not valid UTF-8; rename the file"):
+            lister(tmp_path)

@@ -1,6 +1,6 @@
 """Configuration: the dataclasses of the six sections (``model``, ``diffusion``, ``data``, ``train``, ``seg``,
 ``bench``). Each key is described once, where it is declared (``key``): its default, its help line (the README's
-table, ``config_docs``), its choices and its range, which ``config_checks.validate`` checks. Files and ``--set``
+table, ``mdm.config_docs``), its choices and its range, which ``config_checks.validate`` checks. Files and ``--set``
 overrides are read and written by ``config_io``.
 """
 
@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-BENCH_METHODS = ("mdm", "ddpm", "mae", "random", "mdm-ft", "mae-ft", "unet-scratch", "smp-scratch")
 
-
-def key(default, help: str, *, choices: tuple = (), positive: bool = False, not_negative: bool = False):
+def key(default, help: str, *, choices: tuple = (), registries: tuple = (), positive: bool = False,
+        not_negative: bool = False):
     """A config key: ``default`` (lists and sections are copied for every instance), ``help`` (its line in the
-    README's table), ``choices`` (the values it may take, when it takes names), ``positive`` / ``not_negative`` (a
-    finite number above 0 / at least 0)."""
-    meta = {"help": help, "choices": tuple(choices),
+    README's table), ``choices`` (the values it may take, when it takes names), ``registries`` (or: the
+    ``common.registry`` registries whose names it takes; a list key takes several), ``positive`` / ``not_negative``
+    (a finite number above 0 / at least 0)."""
+    meta = {"help": help, "choices": tuple(choices), "registries": tuple(registries),
             "range": "positive" if positive else "not_negative" if not_negative else None}
     if isinstance(default, list) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -53,9 +53,7 @@ class ModelConfig:
 class DiffusionConfig:
     """The corruption process and its loss."""
 
-    objective: str = key("mdm", "`mdm` (hide patches, predict the clean image), `ddpm` (Gaussian noise, predict it) "
-                                "or `mae` (a fixed share of patches hidden, timestep 0, MSE on the hidden pixels)",
-                                choices=("mdm", "ddpm", "mae"))
+    objective: str = key("mdm", "the pretraining objective", registries=("objectives",))
     timesteps: int = key(1000, "T; the MDM mask ratio is t / T", positive=True)
     patch_size: int = key(8, "MDM patch size in px", positive=True)
     mask_fill: float = key(0.0, "value of masked pixels (images are in [-1, 1])")
@@ -73,9 +71,8 @@ class DiffusionConfig:
 class DataConfig:
     """Where images come from: the pretraining pool, or the labeled dataset of stage 2."""
 
-    source: str = key("synthetic", "`folder` or `synthetic` (pretraining); `glas`, `monuseg`, `ffhq34`, `celeba19`, "
-                                   "`generic` or `synthetic` (stage 2)",
-                                   choices=("folder", "synthetic", "glas", "monuseg", "ffhq34", "celeba19", "generic"))
+    source: str = key("synthetic", "what the images are: a pretraining pool (pretraining) or a labeled source "
+                                   "(stage 2)", registries=("pretraining pools", "labeled sources"))
     root: list[str] = key([], "folder(s) of the source")
     crop_size: int = key(32, "pretraining crop size; also stage 2's default tile size", positive=True)
     crop: str = key("random", "`random` crops (no resize) or `resize` whole images", choices=("random", "resize"))
@@ -140,8 +137,7 @@ class SegConfig:
 
     mode: str = key("frozen", "`frozen` (features + pixel MLPs) or `finetune` (a whole network end to end)",
                               choices=("frozen", "finetune"))
-    arch: str = key("unet", "fine-tuning network: `unet` (the export's U-Net + 1x1 head) or `smp` (from scratch)",
-                            choices=("unet", "smp"))
+    arch: str = key("unet", "the network of `seg.mode: finetune`", registries=("fine-tuning networks",))
     smp_encoder: str = key("resnet18", "encoder of the smp U-Net (no pretrained weights)")
     finetune_lr: float = key(2e-4, "Adam learning rate of fine-tuning", positive=True)
     augment: str = key("hflip", "fine-tuning crops: `hflip`, `dihedral` (flips + 90° rotations) or `none`",
@@ -211,12 +207,12 @@ class BenchConfig:
     fractions: list[float] = key([0.1, 1.0], "label fractions")
     seeds: list[int] = key([0, 1], "seeds (each draws its own labeled subset and initialisations)")
     methods: list[str] = key(["mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch"],
-                             "`mdm`, `ddpm`, `mae`, `random`, `mdm-ft`, `mae-ft`, `unet-scratch`, `smp-scratch`")
+                             "the methods compared", registries=("study methods",))
     metric: str = key("dice", "the metric of the table and plots")
     pretrain_steps: int = key(1000, "pretraining steps of each objective", positive=True)
     budget_exports: int = key(4, "exports kept along the way for the pretraining-budget curve", positive=True)
-    budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (of `mdm`, "
-                                                            "`ddpm`, `mae`, `mdm-ft`, `mae-ft`)")
+    budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (methods of "
+                                    "pretrained weights)", registries=("study methods",))
     budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True)
     budget_spacing: str = key("linear", "budget exports `linear`ly or `log`arithmically spaced in steps",
                                         choices=("linear", "log"))
@@ -238,9 +234,6 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-
-
-MASKED_OBJECTIVES = ("mdm", "mae")  # objectives that hide patches
 
 
 def check_crop(key: str, crop: int, patch_size: int) -> None:

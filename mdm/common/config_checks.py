@@ -1,6 +1,8 @@
 """``validate``: the checks of a config's values that its types cannot express, each error naming the key.
 
-Choices and ranges come from each key's declaration (``config.key``); the checks between keys are written here.
+Choices, registries and ranges come from each key's declaration (``config.key``); the checks between keys are
+written here. A key that names registered things (``common.registry``) is checked once the registries' owners are
+imported (every entry point imports them: ``mdm.registries``); a lookup checks it in any case.
 """
 
 from __future__ import annotations
@@ -8,10 +10,22 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import BENCH_METHODS, MASKED_OBJECTIVES, Config, check_crop
+from .config import Config, check_crop
 from .errors import ConfigError
+from .registry import registry
 
-PRETRAIN_SOURCES = ("labeled", "folder", "synthetic")  # bench.pretrain_data.source: its own choices in a DataConfig
+STUDY_POOL = "labeled"  # bench.pretrain_data.source: the labeled source's own images, besides the pretraining pools
+
+
+def _registered(value, names: tuple[str, ...], key: str) -> None:
+    """``value`` (a name, or a list of names) against the union of the registries ``names``, when all are loaded."""
+    found = [registry(n) for n in names]
+    if not names or None in found:
+        return
+    known = [k for r in found for k in r] + ([STUDY_POOL] if key == "bench.pretrain_data.source" else [])
+    for v in value if isinstance(value, list) else [value]:
+        if v not in known:
+            raise ConfigError(f"{key}: unknown {found[0].what} {v!r} (known: {', '.join(known)})")
 
 
 def _declared(section, prefix: str) -> None:
@@ -21,7 +35,9 @@ def _declared(section, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _declared(value, name)
             continue
-        allowed = PRETRAIN_SOURCES if name == "bench.pretrain_data.source" else f.metadata.get("choices")
+        regs = f.metadata.get("registries", ())
+        _registered(value, ("pretraining pools",) if name == "bench.pretrain_data.source" else regs, name)
+        allowed = f.metadata.get("choices")
         if allowed and value not in allowed:
             raise ConfigError(f"{name}: {value!r} is not one of {sorted(allowed, key=str)}")
         wanted = f.metadata.get("range")
@@ -39,9 +55,6 @@ def validate(cfg: Config) -> Config:
     for section in dataclasses.fields(cfg):
         _declared(getattr(cfg, section.name), section.name)
     d, sc, bc = cfg.data, cfg.seg, cfg.bench
-    unknown = sorted(set(bc.methods) - set(BENCH_METHODS))
-    if unknown:
-        raise ConfigError(f"bench.methods: unknown method {unknown[0]!r} (known: {', '.join(BENCH_METHODS)})")
     for key, values in {"seg.timesteps": sc.timesteps, "seg.auto_timesteps": sc.auto_timesteps}.items():
         bad = [v for v in (values if isinstance(values, list) else []) if not 0 <= v < cfg.diffusion.timesteps]
         if bad:
@@ -79,12 +92,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {cfg.diffusion.ssim_win_size}")
     if not 0.0 < cfg.diffusion.mae_mask_ratio < 1.0:
         raise ConfigError(f"diffusion.mae_mask_ratio: must be in (0, 1), got {cfg.diffusion.mae_mask_ratio}")
-    if cfg.diffusion.objective in MASKED_OBJECTIVES:  # crops must hold whole patches (a study checks its pool)
-        check_crop("data.crop_size", d.crop_size, cfg.diffusion.patch_size)
+    objectives = registry("objectives")
+    if objectives and cfg.diffusion.objective in objectives and objectives[cfg.diffusion.objective].masks:
+        check_crop("data.crop_size", d.crop_size, cfg.diffusion.patch_size)  # whole patches (a study checks its pool)
     if d.color_mode == "L":
         raise ConfigError("data.color_mode: L would pretrain a one-channel U-Net that stage 2 (which reads RGB) "
                           "cannot use; keep RGB: grayscale images are then read as three equal channels")
-    if d.source not in ("folder", "synthetic") and len(d.root) > 1:
+    pools = registry("pretraining pools")
+    if pools and d.source not in pools and len(d.root) > 1:
         raise ConfigError(f"data.root: the {d.source} source reads one folder, got {len(d.root)} "
                           f"({', '.join(d.root)}); unlabeled folders for pretraining go in bench.pretrain_data.root")
     if d.source == "folder" and not d.root:

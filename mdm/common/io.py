@@ -36,12 +36,26 @@ def list_images(root: str | Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(text_named(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def text_named(path: Path) -> Path:
+    """``path``, refused with a ``DataError`` when its name is not valid UTF-8 (the run folder records file names
+    as text: such a name could not be written to a table or a manifest)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{ascii(str(path))}: the file name is not valid UTF-8; rename the file") from None
+    return path
 
 
 def file_digest(path: Path) -> str:
-    """SHA-1 of a file's bytes."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    """SHA-1 of a file's bytes (read in 1 MiB chunks: a whole-slide image need not fit in memory twice)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
@@ -119,7 +133,7 @@ def writing_lock(final: Path) -> Iterator[None]:
             holder = _lock_holder(lock)
             if holder.isdigit() and int(holder) != os.getpid() and _alive(int(holder)):
                 raise DataError(f"{final}: another process (pid {holder}) is writing it; wait for it to finish or "
-                                f"choose another folder") from None
+                                f"choose another folder (if no such process writes it, delete {lock})") from None
             lock.unlink(missing_ok=True)  # its writer is gone (killed): take it over
     else:
         raise DataError(f"{final}: could not take its lock {lock}")
@@ -134,7 +148,10 @@ def writing_lock(final: Path) -> Iterator[None]:
 def _lock_holder(lock: Path) -> str:
     """The process id in ``lock`` (read twice, a moment apart, when its writer has not written it yet)."""
     for _ in range(2):
-        holder = lock.read_text().strip() if lock.is_file() else ""
+        try:
+            holder = lock.read_text().strip()
+        except FileNotFoundError:  # released between the two calls: take it
+            return ""
         if holder:
             return holder
         time.sleep(0.2)

@@ -2,8 +2,9 @@
 and a study shares one pretraining run between variants that agree on them (``mdm.study.variants``).
 
 Keys that do not decide the weights: another objective's own diffusion keys, stage 2's data keys, and how a run is
-logged, saved and how long it runs. Where it runs (``HARDWARE``) changes the floating-point path but not what the
-run trains on: a resume may move to another device, a study does not share across them.
+logged, saved and how long it runs. Where it runs (``HARDWARE``) and how it saves memory (``MEMORY``: gradient
+checkpointing, accumulation within the same global batch) change the floating-point path but not what the run trains
+on: a resume may change them, a study does not share pretraining across them.
 """
 
 from __future__ import annotations
@@ -11,24 +12,25 @@ from __future__ import annotations
 from ..common.config import Config
 from ..common.config_io import to_dict
 from ..common.errors import ConfigError
+from .objectives import OBJECTIVES
 
-# diffusion keys that only one objective reads
-OBJECTIVE_KEYS = {"mdm": {"loss", "ssim_win_size", "ssim_sigma"}, "ddpm": {"beta_schedule"}, "mae": {"mae_mask_ratio"}}
-UNMASKED_IGNORES = {"patch_size", "mask_fill"}  # DDPM hides no patches
+UNMASKED_IGNORES = {"patch_size", "mask_fill"}  # an objective that hides no patches (DDPM) ignores these
 STAGE_2_DATA = {"seed", "label_fraction", "val_fraction", "val_split", "num_classes", "num_workers"}
 CADENCE = {"out_dir", "log_every", "image_every", "checkpoint_every", "checkpoint_limit", "max_steps", "export_every",
            "export_at"}
 HARDWARE = {"device", "mixed_precision", "channels_last", "compile"}
+MEMORY = {"model.use_checkpoint", "train.grad_accum_steps"}  # same samples per step, less memory: a resume may change
 
 
 def weight_keys(cfg: Config, objective: str | None = None, free: set[str] = frozenset()) -> dict[str, object]:
     """``{"section.key": value}`` of every key that decides the weights of ``cfg``'s pretraining (with
     ``objective``, default ``cfg.diffusion.objective``); ``free``: further train keys left out."""
     objective = objective or cfg.diffusion.objective
+    spec = OBJECTIVES[objective]
     out = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
     for k, v in to_dict(cfg.diffusion).items():
-        others = any(k in keys for obj, keys in OBJECTIVE_KEYS.items() if obj != objective)
-        if not others and not (objective == "ddpm" and k in UNMASKED_IGNORES):
+        others = any(k in s.keys for name, s in OBJECTIVES.items() if name != objective)
+        if not others and not (not spec.masks and k in UNMASKED_IGNORES):
             out[f"diffusion.{k}"] = objective if k == "objective" else v
     out.update({f"data.{k}": v for k, v in to_dict(cfg.data).items() if k not in STAGE_2_DATA})
     out.update({f"train.{k}": v for k, v in to_dict(cfg.train).items() if k not in CADENCE | set(free)})
@@ -39,7 +41,7 @@ def check_resume(saved: Config, cfg: Config, where: str) -> None:
     """Refuse to continue the run of ``saved`` (its config, read from ``where``) under ``cfg`` when a key that decides
     its weights differs: the export would mix steps of two different runs."""
     before, now = weight_keys(saved, free=HARDWARE), weight_keys(cfg, free=HARDWARE)
-    changed = [k for k in now if before.get(k) != now[k]]
+    changed = [k for k in now if before.get(k) != now[k] and k not in MEMORY]
     if changed:
         k = changed[0]
         more = f" (and {len(changed) - 1} more key(s))" if len(changed) > 1 else ""

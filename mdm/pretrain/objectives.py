@@ -1,4 +1,4 @@
-"""The three corruption processes and their per-sample losses, behind one interface.
+"""The corruption processes and their per-sample losses, behind one interface, registered in ``OBJECTIVES``.
 
 ``objective = build_objective(cfg.diffusion)``; ``out = objective.loss(model, x0, keys[, t])`` returns an
 ``ObjectiveOutput`` whose ``loss`` is per sample ``[B]`` (fp32). ``x0 [B, C, H, W]`` is in [-1, 1]; ``keys [B]``
@@ -13,16 +13,22 @@
 ``objective.model_timesteps(t)`` is the timestep input the U-Net sees for corruption level ``t`` (MAE: 0), and
 ``objective.reconstruct(model, x0, t, keys)`` the clean-image estimate from the input corrupted at level ``t`` (what
 feature extraction feeds the U-Net), with the pixels the model saw.
+
+A new objective is a class with ``sample_t``, ``corrupt``, ``model_timesteps``, ``reconstruct`` and ``loss``, plus
+``OBJECTIVES.register(name, ObjectiveSpec(...))``; a study method that uses it is registered in ``mdm.study.methods``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..common import rng
+from ..common.config import DiffusionConfig
+from ..common.registry import Registry
 from ..common.rng import Stream
 from .losses import l1_loss, masked_mse_loss, masked_ssim_loss, mse_loss, ssim_loss, ssim_ref_loss
 from .masking import apply_mask, check_patchable, mask_to_pixels, patch_mask
@@ -193,13 +199,33 @@ class MaskedAutoencoder:
         return ObjectiveOutput(masked_mse_loss(pred, x0, pix), t, x_t, pred)
 
 
-def build_objective(cfg):
-    """``cfg``: a ``DiffusionConfig``."""
-    if cfg.objective == "mdm":
-        return MaskedDiffusion(cfg.timesteps, cfg.patch_size, cfg.mask_fill, cfg.loss, cfg.ssim_win_size,
-                               cfg.ssim_sigma)
-    if cfg.objective == "ddpm":
-        return GaussianDiffusion(cfg.timesteps, cfg.beta_schedule)
-    if cfg.objective == "mae":
-        return MaskedAutoencoder(cfg.timesteps, cfg.patch_size, cfg.mask_fill, cfg.mae_mask_ratio)
-    raise ValueError(f"unknown objective {cfg.objective!r}")
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """A registered objective: ``build(diffusion_cfg)`` makes it; ``masks``: it hides patches (crops must hold whole
+    ``diffusion.patch_size`` patches, and ``patch_size`` / ``mask_fill`` decide its weights); ``keys``: the
+    ``diffusion`` keys only it reads (a run of another objective ignores them); ``loss``: its loss's name for
+    tables, from the config; ``help``: one line for the README."""
+
+    build: Callable[[DiffusionConfig], object]
+    masks: bool
+    keys: tuple[str, ...] = ()
+    loss: Callable[[DiffusionConfig], str] = lambda d: "mse"
+    help: str = ""
+
+
+OBJECTIVES: Registry[ObjectiveSpec] = Registry("objectives", "diffusion.objective", "objective")
+OBJECTIVES.register("mdm", ObjectiveSpec(
+    lambda d: MaskedDiffusion(d.timesteps, d.patch_size, d.mask_fill, d.loss, d.ssim_win_size, d.ssim_sigma),
+    masks=True, keys=("loss", "ssim_win_size", "ssim_sigma"), loss=lambda d: d.loss,
+    help="hide a fraction t / T of the patches, predict the clean image"))
+OBJECTIVES.register("ddpm", ObjectiveSpec(
+    lambda d: GaussianDiffusion(d.timesteps, d.beta_schedule), masks=False, keys=("beta_schedule",),
+    help="Gaussian noise, predict it"))
+OBJECTIVES.register("mae", ObjectiveSpec(
+    lambda d: MaskedAutoencoder(d.timesteps, d.patch_size, d.mask_fill, d.mae_mask_ratio), masks=True,
+    keys=("mae_mask_ratio",), help="a fixed share of patches hidden, timestep 0, MSE on the hidden pixels"))
+
+
+def build_objective(cfg: DiffusionConfig):
+    """The objective ``cfg.objective`` names, built from ``cfg``."""
+    return OBJECTIVES[cfg.objective].build(cfg)

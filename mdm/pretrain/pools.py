@@ -1,5 +1,6 @@
-"""Unlabeled pretraining pools: image folders and the synthetic source's pool. ``build_pretrain_dataset(cfg.data)``
-gives the one a config asks for.
+"""Unlabeled pretraining pools: image folders and the synthetic source's pool, registered in ``POOLS`` (a builder
+``DataConfig -> Dataset`` per ``data.source``). ``build_pretrain_dataset(cfg.data)`` gives the one a config asks
+for.
 
 Items are requested as ``(index, key)`` (see ``sampler.StepBatchSampler``) and returned as ``(image [C, S, S], key)``:
 the key drives the crop and flip, so a resumed run sees the very same pixels.
@@ -12,13 +13,16 @@ pool never leaks into pretraining.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..common.config import DataConfig
 from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, file_digest, list_images, load_image
+from ..common.registry import Registry
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
 
@@ -109,12 +113,14 @@ class SyntheticPoolDataset(torch.utils.data.Dataset):
         return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip), key
 
 
-def build_pretrain_dataset(data_cfg) -> torch.utils.data.Dataset:
-    """The pretraining pool a ``DataConfig`` describes (``source``: ``folder`` or ``synthetic``)."""
-    if data_cfg.source == "folder":
-        return ImageFolderDataset(data_cfg.root, data_cfg.crop_size, data_cfg.crop, data_cfg.hflip,
-                                  data_cfg.color_mode, data_cfg.exclude, data_cfg.skip_unreadable)
-    if data_cfg.source == "synthetic":
-        return SyntheticPoolDataset(data_cfg.synthetic_images, data_cfg.synthetic_image_size, data_cfg.crop_size,
-                                    data_cfg.crop, data_cfg.hflip, data_cfg.synthetic_seed)
-    raise DataError(f"data.source {data_cfg.source!r} is not a pretraining source (use folder or synthetic)")
+POOLS: Registry[Callable[[DataConfig], torch.utils.data.Dataset]] = Registry("pretraining pools", "data.source",
+                                                                          "pretraining pool")
+POOLS.register("folder", lambda d: ImageFolderDataset(d.root, d.crop_size, d.crop, d.hflip, d.color_mode, d.exclude,
+                                                      d.skip_unreadable))
+POOLS.register("synthetic", lambda d: SyntheticPoolDataset(d.synthetic_images, d.synthetic_image_size, d.crop_size,
+                                                           d.crop, d.hflip, d.synthetic_seed))
+
+
+def build_pretrain_dataset(data_cfg: DataConfig) -> torch.utils.data.Dataset:
+    """The pretraining pool ``data_cfg.source`` names (``POOLS``), built from ``data_cfg``."""
+    return POOLS[data_cfg.source](data_cfg)

@@ -34,7 +34,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from ..common import faults
-from ..common.config import Config
+from ..common.config import Config, check_crop
 from ..common.config_io import dump, load
 from ..common.devices import memory_format, native_bf16, resolve_device, tune_for_fixed_shapes
 from ..common.errors import ConfigError, TrainingError
@@ -46,7 +46,7 @@ from .checkpoints import find_resume, list_checkpoints, load_checkpoint, save_ch
 from .cpu_memory import keep_freed_memory
 from .export import WEIGHTS, file_fingerprint, save_export
 from .identity import check_resume
-from .objectives import build_objective
+from .objectives import OBJECTIVES, build_objective
 from .pools import build_pretrain_dataset
 from .previews import colour_check, save_reconstruction_grid
 from .run_log import RunLog, truncate_log
@@ -142,6 +142,8 @@ class Trainer:
     def from_config(cls, cfg: Config, device: torch.device | None = None) -> Trainer:
         """The U-Net of ``cfg.model`` (initial weights from ``train.seed``, identical on every process), the
         objective of ``cfg.diffusion`` and the pool of ``cfg.data``."""
+        if OBJECTIVES[cfg.diffusion.objective].masks:
+            check_crop("data.crop_size", cfg.data.crop_size, cfg.diffusion.patch_size)
         with seeded_init(cfg.train.seed):
             model = build_unet(cfg.model)
         return cls(cfg, model, build_objective(cfg.diffusion), build_pretrain_dataset(cfg.data), device)
@@ -151,7 +153,7 @@ class Trainer:
         """Continue from the checkpoint ``resume`` names (``latest``: the newest of this run), refusing a config that
         would train other weights than the run's own (``identity.check_resume``)."""
         path = find_resume(self.run_dir, resume)
-        saved = path.parent.parent / "config.yaml"  # the run folder of checkpoints/step_N
+        saved = path.resolve().parent.parent / "config.yaml"  # the run folder of checkpoints/step_N
         if saved.is_file():
             check_resume(load(saved), self.cfg, str(saved))
         self.step = load_checkpoint(path, self.accelerator.unwrap_model(self.model), self.ema.module, self.optimizer)
@@ -362,6 +364,9 @@ def train(cfg: Config, resume: str | None = None, device: torch.device | None = 
     trainer = Trainer.from_config(cfg, device)
     if resume:
         trainer.resume(resume)
+    elif list_checkpoints(trainer.run_dir):
+        raise ConfigError(f"{trainer.run_dir}: holds checkpoints of an earlier run; --resume latest continues it, "
+                          f"another train.out_dir starts a new one")
     if trainer.step >= cfg.train.max_steps:
         if trainer.step == cfg.train.max_steps and not trainer.export_is_current():
             trainer.export()  # killed after the last checkpoint but before its export

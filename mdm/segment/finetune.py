@@ -1,8 +1,8 @@
 """End-to-end supervised segmentation (``seg.mode: finetune``): every weight trained on the labeled images.
 
-Two networks share one recipe (random ``tile`` crops with ``seg.augment`` flips / rotations, Adam, cross-entropy
-with the ignore label, early stopping on the held-out validation pixels, sliding-window inference with Gaussian
-blending):
+The networks, registered in ``NETWORKS`` (``seg.arch``), share one recipe (random ``tile`` crops with
+``seg.augment`` flips / rotations, Adam, cross-entropy with the ignore label, early stopping on the held-out
+validation pixels, sliding-window inference with Gaussian blending):
 
 - ``seg.arch: unet``: the pretraining U-Net (from an export: the pretrained weights, or ``exports/step_0`` for the
   same network at its random initialisation) with a 1x1 convolution head on its last decoder block; the timestep
@@ -16,6 +16,8 @@ The network trains on the device its weights are on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from ..common.config import SegConfig
 from ..common.devices import autocast, autocast_dtype, memory_format
 from ..common.errors import ConfigError
 from ..common.labels import IGNORE_INDEX
+from ..common.registry import Registry
 from ..common.rng import Stream, Tag, seeded_init
 from ..common.tiling import blend_tiles, pad_to_tile, tile_grid
 from ..nn.unet import UNetModel
@@ -50,23 +53,48 @@ class UNetWithHead(nn.Module):
         return self.head(F.silu(self.unet.out[0](self.unet.decode(x, t))))
 
 
-def build_network(seg: SegConfig, num_classes: int, export: Export | None) -> nn.Module:
-    """The network to train: the export's U-Net + a 1x1 head (``seg.arch: unet``) or an smp U-Net (``smp``). Built
-    with torch's generator seeded from ``seg.seed`` (the head's initial weights, the smp network's), so the same run
-    gives the same result."""
-    with seeded_init(seg.seed):
-        if seg.arch == "unet":
-            if export is None:
-                raise ConfigError("seg.arch=unet needs --checkpoint (an export; exports/step_0 is the random init)")
-            return UNetWithHead(export.load_model(), num_classes)
-        import segmentation_models_pytorch as smp  # deferred: a second of start-up that only this path needs
+@dataclass(frozen=True)
+class Network:
+    """A registered fine-tuning network (``seg.arch``): ``build(seg, num_classes, export)`` makes it (``export``: the
+    pretraining export where ``needs_export``, else ``None``); ``check_tile(model, tile)`` refuses a tile size it
+    cannot take (a ``ConfigError`` naming ``seg.tile_size``); ``unet(model)``: the pretraining U-Net inside it, saved
+    as the segmenter's ``export/`` so that it reloads (``None``: the network alone rebuilds it)."""
 
-        return smp.Unet(encoder_name=seg.smp_encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+    build: Callable[[SegConfig, int, Export | None], nn.Module]
+    needs_export: bool
+    check_tile: Callable[[nn.Module, int], None] = lambda model, tile: None
+    unet: Callable[[nn.Module], UNetModel] | None = None
+    help: str = ""
 
 
-def check_tile(seg: SegConfig, tile: int) -> None:
-    if seg.arch == "smp" and tile % 32:
+def _smp_unet(seg: SegConfig, num_classes: int, export: None) -> nn.Module:
+    import segmentation_models_pytorch as smp  # deferred: a second of start-up that only this network needs
+
+    return smp.Unet(encoder_name=seg.smp_encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+
+
+def _multiple_of_32(model: nn.Module, tile: int) -> None:
+    if tile % 32:
         raise ConfigError(f"seg.tile_size: the smp U-Net needs a multiple of 32, got {tile}")
+
+
+NETWORKS: Registry[Network] = Registry("fine-tuning networks", "seg.arch", "network")
+NETWORKS.register("unet", Network(
+    lambda seg, num_classes, export: UNetWithHead(export.load_model(), num_classes), needs_export=True,
+    check_tile=lambda model, tile: model.unet.check_input_size(tile, tile), unet=lambda model: model.unet,
+    help="the export's U-Net + a 1x1 head"))
+NETWORKS.register("smp", Network(_smp_unet, needs_export=False, check_tile=_multiple_of_32,
+                                 help="a segmentation-models-pytorch U-Net (`seg.smp_encoder`), from scratch"))
+
+
+def build_network(seg: SegConfig, num_classes: int, export: Export | None) -> nn.Module:
+    """The network ``seg.arch`` names (``NETWORKS``). Built with torch's generator seeded from ``seg.seed`` (a
+    head's initial weights, a network's from scratch), so the same run gives the same result."""
+    network = NETWORKS[seg.arch]
+    if network.needs_export and export is None:
+        raise ConfigError(f"seg.arch={seg.arch} needs --checkpoint (an export; exports/step_0 is the random init)")
+    with seeded_init(seg.seed):
+        return network.build(seg, num_classes, export if network.needs_export else None)
 
 
 def crop_batch(images: list[torch.Tensor], labels: list[torch.Tensor], tile: int, batch: int, key: int,

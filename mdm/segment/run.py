@@ -44,7 +44,7 @@ from ..pretrain.export import Export
 from .datasets import LabeledDataset, LabeledImage, load_split
 from .evaluate import evaluate
 from .features import build_extractor
-from .finetune import build_network, check_tile, train_supervised
+from .finetune import NETWORKS, build_network, train_supervised
 from .pixel_mlp import PixelEnsemble, fit_ensemble
 from .pixel_stream import PixelStream
 from .segmenter import PixelSegmenter, SupervisedSegmenter
@@ -190,10 +190,8 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
 def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: SegData, tile: int, cfg: Config,
               device):
     """Build the network to fine-tune; returns ``fit(progress) -> Fitted``."""
-    check_tile(seg, tile)
-    model = build_network(seg, splits.num_classes, export if seg.arch == "unet" else None).to(device)
-    if seg.arch == "unet":
-        model.unet.check_input_size(tile, tile)
+    model = build_network(seg, splits.num_classes, export).to(device)
+    NETWORKS[seg.arch].check_tile(model, tile)
 
     def fit(progress: bool):
         history = train_supervised(model, splits.train_images, seg, data.val_fraction, tile, splits.roles, progress)
@@ -207,9 +205,9 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     """Train, evaluate and save one segmentation run into ``out``; returns the metrics (also in ``metrics.json``).
 
     ``export``: the pretraining export (its U-Net gives the features, or is fine-tuned); ``None`` only for
-    ``seg.mode: finetune`` with ``seg.arch: smp``. ``device``: where the networks run.
+    ``seg.mode: finetune`` with a network that needs none (``seg.arch: smp``). ``device``: where the networks run.
     """
-    if export is None and not (seg.mode == "finetune" and seg.arch == "smp"):
+    if export is None and not (seg.mode == "finetune" and not NETWORKS[seg.arch].needs_export):
         raise ConfigError(f"--checkpoint is required (a pretraining export folder) for seg.mode={seg.mode}"
                           + (f" with seg.arch={seg.arch}" if seg.mode == "finetune" else ""))
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from ..common.io import atomic_dir, load_tensors, save_tensors
 from ..common.tiling import blend_tiles, tile_grid
 from ..pretrain.export import WEIGHTS, Export, open_export, write_export
 from .features import FeatureExtractor, build_extractor
-from .finetune import build_network, predict_probs
+from .finetune import NETWORKS, build_network, predict_probs
 from .pixel_mlp import PixelEnsemble, combine, entropy
 
 PREDICT_CHUNK = 8192  # pixels whose features are formed at once at inference
@@ -118,14 +118,15 @@ class SupervisedSegmenter:
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             save_tensors(state, str(tmp / "network.safetensors"))
             _write_meta(tmp, self)
-            if self.cfg.seg.arch == "unet":
+            unet = NETWORKS[self.cfg.seg.arch].unet
+            if unet is not None:
                 (tmp / "export").mkdir()
-                write_export(tmp / "export", self.cfg, self.model.unet, self.model.unet)
+                write_export(tmp / "export", self.cfg, unet(self.model), unet(self.model))
 
     @classmethod
     def load(cls, folder: Path, meta: dict, device: torch.device) -> SupervisedSegmenter:
         cfg = from_dict(meta["config"])
-        export = open_export(folder / "export") if cfg.seg.arch == "unet" else None
+        export = open_export(folder / "export") if NETWORKS[cfg.seg.arch].needs_export else None
         model = build_network(cfg.seg, meta["num_classes"], export)
         _load_strict(model, folder / "network.safetensors")
         return cls(cfg, model.to(device), meta["num_classes"], meta["tile_size"])

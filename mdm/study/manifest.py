@@ -30,26 +30,45 @@ def study_files(cfg: Config) -> list[Path]:
     return files
 
 
-def data_manifest(configs: list[Config]) -> dict[str, str]:
-    """``{file: content hash}`` of what the studies of ``configs`` (one per variant) read."""
-    files = dict.fromkeys(f for cfg in configs for f in study_files(cfg))
-    return {str(f): file_digest(f) for f in files}
+def data_manifest(studies: list[tuple[str, Config]]) -> dict[str, dict[str, str]]:
+    """``{variant: {file: content hash}}`` of what each variant's study (``(name, config)``) reads; a file read by
+    several variants is hashed once."""
+    digests: dict[Path, str] = {}
+    manifest = {}
+    for name, cfg in studies:
+        files = study_files(cfg)
+        for f in files:
+            if f not in digests:
+                digests[f] = file_digest(f)
+        manifest[name] = {str(f): digests[f] for f in files}
+    return manifest
 
 
-def check_same_data(out: Path, manifest: dict[str, str]) -> None:
-    """Refuse to resume the study in ``out`` when the files it read were added, removed or changed since."""
+def check_same_data(out: Path, manifest: dict[str, dict[str, str]]) -> None:
+    """Refuse to resume the study in ``out`` when the files a variant read were added, removed or changed since
+    (variants added to or dropped from the study since are not compared: their runs are new or left alone)."""
     saved = out / "data.json"
     if not saved.is_file():
         return
-    before = json.loads(saved.read_text())
-    changes = ([f"added {f}" for f in sorted(set(manifest) - set(before))]
-               + [f"removed {f}" for f in sorted(set(before) - set(manifest))]
-               + [f"changed {f}" for f in sorted(set(manifest) & set(before)) if manifest[f] != before[f]])
+    try:
+        recorded = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{saved}: cannot read it ({e}); it records the data of the study in this folder: "
+                          f"use another bench.out_dir or remove the folder") from None
+    changes = []
+    for variant in sorted(set(manifest) & set(recorded)):
+        now, before = manifest[variant], recorded[variant]
+        changes += ([f"added {f}" for f in sorted(set(now) - set(before))]
+                    + [f"removed {f}" for f in sorted(set(before) - set(now))]
+                    + [f"changed {f}" for f in sorted(set(now) & set(before)) if now[f] != before[f]])
     if changes:
         more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
         raise ConfigError(f"{saved}: this folder holds a study of other data ({changes[0]}{more}); its finished runs "
                           f"would be mixed with runs on the new data: use another bench.out_dir or remove it")
 
 
-def write_manifest(out: Path, manifest: dict[str, str]) -> None:
-    write_text_atomic(out / "data.json", json.dumps(manifest, indent=1))
+def write_manifest(out: Path, manifest: dict[str, dict[str, str]]) -> None:
+    """``data.json``: the variants recorded before (dropped from this call) kept beside this call's."""
+    saved = out / "data.json"
+    recorded = json.loads(saved.read_text()) if saved.is_file() else {}
+    write_text_atomic(saved, json.dumps({**recorded, **manifest}, indent=1))

@@ -10,9 +10,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from ..common.config_io import load
 from ..common.io import write_text_atomic
+from ..pretrain.objectives import OBJECTIVES
 from ..segment.visualize import draw_heatmap
 
 COLUMNS = ["method", "label_fraction", "seed", "labeled_images", "dice", "iou", "miou", "object_f1", "object_dice",
@@ -76,12 +77,12 @@ def pretraining_table(runs: list[Path]) -> str:
     lines = ["| run | objective | loss | steps | last loss | recon error | colour bias (per channel) |",
              "|---|---|---|---|---|---|---|"]
     for run in runs:
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg = load(run / "config.yaml")
         log = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines() if r.strip()]
         last = log[-1] if log else {}
         bias = ", ".join(f"{last[k]:+.3f}" for k in sorted(k for k in last if k.startswith("recon_bias_c")))
-        objective = cfg["diffusion"]["objective"]
-        loss = cfg["diffusion"]["loss"] if objective == "mdm" else "mse"
+        objective = cfg.diffusion.objective
+        loss = OBJECTIVES[objective].loss(cfg.diffusion)
         nan = float("nan")
         lines.append(f"| {run.name} | {objective} | {loss} | {last.get('step', 0)} | {last.get('loss', nan):.4f} | "
                      f"{last.get('recon_error', nan):.3f} | {bias or '–'} |")

@@ -24,19 +24,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ..common.config import MASKED_OBJECTIVES, Config, DataConfig, check_crop
+from ..common.config import Config, DataConfig, check_crop
 from ..common.config_io import dump, load, to_dict
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
+from ..pretrain.objectives import OBJECTIVES
 from ..pretrain.trainer import list_checkpoints, train
 from ..segment.run import run_segmentation
 from .manifest import check_same_data, data_manifest, write_manifest
+from .methods import METHODS
 from .pool import pretraining_data
 from .report import (
     COLUMNS,
@@ -50,31 +52,6 @@ from .report import (
     write_csv,
 )
 from .variants import PretrainFolders, arms
-
-
-@dataclass(frozen=True)
-class Method:
-    """How a method segments: ``mode``/``arch`` as in ``SegConfig``; its U-Net comes from the pretraining run of
-    ``objective`` (None: no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the
-    random initial weights)."""
-
-    name: str
-    mode: str
-    arch: str
-    objective: str | None
-    export: str
-
-
-METHODS = {m.name: m for m in (
-    Method("mdm", "frozen", "unet", "mdm", "export"),
-    Method("ddpm", "frozen", "unet", "ddpm", "export"),
-    Method("mae", "frozen", "unet", "mae", "export"),
-    Method("random", "frozen", "unet", "mdm", "exports/step_0"),
-    Method("mdm-ft", "finetune", "unet", "mdm", "export"),
-    Method("mae-ft", "finetune", "unet", "mae", "export"),
-    Method("unet-scratch", "finetune", "unet", "mdm", "exports/step_0"),
-    Method("smp-scratch", "finetune", "smp", None, ""),
-)}
 
 
 def budget_steps(steps: int, exports: int, spacing: str) -> list[int]:
@@ -183,22 +160,24 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
     seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
     bc = cfg.bench
-    wrong = [m for m in bc.budget_methods if m not in METHODS or METHODS[m].export != "export"]
+    for m in bc.methods:
+        METHODS[m]  # an unknown name is refused by key
+    wrong = [m for m in bc.budget_methods if m not in METHODS or not METHODS[m].pretrained]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
-                          f"weights: {', '.join(m for m, v in METHODS.items() if v.export == 'export')})")
+                          f"weights: {', '.join(m for m, v in METHODS.items() if v.pretrained)})")
     studies = arms(cfg)  # every variant's config checked before anything is written
     pools = {}
     for name, vcfg in studies:
         pools[name] = pool = pretraining_data(vcfg)
-        if set(_objectives(vcfg)) & set(MASKED_OBJECTIVES):
+        if any(OBJECTIVES[obj].masks for obj in _objectives(vcfg)):
             check_crop("data.crop_size" if pool is vcfg.data else "bench.pretrain_data.crop_size", pool.crop_size,
                        vcfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
     check_study_folder(out)
     check_same_study(cfg, out)
-    manifest = data_manifest([vcfg for _, vcfg in studies])
+    manifest = data_manifest(studies)
     check_same_data(out, manifest)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")

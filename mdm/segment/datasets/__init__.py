@@ -1,4 +1,4 @@
-"""Labeled segmentation datasets, read from their official layouts: the registry.
+"""Labeled segmentation datasets, read from their official layouts: the registry ``SOURCES``.
 
 ``load_split(source, root, split)`` gives a ``LabeledDataset`` (see ``base``); one module per source holds its layout:
 ``glas``, ``monuseg``, ``class_maps`` (``ffhq34``, ``celeba19``, ``generic``) and ``synthetic`` (built in).
@@ -6,14 +6,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...common.errors import DataError
+from ...common.registry import Registry
 from . import class_maps, glas, monuseg, synthetic
 from .base import LabeledDataset, LabeledImage, require_dir
 
-SOURCES = ("glas", "monuseg", "ffhq34", "celeba19", "generic", "synthetic")
 SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class LabeledSource:
+    """A registered labeled source: ``open(root, split, num_classes, class_names, synthetic_seed, synthetic_size)``
+    gives a ``LabeledDataset`` (``root``: a ``Path``, or ``None`` when ``needs_root`` is false); ``classes``: its
+    fixed number of classes (instance sources: 2) or ``None`` (class-id maps: ``num_classes`` sets it)."""
+
+    open: Callable[..., LabeledDataset]
+    classes: int | None = None
+    needs_root: bool = True
 
 
 def _rename(dataset: LabeledDataset, class_names: list[str] | None) -> LabeledDataset:
@@ -25,16 +38,37 @@ def _rename(dataset: LabeledDataset, class_names: list[str] | None) -> LabeledDa
     return dataset
 
 
+def _instances(open_split) -> Callable[..., LabeledDataset]:
+    """A source of instance masks (2 classes; ``class_names`` renames them) from its ``open_split(root, split)``."""
+    return lambda root, split, num_classes, class_names, seed, size: _rename(open_split(root, split), class_names)
+
+
+def _class_maps(source: str) -> Callable[..., LabeledDataset]:
+    return lambda root, split, num_classes, class_names, seed, size: class_maps.open_split(
+        source, root, split, num_classes, class_names)
+
+
+SOURCES: Registry[LabeledSource] = Registry("labeled sources", "data.source", "labeled source")
+SOURCES.register("glas", LabeledSource(_instances(glas.open_split), classes=2))
+SOURCES.register("monuseg", LabeledSource(_instances(monuseg.open_split), classes=2))
+for _name in ("ffhq34", "celeba19", "generic"):
+    SOURCES.register(_name, LabeledSource(_class_maps(_name)))
+SOURCES.register("synthetic", LabeledSource(
+    lambda root, split, num_classes, class_names, seed, size: _rename(synthetic.open_split(split, seed, size),
+                                                                      class_names),
+    classes=2, needs_root=False))
+
+
 def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int = 0, synthetic_size: int = 64,
                num_classes: int | None = None, class_names: list[str] | None = None) -> LabeledDataset:
-    """One split (``"train"`` / ``"test"``) of a labeled source (see the module docstring for the layouts).
+    """One split (``"train"`` / ``"test"``) of the labeled source ``source`` (``SOURCES``; see the module docstring
+    for the layouts).
 
-    ``num_classes`` / ``class_names`` set the classes of ``ffhq34``, ``celeba19`` and ``generic`` (class-id maps);
-    the instance sources (``glas``, ``monuseg``, ``synthetic``) always have 2 classes (``num_classes`` may only be
-    2; ``class_names``, if given, renames them).
+    ``num_classes`` / ``class_names`` set the classes of the class-id map sources (``ffhq34``, ``celeba19``,
+    ``generic``); a source of fixed classes (``glas``, ``monuseg``, ``synthetic``: 2) takes only its own number
+    (``class_names``, if given, renames them).
     """
-    if source not in SOURCES:
-        raise DataError(f"unknown labeled source {source!r} (use one of {', '.join(SOURCES)})")
+    spec = SOURCES[source]
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (use train or test)")
     if class_names is not None:
@@ -43,19 +77,14 @@ def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int
             raise DataError(f"{len(class_names)} class names given for num_classes={num_classes}")
     if num_classes is not None and num_classes < 1:
         raise DataError(f"num_classes must be >= 1, got {num_classes}")
-    if source in ("glas", "monuseg", "synthetic") and num_classes not in (None, 2):
-        raise DataError(f"source {source!r} has 2 classes (background + foreground), not num_classes={num_classes}")
-    if source == "synthetic":
-        return _rename(synthetic.open_split(split, synthetic_seed, synthetic_size), class_names)
-
-    if root is None or str(root) == "":
-        raise DataError(f"source {source!r} needs a root folder")
-    root_path = require_dir(Path(root).expanduser(), "dataset root folder")
-    if source == "glas":
-        return _rename(glas.open_split(root_path, split), class_names)
-    if source == "monuseg":
-        return _rename(monuseg.open_split(root_path, split), class_names)
-    return class_maps.open_split(source, root_path, split, num_classes, class_names)
+    if spec.classes is not None and num_classes not in (None, spec.classes):
+        raise DataError(f"source {source!r} has {spec.classes} classes, not num_classes={num_classes}")
+    root_path = None
+    if spec.needs_root:
+        if root is None or str(root) == "":
+            raise DataError(f"source {source!r} needs a root folder")
+        root_path = require_dir(Path(root).expanduser(), "dataset root folder")
+    return spec.open(root_path, split, num_classes, class_names, synthetic_seed, synthetic_size)
 
 
-__all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "load_split"]
+__all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "LabeledSource", "load_split"]

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
 from ...common.errors import DataError
-from ...common.io import IMAGE_EXTENSIONS
+from ...common.io import IMAGE_EXTENSIONS, text_named
 from ...common.labels import IGNORE_INDEX
 
 LOSSLESS_MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -105,7 +105,7 @@ def natural_key(text: str) -> list:
 
 def images_in(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, naturally sorted by name."""
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    files = [text_named(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -141,13 +141,13 @@ def check_unique(entries: list[Entry], folder: Path) -> None:
 
 
 def read_mask(path: Path, allow_color: bool) -> np.ndarray:
-    """A mask image as an ``[H, W]`` int64 array. Palette images give their indices. A colour mask is rejected
-    unless ``allow_color`` (instance / binary masks): then grey colour masks give one channel and true colour ones
-    give one integer per colour (black stays 0)."""
+    """A mask image as an ``[H, W]`` int64 array, EXIF orientation applied. Palette images give their indices. A
+    colour mask is rejected unless ``allow_color`` (instance / binary masks): then grey colour masks give one channel
+    and true colour ones give one integer per colour (black stays 0)."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            arr = np.asarray(ImageOps.exif_transpose(im))  # oriented as load_image orients its image
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read mask ({e.__class__.__name__}: {e})") from None
     if arr.ndim == 3:
         if not allow_color:

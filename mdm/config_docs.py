@@ -1,10 +1,11 @@
 """The table of every config key for the README, generated from the dataclasses.
 
-    python -m mdm.common.config_docs            # print the table
-    python -m mdm.common.config_docs --write    # replace the table in README.md (between the markers)
+    python -m mdm.config_docs            # print the table
+    python -m mdm.config_docs --write    # replace the table in README.md (between the markers)
 
-Each key's line is the ``help`` it is declared with (``config.key``); a test checks that the README's table is the one
-this prints.
+Each key's line is the ``help`` it is declared with (``config.key``), followed for a key that names registered
+things by the names of its registries (``mdm.registries``); a test checks that the README's table is the one this
+prints.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .config import Config
+from .common.config import Config
+from .common.registry import registry
+from .registries import ALL  # noqa: F401 - every registry filled
 
 START, END = "<!-- config-table -->", "<!-- /config-table -->"
 
@@ -36,8 +39,18 @@ def keys() -> list[tuple[str, object, str]]:
         for f in dataclasses.fields(getattr(cfg, section.name)):
             value = getattr(getattr(cfg, section.name), f.name)
             out.append((f"{section.name}.{f.name}", f"source: {value.source}" if dataclasses.is_dataclass(value)
-                        else value, f.metadata["help"]))
+                        else value, f.metadata["help"] + _names(f.metadata.get("registries", ()))))
     return out
+
+
+def _names(registries: tuple[str, ...]) -> str:
+    """``: `a` (what a is), `b` ...`` for one registry, or ``: pools `a`, `b`; sources `c` `` for several."""
+    parts = []
+    for name in registries:
+        reg = registry(name)
+        listed = ", ".join(f"`{k}`" + (f" ({rec.help})" if getattr(rec, "help", "") else "") for k, rec in reg.items())
+        parts.append(f"{name} {listed}" if len(registries) > 1 else listed)
+    return (": " + "; ".join(parts)) if parts else ""
 
 
 def _fmt(value) -> str:
@@ -70,7 +83,7 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help="update README.md in place")
     args = p.parse_args()
     if args.write:
-        readme = Path(__file__).resolve().parents[2] / "README.md"
+        readme = Path(__file__).resolve().parents[1] / "README.md"
         readme.write_text(replace_in(readme.read_text()))
     else:
         print(markdown_table())

@@ -1,0 +1,38 @@
+"""The methods a study compares, registered in ``METHODS`` (``bench.methods``): how each segments (``seg.mode`` /
+``seg.arch``) and which pretraining run's weights it starts from. A new method is one ``METHODS.register`` call;
+a new objective or network registers itself where it is defined (``pretrain.objectives``, ``segment.finetune``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..common.registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method segments: ``mode`` / ``arch`` as in ``SegConfig``; its U-Net comes from the pretraining run of
+    ``objective`` (``None``: no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the
+    random initial weights)."""
+
+    mode: str
+    arch: str
+    objective: str | None
+    export: str
+
+    @property
+    def pretrained(self) -> bool:
+        """Its weights come from pretraining (a point on the pretraining-budget curve)."""
+        return self.objective is not None and self.export == "export"
+
+
+METHODS: Registry[Method] = Registry("study methods", "bench.methods", "method")
+METHODS.register("mdm", Method("frozen", "unet", "mdm", "export"))
+METHODS.register("ddpm", Method("frozen", "unet", "ddpm", "export"))
+METHODS.register("mae", Method("frozen", "unet", "mae", "export"))
+METHODS.register("random", Method("frozen", "unet", "mdm", "exports/step_0"))
+METHODS.register("mdm-ft", Method("finetune", "unet", "mdm", "export"))
+METHODS.register("mae-ft", Method("finetune", "unet", "mae", "export"))
+METHODS.register("unet-scratch", Method("finetune", "unet", "mdm", "exports/step_0"))
+METHODS.register("smp-scratch", Method("finetune", "smp", None, ""))
