@@ -76,11 +76,12 @@ def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
     return text[:limit - len(suffix)] + suffix
 
 
-def _load(args) -> Config:
-    """The config of ``--config`` + ``--set``, checked against every registered name (``mdm.registries``)."""
+def _load(args, first: list[str] = ()) -> Config:
+    """The config of ``--config`` + ``first`` + ``--set``, checked against every registered name
+    (``mdm.registries``)."""
     from . import registries  # noqa: F401 - deferred: --help need not import torch's stages
 
-    return load(args.config, args.overrides)
+    return load(args.config, [*first, *args.overrides])
 
 
 def check_out(path: str | Path, what: str = "--out") -> Path:
@@ -303,7 +304,7 @@ def _convert(argv: list[str]) -> int:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
     flags = flags_to_overrides(read_flags(args.flags), args.flags) if args.flags else []
-    cfg = load(args.config, flags + args.overrides)  # the config file, then the release's flags, then --set
+    cfg = _load(args, flags)  # the config file, then the release's flags, then --set
     out = convert(args.checkpoint, cfg, args.out, key=args.key)
     warning = unconfirmed_warning(cfg, args.overrides, bool(args.flags))
     if warning:  # after a conversion that worked: a failed one is one line, the error

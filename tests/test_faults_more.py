@@ -172,19 +172,23 @@ def test_a_study_into_a_folder_of_other_files_is_refused(tmp_path, configs_dir, 
 
 
 def test_a_second_writer_of_a_folder_is_refused(tmp_path):
-    with atomic_dir(tmp_path / "run") as tmp:
-        (tmp / "a").write_text("first")
-        with pytest.raises(DataError, match="another process"):
-            lock = tmp_path / ".run.lock"
-            lock.write_text("1")  # pid 1 lives: another writer holds the folder
-            with atomic_dir(tmp_path / "run"):
-                pass
-        lock.write_text(str(os.getpid()))
-    assert (tmp_path / "run" / "a").read_text() == "first" and not (tmp_path / ".run.lock").exists()
-    (tmp_path / ".run.lock").write_text("999999999")  # a writer that is gone: taken over
+    lock = tmp_path / ".run.lock"
+    lock.write_text("1")  # pid 1 lives: another writer holds the folder
+    with pytest.raises(DataError, match="another process"):
+        with atomic_dir(tmp_path / "run"):
+            pass
+    assert lock.read_text() == "1" and not (tmp_path / "run").exists()
+    lock.write_text("999999999")  # a writer that is gone: taken over
     with atomic_dir(tmp_path / "run") as tmp:
         (tmp / "b").write_text("second")
-    assert (tmp_path / "run" / "b").is_file()
+    assert (tmp_path / "run" / "b").is_file() and not lock.exists()
+    lock.write_text(str(os.getpid()))  # this pid, but not held by this process (an earlier one's): taken over
+    with atomic_dir(tmp_path / "run"):
+        pass
+    lock.write_text("999999999@another-host")  # its liveness cannot be checked from here
+    with pytest.raises(DataError, match=r"999999999@another-host\) is writing it.*delete .*\.run\.lock"):
+        with atomic_dir(tmp_path / "run"):
+            pass
 
 
 @pytest.mark.parametrize("override,message", [
@@ -314,3 +318,17 @@ def test_a_file_name_that_is_not_utf8_is_named_in_one_line(tmp_path):
     for lister in (list_images, images_in):
         with pytest.raises(DataError, match=r"slide_.*is not valid UTF-8; rename the file"):
             lister(tmp_path)
+
+
+def test_data_json_sees_a_changed_file_through_any_variant(tmp_path):
+    from mdm.study.manifest import check_same_data, write_manifest
+
+    write_manifest(tmp_path, {"": {"a.png": "1", "b.png": "2"}})
+    check_same_data(tmp_path, {"": {"a.png": "1", "b.png": "2"}, "new": {"a.png": "1", "c.png": "3"}})  # added: fine
+    with pytest.raises(ConfigError, match="changed a.png"):  # variants share pretraining: a change anywhere counts
+        check_same_data(tmp_path, {"new": {"a.png": "9"}})
+    with pytest.raises(ConfigError, match="added c.png"):
+        check_same_data(tmp_path, {"": {"a.png": "1", "b.png": "2", "c.png": "3"}})
+    (tmp_path / "data.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="data.json: cannot read it"):
+        check_same_data(tmp_path, {})

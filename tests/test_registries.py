@@ -97,3 +97,16 @@ def test_toys_pretrain_segment_and_run_a_study(toys, tmp_path, configs_dir):
     assert all(0 <= float(r["dice"]) <= 1 for r in rows)
     assert (tmp_path / "runs" / "tiny-cnn" / "f0.5_s0" / "segmenter" / "network.safetensors").is_file()
     assert not (tmp_path / "runs" / "tiny-cnn" / "f0.5_s0" / "segmenter" / "export").exists()  # no U-Net inside
+
+
+def test_a_diffusion_key_two_objectives_read_decides_both_their_weights(toys):
+    from mdm.pretrain.identity import weight_keys
+
+    OBJECTIVES.register("sharp", ObjectiveSpec(lambda d: Blur(d.timesteps), masks=False, keys=("loss",)))
+    try:
+        cfg = load(None, [])
+        assert "diffusion.loss" in weight_keys(cfg, "mdm") and "diffusion.loss" in weight_keys(cfg, "sharp")
+        blur = weight_keys(cfg, "blur")
+        assert "diffusion.loss" not in blur and "diffusion.patch_size" not in blur  # not its key; it masks nothing
+    finally:
+        OBJECTIVES.unregister("sharp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,28 +122,41 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 @contextmanager
 def writing_lock(final: Path) -> Iterator[None]:
-    """Hold ``.<name>.lock`` beside ``final`` (holding this process's id) while the block writes it; a second writer
-    is refused with a ``DataError`` while the holder lives. A lock whose process is gone is taken over."""
-    lock = final.with_name(f".{final.name}.lock")
+    """Hold ``.<name>.lock`` beside ``final`` (holding ``pid@host`` of this process) while the block writes it; a
+    second writer is refused with a ``DataError`` while the holder lives (a holder on another host is taken to
+    live: its process cannot be checked from here). A lock whose process on this host is gone is taken over, as is
+    one naming this process that it does not hold (left by an earlier process with the same pid)."""
+    lock = (final.parent.resolve() / f".{final.name}.lock")
+    if lock in _HELD:  # nested in a block of this process that holds it
+        yield
+        return
     lock.parent.mkdir(parents=True, exist_ok=True)
+    here = socket.gethostname()
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
             holder = _lock_holder(lock)
-            if holder.isdigit() and int(holder) != os.getpid() and _alive(int(holder)):
-                raise DataError(f"{final}: another process (pid {holder}) is writing it; wait for it to finish or "
-                                f"choose another folder (if no such process writes it, delete {lock})") from None
-            lock.unlink(missing_ok=True)  # its writer is gone (killed): take it over
+        pid, _, host = holder.partition("@")
+        ours = pid == str(os.getpid()) and host in ("", here)
+        if pid.isdigit() and not ours and (host not in ("", here) or _alive(int(pid))):
+            raise DataError(f"{final}: another process ({holder}) is writing it; wait for it to finish or choose "
+                            f"another folder (if no such process writes it, delete {lock})")
+        lock.unlink(missing_ok=True)  # its writer is gone (killed): take it over
     else:
         raise DataError(f"{final}: could not take its lock {lock}")
-    os.write(fd, str(os.getpid()).encode())
+    os.write(fd, f"{os.getpid()}@{here}".encode())
     os.close(fd)
+    _HELD.add(lock)
     try:
         yield
     finally:
+        _HELD.discard(lock)
         lock.unlink(missing_ok=True)
+
+
+_HELD: set[Path] = set()  # the locks this process holds
 
 
 def _lock_holder(lock: Path) -> str:

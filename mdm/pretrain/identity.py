@@ -29,7 +29,7 @@ def weight_keys(cfg: Config, objective: str | None = None, free: set[str] = froz
     spec = OBJECTIVES[objective]
     out = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
     for k, v in to_dict(cfg.diffusion).items():
-        others = any(k in s.keys for name, s in OBJECTIVES.items() if name != objective)
+        others = k not in spec.keys and any(k in s.keys for name, s in OBJECTIVES.items() if name != objective)
         if not others and not (not spec.masks and k in UNMASKED_IGNORES):
             out[f"diffusion.{k}"] = objective if k == "objective" else v
     out.update({f"data.{k}": v for k, v in to_dict(cfg.data).items() if k not in STAGE_2_DATA})

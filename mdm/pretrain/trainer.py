@@ -361,12 +361,12 @@ class Trainer:
 def train(cfg: Config, resume: str | None = None, device: torch.device | None = None) -> Path:
     """Pretrain according to ``cfg``; returns the run folder. ``device`` (default: ``train.device``): ``cpu`` forces
     the CPU; with ``cuda`` Accelerate places each process on its own GPU."""
+    if not resume and list_checkpoints(Path(cfg.train.out_dir)):
+        raise ConfigError(f"{cfg.train.out_dir}: holds checkpoints of an earlier run; --resume latest continues it, "
+                          f"another train.out_dir starts a new one")
     trainer = Trainer.from_config(cfg, device)
     if resume:
         trainer.resume(resume)
-    elif list_checkpoints(trainer.run_dir):
-        raise ConfigError(f"{trainer.run_dir}: holds checkpoints of an earlier run; --resume latest continues it, "
-                          f"another train.out_dir starts a new one")
     if trainer.step >= cfg.train.max_steps:
         if trainer.step == cfg.train.max_steps and not trainer.export_is_current():
             trainer.export()  # killed after the last checkpoint but before its export

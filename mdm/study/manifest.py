@@ -44,31 +44,41 @@ def data_manifest(studies: list[tuple[str, Config]]) -> dict[str, dict[str, str]
     return manifest
 
 
-def check_same_data(out: Path, manifest: dict[str, dict[str, str]]) -> None:
-    """Refuse to resume the study in ``out`` when the files a variant read were added, removed or changed since
-    (variants added to or dropped from the study since are not compared: their runs are new or left alone)."""
+def read_manifest(out: Path) -> dict[str, dict[str, str]]:
+    """``data.json`` of the study in ``out`` (``{}`` when there is none); a damaged one is a one-line error."""
     saved = out / "data.json"
     if not saved.is_file():
-        return
+        return {}
     try:
         recorded = json.loads(saved.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if not all(isinstance(files, dict) and all(isinstance(h, str) for h in files.values())
+                   for files in recorded.values()):
+            raise ValueError("expected {variant: {file: hash}}")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:  # JSONDecodeError is a ValueError
         raise ConfigError(f"{saved}: cannot read it ({e}); it records the data of the study in this folder: "
                           f"use another bench.out_dir or remove the folder") from None
-    changes = []
+    return recorded
+
+
+def check_same_data(out: Path, manifest: dict[str, dict[str, str]]) -> None:
+    """Refuse to resume the study in ``out`` when a file it read changed since (in any variant: variants share
+    pretraining runs), or when a variant that ran before now reads files added or removed (variants added to or
+    dropped from the study since are not compared: their runs are new or left alone)."""
+    recorded = read_manifest(out)
+    hashes = {f: h for files in recorded.values() for f, h in files.items()}
+    changes = sorted({f"changed {f}" for files in manifest.values() for f, h in files.items()
+                      if f in hashes and hashes[f] != h})
     for variant in sorted(set(manifest) & set(recorded)):
         now, before = manifest[variant], recorded[variant]
         changes += ([f"added {f}" for f in sorted(set(now) - set(before))]
-                    + [f"removed {f}" for f in sorted(set(before) - set(now))]
-                    + [f"changed {f}" for f in sorted(set(now) & set(before)) if now[f] != before[f]])
+                    + [f"removed {f}" for f in sorted(set(before) - set(now))])
     if changes:
         more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
-        raise ConfigError(f"{saved}: this folder holds a study of other data ({changes[0]}{more}); its finished runs "
-                          f"would be mixed with runs on the new data: use another bench.out_dir or remove it")
+        raise ConfigError(f"{out / 'data.json'}: this folder holds a study of other data ({changes[0]}{more}); its "
+                          f"finished runs would be mixed with runs on the new data: use another bench.out_dir or "
+                          f"remove it")
 
 
 def write_manifest(out: Path, manifest: dict[str, dict[str, str]]) -> None:
     """``data.json``: the variants recorded before (dropped from this call) kept beside this call's."""
-    saved = out / "data.json"
-    recorded = json.loads(saved.read_text()) if saved.is_file() else {}
-    write_text_atomic(saved, json.dumps({**recorded, **manifest}, indent=1))
+    write_text_atomic(out / "data.json", json.dumps({**read_manifest(out), **manifest}, indent=1))

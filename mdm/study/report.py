@@ -8,10 +8,11 @@ import csv
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import yaml
 
-from ..common.config_io import load
 from ..common.io import write_text_atomic
 from ..pretrain.objectives import OBJECTIVES
 from ..segment.visualize import draw_heatmap
@@ -77,12 +78,12 @@ def pretraining_table(runs: list[Path]) -> str:
     lines = ["| run | objective | loss | steps | last loss | recon error | colour bias (per channel) |",
              "|---|---|---|---|---|---|---|"]
     for run in runs:
-        cfg = load(run / "config.yaml")
+        diffusion = SimpleNamespace(**yaml.safe_load((run / "config.yaml").read_text())["diffusion"])
         log = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines() if r.strip()]
         last = log[-1] if log else {}
         bias = ", ".join(f"{last[k]:+.3f}" for k in sorted(k for k in last if k.startswith("recon_bias_c")))
-        objective = cfg.diffusion.objective
-        loss = OBJECTIVES[objective].loss(cfg.diffusion)
+        objective = diffusion.objective
+        loss = OBJECTIVES[objective].loss(diffusion) if objective in OBJECTIVES else "?"
         nan = float("nan")
         lines.append(f"| {run.name} | {objective} | {loss} | {last.get('step', 0)} | {last.get('loss', nan):.4f} | "
                      f"{last.get('recon_error', nan):.3f} | {bias or '–'} |")

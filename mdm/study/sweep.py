@@ -36,6 +36,7 @@ from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
 from ..pretrain.objectives import OBJECTIVES
 from ..pretrain.trainer import list_checkpoints, train
+from ..segment.finetune import NETWORKS
 from ..segment.run import run_segmentation
 from .manifest import check_same_data, data_manifest, write_manifest
 from .methods import METHODS
@@ -160,8 +161,11 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
     seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
     bc = cfg.bench
-    for m in bc.methods:
-        METHODS[m]  # an unknown name is refused by key
+    for m in {*bc.methods, *bc.budget_methods}:  # every record's names, before anything is pretrained
+        method = METHODS[m]
+        if (method.objective is not None and method.objective not in OBJECTIVES) or method.arch not in NETWORKS:
+            raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / network {method.arch!r}, "
+                              f"which are not registered")
     wrong = [m for m in bc.budget_methods if m not in METHODS or not METHODS[m].pretrained]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
