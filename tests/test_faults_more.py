@@ -332,3 +332,13 @@ def test_data_json_sees_a_changed_file_through_any_variant(tmp_path):
     (tmp_path / "data.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="data.json: cannot read it"):
         check_same_data(tmp_path, {})
+
+
+def test_a_second_pretraining_into_one_folder_is_refused(tmp_path, configs_dir):
+    (tmp_path / ".run.lock").write_text("1")  # pid 1 lives: another train.py writes runs/run
+    with pytest.raises(DataError, match="another process"):
+        train(tiny_config(configs_dir, tmp_path / "run", "train.max_steps=1"))
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+    (tmp_path / ".run.lock").unlink()
+    train(tiny_config(configs_dir, tmp_path / "run", "train.max_steps=1"))
+    assert not (tmp_path / ".run.lock").exists()  # released at the end

@@ -49,6 +49,7 @@ from .identity import check_resume
 from .objectives import OBJECTIVES, build_objective
 from .pools import build_pretrain_dataset
 from .previews import colour_check, save_reconstruction_grid
+from .run_lock import run_lock
 from .run_log import RunLog, truncate_log
 from .sampler import StepBatchSampler
 
@@ -365,15 +366,16 @@ def train(cfg: Config, resume: str | None = None, device: torch.device | None = 
         raise ConfigError(f"{cfg.train.out_dir}: holds checkpoints of an earlier run; --resume latest continues it, "
                           f"another train.out_dir starts a new one")
     trainer = Trainer.from_config(cfg, device)
-    if resume:
-        trainer.resume(resume)
-    if trainer.step >= cfg.train.max_steps:
-        if trainer.step == cfg.train.max_steps and not trainer.export_is_current():
-            trainer.export()  # killed after the last checkpoint but before its export
-            trainer.accelerator.print(f"wrote the missing export of step {trainer.step}")
-        trainer.accelerator.print(f"nothing to do: step {trainer.step} >= train.max_steps={cfg.train.max_steps}")
-        return trainer.run_dir
-    return trainer.fit()
+    with run_lock(trainer.run_dir, trainer.accelerator):  # one writer per run folder
+        if resume:
+            trainer.resume(resume)
+        if trainer.step >= cfg.train.max_steps:
+            if trainer.step == cfg.train.max_steps and not trainer.export_is_current():
+                trainer.export()  # killed after the last checkpoint but before its export
+                trainer.accelerator.print(f"wrote the missing export of step {trainer.step}")
+            trainer.accelerator.print(f"nothing to do: step {trainer.step} >= train.max_steps={cfg.train.max_steps}")
+            return trainer.run_dir
+        return trainer.fit()
 
 
 __all__ = ["Trainer", "train", "list_checkpoints"]
