@@ -110,8 +110,15 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     for name, values in (references or {}).items():
         if values:
             ax.axhline(float(np.mean(values)), color="grey", linestyle="--", label=name)
-    if log_x:
+    if log_x:  # ticks at the measured points, written out (log axes otherwise label crowded minor ticks)
+        from matplotlib.ticker import FixedLocator, NullFormatter, StrMethodFormatter
+
         ax.set_xscale("log")
+        measured = sorted({x for points in series.values() for x, v in points if v and x > 0})
+        ax.xaxis.set_major_locator(FixedLocator(measured))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
