@@ -227,21 +227,27 @@ def seg_main(argv: list[str] | None = None) -> int:
 # ---- the study -----------------------------------------------------------------------------------------------------
 
 
-def _bench(argv: list[str]) -> int:
+def _study(args) -> tuple[Config, Path, torch.device, dict]:
+    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` and print its table; returns the config,
+    the study folder, the segmentation device and ``run_benchmark``'s result."""
     from .study.sweep import run_benchmark
 
-    p = _parser("python -m mdm.benchmark", "The label-efficiency study: pretrain, then label fractions x seeds x "
-                "methods, a table and plots.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
-    args = p.parse_args(argv)
     cfg = _load(args)
     if args.out:
         cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
-    check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir")
+    out = check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir")
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
     print(f"devices: pretraining {train_device}, segmentation {seg_device}")
     result = run_benchmark(cfg, train_device, seg_device)
     print(f"\n{cfg.bench.metric}, mean ± std over seeds {cfg.bench.seeds}:\n{result['table']}")
-    print(f"results in {cfg.bench.out_dir}/ (results.csv, results.md, label_efficiency.png, pretrain_budget.png)")
+    return cfg, out, seg_device, result
+
+
+def _bench(argv: list[str]) -> int:
+    p = _parser("python -m mdm.benchmark", "The label-efficiency study: pretrain, then label fractions x seeds x "
+                "methods, a table and plots.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
+    cfg, out, _, _ = _study(p.parse_args(argv))
+    print(f"results in {out}/ (results.csv, results.md, label_efficiency.png, pretrain_budget.png)")
     return 0
 
 
@@ -251,20 +257,13 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 def _demo(argv: list[str]) -> int:
     from .common.synthetic import save_examples
-    from .study.sweep import run_benchmark
 
     p = _parser("python -m mdm.demo", "The whole story on built-in synthetic histology: the study of the config, then "
                 "its first method's segmenter (lowest label fraction, first seed) on three new images; prints the "
                 "time of each phase.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
-    args = p.parse_args(argv)
-    cfg = _load(args)
-    if args.out:
-        cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
-    out, bc = check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir"), cfg.bench
-    train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
-    print(f"devices: pretraining {train_device}, segmentation {seg_device}")
-    result = run_benchmark(cfg, train_device, seg_device)
-    print(f"\n{bc.metric}, mean ± std over seeds {bc.seeds}:\n{result['table']}\n")
+    cfg, out, seg_device, result = _study(p.parse_args(argv))
+    bc = cfg.bench
+    print()
     started = time.perf_counter()
     model = out / "runs" / bc.methods[0] / f"f{min(bc.fractions):g}_s{bc.seeds[0]}"
     save_examples(str(out / "new_images"), 3)

@@ -14,7 +14,8 @@ from .config import Config, check_crop
 from .errors import ConfigError
 from .registry import registry
 
-STUDY_POOL = "labeled"  # bench.pretrain_data.source: the labeled source's own images, besides the pretraining pools
+# bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
+STUDY_POOLS = ("labeled", "folder", "synthetic")
 
 
 def _registered(value, names: tuple[str, ...], key: str) -> None:
@@ -22,7 +23,7 @@ def _registered(value, names: tuple[str, ...], key: str) -> None:
     found = [registry(n) for n in names]
     if not names or None in found:
         return
-    known = [k for r in found for k in r] + ([STUDY_POOL] if key == "bench.pretrain_data.source" else [])
+    known = [k for r in found for k in r]
     for v in value if isinstance(value, list) else [value]:
         if v not in known:
             raise ConfigError(f"{key}: unknown {found[0].what} {v!r} (known: {', '.join(known)})")
@@ -35,8 +36,11 @@ def _declared(section, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _declared(value, name)
             continue
-        regs = f.metadata.get("registries", ())
-        _registered(value, ("pretraining pools",) if name == "bench.pretrain_data.source" else regs, name)
+        if name == "bench.pretrain_data.source" and value not in STUDY_POOLS:
+            raise ConfigError(f"{name}: a study pretrains on {', '.join(STUDY_POOLS)} images, not {value!r} "
+                              f"(pretrain on it with train.py; give the export to finetune_seg.py)")
+        if name != "bench.pretrain_data.source":
+            _registered(value, f.metadata.get("registries", ()), name)
         allowed = f.metadata.get("choices")
         if allowed and value not in allowed:
             raise ConfigError(f"{name}: {value!r} is not one of {sorted(allowed, key=str)}")

@@ -51,12 +51,21 @@ def text_named(path: Path) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-1 of a file's bytes (read in 1 MiB chunks: a whole-slide image need not fit in memory twice)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-1 of a file's bytes (read in 1 MiB chunks: a whole-slide image need not fit in memory twice), remembered
+    for the process by path, size and modification time: a study asks for the same files' digests several times
+    (excluding test images from the pool, recording its data)."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:

@@ -34,7 +34,7 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from ..common import faults
-from ..common.config import Config, check_crop
+from ..common.config import Config
 from ..common.config_io import dump, load
 from ..common.devices import memory_format, native_bf16, resolve_device, tune_for_fixed_shapes
 from ..common.errors import ConfigError, TrainingError
@@ -46,7 +46,7 @@ from .checkpoints import find_resume, list_checkpoints, load_checkpoint, save_ch
 from .cpu_memory import keep_freed_memory
 from .export import WEIGHTS, file_fingerprint, save_export
 from .identity import check_resume
-from .objectives import OBJECTIVES, build_objective
+from .objectives import build_objective
 from .pools import build_pretrain_dataset
 from .previews import colour_check, save_reconstruction_grid
 from .run_lock import run_lock
@@ -143,8 +143,6 @@ class Trainer:
     def from_config(cls, cfg: Config, device: torch.device | None = None) -> Trainer:
         """The U-Net of ``cfg.model`` (initial weights from ``train.seed``, identical on every process), the
         objective of ``cfg.diffusion`` and the pool of ``cfg.data``."""
-        if OBJECTIVES[cfg.diffusion.objective].masks:
-            check_crop("data.crop_size", cfg.data.crop_size, cfg.diffusion.patch_size)
         with seeded_init(cfg.train.seed):
             model = build_unet(cfg.model)
         return cls(cfg, model, build_objective(cfg.diffusion), build_pretrain_dataset(cfg.data), device)

@@ -105,11 +105,10 @@ def check_test_split(test_ds: LabeledDataset, train_images: list[LabeledImage]) 
     foreground = ignored = total = 0
     for i in range(len(test_ds)):
         item = test_ds[i]
-        label = item.label
-        if _pixels_digest(item.image) in trained:
+        label, digest = item.label, _pixels_digest(item.image)
+        if digest in trained:
             warnings.warn(f"test image {item.name!r} has the same pixels as the labeled training image "
-                          f"{trained[_pixels_digest(item.image)]!r}: its score measures memory, not segmentation",
-                          stacklevel=2)
+                          f"{trained[digest]!r}: its score measures memory, not segmentation", stacklevel=2)
         ignored += int((label == IGNORE_INDEX).sum())
         foreground += int(((label != IGNORE_INDEX) & (label > 0)).sum())
         total += label.numel()

@@ -31,17 +31,9 @@ def study_files(cfg: Config) -> list[Path]:
 
 
 def data_manifest(studies: list[tuple[str, Config]]) -> dict[str, dict[str, str]]:
-    """``{variant: {file: content hash}}`` of what each variant's study (``(name, config)``) reads; a file read by
-    several variants is hashed once."""
-    digests: dict[Path, str] = {}
-    manifest = {}
-    for name, cfg in studies:
-        files = study_files(cfg)
-        for f in files:
-            if f not in digests:
-                digests[f] = file_digest(f)
-        manifest[name] = {str(f): digests[f] for f in files}
-    return manifest
+    """``{variant: {file: content hash}}`` of what each variant's study (``(name, config)``) reads (``file_digest``
+    hashes a file once however many variants read it)."""
+    return {name: {str(f): file_digest(f) for f in study_files(cfg)} for name, cfg in studies}
 
 
 def read_manifest(out: Path) -> dict[str, dict[str, str]]:

@@ -16,15 +16,10 @@ from ..common.config import Config, DataConfig
 from ..common.errors import ConfigError
 from ..segment.datasets import load_split
 
-STUDY_POOLS = ("labeled", "folder", "synthetic")  # what a study knows how to keep apart from its test images
-
 
 def pretraining_data(cfg: Config) -> DataConfig:
     """The ``DataConfig`` the pretraining runs of a study read (see the module docstring)."""
     pool, data = cfg.bench.pretrain_data, cfg.data
-    if pool.source not in STUDY_POOLS:
-        raise ConfigError(f"bench.pretrain_data.source: a study pretrains on {', '.join(STUDY_POOLS)} images, not "
-                          f"{pool.source!r} (pretrain on it with train.py; give the export to finetune_seg.py)")
     if data.source == "synthetic" and pool.source == "labeled":
         return data  # the synthetic world's own unlabeled pool
     if pool.source == "synthetic":

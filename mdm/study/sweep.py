@@ -166,7 +166,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         if (method.objective is not None and method.objective not in OBJECTIVES) or method.arch not in NETWORKS:
             raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / network {method.arch!r}, "
                               f"which are not registered")
-    wrong = [m for m in bc.budget_methods if m not in METHODS or not METHODS[m].pretrained]
+    wrong = [m for m in bc.budget_methods if not METHODS[m].pretrained]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
                           f"weights: {', '.join(m for m, v in METHODS.items() if v.pretrained)})")
@@ -195,8 +195,8 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
             if run not in pretrain.values():
                 t = time.perf_counter()
                 pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
-                phases[f"pretraining ({run.name})"] = time.perf_counter() - t
-                log(f"pretraining {obj} ({run.name}): {phases[f'pretraining ({run.name})']:.1f} s")
+                phases[f"pretraining ({run.name})"] = seconds = time.perf_counter() - t
+                log(f"pretraining {obj} ({run.name}): {seconds:.1f} s")
             pretrain[name, obj] = run
     pretrained = pretraining_table(sorted(set(pretrain.values())))
     write_text_atomic(out / "pretraining.md", pretrained + "\n")
