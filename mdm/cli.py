@@ -3,6 +3,7 @@
 =====================================  ===================================================================
 ``train.py`` / ``mdm-train``           pretrain a U-Net (MDM, or the DDPM / MAE baselines)
 ``finetune_seg.py`` / ``mdm-seg``      the segmentation stage (frozen features by default; ``predict``)
+``python -m mdm.probe`` / ``mdm-probe``       image classification on frozen features (or fine-tuned networks)
 ``python -m mdm.benchmark`` / ``mdm-bench``   the label-efficiency study (an ablation with ``bench.variants``)
 ``python -m mdm.demo``                 ``make demo``: the demo study, then ``predict`` on new images, time per phase
 ``python -m mdm.convert``              a published checkpoint -> an export folder
@@ -222,6 +223,38 @@ def seg_main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "predict":
         return _run(_predict, argv[1:])
     return _run(_segment, argv)
+
+
+# ---- classification ------------------------------------------------------------------------------------------------
+
+
+def _probe(argv: list[str]) -> int:
+    from .classify.run import run_classification
+    from .pretrain.export import open_export
+
+    p = _parser("python -m mdm.probe", "Image classification with few labels: by default (probe.mode=frozen) a head "
+                "(probe.head: linear, knn or attention) on pooled features of frozen U-Net blocks, the block and "
+                "timestep chosen by a sweep on validation images; probe.mode=finetune trains a whole network.",
+                "configs/probe_synthetic.yaml", "run folder (default: probe.out_dir)")
+    p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
+                   "probe.mode=finetune with probe.network=resnet18)")
+    args = p.parse_args(argv)
+    cfg = _load(args)
+    out = check_out(args.out or cfg.probe.out_dir, "--out" if args.out else "probe.out_dir")
+    device = resolve_device(args.device or cfg.probe.device)
+    print(f"device: {device}")
+    export = open_export(args.checkpoint, cfg.probe.weights) if args.checkpoint else None
+    result = run_classification(cfg.probe, cfg.data, export, out, device=device)
+    if "selection" in result:
+        chosen = result["selection"]
+        print(f"sweep: block {chosen['blocks'][0]} at t={chosen['timestep']} (block_selection.png)")
+    print(json.dumps({k: round(result[k], 4) for k in ("accuracy", "balanced_accuracy", "roc_auc")}))
+    print(f"results in {out}")
+    return 0
+
+
+def probe_main(argv: list[str] | None = None) -> int:
+    return _run(_probe, argv)
 
 
 # ---- the study -----------------------------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 import it, so a config is checked against every registered name as it loads; so do the README's config table
 (``mdm.config_docs``) and the tests."""
 
+from .classify.datasets import CLASS_SOURCES
+from .classify.finetune import CLASS_NETWORKS
+from .classify.heads import HEADS
 from .pretrain.objectives import OBJECTIVES
 from .pretrain.pools import POOLS
 from .segment.datasets import SOURCES
 from .segment.finetune import NETWORKS
-from .study.methods import METHODS
+from .study.methods import CLASS_METHODS, METHODS
 
-ALL = (OBJECTIVES, POOLS, SOURCES, NETWORKS, METHODS)
+ALL = (OBJECTIVES, POOLS, SOURCES, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS, CLASS_METHODS)
 
-__all__ = ["ALL", "METHODS", "NETWORKS", "OBJECTIVES", "POOLS", "SOURCES"]
+__all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "METHODS", "NETWORKS", "OBJECTIVES",
+           "POOLS", "SOURCES"]

@@ -1,7 +1,7 @@
-"""Configuration: the dataclasses of the six sections (``model``, ``diffusion``, ``data``, ``train``, ``seg``,
-``bench``). Each key is described once, where it is declared (``key``): its default, its help line (the README's
-table, ``mdm.config_docs``), its choices and its range, which ``config_checks.validate`` checks. Files and ``--set``
-overrides are read and written by ``config_io``.
+"""Configuration: the dataclasses of the seven sections (``model``, ``diffusion``, ``data``, ``train``, ``seg``,
+``probe``, ``bench``). Each key is described once, where it is declared (``key``): its default, its help line (the
+README's table, ``mdm.config_docs``), its choices and its range, which ``config_checks.validate`` checks. Files and
+``--set`` overrides are read and written by ``config_io``.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class DataConfig:
     """Where images come from: the pretraining pool, or the labeled dataset of stage 2."""
 
     source: str = key("synthetic", "what the images are: a pretraining pool (pretraining) or a labeled source "
-                                   "(stage 2)", registries=("pretraining pools", "labeled sources"))
+                                   "(stage 2)", registries=("pretraining pools", "labeled sources",
+                                                                 "image-label sources"))
     root: list[str] = key([], "folder(s) of the source")
     crop_size: int = key(32, "pretraining crop size; also stage 2's default tile size", positive=True)
     crop: str = key("random", "`random` crops (no resize) or `resize` whole images", choices=("random", "resize"))
@@ -191,6 +192,53 @@ class SegConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Image classification (``python -m mdm.probe``): ``mode: frozen`` trains a small head on pooled features of
+    frozen U-Net blocks; ``mode: finetune`` trains a whole network end to end. ``data`` gives the images (an
+    image-label source) and the labeled subset (``label_fraction``, ``seed``, ``val_fraction``)."""
+
+    mode: str = key("frozen", "`frozen` (a head on frozen features) or `finetune` (a whole network)",
+                    choices=("frozen", "finetune"))
+    head: str = key("linear", "the head of `mode: frozen`: `linear` (standardised pooled features), `knn` (cosine "
+                              "k nearest neighbours, no training) or `attention` (attention pooling with a learned "
+                              "query over the block's tokens)", registries=("probe heads",))
+    network: str = key("resnet18", "the network of `mode: finetune`: `unet-encoder` (the export's encoder and middle "
+                                   "block, pooled, a linear head) or `resnet18` (timm, from scratch)",
+                       registries=("classification networks",))
+    pooling: str = key("gap", "pooling of `linear` / `knn` features: `gap` (global average) or `grid` (k x k "
+                              "adaptive average, flattened)", choices=("gap", "grid"))
+    grid_size: int = key(2, "k of `pooling: grid`", positive=True)
+    blocks: str | list[str] = key("auto", "feature blocks, concatenated: `d<i>` (decoder block i, negatives count "
+                                          "from the end), `mid`, `e<i>` (encoder block i); or `auto`: the best "
+                                          "`(block, timestep)` of the sweep")
+    timesteps: list[int] | str = key("auto", "extraction timesteps, concatenated, or `auto` (with `blocks: auto`)")
+    sweep_blocks: list[str] = key([], "`auto`: the candidate blocks (empty: the middle block and every decoder block)")
+    sweep_timesteps: list[int] = key([0, 50, 200], "`auto`: the candidate timesteps")
+    image_size: int = key(64, "images are resized to this square before the network", positive=True)
+    tokens: int = key(8, "`attention`: a block's token map is average-pooled to at most this side", positive=True)
+    knn_k: int = key(5, "neighbours of `knn`", positive=True)
+    lr: float = key(1e-2, "Adam learning rate of the `linear` / `attention` heads", positive=True)
+    weight_decay: float = key(1e-4, "Adam weight decay of the heads and of fine-tuning", not_negative=True)
+    max_epochs: int = key(300, "head training epochs at most", positive=True)
+    finetune_lr: float = key(1e-3, "Adam learning rate of `mode: finetune`", positive=True)
+    finetune_epochs: int = key(60, "fine-tuning epochs at most", positive=True)
+    patience: int = key(20, "epochs without a better validation loss before stopping (the training loss where no "
+                            "image validates)", not_negative=True)
+    batch_size: int = key(32, "images per optimizer step", positive=True)
+    augment: str = key("dihedral", "fine-tuning augmentation: `hflip`, `dihedral` (flips + 90° rotations) or `none`",
+                       choices=("none", "hflip", "dihedral"))
+    ensemble: int = key(1, "heads trained with seeds `seed` .. `seed + n - 1`, their probabilities averaged",
+                        positive=True)
+    seed: int = key(0, "head / network initialisation, batch order and the extraction masks or noise")
+    weights: str = key("ema", "`ema` or `raw` export weights", choices=("ema", "raw"))
+    cache_dir: str = key("", "fp16 pooled-feature cache folder (empty: in memory, for the run)")
+    mixed_precision: str = key("auto", "`auto` (bf16 autocast where native), `no` or `bf16`",
+                               choices=("no", "bf16", "auto"))
+    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it")
+    out_dir: str = key("runs/probe", "run folder")
+
+
+@dataclass
 class Variant:
     """One arm of an ablation (``bench.variants``): its ``name`` and the overrides it applies to the study's config,
     written as ``--set`` takes them (``["seg.normalize=l2_image", "diffusion.loss=ssim_ref"]``)."""
@@ -204,15 +252,18 @@ class BenchConfig:
     """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods, once per
     variant of ``variants`` (an ablation); pretraining runs once per objective and is shared where it can be."""
 
+    task: str = key("segmentation", "what the study measures: `segmentation` (`seg`, masks) or `classification` "
+                                    "(`probe`, image labels)", choices=("segmentation", "classification"))
     fractions: list[float] = key([0.1, 1.0], "label fractions")
     seeds: list[int] = key([0, 1], "seeds (each draws its own labeled subset and initialisations)")
     methods: list[str] = key(["mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch"],
-                             "the methods compared", registries=("study methods",))
-    metric: str = key("dice", "the metric of the table and plots")
+                             "the methods compared", registries=("study methods", "classification methods"))
+    metric: str = key("dice", "the metric of the table and plots (classification: `accuracy`, `balanced_accuracy` "
+                              "or `roc_auc`)")
     pretrain_steps: int = key(1000, "pretraining steps of each objective", positive=True)
     budget_exports: int = key(4, "exports kept along the way for the pretraining-budget curve", positive=True)
     budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (methods of "
-                                    "pretrained weights)", registries=("study methods",))
+                                    "pretrained weights)", registries=("study methods", "classification methods"))
     budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True)
     budget_spacing: str = key("linear", "budget exports `linear`ly or `log`arithmically spaced in steps",
                                         choices=("linear", "log"))
@@ -233,6 +284,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 

@@ -16,6 +16,7 @@ from .registry import registry
 
 # bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
 STUDY_POOLS = ("labeled", "folder", "synthetic")
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 
 def _registered(value, names: tuple[str, ...], key: str) -> None:
@@ -59,7 +60,9 @@ def validate(cfg: Config) -> Config:
     for section in dataclasses.fields(cfg):
         _declared(getattr(cfg, section.name), section.name)
     d, sc, bc = cfg.data, cfg.seg, cfg.bench
-    for key, values in {"seg.timesteps": sc.timesteps, "seg.auto_timesteps": sc.auto_timesteps}.items():
+    pc = cfg.probe
+    for key, values in {"seg.timesteps": sc.timesteps, "seg.auto_timesteps": sc.auto_timesteps,
+                        "probe.timesteps": pc.timesteps, "probe.sweep_timesteps": pc.sweep_timesteps}.items():
         bad = [v for v in (values if isinstance(values, list) else []) if not 0 <= v < cfg.diffusion.timesteps]
         if bad:
             raise ConfigError(f"{key}: {bad[0]} is not a timestep of diffusion.timesteps = "
@@ -76,14 +79,21 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
     if not 0.0 <= sc.overlap < 1.0:
         raise ConfigError(f"seg.overlap: must be in [0, 1), got {sc.overlap}")
-    for key in ("blocks", "timesteps"):
-        if isinstance(getattr(sc, key), str) and getattr(sc, key) != "auto":
-            raise ConfigError(f"seg.{key}: {getattr(sc, key)!r} is not a list of numbers or auto")
+    for key, value in {"seg.blocks": sc.blocks, "seg.timesteps": sc.timesteps, "probe.timesteps": pc.timesteps}.items():
+        if isinstance(value, str) and value != "auto":
+            raise ConfigError(f"{key}: {value!r} is not a list of numbers or auto")
     if not sc.timesteps or not sc.blocks:
         raise ConfigError("seg.timesteps and seg.blocks must not be empty")
     if d.val_split == "none" and "auto" in (sc.blocks, sc.timesteps):
         raise ConfigError("seg.blocks / seg.timesteps: auto chooses on validation pixels, and data.val_split: none "
                           "holds none out; give the blocks and timesteps, or another data.val_split")
+    if isinstance(pc.blocks, str) and pc.blocks != "auto":
+        pc.blocks = [pc.blocks]  # one block named alone
+    if not pc.blocks or not pc.timesteps or not pc.sweep_timesteps:
+        raise ConfigError("probe.blocks, probe.timesteps and probe.sweep_timesteps must not be empty")
+    if bc.task == "classification" and bc.metric not in CLASSIFICATION_METRICS:
+        raise ConfigError(f"bench.metric: a classification study reports {', '.join(CLASSIFICATION_METRICS)}, not "
+                          f"{bc.metric!r}")
     names = [v.name for v in bc.variants]
     if "" in names or len(set(names)) != len(names):
         raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")

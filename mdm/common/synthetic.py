@@ -101,22 +101,32 @@ def slide_style(seed: int, slide: int) -> SlideStyle:
     )
 
 
-def _gland_field(g, yy, xx, cy, cx, radius):
-    """Normalised distance ``[H, W]`` (< 1 inside) of a wobbly, rotated ellipse centred at (cy, cx)."""
+# gland shapes of the image-level labels (``render(..., shape=)``): (aspect range, wobble amplitude range per harmonic)
+SHAPES = {"regular": ((0.85, 1.0), (0.0, 0.02)), "irregular": ((0.45, 0.65), (0.12, 0.22))}
+
+
+def _gland_field(g, yy, xx, cy, cx, radius, shape: str | None = None):
+    """Normalised distance ``[H, W]`` (< 1 inside) of a wobbly, rotated ellipse centred at (cy, cx). ``shape``
+    (``SHAPES``) narrows the aspect and the wobble to round, smooth glands or elongated, ragged ones, at the area
+    of a circle of ``radius`` (so that the two differ in shape, not in how much of the image is gland)."""
     angle = _u(g, 0, math.pi)
-    aspect = _u(g, 0.55, 1.0)
+    (a_lo, a_hi), (w_lo, w_hi) = SHAPES[shape] if shape else ((0.55, 1.0), (0.0, 0.12))
+    aspect = _u(g, a_lo, a_hi)
+    if shape:
+        radius = radius / math.sqrt(aspect)
     dy, dx = yy - cy, xx - cx
     ry = math.cos(angle) * dy - math.sin(angle) * dx
     rx = math.sin(angle) * dy + math.cos(angle) * dx
     phi = torch.atan2(ry, rx)
     wobble = 1.0
     for k in (2, 3, 5):
-        wobble = wobble + _u(g, 0, 0.12) * torch.cos(k * phi + _u(g, 0, 2 * math.pi))
+        wobble = wobble + _u(g, w_lo, w_hi) * torch.cos(k * phi + _u(g, 0, 2 * math.pi))
     return torch.sqrt((ry / aspect) ** 2 + rx ** 2) / (radius * wobble)
 
 
-def render(seed: int, slide: int, index: int, height: int, width: int | None = None):
-    """Render image ``(slide, index)`` at ``height x width``: ``(image [3, H, W] in [-1, 1], instances [H, W])``."""
+def render(seed: int, slide: int, index: int, height: int, width: int | None = None, shape: str | None = None):
+    """Render image ``(slide, index)`` at ``height x width``: ``(image [3, H, W] in [-1, 1], instances [H, W])``;
+    ``shape`` (``SHAPES``: ``regular`` / ``irregular``) gives every gland of the image that shape."""
     width = width or height
     style = slide_style(seed, slide)
     g = _gen(seed, slide, index, Tag.SLIDE_IMAGE)
@@ -138,7 +148,7 @@ def render(seed: int, slide: int, index: int, height: int, width: int | None = N
         if any(math.hypot(cy - py, cx - px) < (radius + pr) * 1.1 for py, px, pr in placed):
             continue
         placed.append((cy, cx, radius))
-        d = _gland_field(g, yy, xx, cy, cx, radius)
+        d = _gland_field(g, yy, xx, cy, cx, radius, shape)
         inside = d < 1
         if not inside.any():
             placed.pop()

@@ -344,6 +344,18 @@ class UNetModel(nn.Module):
 
     def decode(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The last decoder block's output ``[B, model_channels * channel_mult[0], H, W]`` (before ``out``)."""
+        h, hs, emb = self._encode(x, timesteps)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        return h
+
+    def encode(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The middle block's output ``[B, model_channels * channel_mult[-1], H / f, W / f]`` (``f``:
+        ``downsample_factor``): the encoder alone, for image-level heads."""
+        return self._encode(x, timesteps)[0]
+
+    def _encode(self, x: torch.Tensor, timesteps: torch.Tensor):
+        """``(middle block output, every encoder block's output (the skips), timestep embedding)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(f"expected input [B, {self.in_channels}, H, W], got {list(x.shape)}")
         self.check_input_size(x.shape[-2], x.shape[-1])
@@ -353,10 +365,7 @@ class UNetModel(nn.Module):
         for block in self.input_blocks:
             h = block(h, emb)
             hs.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb)
-        return h
+        return self.middle_block(h, emb), hs, emb
 
 
 def build_unet(model_cfg) -> UNetModel:

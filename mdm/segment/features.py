@@ -41,6 +41,15 @@ EXTRACT_BATCH = 8  # tiles per U-Net forward pass
 CACHE_FORMAT = 2  # in every cache key: entries of format 1 lack the squared norms
 
 
+def corrupted(objective, x0: torch.Tensor, t: int, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x0 [B, 3, S, S]`` corrupted by ``objective`` at timestep ``t`` with the seeded mask or noise of ``keys [B]``
+    (one int64 per image or tile, mixed with ``t``): ``(x_t, the timesteps the model takes [B])``. The same keys
+    always give the same corruption, so features are a function of the image, not of the order it came in."""
+    tt = torch.full((x0.shape[0],), t, dtype=torch.int64, device=x0.device)
+    keyed = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64, device=x0.device)
+    return objective.corrupt(x0, tt, keyed)[0], objective.model_timesteps(tt)
+
+
 def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
     """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block), validated."""
     out = []
@@ -146,12 +155,10 @@ class FeatureExtractor:
         out: list[dict[str, torch.Tensor]] = [{} for _ in range(tiles.shape[0])]
         x0 = tiles.to(self.device)
         for t in self.timesteps:
-            tt = torch.full((x0.shape[0],), t, dtype=torch.int64, device=self.device)
-            tile_keys = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64)
-            x_t = self.objective.corrupt(x0, tt, tile_keys.to(self.device))[0]
+            x_t, model_t = corrupted(self.objective, x0, t, keys)
             self._outputs.clear()
             with autocast(self.dtype, self.device):
-                self.model(x_t.contiguous(memory_format=self.memory_format), self.objective.model_timesteps(tt))
+                self.model(x_t.contiguous(memory_format=self.memory_format), model_t)
             for i in self.blocks:
                 o = self._outputs[i].to(torch.float16)
                 up = F.interpolate(o.float(), size=tiles.shape[-2:], mode="bilinear", align_corners=False)

@@ -248,17 +248,17 @@ def save_selection(folder: Path, selection: dict) -> None:
     """``block_selection.json`` and a block x timestep heatmap of the probes' validation losses."""
     (folder / "block_selection.json").write_text(json.dumps(selection, indent=1))
     timesteps = sorted(selection["scores"])
-    blocks = sorted({b for row in selection["scores"].values() for b in row})
+    blocks = list(dict.fromkeys(b for row in selection["scores"].values() for b in row))  # in the order probed
     save_heatmap(folder / "block_selection.png", [[selection["scores"][t].get(b) for t in timesteps] for b in blocks],
                  [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps],
                  f"validation loss of one-block probes (chosen: t={selection['timestep']}, blocks "
                  f"{selection['blocks']})")
 
 
-def check_replaceable(out: Path) -> None:
-    """``out`` is replaced as a whole by a run: refuse when it holds anything a segmentation run does not write."""
+def check_replaceable(out: Path, files: set[str] = RUN_FILES, what: str = "a segmentation run") -> None:
+    """``out`` is replaced as a whole by a run: refuse when it holds anything ``what`` does not write (``files``)."""
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in files)
         if foreign:
-            raise DataError(f"{out}: exists and holds files a segmentation run does not write ({', '.join(foreign[:3])}"
-                            f"); choose a new --out folder, a run replaces its folder as a whole")
+            raise DataError(f"{out}: exists and holds files {what} does not write ({', '.join(foreign[:3])}); choose "
+                            f"a new --out folder, a run replaces its folder as a whole")

@@ -12,18 +12,14 @@ from ..common.config import Config
 from ..common.errors import ConfigError
 from ..common.io import file_digest, write_text_atomic
 from ..pretrain.pools import gather_images
-from ..segment.datasets import load_split
-from .pool import pretraining_data
+from .pool import labeled_split, pretraining_data
 
 
 def study_files(cfg: Config) -> list[Path]:
     """The files the study of ``cfg`` reads: the labeled source's splits, then the pretraining pool's images."""
-    data = cfg.data
     files: list[Path] = []
-    if data.source != "synthetic":
-        root = data.root[0] if data.root else None
-        kw = {"num_classes": data.num_classes} if data.num_classes else {}
-        files += [f for split in ("train", "test") for f in load_split(data.source, root, split, **kw).files]
+    if cfg.data.source != "synthetic":
+        files += [f for split in ("train", "test") for f in labeled_split(cfg, split).files]
     pool = pretraining_data(cfg)
     if pool.source == "folder":
         files += gather_images(pool.root, pool.exclude)[0]

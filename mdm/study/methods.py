@@ -1,6 +1,8 @@
-"""The methods a study compares, registered in ``METHODS`` (``bench.methods``): how each segments (``seg.mode`` /
-``seg.arch``) and which pretraining run's weights it starts from. A new method is one ``METHODS.register`` call;
-a new objective or network registers itself where it is defined (``pretrain.objectives``, ``segment.finetune``).
+"""The methods a study compares, registered in ``METHODS`` (segmentation) and ``CLASS_METHODS`` (classification,
+``bench.task``), chosen by ``bench.methods``: how each segments (``seg.mode`` / ``seg.arch``) or classifies
+(``probe.mode`` / ``probe.head`` or ``probe.network``) and which pretraining run's weights it starts from. A new
+method is one ``register`` call; a new objective or network registers itself where it is defined
+(``pretrain.objectives``, ``segment.finetune``, ``classify.heads``, ``classify.finetune``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from ..common.registry import Registry
 
 @dataclass(frozen=True)
 class Method:
-    """How a method segments: ``mode`` / ``arch`` as in ``SegConfig``; its U-Net comes from the pretraining run of
+    """How a method segments: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode`` and the head
+    of ``frozen`` or the network of ``finetune``); its U-Net comes from the pretraining run of
     ``objective`` (``None``: no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the
     random initial weights)."""
 
@@ -36,3 +39,17 @@ METHODS.register("mdm-ft", Method("finetune", "unet", "mdm", "export"))
 METHODS.register("mae-ft", Method("finetune", "unet", "mae", "export"))
 METHODS.register("unet-scratch", Method("finetune", "unet", "mdm", "exports/step_0"))
 METHODS.register("smp-scratch", Method("finetune", "smp", None, ""))
+
+CLASS_METHODS: Registry[Method] = Registry("classification methods", "bench.methods", "classification method")
+CLASS_METHODS.register("mdm-linear", Method("frozen", "linear", "mdm", "export"))
+CLASS_METHODS.register("mdm-attn", Method("frozen", "attention", "mdm", "export"))
+CLASS_METHODS.register("mdm-knn", Method("frozen", "knn", "mdm", "export"))
+CLASS_METHODS.register("ddpm-linear", Method("frozen", "linear", "ddpm", "export"))
+CLASS_METHODS.register("ddpm-attn", Method("frozen", "attention", "ddpm", "export"))
+CLASS_METHODS.register("mae-linear", Method("frozen", "linear", "mae", "export"))
+CLASS_METHODS.register("random-linear", Method("frozen", "linear", "mdm", "exports/step_0"))
+CLASS_METHODS.register("mdm-ft", Method("finetune", "unet-encoder", "mdm", "export"))
+CLASS_METHODS.register("unet-scratch", Method("finetune", "unet-encoder", "mdm", "exports/step_0"))
+CLASS_METHODS.register("resnet18-scratch", Method("finetune", "resnet18", None, ""))
+
+TASK_METHODS = {"segmentation": METHODS, "classification": CLASS_METHODS}

@@ -12,9 +12,23 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ..classify.datasets import open_class_split
 from ..common.config import Config, DataConfig
 from ..common.errors import ConfigError
 from ..segment.datasets import load_split
+
+
+def labeled_split(cfg: Config, split: str):
+    """One split of the study's labeled source, of segmentation masks (``segment.datasets``) or image labels
+    (``classify.datasets``) by ``bench.task``: anything with ``image_files`` and ``files``."""
+    data = cfg.data
+    root = data.root[0] if data.root else None
+    kw = dict(synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
+    if cfg.bench.task == "classification":
+        return open_class_split(data.source, root, split, **kw)
+    if data.num_classes:
+        kw["num_classes"] = data.num_classes
+    return load_split(data.source, root, split, **kw)
 
 
 def pretraining_data(cfg: Config) -> DataConfig:
@@ -25,15 +39,14 @@ def pretraining_data(cfg: Config) -> DataConfig:
     if pool.source == "synthetic":
         return pool
     root = data.root[0] if data.root else None
-    kw = {"num_classes": data.num_classes} if data.num_classes else {}
     roots = [str(r) for r in pool.root]
     if pool.source == "labeled":
-        roots = [str(f) for f in load_split(data.source, root, "train", **kw).image_files] + roots
+        roots = [str(f) for f in labeled_split(cfg, "train").image_files] + roots
         unlabeled = Path(root) / "unlabeled" if root else None
         if unlabeled is not None and unlabeled.is_dir():
             roots.append(str(unlabeled))
     if not roots:
         raise ConfigError("bench.pretrain_data: no pretraining images (source: folder needs "
                           "bench.pretrain_data.root=[FOLDER, ...])")
-    test_files = [str(f) for f in load_split(data.source, root, "test", **kw).image_files]
+    test_files = [str(f) for f in labeled_split(cfg, "test").image_files]
     return replace(pool, source="folder", root=roots, exclude=[*test_files, *pool.exclude])

@@ -17,15 +17,22 @@ from ..common.io import write_text_atomic
 from ..pretrain.objectives import OBJECTIVES
 from ..segment.visualize import draw_heatmap
 
-COLUMNS = ["method", "label_fraction", "seed", "labeled_images", "dice", "iou", "miou", "object_f1", "object_dice",
-           "object_hausdorff", "aji", "member_dice_mean", "member_dice_std", "seconds"]
+RUN_COLUMNS = ["method", "label_fraction", "seed", "labeled_images"]
+METRIC_COLUMNS = {"segmentation": ["dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji",
+                                   "member_dice_mean", "member_dice_std", "seconds"],
+                  "classification": ["accuracy", "balanced_accuracy", "roc_auc", "seconds"]}
 
 
-def result_row(method: str, fraction: float, seed: int, result: dict) -> dict:
+def task_columns(task: str) -> list[str]:
+    """The first columns of ``results.csv`` for ``bench.task``."""
+    return RUN_COLUMNS + METRIC_COLUMNS[task]
+
+
+def result_row(method: str, fraction: float, seed: int, result: dict, task: str = "segmentation") -> dict:
     """One ``results.csv`` row from a run's metrics; per-group metrics (GlaS testA / testB) as ``<group>_<metric>``."""
     row = {"method": method, "label_fraction": fraction, "seed": seed,
            "labeled_images": result.get("labeled_images")}
-    for k in COLUMNS[4:]:
+    for k in METRIC_COLUMNS[task]:
         if k in result:
             row[k] = result[k]
     for group, values in result.get("groups", {}).items():
@@ -168,16 +175,16 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         # JSON made the numbers keys strings
-        runs = [{int(t): {int(b): v for b, v in row.items()} for t, row in r["scores"].items()}
+        runs = [{int(t): {_block(b): v for b, v in row.items()} for t, row in r["scores"].items()}
                 for r in selections[method]]
         timesteps = sorted({t for r in runs for t in r})
-        blocks = sorted({b for r in runs for row in r.values() for b in row})
+        blocks = list(dict.fromkeys(b for r in runs for row in r.values() for b in row))  # in the order probed
         grid = np.array([[np.mean([r[t][b] for r in runs]) for t in timesteps] for b in blocks])
         image = draw_heatmap(ax, grid, [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps], fontsize=6)
         for r in selections[method]:
             j = timesteps.index(int(r["timestep"]))
             for b in r["blocks"]:
-                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(int(b)) - 0.5), 1, 1, fill=False, lw=1.2,
+                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(_block(b)) - 0.5), 1, 1, fill=False, lw=1.2,
                                            edgecolor="red", alpha=len(runs) ** -0.5))
         ax.set_title(method, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
@@ -185,6 +192,11 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _block(name) -> int | str:
+    """A block as JSON gave it back: decoder numbers (segmentation) as ints, names (``d3``, ``mid``) as they are."""
+    return int(name) if str(name).lstrip("-").isdigit() else str(name)
 
 
 def write_csv(path: Path, rows: list[dict], first: list[str]) -> None:

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import torch
 
+from ..classify.finetune import CLASS_NETWORKS
+from ..classify.heads import HEADS
+from ..classify.run import run_classification
 from ..common.config import Config, DataConfig, check_crop
 from ..common.config_io import dump, load, to_dict
 from ..common.errors import ConfigError
@@ -39,10 +42,9 @@ from ..pretrain.trainer import list_checkpoints, train
 from ..segment.finetune import NETWORKS
 from ..segment.run import run_segmentation
 from .manifest import check_same_data, data_manifest, write_manifest
-from .methods import METHODS
+from .methods import TASK_METHODS, Method
 from .pool import pretraining_data
 from .report import (
-    COLUMNS,
     plot_ablation,
     plot_lines,
     plot_selections,
@@ -50,6 +52,7 @@ from .report import (
     result_row,
     summarize,
     summarize_variants,
+    task_columns,
     write_csv,
 )
 from .variants import PretrainFolders, arms
@@ -81,14 +84,30 @@ def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path,
     return run
 
 
+def methods_of(cfg: Config):
+    """The registry of the methods of ``bench.task`` (``METHODS`` or ``CLASS_METHODS``)."""
+    return TASK_METHODS[cfg.bench.task]
+
+
+def _known_arch(task: str, method: Method) -> bool:
+    if task == "segmentation":
+        return method.arch in NETWORKS
+    return method.arch in (HEADS if method.mode == "frozen" else CLASS_NETWORKS)
+
+
 def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path | None, out: Path,
             device: torch.device) -> dict:
-    """One segmentation run (skipped when its ``metrics.json`` exists); returns its metrics."""
+    """One segmentation or classification run (skipped when its ``metrics.json`` exists); returns its metrics."""
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    m = METHODS[method]
-    seg = replace(cfg.seg, mode=m.mode, arch=m.arch, seed=seed)
+    m = methods_of(cfg)[method]
     data = replace(cfg.data, label_fraction=fraction, seed=seed)
+    if cfg.bench.task == "classification":
+        which = {"head": m.arch} if m.mode == "frozen" else {"network": m.arch}
+        probe = replace(cfg.probe, mode=m.mode, seed=seed, **which)
+        opened = open_export(export, probe.weights) if export is not None else None
+        return run_classification(probe, data, opened, out, device=device, progress=False)
+    seg = replace(cfg.seg, mode=m.mode, arch=m.arch, seed=seed)
     opened = open_export(export, seg.weights) if export is not None else None
     return run_segmentation(seg, data, opened, out, device=device, progress=False)
 
@@ -153,7 +172,7 @@ def check_study_folder(out: Path) -> None:
 
 
 def _objectives(cfg: Config) -> list[str]:
-    return sorted({METHODS[m].objective for m in cfg.bench.methods} - {None})
+    return sorted({methods_of(cfg)[m].objective for m in cfg.bench.methods} - {None})
 
 
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
@@ -161,15 +180,16 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
     seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
     bc = cfg.bench
+    methods = methods_of(cfg)
     for m in {*bc.methods, *bc.budget_methods}:  # every record's names, before anything is pretrained
-        method = METHODS[m]
-        if (method.objective is not None and method.objective not in OBJECTIVES) or method.arch not in NETWORKS:
+        method = methods[m]
+        if (method.objective is not None and method.objective not in OBJECTIVES) or not _known_arch(bc.task, method):
             raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / network {method.arch!r}, "
                               f"which are not registered")
-    wrong = [m for m in bc.budget_methods if not METHODS[m].pretrained]
+    wrong = [m for m in bc.budget_methods if not methods[m].pretrained]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
-                          f"weights: {', '.join(m for m, v in METHODS.items() if v.pretrained)})")
+                          f"weights: {', '.join(m for m, v in methods.items() if v.pretrained)})")
     studies = arms(cfg)  # every variant's config checked before anything is written
     pools = {}
     for name, vcfg in studies:
@@ -202,7 +222,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     write_text_atomic(out / "pretraining.md", pretrained + "\n")
 
     def export_for(variant: str, method: str, which: str | None = None) -> Path | None:
-        m = METHODS[method]
+        m = methods[method]
         return pretrain[variant, m.objective] / (which or m.export) if m.objective else None
 
     rows, results = [], {}
@@ -220,8 +240,10 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                     log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
                         f"seed {seed}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
                     results[name, method, fraction, seed] = result
-                    rows.append({**({"variant": name} if name else {}), **result_row(method, fraction, seed, result)})
-    write_csv(out / "results.csv", rows, ["variant", *COLUMNS] if bc.variants else COLUMNS)
+                    rows.append({**({"variant": name} if name else {}),
+                                 **result_row(method, fraction, seed, result, bc.task)})
+    columns = task_columns(bc.task)
+    write_csv(out / "results.csv", rows, ["variant", *columns] if bc.variants else columns)
     lowest = min(bc.fractions)
     if bc.variants:
         names = [n for n, _ in studies]
@@ -240,11 +262,11 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
     selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
                       if "selection" in results[name0, m, lowest, s]]
-                  for m in bc.methods if METHODS[m].mode == "frozen"}
+                  for m in bc.methods if methods[m].mode == "frozen"}
     if any(selections.values()):
         plot_selections(out / "block_selection.png", selections,
-                        f"one-block probes' validation loss at {lowest:g} labels (mean over seeds {bc.seeds}; red: "
-                        f"chosen)")
+                        f"one-block {'' if bc.task == 'segmentation' else 'linear '}probes' validation loss at "
+                        f"{lowest:g} labels (mean over seeds {bc.seeds}; red: chosen)")
     t = time.perf_counter()
     budget = budget_curve(cfg0, name0, results, export_for, out, seg_device, log)
     if budget:
@@ -261,8 +283,9 @@ def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path
     seen, with the ``random`` method's runs as a reference line when the study has it)."""
     bc = cfg.bench
     lowest, seeds = min(bc.fractions), bc.seeds[:bc.budget_seeds]
+    methods = methods_of(cfg)
     budget = []
-    for method in [m for m in bc.budget_methods if m in bc.methods and METHODS[m].objective]:
+    for method in [m for m in bc.budget_methods if m in bc.methods and methods[m].objective]:
         exports = export_for(variant, method, "exports")
         steps = sorted(int(p.name.split("_")[1]) for p in exports.glob("step_*") if p.name.split("_")[1].isdigit())
         for seed in seeds:
@@ -277,12 +300,13 @@ def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path
                     log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
                         f"{time.perf_counter() - t:.1f} s")
                 budget.append({"pretrain_steps": step, "images_seen": step * cfg.train.batch_size,
-                               **result_row(method, lowest, seed, result)})
+                               **result_row(method, lowest, seed, result, bc.task)})
     if budget:
-        write_csv(out / "budget.csv", budget, ["pretrain_steps", "images_seen", *COLUMNS])
-        reference = {"random (step 0)": [results[variant, "random", lowest, s][bc.metric] for s in seeds
-                                         if bc.metric in results[variant, "random", lowest, s]]
-                     } if "random" in bc.methods else {}
+        write_csv(out / "budget.csv", budget, ["pretrain_steps", "images_seen", *task_columns(bc.task)])
+        # the frozen features of the initial weights (``random``): the line pretraining has to rise above
+        initial = [m for m in bc.methods if methods[m].mode == "frozen" and methods[m].export == "exports/step_0"]
+        reference = {f"{m} (step 0)": [results[variant, m, lowest, s][bc.metric] for s in seeds
+                                       if bc.metric in results[variant, m, lowest, s]] for m in initial[:1]}
         log_x = bc.budget_spacing == "log"
         plot_lines(out / "pretrain_budget.png",
                    {m: [(n, [b[bc.metric] for b in budget if b["method"] == m and b["images_seen"] == n])

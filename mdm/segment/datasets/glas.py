@@ -55,15 +55,9 @@ def _test_group(img: Path) -> str:
     return next((g for g in ("testA", "testB") if img.stem.startswith(g)), "")
 
 
-def _entries(root: Path, split: str) -> tuple[list[Entry], bool]:
-    """Entries and whether they come from the flat layout (binary-or-instance masks)."""
-    flat = root / split / "img"
-    if flat.is_dir():
-        labels = require_dir(root / split / "labelcol")
-        return pair_masks(images_in(flat), Listing(labels), lambda img: ([img.stem + "_anno", img.stem],
-                                                                          LOSSLESS_MASK_EXTENSIONS),
-                          "mask", flat, _test_group), True
-
+def release_images(root: Path, split: str) -> tuple[Path, list[Path]]:
+    """The release folder below ``root`` and the images of ``split`` in it (``train_<n>``; ``testA_<n>`` then
+    ``testB_<n>``), numerically sorted; annotations excluded."""
     folder = _release_folder(root)
     if folder is None:
         raise DataError(f"{root}: no GlaS images found (expected the release layout train_1.bmp + "
@@ -76,7 +70,19 @@ def _entries(root: Path, split: str) -> tuple[list[Entry], bool]:
             found.append((prefixes.index(m.group(1)), int(m.group(2)), p))
     if not found:
         raise DataError(f"{folder}: no GlaS {split} images ({' / '.join(pfx + '_<n>' for pfx in prefixes)})")
-    images = [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1], t[2].name))]
+    return folder, [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1], t[2].name))]
+
+
+def _entries(root: Path, split: str) -> tuple[list[Entry], bool]:
+    """Entries and whether they come from the flat layout (binary-or-instance masks)."""
+    flat = root / split / "img"
+    if flat.is_dir():
+        labels = require_dir(root / split / "labelcol")
+        return pair_masks(images_in(flat), Listing(labels), lambda img: ([img.stem + "_anno", img.stem],
+                                                                          LOSSLESS_MASK_EXTENSIONS),
+                          "mask", flat, _test_group), True
+
+    folder, images = release_images(root, split)
     return pair_masks(images, Listing(folder), lambda img: ([img.stem + "_anno"],
                                                              [img.suffix, *LOSSLESS_MASK_EXTENSIONS]),
                       "annotation", folder, lambda img: "" if split == "train" else img.stem.split("_")[0]), False

@@ -1,0 +1,1 @@
+"""Stage 2, image level: classification heads on frozen U-Net features, and fine-tuned classifiers."""

@@ -1,0 +1,163 @@
+"""Image-level labels, read from their layouts: the registry ``CLASS_SOURCES`` (``data.source`` of the classification
+task).
+
+- ``class_folders``: ``ROOT/{train,test}/<class>/*.<image>``, one folder per class (the classes are the folders of
+  ``train/``, sorted; a test image of a class that has no training folder is refused).
+- ``glas``: the GlaS release (``train_<n>.bmp``, ``testA_<n>.bmp``, ``testB_<n>.bmp``, as the segmentation source
+  finds them) graded by its official ``Grade.csv`` (column ``grade (GlaS)``: benign / malignant; names and headers
+  are read with their spaces stripped, as the release writes them with leading spaces); the official split.
+- ``synthetic``: built-in histology (``common.synthetic``) whose label is the glands' shape: ``regular`` (round,
+  smooth) or ``irregular`` (elongated, ragged) at the same gland area, so no colour statistic gives it away;
+  training images from 4 slides, test images from 4 others, 50 each, the classes alternating.
+
+Images are ``[3, H, W]`` float32 in [-1, 1], loaded on demand (``ClassDataset.image``).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..common.errors import DataError
+from ..common.io import IMAGE_EXTENSIONS, load_image, text_named
+from ..common.registry import Registry
+from ..common.synthetic import render
+from ..segment.datasets.base import require_dir
+from ..segment.datasets.glas import release_images
+
+SPLITS = ("train", "test")
+SYNTHETIC_SHAPES = ["regular", "irregular"]
+SYNTHETIC_SLIDES, SYNTHETIC_PER_SLIDE = 4, 50
+
+
+@dataclass
+class ClassDataset:
+    """One split: ``names[i]`` (unique), ``labels[i]`` (0 .. K-1), ``class_names`` (K), ``load(i) -> [3, H, W]``,
+    ``image_files`` (``[i]``: image i's file; empty for built-in data) and ``label_files`` (the table of labels)."""
+
+    source: str
+    split: str
+    names: list[str]
+    labels: list[int]
+    class_names: list[str]
+    load: Callable[[int], torch.Tensor]
+    image_files: list[Path] = field(default_factory=list)
+    label_files: list[Path] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file the split reads (a study records their content)."""
+        return [*self.image_files, *self.label_files]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.load(i)
+
+    def subset(self, indices: list[int]) -> ClassDataset:
+        """The images ``indices`` (in that order), loaded from this dataset."""
+        return ClassDataset(self.source, self.split, [self.names[i] for i in indices],
+                            [self.labels[i] for i in indices], self.class_names, lambda k: self.load(indices[k]),
+                            [self.image_files[i] for i in indices] if self.image_files else [], self.label_files)
+
+
+def _folders(root: Path, split: str, seed: int, size: int) -> ClassDataset:
+    classes = sorted(p.name for p in require_dir(root / "train", "training folder").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root / 'train'}: no class folders (expected train/<class>/<image>)")
+    folder = require_dir(root / split, f"{split} folder")
+    names, labels, files = [], [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name not in classes:
+            raise DataError(f"{sub}: class {sub.name!r} has no training folder ({root / 'train' / sub.name})")
+        found = sorted(text_named(p) for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not found and split == "train":
+            raise DataError(f"{sub}: no images in this class folder")
+        for p in found:
+            names.append(p.relative_to(folder).with_suffix("").as_posix())
+            labels.append(classes.index(sub.name))
+            files.append(p)
+    if not names:
+        raise DataError(f"{folder}: no images in its class folders")
+    return ClassDataset("class_folders", split, names, labels, classes, lambda i: load_image(files[i]), files)
+
+
+GLAS_GRADES = ["benign", "malignant"]
+
+
+def read_glas_grades(path: Path) -> dict[str, int]:
+    """``Grade.csv`` of the GlaS release: ``{image name: 0 benign / 1 malignant}``."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read the grades ({e.__class__.__name__}: {e})") from None
+    if not rows or "name" not in rows[0] or "grade (GlaS)" not in rows[0]:
+        raise DataError(f"{path}: expected the columns 'name' and 'grade (GlaS)' of the official Grade.csv")
+    grades = {}
+    for line, row in enumerate(rows, start=2):
+        grade = row["grade (GlaS)"].lower()
+        if grade not in GLAS_GRADES:
+            raise DataError(f"{path}, line {line}: grade {row['grade (GlaS)']!r} of {row['name']!r} is not benign or "
+                            f"malignant")
+        grades[row["name"]] = GLAS_GRADES.index(grade)
+    return grades
+
+
+def _glas(root: Path, split: str, seed: int, size: int) -> ClassDataset:
+    folder, images = release_images(root, split)
+    table = next((p for p in (folder / "Grade.csv", root / "Grade.csv") if p.is_file()), None)
+    if table is None:
+        raise DataError(f"{folder}: no Grade.csv (the release's image grades) here or in {root}")
+    grades = read_glas_grades(table)
+    missing = [p.stem for p in images if p.stem not in grades]
+    if missing:
+        raise DataError(f"{table}: no grade for {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1
+                                                                  else ""))
+    return ClassDataset("glas", split, [p.stem for p in images], [grades[p.stem] for p in images], GLAS_GRADES,
+                        lambda i: load_image(images[i]), images, [table])
+
+
+def _synthetic(root: Path | None, split: str, seed: int, size: int) -> ClassDataset:
+    first = 0 if split == "train" else 100  # slides far from the segmentation source's (0 .. 7) and pool's
+    ids = [(first + s, i) for s in range(SYNTHETIC_SLIDES) for i in range(SYNTHETIC_PER_SLIDE)]
+    labels = [i % 2 for _, i in ids]
+
+    def load(k: int) -> torch.Tensor:
+        slide, index = ids[k]
+        return render(seed, slide, index, size, size, shape=SYNTHETIC_SHAPES[labels[k]])[0]
+
+    return ClassDataset("synthetic", split, [f"slide{s}_{i}" for s, i in ids], labels, list(SYNTHETIC_SHAPES), load)
+
+
+@dataclass(frozen=True)
+class ClassSource:
+    """A registered source of image labels: ``open(root, split, synthetic_seed, synthetic_size)``."""
+
+    open: Callable[..., ClassDataset]
+    needs_root: bool = True
+
+
+CLASS_SOURCES: Registry[ClassSource] = Registry("image-label sources", "data.source", "image-label source")
+CLASS_SOURCES.register("class_folders", ClassSource(_folders))
+CLASS_SOURCES.register("glas", ClassSource(_glas))
+CLASS_SOURCES.register("synthetic", ClassSource(_synthetic, needs_root=False))
+
+
+def open_class_split(source: str, root: str | None, split: str, *, synthetic_seed: int = 0,
+                     synthetic_size: int = 64) -> ClassDataset:
+    """One split (``train`` / ``test``) of the image-label source ``source`` (see the module docstring)."""
+    spec = CLASS_SOURCES[source]
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (use train or test)")
+    root_path = None
+    if spec.needs_root:
+        if not root:
+            raise DataError(f"source {source!r} needs a root folder (data.root)")
+        root_path = require_dir(Path(root).expanduser(), "dataset root folder")
+    return spec.open(root_path, split, synthetic_seed, synthetic_size)

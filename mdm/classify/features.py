@@ -1,0 +1,193 @@
+"""Frozen U-Net features of whole images for image-level heads, pooled per block and cached.
+
+Blocks are named ``e<i>`` (encoder block i: ``input_blocks[i]``), ``mid`` (the middle block) and ``d<i>`` (decoder
+block i: ``output_blocks[i]``, guided-diffusion numbering as in ``seg.blocks``); a negative index counts from the end.
+Each image is resized to ``probe.image_size`` square, corrupted by the export's objective at each timestep with a
+seeded mask or noise (``segment.features.corrupted``: the key is a function of the seed and the image name, so an
+image always gives the same features), and the U-Net runs once per timestep with hooks on the blocks. Each block's
+output is kept pooled (``gap`` ``[C]`` and ``grid`` ``[C * k * k]``), and as a token map ``[C, s, s]`` only where an
+attention head asks for it, in fp16, one entry per image (on disk under ``probe.cache_dir`` when set, else in memory
+for this object), so a sweep over blocks and timesteps extracts once and memory is bounded by one batch of U-Net
+activations plus the pooled vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..common import rng
+from ..common.config import ProbeConfig
+from ..common.devices import autocast, autocast_dtype, memory_format
+from ..common.errors import CheckpointError, ConfigError
+from ..common.io import load_tensors, save_tensors
+from ..pretrain.export import Export
+from ..pretrain.objectives import build_objective
+from ..segment.features import corrupted
+from .datasets import ClassDataset
+from .pooling import pool, token_map
+
+EXTRACT_BATCH = 16  # images per U-Net forward pass
+CACHE_FORMAT = 1
+
+
+def block_modules(model) -> dict[str, torch.nn.Module]:
+    """Every tappable block by its canonical name: ``e0 .. e<n-1>``, ``mid``, ``d0 .. d<m-1>``."""
+    blocks = {f"e{i}": b for i, b in enumerate(model.input_blocks)}
+    blocks["mid"] = model.middle_block
+    blocks.update({f"d{i}": b for i, b in enumerate(model.output_blocks)})
+    return blocks
+
+
+def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> list[str]:
+    """Canonical names of ``names`` (``d-1`` -> ``d<m-1>``), checked: an unknown or repeated block is a
+    ``ConfigError`` naming ``key``."""
+    counts = {"e": len(model.input_blocks), "d": len(model.output_blocks)}
+    out = []
+    for name in names:
+        text = str(name).strip()
+        if text == "mid":
+            out.append(text)
+            continue
+        kind, number = text[:1], text[1:]
+        if kind not in counts or not number.lstrip("-").isdigit() or not -counts[kind] <= int(number) < counts[kind]:
+            raise ConfigError(f"{key}: no block {name!r} (the U-Net has e0..e{counts['e'] - 1}, mid, "
+                              f"d0..d{counts['d'] - 1}; negatives count from the end)")
+        out.append(f"{kind}{int(number) % counts[kind]}")
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{key}: {names} names a block twice")
+    return out
+
+
+def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``[3, H, W]`` -> ``[3, size, size]`` (bilinear, antialiased when shrinking)."""
+    if image.shape[-2:] == (size, size):
+        return image
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+class ImageFeatures:
+    """Pooled block outputs of a frozen export's U-Net for the images of ``ClassDataset``s.
+
+    ``extract(dataset, tokens=[...])`` -> ``{f"t{t}_{block}_{kind}": [N, ...] fp16}`` for every timestep and block,
+    ``kind`` in ``gap`` / ``grid`` (and ``tok`` for the blocks in ``tokens``).
+    """
+
+    def __init__(self, export: Export, blocks: list[str], timesteps: list[int], probe: ProbeConfig,
+                 device: torch.device):
+        model = export.load_model()
+        self.device, self.dtype = device, autocast_dtype(probe.mixed_precision, device)
+        self.memory_format = memory_format("auto", device)
+        self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
+        self.objective = build_objective(export.config.diffusion)
+        self.blocks, self.timesteps = resolve_block_names(blocks, model), list(timesteps)
+        self.probe, self.fingerprint = probe, export.fingerprint()
+        model.check_input_size(probe.image_size, probe.image_size)
+        self.cache_dir = Path(probe.cache_dir) if probe.cache_dir else None
+        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self._outputs: dict[str, torch.Tensor] = {}
+        modules = block_modules(model)
+        for name in self.blocks:
+            modules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def fn(_module, _inputs, output):
+            self._outputs[name] = output
+        return fn
+
+    def _key(self, name: str, content: str, tokens: list[str]) -> str:
+        p = self.probe
+        text = (f"{CACHE_FORMAT}|{self.fingerprint}|{name}|{content}|{p.image_size}|{self.timesteps}|{p.seed}|"
+                f"{self.blocks}|{p.grid_size}|{tokens}|{p.tokens}|{self.dtype}")
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
+        if self.cache_dir is None:
+            return self._memory.get(key)
+        path = self.cache_dir / key[:2] / f"{key}.safetensors"
+        try:
+            return load_tensors(path) if path.is_file() else None
+        except CheckpointError:
+            return None  # a damaged entry is computed again
+
+    def _store(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        if self.cache_dir is None:
+            self._memory[key] = entry
+            return
+        path = self.cache_dir / key[:2] / f"{key}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_tensors(entry, str(tmp))
+        os.replace(tmp, path)
+
+    @torch.no_grad()
+    def _run(self, images: torch.Tensor, names: list[str], tokens: list[str]) -> list[dict[str, torch.Tensor]]:
+        """``images [B, 3, S, S]`` -> one entry per image (see the class docstring), fp16 on the CPU."""
+        out: list[dict[str, torch.Tensor]] = [{} for _ in names]
+        x0 = images.to(self.device)
+        keys = torch.tensor([rng.make_key(self.probe.seed, zlib.crc32(n.encode())) for n in names])
+        for t in self.timesteps:
+            x_t, model_t = corrupted(self.objective, x0, t, keys)
+            self._outputs.clear()
+            with autocast(self.dtype, self.device):
+                self.model(x_t.contiguous(memory_format=self.memory_format), model_t)
+            for b in self.blocks:
+                o = self._outputs[b].float()
+                parts = {"gap": pool(o, "gap"), "grid": pool(o, "grid", self.probe.grid_size)}
+                if b in tokens:
+                    parts["tok"] = token_map(o, self.probe.tokens)
+                for kind, value in parts.items():
+                    value = value.to(torch.float16).cpu()
+                    for j in range(len(names)):
+                        out[j][f"t{t}_{b}_{kind}"] = value[j].clone()
+        return out
+
+    def extract(self, dataset: ClassDataset, tokens: list[str] = (), progress: bool = False
+                ) -> dict[str, torch.Tensor]:
+        """Every image's pooled features, stacked in dataset order: ``{f"t{t}_{block}_{kind}": [N, ...] fp16}``."""
+        tokens = resolve_block_names(list(tokens), self.model, "probe.blocks") if tokens else []
+        entries: list[dict[str, torch.Tensor] | None] = [None] * len(dataset)
+        todo: list[tuple[int, str, torch.Tensor]] = []
+        bar = tqdm(total=len(dataset), desc=f"features ({dataset.split})", disable=None if progress else True,
+                   leave=False)
+
+        def flush():
+            batch = torch.stack([img for _, _, img in todo])
+            for (i, key, _), entry in zip(todo, self._run(batch, [dataset.names[i] for i, _, _ in todo], tokens)):
+                entries[i] = entry
+                self._store(key, entry)
+            bar.update(len(todo))
+            todo.clear()
+
+        for i in range(len(dataset)):
+            image = resize(dataset.image(i), self.probe.image_size)
+            content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
+            key = self._key(dataset.names[i], content, tokens)
+            entries[i] = self._lookup(key)
+            if entries[i] is None:
+                todo.append((i, key, image))
+                if len(todo) == EXTRACT_BATCH:
+                    flush()
+            else:
+                bar.update(1)
+        if todo:
+            flush()
+        bar.close()
+        return {k: torch.stack([e[k] for e in entries]) for k in entries[0]} if entries else {}
+
+
+def features_of(table: dict[str, torch.Tensor], parts: list[tuple[int, str]], kind: str) -> torch.Tensor:
+    """The ``kind`` features (``gap`` / ``grid`` / ``tok``) of ``parts`` ``[(timestep, block), ...]`` as float32:
+    vectors concatenated ``[N, D]``; token maps (one part only) ``[N, C, s, s]``."""
+    if kind == "tok":
+        if len(parts) != 1:
+            raise ConfigError(f"probe.head: attention pools the tokens of one block at one timestep, got {parts}")
+        t, b = parts[0]
+        return table[f"t{t}_{b}_tok"].float()
+    return torch.cat([table[f"t{t}_{b}_{kind}"].float() for t, b in parts], dim=1)

@@ -1,0 +1,151 @@
+"""Image-level heads on frozen features, registered in ``HEADS`` (``probe.head``).
+
+- ``linear``: features standardised with the training images' per-dimension mean and std, then one linear layer.
+- ``knn``: cosine similarity of standardised features to the training images; a class's probability is its share of
+  the ``probe.knn_k`` nearest. No training: the cheapest check of a representation.
+- ``attention``: ``pooling.AttentionPool`` over a block's token map.
+
+Trained heads use Adam (``probe.lr``, ``probe.weight_decay``) on batches of ``probe.batch_size`` images in a seeded
+order, for at most ``probe.max_epochs`` epochs, keeping the state of the best validation cross-entropy
+(``segment.early_stopping``; the training loss where no image validates). Inputs: ``x [N, D]`` (``linear``, ``knn``)
+or ``[N, C, s, s]`` (``attention``), labels ``y [N]`` int64 in 0 .. K-1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..common.config import ProbeConfig
+from ..common.registry import Registry
+from ..common.rng import seeded_init
+from ..segment.early_stopping import EarlyStopping
+from .pooling import AttentionPool
+
+
+class LinearHead(nn.Module):
+    """``x [N, D]`` -> logits ``[N, K]`` after standardising with the ``mean`` / ``std`` buffers."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.linear = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x.float() - self.mean) / self.std)
+
+
+def _standardisation(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.float().mean(dims), x.float().std(dims, unbiased=False).clamp_min(1e-6)
+
+
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Mean cross-entropy of ``model`` on ``(x, y)`` (``inf`` when empty)."""
+    if len(y) == 0:
+        return math.inf
+    with torch.no_grad():
+        total = 0.0
+        for i in range(0, len(y), batch):
+            logits = model(x[i:i + batch])
+            total += F.cross_entropy(logits, y[i:i + batch].to(logits.device), reduction="sum").item()
+        return total / len(y)
+
+
+def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, lr: float,
+               weight_decay: float, epochs: int, patience: int, batch: int, seed: int,
+               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> dict:
+    """Train ``model`` (logits from ``model(x[batch])``) with Adam and early stopping on the validation loss (the
+    training loss when ``yv`` is empty); the best state is loaded back. Returns ``{"best_epoch", "best_val_loss",
+    "epochs"}``. ``augment(x_batch, generator)``: an augmentation of each training batch."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    stop = EarlyStopping.of_module(model, patience)
+    g = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=g)
+        total = 0.0
+        for i in range(0, len(y), batch):
+            idx = order[i:i + batch]
+            xb = x[idx] if augment is None else augment(x[idx], g)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, y[idx].to(logits.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        watched = mean_loss(model, xv, yv) if len(yv) else total / len(y)
+        if stop.update(epoch, watched):
+            break
+    model.eval()
+    return stop.restore()
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """``fit(x, y, xv, yv, num_classes, probe, seed) -> (predict_proba, history)``; ``tokens``: it reads token maps
+    ``[N, C, s, s]`` instead of pooled vectors."""
+
+    fit: Callable[..., tuple[Callable[[torch.Tensor], torch.Tensor], dict]]
+    tokens: bool = False
+
+
+def _fit_linear(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
+    with seeded_init(seed):
+        head = LinearHead(x.shape[1], num_classes)
+    head.mean, head.std = _standardisation(x, (0,))
+    history = fit_module(head, x.float(), y, xv.float(), yv, probe.lr, probe.weight_decay, probe.max_epochs,
+                         probe.patience, probe.batch_size, seed)
+    return probabilities(head), history
+
+
+def _fit_attention(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
+    with seeded_init(seed):
+        head = AttentionPool(x.shape[1], num_classes)
+    head.mean, head.std = _standardisation(x, (0, 2, 3))
+    history = fit_module(head, x.float(), y, xv.float(), yv, probe.lr / 10, probe.weight_decay, probe.max_epochs,
+                         probe.patience, probe.batch_size, seed)
+    return probabilities(head), history
+
+
+def probabilities(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``predict_proba(x) -> [N, K]`` (on the CPU) of a module of logits, in batches of 256."""
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model(x[i:i + 256].float()).softmax(1).cpu() for i in range(0, len(x), 256)])
+    return predict
+
+
+def _fit_knn(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
+    mean, std = _standardisation(x, (0,))
+    bank = F.normalize((x.float() - mean) / std, dim=1)
+    k = min(probe.knn_k, len(y))
+
+    def predict(q: torch.Tensor) -> torch.Tensor:
+        sim = F.normalize((q.float() - mean) / std, dim=1) @ bank.T
+        nearest = sim.topk(k, dim=1).indices  # ties: the lower index, so the same features give the same answer
+        return F.one_hot(y[nearest], num_classes).float().mean(1)
+
+    return predict, {"k": k}
+
+
+HEADS: Registry[HeadSpec] = Registry("probe heads", "probe.head", "head")
+HEADS.register("linear", HeadSpec(_fit_linear))
+HEADS.register("knn", HeadSpec(_fit_knn))
+HEADS.register("attention", HeadSpec(_fit_attention, tokens=True))
+
+
+def fit_head(name: str, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, num_classes: int,
+             probe: ProbeConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[dict]]:
+    """``probe.ensemble`` heads ``name`` (seeds ``probe.seed`` ...; one for ``knn``, which has no seed); returns the
+    averaged ``predict_proba(x) -> [N, K]`` and each member's history."""
+    spec = HEADS[name]
+    members = [spec.fit(x, y, xv, yv, num_classes, probe, probe.seed + i)
+               for i in range(1 if name == "knn" else probe.ensemble)]
+    return (lambda q: torch.stack([m(q) for m, _ in members]).mean(0)), [h for _, h in members]

@@ -1,0 +1,37 @@
+"""Image-level metrics: accuracy, balanced accuracy (the mean recall over the classes present in the ground truth)
+and ROC AUC (binary: of the positive class's probability; more classes: the mean of one-vs-rest AUCs over the
+classes that have both positive and negative images). AUC is the Mann-Whitney statistic, ties counted half, as
+scikit-learn's ``roc_auc_score`` computes it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The probability that a positive scores above a negative (ties: one half); NaN without both."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based, tied scores share their mean rank
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
+    """``labels [N]`` in 0 .. K-1, ``probs [N, K]`` -> ``{"accuracy", "balanced_accuracy", "roc_auc",
+    "per_class_recall": {class: recall}}`` (the prediction is the most probable class, the lower on a tie)."""
+    y, probs = np.asarray(labels), np.asarray(probs, dtype=float)
+    pred = probs.argmax(1)
+    recalls = {int(c): float((pred[y == c] == c).mean()) for c in np.unique(y)}
+    if probs.shape[1] == 2:
+        auc = binary_auc(probs[:, 1], y == 1)
+    else:
+        aucs = [binary_auc(probs[:, c], y == c) for c in range(probs.shape[1])]
+        aucs = [a for a in aucs if not math.isnan(a)]
+        auc = float(np.mean(aucs)) if aucs else math.nan
+    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.mean(list(recalls.values()))),
+            "roc_auc": auc, "per_class_recall": recalls}

@@ -1,0 +1,135 @@
+"""One classification run: train on the labeled subset, evaluate on the test split, save everything.
+
+``run_classification(probe, data, export, out)`` reads the image-label source of ``data`` (``datasets``), draws the
+labeled subset (``data.label_fraction``, ``data.seed``) and its validation images (``data.val_fraction``), then, by
+``probe.mode``: ``frozen``: features of the export's frozen U-Net (``features``), the block x timestep sweep when
+``probe.blocks`` / ``probe.timesteps`` is ``auto`` (``select``), and ``probe.head`` (``heads``); ``finetune``: a whole
+network (``finetune``). Every input is read before anything is written; the run folder is built under a temporary
+name and renamed into place (``metrics.json``, written last, marks a finished run). Run folder::
+
+    config.yaml            the resolved config: the export's model and diffusion, this run's data and probe
+    label_subset.json      the labeled training images and the validation ones
+    metrics.json           accuracy, balanced_accuracy, roc_auc, per-class recall, the selection, the history
+    predictions.csv        one row per test image: its label, the prediction and each class's probability
+    block_selection.json / .png   (auto) the sweep's validation losses and accuracies, and the choice
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..common.config import Config, DataConfig, ProbeConfig
+from ..common.config_io import dump
+from ..common.errors import ConfigError
+from ..common.io import atomic_dir
+from ..pretrain.export import Export
+from ..segment.run import check_replaceable, save_selection
+from .datasets import ClassDataset, open_class_split
+from .features import ImageFeatures, features_of, resize
+from .finetune import CLASS_NETWORKS, train_classifier
+from .heads import HEADS, fit_head
+from .metrics import classification_metrics
+from .select import candidates, select_part
+from .splits import class_subset, validation_images
+
+_SELECTIONS: dict[str, dict] = {}  # sweep results by export, labeled subset and probe settings (see ``_frozen``)
+RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "predictions.csv", "block_selection.json",
+             "block_selection.png"}
+
+
+def _frozen(probe: ProbeConfig, export: Export, labeled: ClassDataset, test: ClassDataset, fit: list[int],
+            val: list[int], device: torch.device, progress: bool) -> tuple[torch.Tensor, dict]:
+    """Test-set probabilities ``[M, K]`` of ``probe.head`` on frozen features, and what it decided."""
+    y, k = torch.tensor(labeled.labels), len(labeled.class_names)
+    spec = HEADS[probe.head]
+    selection = None
+    if "auto" in (probe.blocks, probe.timesteps):
+        # heads of one export, labeled subset and seed share their sweep (it probes with linear heads whatever the
+        # head): remembered for the process, so a study's linear, attention and kNN runs probe once
+        key = repr((export.fingerprint(), labeled.names, val, replace(probe, head="linear", ensemble=1, network="",
+                                                                      out_dir="", cache_dir="", device="")))
+        if key not in _SELECTIONS:
+            sweep = ImageFeatures(export, *candidates(probe, export.load_model()), probe, device)
+            table = sweep.extract(labeled, progress=progress)
+            _SELECTIONS[key] = select_part(table, sweep.blocks, sweep.timesteps, y, fit, val, k, probe)
+        selection = _SELECTIONS[key]
+        blocks, timesteps = selection["blocks"], [selection["timestep"]]
+    else:
+        blocks, timesteps = list(probe.blocks), list(probe.timesteps)
+    final = ImageFeatures(export, blocks, timesteps, probe, device)
+    parts = [(t, b) for t in final.timesteps for b in final.blocks]
+    tokens = final.blocks if spec.tokens else []
+    kind = "tok" if spec.tokens else probe.pooling
+    x = features_of(final.extract(labeled, tokens, progress), parts, kind)
+    x_test = features_of(final.extract(test, tokens, progress), parts, kind)
+    predict, members = fit_head(probe.head, x[fit], y[fit], x[val], y[val], k, probe)
+    decided = {"members": members, "parts": [[t, b] for t, b in parts], "feature_shape": list(x.shape[1:])}
+    if selection is not None:
+        decided["selection"] = selection
+    return predict(x_test), decided
+
+
+def _finetune(probe: ProbeConfig, export: Export | None, labeled: ClassDataset, test: ClassDataset, fit: list[int],
+              val: list[int], device: torch.device, progress: bool) -> tuple[torch.Tensor, dict]:
+    size = probe.image_size
+    x = torch.stack([resize(labeled.image(i), size) for i in range(len(labeled))])
+    y = torch.tensor(labeled.labels)
+    predict, history = train_classifier(x[fit], y[fit], x[val], y[val], len(labeled.class_names), probe, export,
+                                        device)
+    x_test = torch.stack([resize(test.image(i), size) for i in range(len(test))])
+    return predict(x_test), {"members": [history]}
+
+
+def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | None, out: str | Path, *,
+                       device: torch.device, progress: bool = True) -> dict:
+    """Train, evaluate and save one classification run into ``out``; returns the metrics (also in
+    ``metrics.json``). ``export``: the pretraining export (frozen features, or the ``unet-encoder`` to fine-tune);
+    ``None`` only for a network that needs none (``probe.network: resnet18``)."""
+    if export is None and (probe.mode == "frozen" or CLASS_NETWORKS[probe.network].needs_export):
+        raise ConfigError(f"--checkpoint is required (a pretraining export folder) for probe.mode={probe.mode}"
+                          + (f" with probe.network={probe.network}" if probe.mode == "finetune" else ""))
+    started = time.perf_counter()
+    out = Path(out)
+    probe = replace(probe, out_dir=str(out))
+    check_replaceable(out, RUN_FILES, "a classification run")
+    root = data.root[0] if data.root else None
+    kw = dict(synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
+    train, test = open_class_split(data.source, root, "train", **kw), open_class_split(data.source, root, "test", **kw)
+    chosen = class_subset(train.labels, data.label_fraction, data.seed)
+    labeled = train.subset(chosen)
+    val = validation_images(labeled.labels, data.val_fraction, data.seed)
+    fit = [i for i in range(len(labeled)) if i not in set(val)]
+    path = _frozen if probe.mode == "frozen" else _finetune
+    probs, decided = path(probe, export, labeled, test, fit, val, device, progress)
+    result = classification_metrics(test.labels, probs.numpy())
+    result.update(labeled_images=len(labeled), validation_images=len(val), test_images=len(test),
+                  class_names=train.class_names, **decided)
+    cfg = replace(export.config if export is not None else Config(), data=data, probe=probe)
+    with atomic_dir(out) as tmp:  # the whole run becomes visible at once; a killed run leaves the old one as it was
+        dump(cfg, tmp / "config.yaml")
+        (tmp / "label_subset.json").write_text(json.dumps(
+            {"label_fraction": data.label_fraction, "seed": data.seed, "indices": chosen, "names": labeled.names,
+             "validation": [labeled.names[i] for i in val]}, indent=1))
+        if "selection" in decided:
+            save_selection(tmp, decided["selection"])
+        (tmp / "predictions.csv").write_text(_predictions(test, probs))
+        result["seconds"] = time.perf_counter() - started
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
+    return result
+
+
+def _predictions(test: ClassDataset, probs: torch.Tensor) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["image", "label", "prediction", *(f"p_{c}" for c in test.class_names)])
+    for name, label, p in zip(test.names, test.labels, probs.tolist()):
+        writer.writerow([name, test.class_names[label], test.class_names[max(range(len(p)), key=p.__getitem__)],
+                         *(f"{v:.4f}" for v in p)])
+    return text.getvalue()

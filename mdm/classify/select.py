@@ -1,0 +1,50 @@
+"""The block x timestep sweep (``probe.blocks: auto``): which layer and noise level carry the most class information.
+
+Every candidate ``(timestep, block)`` gets a linear probe alone (``heads.linear`` on ``probe.pooling`` features of
+that block at that timestep), trained on the labeled training images and scored by its best cross-entropy on the
+validation images (the training loss where none validates), the same rule for every method; the best pair is kept.
+The validation accuracy of each probe is recorded beside it. Only labeled training images are read: no test image can
+reach the choice. Candidates: ``probe.sweep_blocks`` (default: the middle block and every decoder block) x
+``probe.sweep_timesteps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..common.config import ProbeConfig
+from .features import features_of
+from .heads import fit_head
+
+
+def candidates(probe: ProbeConfig, model) -> tuple[list[str], list[int]]:
+    """The blocks and timesteps the sweep probes (the configured ones where only the other is ``auto``)."""
+    if probe.blocks != "auto":
+        blocks = list(probe.blocks)
+    else:
+        blocks = list(probe.sweep_blocks) or ["mid", *(f"d{i}" for i in range(len(model.output_blocks)))]
+    timesteps = list(probe.sweep_timesteps) if probe.timesteps == "auto" else list(probe.timesteps)
+    return blocks, timesteps
+
+
+def select_part(table: dict[str, torch.Tensor], blocks: list[str], timesteps: list[int], y: torch.Tensor,
+                fit: list[int], val: list[int], num_classes: int, probe: ProbeConfig) -> dict:
+    """Probe every ``(timestep, block)`` of ``table`` (``ImageFeatures.extract`` of the labeled images, labels ``y``;
+    ``fit`` / ``val``: positions that train / validate); returns ``{"timestep", "blocks": [block], "scores":
+    {timestep: {block: loss}}, "accuracy": {timestep: {block: validation accuracy}}, "metric"}``."""
+    linear = replace(probe, head="linear", ensemble=1)
+    scores: dict[int, dict[str, float]] = {}
+    accuracy: dict[int, dict[str, float]] = {}
+    for t in timesteps:
+        for b in blocks:
+            x = features_of(table, [(t, b)], probe.pooling)
+            predict, history = fit_head("linear", x[fit], y[fit], x[val], y[val], num_classes, linear)
+            scores.setdefault(t, {})[b] = history[0]["best_val_loss"]
+            if val:
+                accuracy.setdefault(t, {})[b] = float((predict(x[val]).argmax(1) == y[val]).float().mean())
+    best_t, best_b = min(((t, b) for t in timesteps for b in blocks), key=lambda p: scores[p[0]][p[1]])
+    watched = "validation" if val else "training"
+    return {"timestep": best_t, "blocks": [best_b], "scores": scores, "accuracy": accuracy,
+            "metric": f"best {watched} cross-entropy of a one-block linear probe (lower is better)"}
