@@ -29,7 +29,7 @@ import torch
 from .common.config import Config
 from .common.config_io import load
 from .common.devices import resolve_device
-from .common.errors import DataError, MdmError
+from .common.errors import ConfigError, DataError, MdmError
 from .common.io import list_images, load_image
 
 EXPECTED = (MdmError, OSError)
@@ -146,8 +146,20 @@ def train_main(argv: list[str] | None = None) -> int:
 SUMMARY_KEYS = ["dice", "iou", "miou", "member_dice_mean", "member_dice_std", "object_f1", "object_dice", "aji"]
 
 
-def _segment(argv: list[str]) -> int:
+def _stage_two(args, section: str) -> tuple[Config, Path, torch.device, object]:
+    """What a stage-2 command (config section ``section``: ``seg`` or ``probe``) starts from: the config, the run
+    folder (``--out`` or ``<section>.out_dir``), the device and the export of ``--checkpoint`` (``None`` without)."""
     from .pretrain.export import open_export
+
+    cfg = _load(args)
+    sc = getattr(cfg, section)
+    out = check_out(args.out or sc.out_dir, "--out" if args.out else f"{section}.out_dir")
+    device = resolve_device(args.device or sc.device)
+    print(f"device: {device}")
+    return cfg, out, device, open_export(args.checkpoint, sc.weights) if args.checkpoint else None
+
+
+def _segment(argv: list[str]) -> int:
     from .segment.run import run_segmentation
 
     p = _parser("finetune_seg.py", "The segmentation stage: train on the labeled images of a dataset, evaluate on its "
@@ -157,12 +169,7 @@ def _segment(argv: list[str]) -> int:
                 "configs/seg_glas.yaml", "run folder (default: seg.out_dir)")
     p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
                    "seg.mode=finetune with seg.arch=smp)")
-    args = p.parse_args(argv)
-    cfg = _load(args)
-    out = check_out(args.out or cfg.seg.out_dir, "--out" if args.out else "seg.out_dir")
-    device = resolve_device(args.device or cfg.seg.device)
-    print(f"device: {device}")
-    export = open_export(args.checkpoint, cfg.seg.weights) if args.checkpoint else None
+    cfg, out, device, export = _stage_two(p.parse_args(argv), "seg")
     result = run_segmentation(cfg.seg, cfg.data, export, out, device=device)
     print(json.dumps({k: round(result[k], 4) for k in SUMMARY_KEYS if k in result}))
     print(f"results in {out}")
@@ -230,7 +237,6 @@ def seg_main(argv: list[str] | None = None) -> int:
 
 def _probe(argv: list[str]) -> int:
     from .classify.run import run_classification
-    from .pretrain.export import open_export
 
     p = _parser("python -m mdm.probe", "Image classification with few labels: by default (probe.mode=frozen) a head "
                 "(probe.head: linear, knn or attention) on pooled features of frozen U-Net blocks, the block and "
@@ -238,12 +244,7 @@ def _probe(argv: list[str]) -> int:
                 "configs/probe_synthetic.yaml", "run folder (default: probe.out_dir)")
     p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
                    "probe.mode=finetune with probe.network=resnet18)")
-    args = p.parse_args(argv)
-    cfg = _load(args)
-    out = check_out(args.out or cfg.probe.out_dir, "--out" if args.out else "probe.out_dir")
-    device = resolve_device(args.device or cfg.probe.device)
-    print(f"device: {device}")
-    export = open_export(args.checkpoint, cfg.probe.weights) if args.checkpoint else None
+    cfg, out, device, export = _stage_two(p.parse_args(argv), "probe")
     result = run_classification(cfg.probe, cfg.data, export, out, device=device)
     if "selection" in result:
         chosen = result["selection"]
@@ -260,17 +261,21 @@ def probe_main(argv: list[str] | None = None) -> int:
 # ---- the study -----------------------------------------------------------------------------------------------------
 
 
-def _study(args) -> tuple[Config, Path, torch.device, dict]:
-    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` and print its table; returns the config,
-    the study folder, the segmentation device and ``run_benchmark``'s result."""
+def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, dict]:
+    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task`` ``task`` when given)
+    and print its table; returns the config, the study folder, the stage-2 device and ``run_benchmark``'s result."""
     from .study.sweep import run_benchmark
 
     cfg = _load(args)
+    if task and cfg.bench.task != task:
+        raise ConfigError(f"bench.task: this command runs a {task} study, the config asks for {cfg.bench.task} (use "
+                          f"python -m mdm.benchmark)")
     if args.out:
         cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
     out = check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir")
-    train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, cfg.seg.device))
-    print(f"devices: pretraining {train_device}, segmentation {seg_device}")
+    stage_two = cfg.probe.device if cfg.bench.task == "classification" else cfg.seg.device
+    train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, stage_two))
+    print(f"devices: pretraining {train_device}, {cfg.bench.task} {seg_device}")
     result = run_benchmark(cfg, train_device, seg_device)
     print(f"\n{cfg.bench.metric}, mean ± std over seeds {cfg.bench.seeds}:\n{result['table']}")
     return cfg, out, seg_device, result
@@ -294,7 +299,7 @@ def _demo(argv: list[str]) -> int:
     p = _parser("python -m mdm.demo", "The whole story on built-in synthetic histology: the study of the config, then "
                 "its first method's segmenter (lowest label fraction, first seed) on three new images; prints the "
                 "time of each phase.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
-    cfg, out, seg_device, result = _study(p.parse_args(argv))
+    cfg, out, seg_device, result = _study(p.parse_args(argv), "segmentation")
     bc = cfg.bench
     print()
     started = time.perf_counter()

@@ -26,6 +26,7 @@ SECTIONS = {
     "data": "images: the pretraining pool, or the labeled dataset of stage 2",
     "train": "the pretraining loop",
     "seg": "the segmentation stage",
+    "probe": "the image classification stage (`python -m mdm.probe`, `bench.task: classification`)",
     "bench": "the label-efficiency study",
 }
 

@@ -1,13 +1,13 @@
-"""The package's shape: imports point down the stages (common <- nn <- pretrain <- segment <- study <- entry points),
-no import circle (imports inside functions count), no module over 400 lines, and no device chosen outside
-``mdm/common/devices.py`` (the device is resolved once at the entry point and passed down)."""
+"""The package's shape: imports point down the stages (common <- nn <- pretrain <- segment <- classify <- study <-
+entry points), no import circle (imports inside functions count), no module over 400 lines, and no device chosen
+outside ``mdm/common/devices.py`` (the device is resolved once at the entry point and passed down)."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mdm"
-LAYERS = {"common": 0, "nn": 1, "pretrain": 2, "segment": 3, "study": 4}
-ENTRY_LAYER = 5  # mdm.cli and the ``python -m`` shims
+LAYERS = {"common": 0, "nn": 1, "pretrain": 2, "segment": 3, "classify": 4, "study": 5}
+ENTRY_LAYER = 6  # mdm.cli and the ``python -m`` shims
 
 
 def module_name(path: Path) -> str:

@@ -14,9 +14,7 @@ activations plus the pooled vectors.
 from __future__ import annotations
 
 import hashlib
-import os
 import zlib
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +23,8 @@ from tqdm.auto import tqdm
 from ..common import rng
 from ..common.config import ProbeConfig
 from ..common.devices import autocast, autocast_dtype, memory_format
-from ..common.errors import CheckpointError, ConfigError
-from ..common.io import load_tensors, save_tensors
+from ..common.errors import ConfigError
+from ..common.tensor_cache import TensorCache
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
 from ..segment.features import corrupted
@@ -89,8 +87,7 @@ class ImageFeatures:
         self.blocks, self.timesteps = resolve_block_names(blocks, model), list(timesteps)
         self.probe, self.fingerprint = probe, export.fingerprint()
         model.check_input_size(probe.image_size, probe.image_size)
-        self.cache_dir = Path(probe.cache_dir) if probe.cache_dir else None
-        self._memory: dict[str, dict[str, torch.Tensor]] = {}
+        self.cache = TensorCache(probe.cache_dir or None)
         self._outputs: dict[str, torch.Tensor] = {}
         modules = block_modules(model)
         for name in self.blocks:
@@ -106,25 +103,6 @@ class ImageFeatures:
         text = (f"{CACHE_FORMAT}|{self.fingerprint}|{name}|{content}|{p.image_size}|{self.timesteps}|{p.seed}|"
                 f"{self.blocks}|{p.grid_size}|{tokens}|{p.tokens}|{self.dtype}")
         return hashlib.sha1(text.encode()).hexdigest()
-
-    def _lookup(self, key: str) -> dict[str, torch.Tensor] | None:
-        if self.cache_dir is None:
-            return self._memory.get(key)
-        path = self.cache_dir / key[:2] / f"{key}.safetensors"
-        try:
-            return load_tensors(path) if path.is_file() else None
-        except CheckpointError:
-            return None  # a damaged entry is computed again
-
-    def _store(self, key: str, entry: dict[str, torch.Tensor]) -> None:
-        if self.cache_dir is None:
-            self._memory[key] = entry
-            return
-        path = self.cache_dir / key[:2] / f"{key}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_tensors(entry, str(tmp))
-        os.replace(tmp, path)
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor, names: list[str], tokens: list[str]) -> list[dict[str, torch.Tensor]]:
@@ -161,7 +139,7 @@ class ImageFeatures:
             batch = torch.stack([img for _, _, img in todo])
             for (i, key, _), entry in zip(todo, self._run(batch, [dataset.names[i] for i, _, _ in todo], tokens)):
                 entries[i] = entry
-                self._store(key, entry)
+                self.cache.put(key, entry)
             bar.update(len(todo))
             todo.clear()
 
@@ -169,7 +147,7 @@ class ImageFeatures:
             image = resize(dataset.image(i), self.probe.image_size)
             content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
             key = self._key(dataset.names[i], content, tokens)
-            entries[i] = self._lookup(key)
+            entries[i] = self.cache.get(key)
             if entries[i] is None:
                 todo.append((i, key, image))
                 if len(todo) == EXTRACT_BATCH:

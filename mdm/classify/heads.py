@@ -42,7 +42,10 @@ class LinearHead(nn.Module):
 
 
 def _standardisation(x: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    return x.float().mean(dims), x.float().std(dims, unbiased=False).clamp_min(1e-6)
+    """Mean and std over ``dims``; a dimension without spread in the training features keeps scale 1 (dividing by a
+    tiny std would blow up whatever the test images put there)."""
+    std = x.float().std(dims, unbiased=False)
+    return x.float().mean(dims), torch.where(std < 1e-6, torch.ones_like(std), std)
 
 
 def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
@@ -69,9 +72,11 @@ def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(y), generator=g)
+        chunks = list(order.split(batch))
+        if len(chunks) > 1 and len(chunks[-1]) == 1:  # a batch of one image would break BatchNorm's statistics
+            chunks[-2:] = [torch.cat(chunks[-2:])]
         total = 0.0
-        for i in range(0, len(y), batch):
-            idx = order[i:i + batch]
+        for idx in chunks:
             xb = x[idx] if augment is None else augment(x[idx], g)
             logits = model(xb)
             loss = F.cross_entropy(logits, y[idx].to(logits.device))
@@ -129,7 +134,7 @@ def _fit_knn(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
 
     def predict(q: torch.Tensor) -> torch.Tensor:
         sim = F.normalize((q.float() - mean) / std, dim=1) @ bank.T
-        nearest = sim.topk(k, dim=1).indices  # ties: the lower index, so the same features give the same answer
+        nearest = sim.topk(k, dim=1).indices
         return F.one_hot(y[nearest], num_classes).float().mean(1)
 
     return predict, {"k": k}

@@ -44,30 +44,34 @@ RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "predictions.cs
              "block_selection.png"}
 
 
-def _frozen(probe: ProbeConfig, export: Export, labeled: ClassDataset, test: ClassDataset, fit: list[int],
-            val: list[int], device: torch.device, progress: bool) -> tuple[torch.Tensor, dict]:
+def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: ClassDataset, test: ClassDataset,
+            fit: list[int], val: list[int], device: torch.device, progress: bool) -> tuple[torch.Tensor, dict]:
     """Test-set probabilities ``[M, K]`` of ``probe.head`` on frozen features, and what it decided."""
     y, k = torch.tensor(labeled.labels), len(labeled.class_names)
     spec = HEADS[probe.head]
-    selection = None
-    if "auto" in (probe.blocks, probe.timesteps):
+    kind = "tok" if spec.tokens else probe.pooling
+    selection = x = None
+    if probe.blocks == "auto":
         # heads of one export, labeled subset and seed share their sweep (it probes with linear heads whatever the
-        # head): remembered for the process, so a study's linear, attention and kNN runs probe once
-        key = repr((export.fingerprint(), labeled.names, val, replace(probe, head="linear", ensemble=1, network="",
-                                                                      out_dir="", cache_dir="", device="")))
+        # head): remembered for the process with the labeled images' features, so a study's linear, attention and
+        # kNN runs probe once, and a pooled head reads its features from the sweep's table
+        key = repr((export.fingerprint(), data, labeled.names, labeled.labels, val,
+                    replace(probe, head="linear", ensemble=1, network="", out_dir="", cache_dir="", device="")))
         if key not in _SELECTIONS:
-            sweep = ImageFeatures(export, *candidates(probe, export.load_model()), probe, device)
-            table = sweep.extract(labeled, progress=progress)
-            _SELECTIONS[key] = select_part(table, sweep.blocks, sweep.timesteps, y, fit, val, k, probe)
-        selection = _SELECTIONS[key]
+            blocks, timesteps = candidates(probe, export.config.model)
+            table = ImageFeatures(export, blocks, timesteps, probe, device).extract(labeled, progress=progress)
+            _SELECTIONS[key] = select_part(table, blocks, timesteps, y, fit, val, k, probe), table
+        selection, table = _SELECTIONS[key]
         blocks, timesteps = selection["blocks"], [selection["timestep"]]
+        if not spec.tokens:
+            x = features_of(table, [(selection["timestep"], selection["blocks"][0])], kind)
     else:
         blocks, timesteps = list(probe.blocks), list(probe.timesteps)
     final = ImageFeatures(export, blocks, timesteps, probe, device)
     parts = [(t, b) for t in final.timesteps for b in final.blocks]
     tokens = final.blocks if spec.tokens else []
-    kind = "tok" if spec.tokens else probe.pooling
-    x = features_of(final.extract(labeled, tokens, progress), parts, kind)
+    if x is None:
+        x = features_of(final.extract(labeled, tokens, progress), parts, kind)
     x_test = features_of(final.extract(test, tokens, progress), parts, kind)
     predict, members = fit_head(probe.head, x[fit], y[fit], x[val], y[val], k, probe)
     decided = {"members": members, "parts": [[t, b] for t, b in parts], "feature_shape": list(x.shape[1:])}
@@ -76,8 +80,8 @@ def _frozen(probe: ProbeConfig, export: Export, labeled: ClassDataset, test: Cla
     return predict(x_test), decided
 
 
-def _finetune(probe: ProbeConfig, export: Export | None, labeled: ClassDataset, test: ClassDataset, fit: list[int],
-              val: list[int], device: torch.device, progress: bool) -> tuple[torch.Tensor, dict]:
+def _finetune(probe: ProbeConfig, data: DataConfig, export: Export | None, labeled: ClassDataset, test: ClassDataset,
+              fit: list[int], val: list[int], device: torch.device, progress: bool) -> tuple[torch.Tensor, dict]:
     size = probe.image_size
     x = torch.stack([resize(labeled.image(i), size) for i in range(len(labeled))])
     y = torch.tensor(labeled.labels)
@@ -107,7 +111,7 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
     val = validation_images(labeled.labels, data.val_fraction, data.seed)
     fit = [i for i in range(len(labeled)) if i not in set(val)]
     path = _frozen if probe.mode == "frozen" else _finetune
-    probs, decided = path(probe, export, labeled, test, fit, val, device, progress)
+    probs, decided = path(probe, data, export, labeled, test, fit, val, device, progress)
     result = classification_metrics(test.labels, probs.numpy())
     result.update(labeled_images=len(labeled), validation_images=len(val), test_images=len(test),
                   class_names=train.class_names, **decided)

@@ -5,7 +5,7 @@ that block at that timestep), trained on the labeled training images and scored 
 validation images (the training loss where none validates), the same rule for every method; the best pair is kept.
 The validation accuracy of each probe is recorded beside it. Only labeled training images are read: no test image can
 reach the choice. Candidates: ``probe.sweep_blocks`` (default: the middle block and every decoder block) x
-``probe.sweep_timesteps``.
+``probe.sweep_timesteps``; ``probe.blocks`` and ``probe.timesteps`` are ``auto`` together.
 """
 
 from __future__ import annotations
@@ -14,19 +14,19 @@ from dataclasses import replace
 
 import torch
 
-from ..common.config import ProbeConfig
-from .features import features_of
+from ..common.config import ModelConfig, ProbeConfig
+from ..nn.unet import build_unet, num_decoder_blocks
+from .features import features_of, resolve_block_names
 from .heads import fit_head
 
 
-def candidates(probe: ProbeConfig, model) -> tuple[list[str], list[int]]:
-    """The blocks and timesteps the sweep probes (the configured ones where only the other is ``auto``)."""
-    if probe.blocks != "auto":
-        blocks = list(probe.blocks)
-    else:
-        blocks = list(probe.sweep_blocks) or ["mid", *(f"d{i}" for i in range(len(model.output_blocks)))]
-    timesteps = list(probe.sweep_timesteps) if probe.timesteps == "auto" else list(probe.timesteps)
-    return blocks, timesteps
+def candidates(probe: ProbeConfig, model: ModelConfig) -> tuple[list[str], list[int]]:
+    """The blocks (canonical names) and timesteps the sweep probes for a U-Net of ``model``."""
+    count = num_decoder_blocks(model.channel_mult, model.num_res_blocks)
+    names = list(probe.sweep_blocks) or ["mid", *(f"d{i}" for i in range(count))]
+    with torch.device("meta"):
+        unet = build_unet(model)
+    return resolve_block_names(names, unet, "probe.sweep_blocks"), list(probe.sweep_timesteps)
 
 
 def select_part(table: dict[str, torch.Tensor], blocks: list[str], timesteps: list[int], y: torch.Tensor,

@@ -211,13 +211,15 @@ class ProbeConfig:
     blocks: str | list[str] = key("auto", "feature blocks, concatenated: `d<i>` (decoder block i, negatives count "
                                           "from the end), `mid`, `e<i>` (encoder block i); or `auto`: the best "
                                           "`(block, timestep)` of the sweep")
-    timesteps: list[int] | str = key("auto", "extraction timesteps, concatenated, or `auto` (with `blocks: auto`)")
+    timesteps: list[int] | str = key("auto", "extraction timesteps, concatenated, or `auto` (`blocks` and `timesteps` "
+                                             "are `auto` together)")
     sweep_blocks: list[str] = key([], "`auto`: the candidate blocks (empty: the middle block and every decoder block)")
     sweep_timesteps: list[int] = key([0, 50, 200], "`auto`: the candidate timesteps")
     image_size: int = key(64, "images are resized to this square before the network", positive=True)
     tokens: int = key(8, "`attention`: a block's token map is average-pooled to at most this side", positive=True)
     knn_k: int = key(5, "neighbours of `knn`", positive=True)
-    lr: float = key(1e-2, "Adam learning rate of the `linear` / `attention` heads", positive=True)
+    lr: float = key(1e-2, "Adam learning rate of the `linear` head (the `attention` head, deeper, takes a tenth of "
+                          "it)", positive=True)
     weight_decay: float = key(1e-4, "Adam weight decay of the heads and of fine-tuning", not_negative=True)
     max_epochs: int = key(300, "head training epochs at most", positive=True)
     finetune_lr: float = key(1e-3, "Adam learning rate of `mode: finetune`", positive=True)
@@ -263,7 +265,8 @@ class BenchConfig:
     pretrain_steps: int = key(1000, "pretraining steps of each objective", positive=True)
     budget_exports: int = key(4, "exports kept along the way for the pretraining-budget curve", positive=True)
     budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (methods of "
-                                    "pretrained weights)", registries=("study methods", "classification methods"))
+                                    "pretrained weights; those not in `bench.methods` are left out)",
+                                    registries=("study methods", "classification methods"))
     budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True)
     budget_spacing: str = key("linear", "budget exports `linear`ly or `log`arithmically spaced in steps",
                                         choices=("linear", "log"))

@@ -17,6 +17,7 @@ from .registry import registry
 # bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
 STUDY_POOLS = ("labeled", "folder", "synthetic")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
+TASK_METHODS = {"segmentation": "study methods", "classification": "classification methods"}  # registry names
 
 
 def _registered(value, names: tuple[str, ...], key: str) -> None:
@@ -89,11 +90,19 @@ def validate(cfg: Config) -> Config:
                           "holds none out; give the blocks and timesteps, or another data.val_split")
     if isinstance(pc.blocks, str) and pc.blocks != "auto":
         pc.blocks = [pc.blocks]  # one block named alone
+    if (pc.blocks == "auto") != (pc.timesteps == "auto"):
+        raise ConfigError("probe.blocks / probe.timesteps: the sweep chooses one block at one timestep, so both are "
+                          "auto or neither is (a list keeps every block and timestep it names)")
     if not pc.blocks or not pc.timesteps or not pc.sweep_timesteps:
         raise ConfigError("probe.blocks, probe.timesteps and probe.sweep_timesteps must not be empty")
     if bc.task == "classification" and bc.metric not in CLASSIFICATION_METRICS:
         raise ConfigError(f"bench.metric: a classification study reports {', '.join(CLASSIFICATION_METRICS)}, not "
                           f"{bc.metric!r}")
+    methods = registry(TASK_METHODS[bc.task])  # (bench.budget_methods: those not in bench.methods are left out)
+    wrong = [m for m in bc.methods if methods is not None and m not in methods]
+    if wrong:
+        raise ConfigError(f"bench.methods: {wrong[0]!r} is not a {bc.task} method (bench.task: {bc.task}; known: "
+                          f"{', '.join(methods)})")
     names = [v.name for v in bc.variants]
     if "" in names or len(set(names)) != len(names):
         raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")

@@ -20,7 +20,6 @@ tile's root mean square instead: the same direction, entries of unit scale (``l2
 from __future__ import annotations
 
 import hashlib
-import os
 import zlib
 from pathlib import Path
 
@@ -30,9 +29,9 @@ import torch.nn.functional as F
 from ..common import rng
 from ..common.config import SegConfig
 from ..common.devices import autocast, autocast_dtype, memory_format
-from ..common.errors import CheckpointError, ConfigError
-from ..common.io import load_tensors, save_tensors
+from ..common.errors import ConfigError
 from ..common.rng import Tag
+from ..common.tensor_cache import TensorCache
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
@@ -94,7 +93,7 @@ class FeatureExtractor:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.fingerprint = fingerprint
         self._outputs: dict[int, torch.Tensor] = {}
-        self._memory: dict[str, dict[str, torch.Tensor]] = {}  # the cache when there is no cache folder
+        self.cache = TensorCache(self.cache_dir)  # in memory when there is no cache folder
         for i in self.blocks:
             model.output_blocks[i].register_forward_hook(self._hook(i))
 
@@ -124,29 +123,15 @@ class FeatureExtractor:
     def _lookup(self, key: str, size: int) -> dict[str, torch.Tensor] | None:
         """A cached tile's block outputs; ``None`` when absent, or when the file is damaged or holds other shapes than
         a ``size`` tile gives (it is then computed again)."""
-        if self.cache_dir is None:
-            return self._memory.get(key)
-        path = self.cache_dir / key[:2] / f"{key}.safetensors"
-        try:
-            entry = load_tensors(path) if path.is_file() else None
-        except CheckpointError:
-            return None
+        entry = self.cache.get(key)
+        if entry is None or self.cache_dir is None:
+            return entry
         info = self.model.decoder_blocks(size, size)
         for t, i in self.parts:
-            block, square = entry.get(f"t{t}_b{i}") if entry else None, entry.get(f"sq_t{t}_b{i}") if entry else None
+            block, square = entry.get(f"t{t}_b{i}"), entry.get(f"sq_t{t}_b{i}")
             if block is None or square is None or tuple(block.shape) != (info[i].channels, *info[i].resolution):
                 return None
         return entry
-
-    def _store(self, key: str, blocks: dict[str, torch.Tensor]) -> None:
-        if self.cache_dir is None:
-            self._memory[key] = blocks
-            return
-        path = self.cache_dir / key[:2] / f"{key}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_tensors(blocks, str(tmp))
-        os.replace(tmp, path)
 
     @torch.no_grad()
     def _run(self, tiles: torch.Tensor, keys: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -193,7 +178,7 @@ class FeatureExtractor:
             for k, blocks in zip(batch, self._run(crops, seeds)):
                 result[k] = blocks
                 if cache and (remember or self.cache_dir is not None):
-                    self._store(keys[k], blocks)
+                    self.cache.put(keys[k], blocks)
         return result  # type: ignore[return-value]
 
     def on_device(self, blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

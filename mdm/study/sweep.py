@@ -1,5 +1,6 @@
 """The label-efficiency study: label fractions x seeds x methods, then a table and plots; with ``bench.variants``, an
-ablation: the same study once per variant (see ``variants``).
+ablation: the same study once per variant (see ``variants``). ``bench.task`` says what each run measures:
+segmentation (``segment.run``, methods ``METHODS``) or image classification (``classify.run``, ``CLASS_METHODS``).
 
 Every method sees the same labeled subsets (``data.seed`` = the seed), validation pixels and test images. Pretraining
 runs once per objective and is reused by every fraction and seed (and by every variant that does not change it):
@@ -13,9 +14,9 @@ same study on the same data (``check_same_study``, ``manifest``). Output folder:
                                         pretrain_<objective>_<variant>/ where a variant pretrains otherwise
     data.json                           every file the study read, with its content hash
     pretraining.md                      each pretraining run's last loss and colour check
-    runs/[<variant>/]<method>/f<fraction>_s<seed>/  one segmentation run each
+    runs/[<variant>/]<method>/f<fraction>_s<seed>/  one segmentation (or classification) run each
     results.csv results.md label_efficiency.png (ablation.png: variants x methods at the lowest fraction)
-    block_selection.png                 (seg.blocks / seg.timesteps auto) the probes' scores per frozen method
+    block_selection.png                 (seg.blocks / probe.blocks auto) the probes' scores per frozen method
     budget.csv pretrain_budget.png      the metric at the lowest fraction vs images seen in pretraining (the first
                                         bench.budget_seeds seeds; the first variant)
 """
@@ -116,7 +117,8 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
 # be resumed with other values of these (more seeds, another method, another device, more variants)
 RESUMABLE_KEYS = {"bench.fractions", "bench.seeds", "bench.methods", "bench.budget_methods", "bench.budget_seeds",
                   "bench.variants", "bench.out_dir", "train.out_dir", "seg.out_dir", "train.device", "seg.device",
-                  "train.log_every", "train.image_every", "seg.cache_dir", "data.num_workers"}
+                  "train.log_every", "train.image_every", "seg.cache_dir", "data.num_workers", "probe.cache_dir",
+                  "probe.device", "probe.out_dir"}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -181,12 +183,13 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
     bc = cfg.bench
     methods = methods_of(cfg)
-    for m in {*bc.methods, *bc.budget_methods}:  # every record's names, before anything is pretrained
+    budget_methods = [m for m in bc.budget_methods if m in bc.methods]
+    for m in bc.methods:  # every record's names, before anything is pretrained
         method = methods[m]
         if (method.objective is not None and method.objective not in OBJECTIVES) or not _known_arch(bc.task, method):
             raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / network {method.arch!r}, "
                               f"which are not registered")
-    wrong = [m for m in bc.budget_methods if not methods[m].pretrained]
+    wrong = [m for m in budget_methods if not methods[m].pretrained]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
                           f"weights: {', '.join(m for m, v in methods.items() if v.pretrained)})")
