@@ -11,10 +11,10 @@ from PIL import Image
 
 from helpers import tiny_config
 from mdm.classify.datasets import open_class_split, read_glas_grades
+from mdm.classify.features import ImageFeatures
 from mdm.classify.heads import fit_head
 from mdm.classify.metrics import binary_auc, classification_metrics
 from mdm.classify.pooling import AttentionPool, pool, token_map
-from mdm.classify.features import ImageFeatures
 from mdm.classify.run import _SELECTIONS, run_classification
 from mdm.classify.splits import class_subset, validation_images
 from mdm.cli import probe_main

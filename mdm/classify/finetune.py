@@ -2,7 +2,8 @@
 
 The networks, registered in ``CLASS_NETWORKS`` (``probe.network``), share one recipe: images resized to
 ``probe.image_size``, the same ``probe.augment`` flips / rotations of each batch, Adam (``probe.finetune_lr``),
-cross-entropy, early stopping on the validation images (``heads.fit_module``):
+cross-entropy, epochs of at least ``probe.finetune_epoch_images`` images (a few labeled images are cycled), early
+stopping on the validation images (``heads.fit_module``):
 
 - ``unet-encoder``: the export's U-Net encoder and middle block (the pretrained weights, or ``exports/step_0`` for
   the same network at its random initialisation), the timestep input fixed to 0 and the image not corrupted, global
@@ -105,5 +106,5 @@ def train_classifier(images: torch.Tensor, y: torch.Tensor, val_images: torch.Te
     wrapped = _Autocast(model.to(device), autocast_dtype(probe.mixed_precision, device))
     history = fit_module(wrapped, images, y, val_images, yv, probe.finetune_lr,
                          probe.weight_decay, probe.finetune_epochs, probe.patience, probe.batch_size, probe.seed,
-                         augment_batch(probe.augment))
+                         augment_batch(probe.augment), probe.finetune_epoch_images)
     return probabilities(wrapped), history

@@ -62,16 +62,19 @@ def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2
 
 def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, lr: float,
                weight_decay: float, epochs: int, patience: int, batch: int, seed: int,
-               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> dict:
+               augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+               epoch_images: int = 0) -> dict:
     """Train ``model`` (logits from ``model(x[batch])``) with Adam and early stopping on the validation loss (the
     training loss when ``yv`` is empty); the best state is loaded back. Returns ``{"best_epoch", "best_val_loss",
-    "epochs"}``. ``augment(x_batch, generator)``: an augmentation of each training batch."""
+    "epochs"}``. ``augment(x_batch, generator)``: an augmentation of each training batch. An epoch is a seeded
+    permutation of the training images, repeated (each time reshuffled) until it holds ``epoch_images``, so that a
+    handful of labeled images still gives an epoch of several optimizer steps."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     stop = EarlyStopping.of_module(model, patience)
     g = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(y), generator=g)
+        order = torch.cat([torch.randperm(len(y), generator=g) for _ in range(max(1, -(-epoch_images // len(y))))])
         chunks = list(order.split(batch))
         if len(chunks) > 1 and len(chunks[-1]) == 1:  # a batch of one image would break BatchNorm's statistics
             chunks[-2:] = [torch.cat(chunks[-2:])]

@@ -224,6 +224,8 @@ class ProbeConfig:
     max_epochs: int = key(300, "head training epochs at most", positive=True)
     finetune_lr: float = key(1e-3, "Adam learning rate of `mode: finetune`", positive=True)
     finetune_epochs: int = key(60, "fine-tuning epochs at most", positive=True)
+    finetune_epoch_images: int = key(128, "fine-tuning: images per epoch at least (a few labeled images are cycled, "
+                                          "reshuffled, so that an epoch is never a single step)", not_negative=True)
     patience: int = key(20, "epochs without a better validation loss before stopping (the training loss where no "
                             "image validates)", not_negative=True)
     batch_size: int = key(32, "images per optimizer step", positive=True)

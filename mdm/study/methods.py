@@ -49,6 +49,7 @@ CLASS_METHODS.register("ddpm-attn", Method("frozen", "attention", "ddpm", "expor
 CLASS_METHODS.register("mae-linear", Method("frozen", "linear", "mae", "export"))
 CLASS_METHODS.register("random-linear", Method("frozen", "linear", "mdm", "exports/step_0"))
 CLASS_METHODS.register("mdm-ft", Method("finetune", "unet-encoder", "mdm", "export"))
+CLASS_METHODS.register("ddpm-ft", Method("finetune", "unet-encoder", "ddpm", "export"))
 CLASS_METHODS.register("unet-scratch", Method("finetune", "unet-encoder", "mdm", "exports/step_0"))
 CLASS_METHODS.register("resnet18-scratch", Method("finetune", "resnet18", None, ""))
 
