@@ -12,7 +12,7 @@ from PIL import Image
 from helpers import tiny_config
 from mdm.classify.datasets import open_class_split, read_glas_grades
 from mdm.classify.features import ImageFeatures
-from mdm.classify.heads import fit_head
+from mdm.classify.heads import fit_head, fit_module
 from mdm.classify.metrics import binary_auc, classification_metrics
 from mdm.classify.pooling import AttentionPool, pool, token_map
 from mdm.classify.run import _SELECTIONS, run_classification
@@ -69,6 +69,20 @@ def test_knn_votes_of_the_nearest_training_images():
     predict, _ = fit_head("knn", x, y, x[:0], y[:0], 2, ProbeConfig(knn_k=3))
     probs = predict(torch.tensor([[1.0, 0.05], [0.05, 1.0]]))
     assert torch.allclose(probs, torch.tensor([[2 / 3, 1 / 3], [1 / 3, 2 / 3]]))
+
+
+def test_an_epoch_of_a_few_images_is_several_steps_and_never_a_batch_of_one():
+    sizes = []
+
+    class Counting(torch.nn.Linear):
+        def forward(self, x):
+            if self.training:
+                sizes.append(len(x))
+            return super().forward(x)
+
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 0])
+    fit_module(Counting(4, 2), x, y, x[:0], y[:0], 0.1, 0.0, 1, 0, 2, 0, epoch_images=8)
+    assert sizes == [2, 2, 2, 3]  # three images cycled to nine, the last one joined to the batch before
 
 
 def test_metrics_match_a_hand_computation():
