@@ -13,6 +13,7 @@ from mdm.common.config_io import load
 from mdm.common.errors import ConfigError, DataError
 from mdm.common.io import atomic_dir, load_image
 from mdm.pretrain.trainer import train
+from mdm.study.sweep import check_study_folder
 
 
 def one_line_error(capsys) -> str:
@@ -169,6 +170,9 @@ def test_a_study_into_a_folder_of_other_files_is_refused(tmp_path, configs_dir, 
     (tmp_path / "results.md").unlink()
     (tmp_path / "thesis.tex").write_text("x")
     assert bench_main(["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path)]) == 2
+    (tmp_path / "thesis.tex").unlink()
+    (tmp_path / "pretrain_mdm").mkdir()  # another study's pretraining, copied in to be reused, is not foreign
+    check_study_folder(tmp_path)
 
 
 def test_a_second_writer_of_a_folder_is_refused(tmp_path):

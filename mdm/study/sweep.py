@@ -161,12 +161,13 @@ STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "res
 
 def check_study_folder(out: Path) -> None:
     """Refuse a study folder that holds anything a study does not write (``STUDY_FILES``, ``pretrain_*``, hidden
-    temporary files), or files but no ``config.yaml`` (a study writes that first): its tables would overwrite the
-    user's files."""
+    temporary files), or files but no ``config.yaml`` (a study writes that first), unless they are only pretraining
+    runs (another study's, copied in to be reused): its tables would overwrite the user's files."""
     if out.is_dir():
         names = [p.name for p in out.iterdir()]
         foreign = sorted(n for n in names if n not in STUDY_FILES and not n.startswith(("pretrain_", ".")))
-        if not foreign and names and "config.yaml" not in names:
+        only_pretraining = all(n.startswith("pretrain_") for n in names)
+        if not foreign and names and "config.yaml" not in names and not only_pretraining:
             foreign = sorted(names)
         if foreign:
             raise ConfigError(f"{out}: holds files a study does not write ({', '.join(foreign[:3])}); give a new "
