@@ -245,14 +245,14 @@ RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "per_image.csv"
 
 
 def save_selection(folder: Path, selection: dict) -> None:
-    """``block_selection.json`` and a block x timestep heatmap of the probes' validation losses."""
+    """``block_selection.json`` and a block x timestep heatmap of the probes' scores (``selection["metric"]``: their
+    validation loss, or the training loss where nothing validates)."""
     (folder / "block_selection.json").write_text(json.dumps(selection, indent=1))
     timesteps = sorted(selection["scores"])
     blocks = list(dict.fromkeys(b for row in selection["scores"].values() for b in row))  # in the order probed
     save_heatmap(folder / "block_selection.png", [[selection["scores"][t].get(b) for t in timesteps] for b in blocks],
                  [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps],
-                 f"validation loss of one-block probes (chosen: t={selection['timestep']}, blocks "
-                 f"{selection['blocks']})")
+                 f"{selection['metric']}\nchosen: t={selection['timestep']}, blocks {selection['blocks']}")
 
 
 def check_replaceable(out: Path, files: set[str] = RUN_FILES, what: str = "a segmentation run") -> None:
