@@ -59,3 +59,25 @@ def test_stage_two_on_cuda_agrees_with_the_cpu(tmp_path, configs_dir, pretrained
     print(f"{mode}: {differ / total:.4%} of the test pixels differ; Dice cpu {runs['cpu']['dice']:.4f}, "
           f"cuda {runs['cuda']['dice']:.4f}")
     assert differ / total < (0.01 if mode == "frozen" else 0.05)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune"])
+def test_classification_on_cuda_agrees_with_the_cpu(tmp_path, pretrained_export, mode):
+    """A probe run in fp32 on both devices: the frozen features agree up to rounding, so at most 2% of the test
+    images change class; fine-tuning drifts more (at most 10%)."""
+    import csv
+
+    from mdm.classify.run import run_classification
+    from mdm.common.config import ProbeConfig
+
+    data = load(None, ["data.source=synthetic", "data.label_fraction=0.2", "data.val_fraction=0.25"]).data
+    probe = ProbeConfig(mode=mode, network="unet-encoder", image_size=32, sweep_timesteps=[50], max_epochs=30,
+                        finetune_epochs=4, mixed_precision="no")
+    export = open_export(pretrained_export)
+    predictions = {}
+    for device in (CPU, CUDA):
+        run_classification(probe, data, export, tmp_path / device.type, device=device, progress=False)
+        with open(tmp_path / device.type / "predictions.csv") as f:
+            predictions[device.type] = [row["prediction"] for row in csv.DictReader(f)]
+    differ = sum(a != b for a, b in zip(predictions["cpu"], predictions["cuda"])) / len(predictions["cpu"])
+    assert differ <= (0.02 if mode == "frozen" else 0.10), differ

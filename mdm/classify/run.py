@@ -55,7 +55,7 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
         # heads of one export, labeled subset and seed share their sweep (it probes with linear heads whatever the
         # head): remembered for the process with the labeled images' features, so a study's linear, attention and
         # kNN runs probe once, and a pooled head reads its features from the sweep's table
-        key = repr((export.fingerprint(), data, labeled.names, labeled.labels, val,
+        key = repr((export.fingerprint(), str(device), data, labeled.names, labeled.labels, val,
                     replace(probe, head="linear", ensemble=1, network="", out_dir="", cache_dir="", device="")))
         if key not in _SELECTIONS:
             blocks, timesteps = candidates(probe, export.config.model)
