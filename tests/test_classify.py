@@ -16,6 +16,7 @@ from mdm.classify.heads import fit_head, fit_module
 from mdm.classify.metrics import binary_auc, classification_metrics
 from mdm.classify.pooling import AttentionPool, pool, token_map
 from mdm.classify.run import _SELECTIONS, run_classification
+from mdm.classify.select import select_part
 from mdm.classify.splits import class_subset, validation_images
 from mdm.cli import probe_main
 from mdm.common.config import ProbeConfig
@@ -218,8 +219,13 @@ def test_probe_cli_errors_are_one_line(tmp_path, configs_dir, capsys):
         candidates(ProbeConfig(sweep_blocks=["mid", "d9"]), load(None).model)
 
 
-def test_a_miniature_classification_study(tmp_path, configs_dir):
+def test_a_miniature_classification_study(tmp_path, configs_dir, monkeypatch):
+    import mdm.classify.run as classify_run
     from mdm.study.sweep import run_benchmark
+
+    sweeps = []
+    monkeypatch.setattr(classify_run, "select_part", lambda *a, **k: sweeps.append(1) or select_part(*a, **k))
+    _SELECTIONS.clear()
 
     cfg = tiny_config(configs_dir, tmp_path / "unused", "bench.task=classification", "bench.metric=roc_auc",
                       "bench.fractions=[0.05]", "bench.seeds=[0]", "bench.pretrain_steps=2", "bench.budget_exports=1",
@@ -239,7 +245,10 @@ def test_a_miniature_classification_study(tmp_path, configs_dir):
         assert (out / name).is_file(), name
     mdm = json.loads((out / "runs" / "mdm-linear" / "f0.05_s0" / "metrics.json").read_text())
     attn = json.loads((out / "runs" / "mdm-attn" / "f0.05_s0" / "metrics.json").read_text())
-    assert mdm["selection"] == attn["selection"] and attn["feature_shape"][1:] == [8, 8]  # one sweep, tokens
+    assert mdm["selection"] == attn["selection"] and attn["feature_shape"][1:] == [8, 8]  # tokens of its block
+    # one sweep per export: the MDM run's (linear and attention heads) and its step 0's (random-linear, and the budget
+    # curve's step-0 point, the same export, labeled subset and seed)
+    assert len(sweeps) == 2
     assert {b["pretrain_steps"] for b in result["budget"]} == {0, 2}
     with pytest.raises(ConfigError, match="bench.methods: 'mdm' is not a classification method"):
         load(None, ["bench.task=classification", "bench.methods=[mdm]", "bench.metric=accuracy"])

@@ -26,10 +26,10 @@ from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, load_image, text_named
 from ..common.registry import Registry
 from ..common.synthetic import render
+from ..segment.datasets import check_split, source_root
 from ..segment.datasets.base import require_dir
 from ..segment.datasets.glas import release_images
 
-SPLITS = ("train", "test")
 SYNTHETIC_SHAPES = ["regular", "irregular"]
 SYNTHETIC_SLIDES, SYNTHETIC_PER_SLIDE = 4, 50
 
@@ -153,11 +153,5 @@ def open_class_split(source: str, root: str | None, split: str, *, synthetic_see
                      synthetic_size: int = 64) -> ClassDataset:
     """One split (``train`` / ``test``) of the image-label source ``source`` (see the module docstring)."""
     spec = CLASS_SOURCES[source]
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r} (use train or test)")
-    root_path = None
-    if spec.needs_root:
-        if not root:
-            raise DataError(f"source {source!r} needs a root folder (data.root)")
-        root_path = require_dir(Path(root).expanduser(), "dataset root folder")
-    return spec.open(root_path, split, synthetic_seed, synthetic_size)
+    check_split(split)
+    return spec.open(source_root(source, root, spec.needs_root), split, synthetic_seed, synthetic_size)

@@ -17,7 +17,8 @@ from .registry import registry
 # bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
 STUDY_POOLS = ("labeled", "folder", "synthetic")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
-TASK_METHODS = {"segmentation": "study methods", "classification": "classification methods"}  # registry names
+# bench.task -> the name of the registry of its study methods (``study.methods``)
+TASK_METHOD_REGISTRIES = {"segmentation": "study methods", "classification": "classification methods"}
 
 
 def _registered(value, names: tuple[str, ...], key: str) -> None:
@@ -98,7 +99,8 @@ def validate(cfg: Config) -> Config:
     if bc.task == "classification" and bc.metric not in CLASSIFICATION_METRICS:
         raise ConfigError(f"bench.metric: a classification study reports {', '.join(CLASSIFICATION_METRICS)}, not "
                           f"{bc.metric!r}")
-    methods = registry(TASK_METHODS[bc.task])  # (bench.budget_methods: those not in bench.methods are left out)
+    # (bench.budget_methods: those not in bench.methods are left out, not checked here)
+    methods = registry(TASK_METHOD_REGISTRIES[bc.task])
     wrong = [m for m in bc.methods if methods is not None and m not in methods]
     if wrong:
         raise ConfigError(f"bench.methods: {wrong[0]!r} is not a {bc.task} method (bench.task: {bc.task}; known: "

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.registry import Registry
+from ..common.config_checks import TASK_METHOD_REGISTRIES
+from ..common.registry import Registry, registry
 
 
 @dataclass(frozen=True)
@@ -53,4 +54,4 @@ CLASS_METHODS.register("ddpm-ft", Method("finetune", "unet-encoder", "ddpm", "ex
 CLASS_METHODS.register("unet-scratch", Method("finetune", "unet-encoder", "mdm", "exports/step_0"))
 CLASS_METHODS.register("resnet18-scratch", Method("finetune", "resnet18", None, ""))
 
-TASK_METHODS = {"segmentation": METHODS, "classification": CLASS_METHODS}
+TASK_METHODS = {task: registry(name) for task, name in TASK_METHOD_REGISTRIES.items()}  # bench.task -> its methods

@@ -69,8 +69,7 @@ def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int
     (``class_names``, if given, renames them).
     """
     spec = SOURCES[source]
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r} (use train or test)")
+    check_split(split)
     if class_names is not None:
         class_names = [str(c) for c in class_names]
         if num_classes is not None and num_classes != len(class_names):
@@ -79,12 +78,23 @@ def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int
         raise DataError(f"num_classes must be >= 1, got {num_classes}")
     if spec.classes is not None and num_classes not in (None, spec.classes):
         raise DataError(f"source {source!r} has {spec.classes} classes, not num_classes={num_classes}")
-    root_path = None
-    if spec.needs_root:
-        if root is None or str(root) == "":
-            raise DataError(f"source {source!r} needs a root folder")
-        root_path = require_dir(Path(root).expanduser(), "dataset root folder")
-    return spec.open(root_path, split, num_classes, class_names, synthetic_seed, synthetic_size)
+    return spec.open(source_root(source, root, spec.needs_root), split, num_classes, class_names, synthetic_seed,
+                     synthetic_size)
 
 
-__all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "LabeledSource", "load_split"]
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (use train or test)")
+
+
+def source_root(source: str, root: str | None, needs_root: bool) -> Path | None:
+    """The root folder of a source that reads one (checked to exist), else ``None``."""
+    if not needs_root:
+        return None
+    if root is None or str(root) == "":
+        raise DataError(f"source {source!r} needs a root folder (data.root)")
+    return require_dir(Path(root).expanduser(), "dataset root folder")
+
+
+__all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "LabeledSource", "check_split", "load_split",
+           "source_root"]
