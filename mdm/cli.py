@@ -265,6 +265,7 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
     """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task`` ``task`` when given)
     and print its table; returns the config, the study folder, the stage-2 device and ``run_benchmark``'s result."""
     from .study.sweep import run_benchmark
+    from .study.verdicts import verdict_sentences
 
     cfg = _load(args)
     if task and cfg.bench.task != task:
@@ -277,7 +278,10 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, stage_two))
     print(f"devices: pretraining {train_device}, {cfg.bench.task} {seg_device}")
     result = run_benchmark(cfg, train_device, seg_device)
-    print(f"\n{cfg.bench.metric}, mean ± std over seeds {cfg.bench.seeds}:\n{result['table']}")
+    print(f"\n{cfg.bench.metric}, mean ± sample std (ddof 1) over seeds {cfg.bench.seeds}:\n{result['table']}")
+    if result["verdicts"]:
+        print(f"\nverdicts (paired differences, 95% hierarchical-bootstrap intervals):\n"
+              f"{verdict_sentences(result['verdicts'], cfg.bench.metric)}")
     return cfg, out, seg_device, result
 
 

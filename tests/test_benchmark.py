@@ -13,7 +13,7 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
         "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
         "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
         "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.1,0.5]", "bench.seeds=[0]",
-        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch]", "bench.pretrain_steps=4", "bench.budget_exports=2",
+        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch,filterbank]", "bench.pretrain_steps=4", "bench.budget_exports=2",
         "train.device=cpu", "seg.device=cpu"]
 
 
@@ -51,8 +51,8 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     for name in ("results.csv", "results.md", "label_efficiency.png", "budget.csv", "pretrain_budget.png"):
         assert (tmp_path / name).is_file(), name
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert len(rows) == 2 * 5
-    assert {r["method"] for r in rows} == {"mdm", "ddpm", "random", "mdm-ft", "smp-scratch"}
+    assert len(rows) == 2 * 6
+    assert {r["method"] for r in rows} == {"mdm", "ddpm", "random", "mdm-ft", "smp-scratch", "filterbank"}
     assert all(0 <= float(r["dice"]) <= 1 for r in rows)
     assert all(float(r["seconds"]) > 0 for r in rows)  # runs finished before the kill keep their time
     assert {r["labeled_images"] for r in rows if r["label_fraction"] == "0.1"} == {"2"}

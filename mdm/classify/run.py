@@ -4,8 +4,9 @@
 labeled subset (``data.label_fraction``, ``data.seed``) and its validation images (``data.val_fraction``), then, by
 ``probe.mode``: ``frozen``: features of the export's frozen U-Net (``features``), the block x timestep sweep when
 ``probe.blocks`` / ``probe.timesteps`` is ``auto`` (``select``), and ``probe.head`` (``heads``); ``finetune``: a whole
-network (``finetune``). Every input is read before anything is written; the run folder is built under a temporary
-name and renamed into place (``metrics.json``, written last, marks a finished run). Run folder::
+network (``finetune``); ``classical``: the filterbank baseline (pooled filter responses + logistic regression on
+every labeled image: nothing to stop early). Every input is read before anything is written; the run folder is
+built under a temporary name and renamed into place (``metrics.json``, written last, marks a finished run). Run folder::
 
     config.yaml            the resolved config: the export's model and diffusion, this run's data and probe
     label_subset.json      the labeled training images and the validation ones
@@ -23,13 +24,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from ..common.config import Config, DataConfig, ProbeConfig
 from ..common.config_io import dump
 from ..common.errors import ConfigError
 from ..common.io import atomic_dir
 from ..pretrain.export import Export
+from ..segment.filterbank import filter_features
 from ..segment.run import check_replaceable, save_selection
 from .datasets import ClassDataset, open_class_split
 from .features import ImageFeatures, features_of, resize
@@ -91,12 +97,39 @@ def _finetune(probe: ProbeConfig, data: DataConfig, export: Export | None, label
     return predict(x_test), {"members": [history]}
 
 
+def filter_summary(image: torch.Tensor, size: int, sigma_max: float) -> np.ndarray:
+    """``image [3, H, W]`` -> ``[2F]``: the mean and standard deviation over the image (resized to ``size``) of each
+    multi-scale filter response (``segment.filterbank.filter_features``)."""
+    feats = filter_features(resize(image, size), sigma_max)
+    return np.concatenate([feats.mean((0, 1)), feats.std((0, 1))])
+
+
+def _classical(probe: ProbeConfig, data: DataConfig, export: Export | None, labeled: ClassDataset,
+               test: ClassDataset, fit: list[int], val: list[int], device: torch.device,
+               progress: bool) -> tuple[torch.Tensor, dict]:
+    """The filterbank baseline: standardised filter summaries + multinomial logistic regression (scikit-learn)."""
+    sigma_max = min(16.0, probe.image_size / 4)
+
+    def table(ds: ClassDataset) -> np.ndarray:
+        return np.stack([filter_summary(ds.image(i), probe.image_size, sigma_max) for i in range(len(ds))])
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(table(labeled), np.array(labeled.labels))
+    probs = np.zeros((len(test), len(labeled.class_names)))
+    probs[:, model.classes_] = model.predict_proba(table(test))
+    return torch.from_numpy(probs).float(), {"members": [], "feature_shape": [int(model[0].n_features_in_)]}
+
+
+PATHS = {"frozen": _frozen, "finetune": _finetune, "classical": _classical}  # probe.mode -> its path
+
+
 def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | None, out: str | Path, *,
                        device: torch.device, progress: bool = True) -> dict:
     """Train, evaluate and save one classification run into ``out``; returns the metrics (also in
     ``metrics.json``). ``export``: the pretraining export (frozen features, or the ``unet-encoder`` to fine-tune);
     ``None`` only for a network that needs none (``probe.network: resnet18``)."""
-    if export is None and (probe.mode == "frozen" or CLASS_NETWORKS[probe.network].needs_export):
+    if export is None and (probe.mode == "frozen" or (probe.mode == "finetune"
+                                                       and CLASS_NETWORKS[probe.network].needs_export)):
         raise ConfigError(f"--checkpoint is required (a pretraining export folder) for probe.mode={probe.mode}"
                           + (f" with probe.network={probe.network}" if probe.mode == "finetune" else ""))
     started = time.perf_counter()
@@ -110,7 +143,7 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
     labeled = train.subset(chosen)
     val = validation_images(labeled.labels, data.val_fraction, data.seed)
     fit = [i for i in range(len(labeled)) if i not in set(val)]
-    path = _frozen if probe.mode == "frozen" else _finetune
+    path = PATHS[probe.mode]
     probs, decided = path(probe, data, export, labeled, test, fit, val, device, progress)
     result = classification_metrics(test.labels, probs.numpy())
     result.update(labeled_images=len(labeled), validation_images=len(val), test_images=len(test),

@@ -136,9 +136,15 @@ class SegConfig:
     """The segmentation stage (``finetune_seg.py``): ``mode: frozen`` trains a pixel MLP ensemble on features of
     frozen decoder blocks; ``mode: finetune`` trains a whole network end to end."""
 
-    mode: str = key("frozen", "`frozen` (features + pixel MLPs) or `finetune` (a whole network end to end)",
-                              choices=("frozen", "finetune"))
+    mode: str = key("frozen", "`frozen` (features + pixel MLPs), `finetune` (a whole network end to end) or "
+                              "`classical` (no network: multi-scale filters + a random forest, `filterbank`)",
+                              choices=("frozen", "finetune", "classical"))
     arch: str = key("unet", "the network of `seg.mode: finetune`", registries=("fine-tuning networks",))
+    filter_sigma_max: float = key(16.0, "`classical`: the largest Gaussian sigma of the filter features (px)",
+                                  positive=True)
+    forest_trees: int = key(50, "`classical`: trees of the random forest", positive=True)
+    forest_pixels: int = key(1000, "`classical`: labeled pixels drawn per labeled image to train the forest",
+                             positive=True)
     smp_encoder: str = key("resnet18", "encoder of the smp U-Net (no pretrained weights)")
     finetune_lr: float = key(2e-4, "Adam learning rate of fine-tuning", positive=True)
     augment: str = key("hflip", "fine-tuning crops: `hflip`, `dihedral` (flips + 90° rotations) or `none`",
@@ -197,8 +203,10 @@ class ProbeConfig:
     frozen U-Net blocks; ``mode: finetune`` trains a whole network end to end. ``data`` gives the images (an
     image-label source) and the labeled subset (``label_fraction``, ``seed``, ``val_fraction``)."""
 
-    mode: str = key("frozen", "`frozen` (a head on frozen features) or `finetune` (a whole network)",
-                    choices=("frozen", "finetune"))
+    mode: str = key("frozen", "`frozen` (a head on frozen features), `finetune` (a whole network) or `classical` "
+                              "(`filterbank`: per-channel mean and std of multi-scale filter responses + logistic "
+                              "regression, no network; sigmas up to min(16, `probe.image_size` / 4))",
+                    choices=("frozen", "finetune", "classical"))
     head: str = key("linear", "the head of `mode: frozen`: `linear` (standardised pooled features), `knn` (cosine "
                               "k nearest neighbours, no training) or `attention` (attention pooling with a learned "
                               "query over the block's tokens)", registries=("probe heads",))
@@ -275,6 +283,11 @@ class BenchConfig:
     variants: list[Variant] = key([], "an ablation: `[{name: NAME, set: [KEY=VALUE, ...]}, ...]`, the study run once "
                                       "per variant; pretraining shared where a variant leaves it unchanged (empty: "
                                       "one plain study)")
+    references: list[str] = key([], "the methods every other is judged against in the verdict table (empty: the best "
+                                     "method trained from scratch at each fraction and the frozen random features)",
+                                registries=("study methods", "classification methods"))
+    bootstrap: int = key(2000, "replicates of the verdicts' hierarchical bootstrap (docs/statistics.md)", positive=True)
+    bootstrap_seed: int = key(0, "seed of the verdicts' bootstrap resamples")
     out_dir: str = key("runs/bench", "study folder")
     pretrain_data: DataConfig = key(
         DataConfig(source="labeled"), "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): "

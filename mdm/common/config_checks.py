@@ -105,6 +105,10 @@ def validate(cfg: Config) -> Config:
     if wrong:
         raise ConfigError(f"bench.methods: {wrong[0]!r} is not a {bc.task} method (bench.task: {bc.task}; known: "
                           f"{', '.join(methods)})")
+    absent = [m for m in bc.references if m not in bc.methods]
+    if absent:
+        raise ConfigError(f"bench.references: {absent[0]!r} is not among bench.methods ({', '.join(bc.methods)}): a "
+                          f"reference is judged on the same runs as the methods")
     names = [v.name for v in bc.variants]
     if "" in names or len(set(names)) != len(names):
         raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")

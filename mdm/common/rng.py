@@ -50,6 +50,8 @@ class Tag(IntEnum):
     MASK_DRAW = 0x7A4  # segmentation: a training tile's extraction masks after the first (seg.extract_masks)
     SLIDE_STYLE = 0xC01  # synthetic data: a slide's stain and optics
     SLIDE_IMAGE = 0x1A6E  # synthetic data: one image's content
+    BOOTSTRAP = 0xB007  # studies: the resamples of a verdict's hierarchical bootstrap
+    FOREST_PIXELS = 0xF0E5  # filterbank baseline: which labeled pixels of an image train the forest
 
 _M32 = 0xFFFFFFFF
 

@@ -1,10 +1,11 @@
 """Evaluation of a trained segmenter on a test split: the metrics of docs/metrics.md, per image and pooled.
 
-Writes ``per_image.csv`` and the pictures of ``visualize`` under the run folder and returns the pooled metrics:
-``miou`` and ``per_class_iou`` (dataset level) for every task; for binary tasks also per-image ``dice`` / ``iou``,
-GlaS object metrics and AJI where the ground truth has instances, each member's Dice (``member_dice_mean`` /
-``_std``: the paper's protocol of individual classifiers), ``iou_from_dice``, and the same per group (GlaS testA /
-testB).
+Writes the pictures of ``visualize`` under the run folder and ``per_image.csv`` (per test image: its metrics and,
+per class ``k``, ``inter_k`` / ``union_k``, the pixel counts whose sums over images give the dataset-level IoU, so a
+study can recompute mIoU on resampled images), and returns the pooled metrics: ``miou`` and ``per_class_iou``
+(dataset level) for every task; for binary tasks also per-image ``dice`` / ``iou``, GlaS object metrics and AJI
+where the ground truth has instances, each member's Dice (``member_dice_mean`` / ``_std``: the paper's protocol of
+individual classifiers), ``iou_from_dice``, and the same per group (GlaS testA / testB).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
     for i in tqdm(range(len(test_ds)), desc="test", disable=None if progress else True, leave=False):
         item = test_ds[i]
         labels, unc, probs = segmenter.predict(item.name, item.image)
-        cm += metrics.confusion_matrix(labels, item.label, c, IGNORE_INDEX)
+        image_cm = np.asarray(metrics.confusion_matrix(labels, item.label, c, IGNORE_INDEX))
+        cm += image_cm
         row = {"name": item.name, "group": item.group}
         if binary:
             valid = item.label != IGNORE_INDEX
@@ -48,6 +50,9 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
                 row["object_dice"] = metrics.object_dice(pred_inst, gt_inst)
                 row["object_hausdorff"] = metrics.object_hausdorff(pred_inst, gt_inst)
                 row["aji"] = metrics.aji(pred_inst, gt_inst)
+        inter = np.diag(image_cm)  # per class: the image's share of the dataset-level IoU's sums
+        row.update({f"inter_{k}": int(v) for k, v in enumerate(inter)})
+        row.update({f"union_{k}": int(v) for k, v in enumerate(image_cm.sum(0) + image_cm.sum(1) - inter)})
         rows.append(row)
         save_prediction_images(out, item.name, item.image, labels, unc, c, item.label, class_names)
     miou, per_class = metrics.miou_from_confusion(cm, segmenter.cfg.seg.miou_absent)

@@ -6,8 +6,9 @@ leaves the folder as it was before.
 
 ``run_segmentation(seg, data, export, out)`` takes the ``SegConfig`` and ``DataConfig`` it uses and the opened export
 (``None`` for an smp network from scratch), changes none of them, and returns the metrics with what it decided
-(``tile_size``, ``labeled_images``). ``seg.mode`` picks the path: ``frozen`` (export features + pixel MLP ensemble)
-or ``finetune`` (a whole network trained end to end, see ``finetune``).
+(``tile_size``, ``labeled_images``). ``seg.mode`` picks the path: ``frozen`` (export features + pixel MLP ensemble),
+``finetune`` (a whole network trained end to end, see ``finetune``) or ``classical`` (filter features + a random
+forest on every labeled image, see ``filterbank``; nothing validates, so validation images train too).
 
 Run folder::
 
@@ -44,10 +45,11 @@ from ..pretrain.export import Export
 from .datasets import LabeledDataset, LabeledImage, load_split
 from .evaluate import evaluate
 from .features import build_extractor
+from .filterbank import fit_forest
 from .finetune import NETWORKS, build_network, train_supervised
 from .pixel_mlp import PixelEnsemble, fit_ensemble
 from .pixel_stream import PixelStream
-from .segmenter import PixelSegmenter, SupervisedSegmenter
+from .segmenter import FilterbankSegmenter, PixelSegmenter, SupervisedSegmenter
 from .select import candidates, select_parts
 from .splits import label_subset, validation_roles
 from .visualize import save_heatmap
@@ -199,6 +201,25 @@ def _finetune(seg: SegConfig, data: DataConfig, export: Export | None, splits: S
     return fit
 
 
+def _classical(seg: SegConfig, data: DataConfig, export: Export | None, splits: SegData, tile: int, cfg: Config,
+               device):
+    """The filterbank baseline on every labeled image (a forest has no epochs to stop); returns ``fit(progress)``."""
+    def fit(progress: bool):
+        forest = fit_forest(splits.train_images, splits.num_classes, seg.filter_sigma_max, seg.forest_trees,
+                            seg.forest_pixels, seg.seed, threads=torch.get_num_threads())
+        return Fitted(FilterbankSegmenter(cfg, forest, splits.num_classes, tile), [])
+
+    return fit
+
+
+PATHS = {"frozen": _frozen, "finetune": _finetune, "classical": _classical}  # seg.mode -> its path
+
+
+def needs_export(seg: SegConfig) -> bool:
+    """Whether ``seg`` reads a pretraining export (frozen features, or a fine-tuned network built on its U-Net)."""
+    return seg.mode == "frozen" or (seg.mode == "finetune" and NETWORKS[seg.arch].needs_export)
+
+
 def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, out: str | Path, *,
                      device: torch.device, progress: bool = True) -> dict:
     """Train, evaluate and save one segmentation run into ``out``; returns the metrics (also in ``metrics.json``).
@@ -206,7 +227,7 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     ``export``: the pretraining export (its U-Net gives the features, or is fine-tuned); ``None`` only for
     ``seg.mode: finetune`` with a network that needs none (``seg.arch: smp``). ``device``: where the networks run.
     """
-    if export is None and not (seg.mode == "finetune" and not NETWORKS[seg.arch].needs_export):
+    if export is None and needs_export(seg):
         raise ConfigError(f"--checkpoint is required (a pretraining export folder) for seg.mode={seg.mode}"
                           + (f" with seg.arch={seg.arch}" if seg.mode == "finetune" else ""))
     started = time.perf_counter()
@@ -217,7 +238,7 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     cfg = replace(export.config if export is not None else Config(), data=data, seg=seg)
     check_replaceable(out)
     splits = open_splits(data)
-    fit = (_frozen if seg.mode == "frozen" else _finetune)(seg, data, export, splits, tile, cfg, device)
+    fit = PATHS[seg.mode](seg, data, export, splits, tile, cfg, device)
     with atomic_dir(out) as tmp:  # the whole run becomes visible at once; a killed run leaves the old one as it was
         (tmp / "label_subset.json").write_text(json.dumps(
             {"label_fraction": data.label_fraction, "seed": data.seed, "indices": splits.label_indices,
@@ -233,7 +254,7 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
         result.update(members=fitted.members, labeled_images=len(splits.train_images), tile_size=tile)
         if fitted.selection is not None:
             result["selection"] = fitted.selection
-        segmenter.save(tmp / "segmenter", export)
+        segmenter.save(tmp / "segmenter", export)  # (a classical segmenter needs no export)
         faults.reached("segmenter saved")
         result["seconds"] = time.perf_counter() - started  # kept in the file, so a resumed study still has it
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last

@@ -6,6 +6,7 @@ member_probs [M, C, H, W])`` and carry ``num_classes`` and ``num_members``. A sa
     segmenter.yaml        kind, the resolved run config, sizes
     ensemble.safetensors  (pixel_ensemble) the pixel MLPs + feature normalisation
     network.safetensors   (supervised) the fine-tuned network
+    forest.safetensors    (filterbank) the random forest's trees as arrays (``filterbank.Forest``)
     export/               the U-Net it needs (config.yaml + weights), absent for an smp network
 """
 
@@ -28,6 +29,7 @@ from ..common.io import atomic_dir, load_tensors, save_tensors
 from ..common.tiling import blend_tiles, tile_grid
 from ..pretrain.export import WEIGHTS, Export, open_export, write_export
 from .features import FeatureExtractor, build_extractor
+from .filterbank import Forest, segment_probs
 from .finetune import NETWORKS, build_network, predict_probs
 from .pixel_mlp import PixelEnsemble, combine, entropy
 
@@ -132,7 +134,38 @@ class SupervisedSegmenter:
         return cls(cfg, model.to(device), meta["num_classes"], meta["tile_size"])
 
 
-KINDS = {k.kind: k for k in (PixelSegmenter, SupervisedSegmenter)}
+class FilterbankSegmenter:
+    """Multi-scale filter features + a random forest (``seg.mode: classical``); one member, no network."""
+
+    kind = "filterbank"
+    num_members = 1
+
+    def __init__(self, cfg: Config, forest: Forest, num_classes: int, tile_size: int):
+        self.cfg, self.forest, self.num_classes, self.tile_size = cfg, forest, num_classes, tile_size
+
+    def predict(self, name: str, image: torch.Tensor):
+        probs = segment_probs(self.forest, image, self.cfg.seg.filter_sigma_max)
+        return probs.argmax(0), entropy(probs.permute(1, 2, 0)), probs[None]
+
+    def save(self, folder: Path, export: Export | None = None) -> None:
+        with atomic_dir(folder) as tmp:
+            save_tensors(self.forest.tensors(), str(tmp / "forest.safetensors"))
+            _write_meta(tmp, self)
+
+    @classmethod
+    def load(cls, folder: Path, meta: dict, device: torch.device) -> FilterbankSegmenter:
+        path = folder / "forest.safetensors"
+        try:
+            forest = Forest.from_tensors(load_tensors(path))
+        except KeyError as e:
+            raise CheckpointError(f"{path}: lacks the forest's {e.args[0]!r} table") from None
+        if forest.value.shape[1:] != (meta["num_classes"],):
+            raise CheckpointError(f"{path}: its leaves hold {forest.value.shape[1:]} class probabilities, "
+                                  f"segmenter.yaml says {meta['num_classes']} classes")
+        return cls(from_dict(meta["config"]), forest, meta["num_classes"], meta["tile_size"])
+
+
+KINDS = {k.kind: k for k in (PixelSegmenter, SupervisedSegmenter, FilterbankSegmenter)}
 
 
 SEGMENTER_FORMAT = 1  # segmenter.yaml's layout; a reader refuses a newer one by name instead of misreading it

@@ -16,9 +16,9 @@ from ..common.registry import Registry, registry
 @dataclass(frozen=True)
 class Method:
     """How a method segments: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode`` and the head
-    of ``frozen`` or the network of ``finetune``); its U-Net comes from the pretraining run of
-    ``objective`` (``None``: no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the
-    random initial weights)."""
+    of ``frozen`` or the network of ``finetune``; ``classical``: ``filterbank``, filter features and no network);
+    its U-Net comes from the pretraining run of ``objective`` (``None``: no export), folder ``export`` of that run
+    (``export``: the last; ``exports/step_0``: the random initial weights)."""
 
     mode: str
     arch: str
@@ -40,6 +40,7 @@ METHODS.register("mdm-ft", Method("finetune", "unet", "mdm", "export"))
 METHODS.register("mae-ft", Method("finetune", "unet", "mae", "export"))
 METHODS.register("unet-scratch", Method("finetune", "unet", "mdm", "exports/step_0"))
 METHODS.register("smp-scratch", Method("finetune", "smp", None, ""))
+METHODS.register("filterbank", Method("classical", "filterbank", None, ""))
 
 CLASS_METHODS: Registry[Method] = Registry("classification methods", "bench.methods", "classification method")
 CLASS_METHODS.register("mdm-linear", Method("frozen", "linear", "mdm", "export"))
@@ -53,5 +54,6 @@ CLASS_METHODS.register("mdm-ft", Method("finetune", "unet-encoder", "mdm", "expo
 CLASS_METHODS.register("ddpm-ft", Method("finetune", "unet-encoder", "ddpm", "export"))
 CLASS_METHODS.register("unet-scratch", Method("finetune", "unet-encoder", "mdm", "exports/step_0"))
 CLASS_METHODS.register("resnet18-scratch", Method("finetune", "resnet18", None, ""))
+CLASS_METHODS.register("filterbank", Method("classical", "filterbank", None, ""))
 
 TASK_METHODS = {task: registry(name) for task, name in TASK_METHOD_REGISTRIES.items()}  # bench.task -> its methods

@@ -1,6 +1,6 @@
-"""Tables and plots of a label-efficiency study: ``results.csv`` rows, markdown tables of mean ± std over seeds (per
-method and fraction, or per variant and method), line plots with error bars, the ablation's bars and the table of
-the pretraining runs' colour checks."""
+"""Tables and plots of a label-efficiency study: ``results.csv`` rows, markdown tables of mean ± sample std over
+seeds (per method and fraction, or per variant and method), line plots with error bars, the ablation's bars and the
+table of the pretraining runs' colour checks."""
 
 from __future__ import annotations
 
@@ -45,8 +45,18 @@ def columns(rows: list[dict], first: list[str]) -> list[str]:
     return list(dict.fromkeys([*first, *(k for r in rows for k in r)]))
 
 
+STATS_NOTE = ("mean ± sample standard deviation (ddof 1) over the n seeds of each cell; the seeds draw the labeled "
+              "images and the initialisations")
+
+
+def sample_sd(vals: list[float]) -> float:
+    """The sample standard deviation (ddof 1); 0 for fewer than two values (nothing to spread)."""
+    return float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
 def summarize(rows: list[dict], metric: str, methods: list[str], fractions: list[float]) -> str:
-    """Markdown table: mean ± std of ``metric`` over seeds, one row per method, one column per fraction."""
+    """Markdown table: mean ± sample std (``STATS_NOTE``) of ``metric`` with n, one row per method, one column per
+    fraction."""
     head = "| method | " + " | ".join(f"{f:g} labels" for f in fractions) + " |"
     lines = [head, "|---" * (len(fractions) + 1) + "|"]
     for m in methods:
@@ -56,13 +66,17 @@ def summarize(rows: list[dict], metric: str, methods: list[str], fractions: list
     return "\n".join(lines)
 
 
-def _cell(vals: list[float]) -> str:
-    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f} (n={len(vals)})" if vals else "–"
+def _cell(vals: list[float], change: str = "") -> str:
+    if not vals:
+        return "–"
+    spread = f" ± {sample_sd(vals):.3f}" if len(vals) > 1 else ""
+    return f"{np.mean(vals):.3f}{spread}{change} (n={len(vals)})"
 
 
 def summarize_variants(rows: list[dict], metric: str, variants: list[str], methods: list[str], fraction: float) -> str:
-    """Markdown table at one label fraction: mean ± std of ``metric`` over seeds, one row per variant, one column per
-    method; from the second variant on, the change of the mean from the first variant's, in points (x100)."""
+    """Markdown table at one label fraction: mean ± sample std of ``metric`` over seeds with n, one row per variant,
+    one column per method; from the second variant on, the change of the mean from the first variant's, in points
+    (x100)."""
     def values(v, m):
         return [r[metric] for r in rows if r.get("variant") == v and r["method"] == m
                 and r["label_fraction"] == fraction and metric in r]
@@ -73,7 +87,7 @@ def summarize_variants(rows: list[dict], metric: str, variants: list[str], metho
         for m in methods:
             vals, first = values(v, m), values(variants[0], m)
             change = f" ({100 * (np.mean(vals) - np.mean(first)):+.1f})" if k and vals and first else ""
-            cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}{change}" if vals else "–")
+            cells.append(_cell(vals, change))
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -99,7 +113,7 @@ def pretraining_table(runs: list[Path]) -> str:
 
 def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], xlabel: str, ylabel: str,
                title: str, log_x: bool = False, references: dict[str, list[float]] | None = None) -> None:
-    """One line per series with mean ± std error bars; ``series[name] = [(x, [values over seeds]), ...]``;
+    """One line per series with mean ± sample std error bars; ``series[name] = [(x, [values over seeds]), ...]``;
     ``references[name]``: values drawn as a dashed horizontal line at their mean."""
     import matplotlib  # deferred: matplotlib takes a second to import and only the report draws
 
@@ -112,7 +126,7 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
         if not points:
             continue
         xs = [x for x, _ in points]
-        ax.errorbar(xs, [np.mean(v) for _, v in points], yerr=[np.std(v) for _, v in points], marker="o",
+        ax.errorbar(xs, [np.mean(v) for _, v in points], yerr=[sample_sd(v) for _, v in points], marker="o",
                     capsize=3, label=name)
     for name, values in (references or {}).items():
         if values:
@@ -138,7 +152,8 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
 
 def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str], methods: list[str],
                   fraction: float) -> None:
-    """Grouped bars at one label fraction: one group per variant, one bar per method (mean ± std over seeds)."""
+    """Grouped bars at one label fraction: one group per variant, one bar per method (mean ± sample std over
+    seeds)."""
     import matplotlib  # deferred, as above
 
     matplotlib.use("Agg")
@@ -150,12 +165,12 @@ def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str]
         vals = [[r[metric] for r in rows if r.get("variant") == v and r["method"] == m
                  and r["label_fraction"] == fraction and metric in r] for v in variants]
         xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(variants))]
-        ax.bar(xs, [np.mean(v) if v else 0 for v in vals], width, yerr=[np.std(v) if v else 0 for v in vals],
+        ax.bar(xs, [np.mean(v) if v else 0 for v in vals], width, yerr=[sample_sd(v) for v in vals],
                capsize=2, label=m)
     ax.set_xticks(range(len(variants)))
     ax.set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(metric)
-    ax.set_title(f"Ablation at {fraction:g} labels (mean ± std over seeds)")
+    ax.set_title(f"Ablation at {fraction:g} labels (mean ± sample std over seeds)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()

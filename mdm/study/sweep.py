@@ -46,6 +46,7 @@ from .manifest import check_same_data, data_manifest, write_manifest
 from .methods import TASK_METHODS, Method
 from .pool import pretraining_data
 from .report import (
+    STATS_NOTE,
     plot_ablation,
     plot_lines,
     plot_selections,
@@ -57,6 +58,7 @@ from .report import (
     write_csv,
 )
 from .variants import PretrainFolders, arms
+from .verdicts import Verdict, default_references, judge, run_scores, verdict_sentences, verdict_table, write_verdicts
 
 
 def budget_steps(steps: int, exports: int, spacing: str) -> list[int]:
@@ -91,6 +93,8 @@ def methods_of(cfg: Config):
 
 
 def _known_arch(task: str, method: Method) -> bool:
+    if method.mode == "classical":
+        return method.arch == "filterbank"
     if task == "segmentation":
         return method.arch in NETWORKS
     return method.arch in (HEADS if method.mode == "frozen" else CLASS_NETWORKS)
@@ -104,11 +108,11 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
     m = methods_of(cfg)[method]
     data = replace(cfg.data, label_fraction=fraction, seed=seed)
     if cfg.bench.task == "classification":
-        which = {"head": m.arch} if m.mode == "frozen" else {"network": m.arch}
+        which = {"frozen": {"head": m.arch}, "finetune": {"network": m.arch}}.get(m.mode, {})
         probe = replace(cfg.probe, mode=m.mode, seed=seed, **which)
         opened = open_export(export, probe.weights) if export is not None else None
         return run_classification(probe, data, opened, out, device=device, progress=False)
-    seg = replace(cfg.seg, mode=m.mode, arch=m.arch, seed=seed)
+    seg = replace(cfg.seg, mode=m.mode, seed=seed, **({"arch": m.arch} if m.mode == "finetune" else {}))
     opened = open_export(export, seg.weights) if export is not None else None
     return run_segmentation(seg, data, opened, out, device=device, progress=False)
 
@@ -118,7 +122,8 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
 RESUMABLE_KEYS = {"bench.fractions", "bench.seeds", "bench.methods", "bench.budget_methods", "bench.budget_seeds",
                   "bench.variants", "bench.out_dir", "train.out_dir", "seg.out_dir", "train.device", "seg.device",
                   "train.log_every", "train.image_every", "seg.cache_dir", "data.num_workers", "probe.cache_dir",
-                  "probe.device", "probe.out_dir"}
+                  "probe.device", "probe.out_dir", "bench.references", "bench.bootstrap",
+                  "bench.bootstrap_seed"}
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -154,7 +159,8 @@ def check_same_study(cfg: Config, out: Path) -> None:
                               f"another bench.out_dir")
 
 
-STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "results.md", "label_efficiency.png",
+STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "results.md", "verdicts.csv",
+               "label_efficiency.png",
                "ablation.png", "block_selection.png", "budget.csv", "pretrain_budget.png", "runs", "budget",
                "new_images", "predict"}
 
@@ -260,8 +266,9 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                    {m: [(f, [r[bc.metric] for r in rows if r["method"] == m and r["label_fraction"] == f
                              and bc.metric in r]) for f in bc.fractions] for m in bc.methods},
                    "label fraction", bc.metric, "Label efficiency")
-    write_text_atomic(out / "results.md", f"# Label efficiency ({bc.metric}, mean ± std over seeds {bc.seeds})\n\n"
-                                          f"{table}\n\n## Pretraining runs\n\n{pretrained}\n")
+    verdicts = verdicts_of(cfg, out, [n for n, _ in studies], results)
+    write_verdicts(out / "verdicts.csv", verdicts)
+    write_text_atomic(out / "results.md", results_text(cfg, verdicts, table, pretrained))
 
     name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
     selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
@@ -277,7 +284,45 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         phases["budget curve"] = time.perf_counter() - t
     elapsed = time.perf_counter() - started
     log(f"study finished in {elapsed // 60:.0f} min {elapsed % 60:.0f} s")
-    return {"rows": rows, "budget": budget, "table": table, "seconds": elapsed, "phases": phases}
+    return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts, "seconds": elapsed,
+            "phases": phases}
+
+
+def verdicts_of(cfg: Config, out: Path, names: list[str], results: dict) -> list[Verdict]:
+    """The verdict table of the study (``verdicts``): each method against ``bench.references`` (default: the best
+    scratch method and the random features, per fraction); in an ablation, each variant of a method against the
+    first variant of the same method."""
+    bc, methods = cfg.bench, methods_of(cfg)
+    arms = {}
+    for (name, m, f, s), result in results.items():
+        arm = f"{m} ({name})" if bc.variants else m
+        run = out / "runs" / name / m / f"f{f:g}_s{s}"
+        arms[arm, f, s] = run_scores(run, bc.task, bc.metric, result.get(bc.metric, float("nan")))
+    pairs = []
+    for f in bc.fractions:
+        if bc.variants:
+            pairs += [(f"{m} ({v})", f"{m} ({names[0]})", f) for v in names[1:] for m in bc.methods]
+            continue
+        means = {m: sum(vals) / len(vals) for m in bc.methods
+                 if (vals := [results[names[0], m, f, s][bc.metric] for s in bc.seeds
+                              if bc.metric in results[names[0], m, f, s]])}
+        references = bc.references or default_references({m: methods[m] for m in bc.methods}, means)
+        pairs += [(m, r, f) for r in references for m in bc.methods if m != r]
+    return judge(arms, pairs, bc.seeds, bc.metric, bc.bootstrap, bc.bootstrap_seed)
+
+
+def results_text(cfg: Config, verdicts: list[Verdict], table: str, pretrained: str) -> str:
+    """``results.md``: the verdicts in words and as a table, the means, the pretraining runs."""
+    bc = cfg.bench
+    against = "the first variant of the same method" if bc.variants else (
+        ", ".join(bc.references) if bc.references else "the best method trained from scratch and the random features")
+    return (f"# Label efficiency ({bc.metric})\n\n## Verdicts\n\nEach method against {against}, at each label "
+            f"fraction: the mean paired difference over the seeds (the same labeled images and test images for both), "
+            f"with a 95% interval from a hierarchical bootstrap ({bc.bootstrap} replicates: seeds, then test images "
+            f"within a seed; docs/statistics.md). better / worse: the interval excludes 0; tie: it does not.\n\n"
+            f"{verdict_sentences(verdicts, bc.metric) or '(no pair of runs to compare)'}\n\n"
+            f"{verdict_table(verdicts)}\n\n## {bc.metric} per method\n\n{STATS_NOTE} ({bc.seeds}).\n\n{table}\n\n"
+            f"## Pretraining runs\n\n{pretrained}\n")
 
 
 def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path, device: torch.device,

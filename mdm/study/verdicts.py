@@ -1,0 +1,243 @@
+"""Paired verdicts between the methods of a study: is a method better than a reference, worse, or can the study not
+tell? The method is written out in docs/statistics.md.
+
+Every method of a study sees the same label draw per seed and the same test images, so two methods are compared on
+their **paired difference**: per seed, metric(method) - metric(reference) on the same test images, averaged over the
+seeds. Its 95% interval comes from a seeded **hierarchical bootstrap**: each replicate draws the seeds with
+replacement, then, for each seed drawn, the test images with replacement (the same images for both methods), and
+recomputes both metrics on that resample exactly as the run computed them (a per-image mean for Dice, summed
+intersections and unions for mIoU, per-class recalls for balanced accuracy, the Mann-Whitney statistic for ROC AUC).
+The interval is the 2.5th to 97.5th percentile of the replicates' mean differences; the verdict is ``better`` or
+``worse`` where it excludes 0, else ``tie``. A run without per-image scores for the metric (a folder written before
+they were saved, GlaS's per-group columns) is resampled over seeds only, and its rows say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..common.rng import Tag, make_key
+from .report import write_csv
+
+PER_IMAGE_MEAN = ("dice", "iou", "object_f1", "object_dice", "object_hausdorff", "aji")  # segmentation per_image.csv
+LOWER_IS_BETTER = {"object_hausdorff"}
+Score = Callable[[np.ndarray], np.ndarray]  # image multiplicities [B, N] -> the metric on each resample [B]
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """What the bootstrap needs of one run: its test images' names (to check that two runs are paired), the metric
+    as the run reported it, and ``score`` (``None``: no per-image scores, the run counts as one number)."""
+
+    images: tuple[str, ...]
+    value: float
+    score: Score | None
+
+
+def _mean_of(values: np.ndarray) -> Score:
+    valid = ~np.isnan(values)
+    v = np.where(valid, values, 0.0)
+    return lambda w: (w @ v) / np.maximum(w @ valid, 1e-12)
+
+
+def _miou_of(inter: np.ndarray, union: np.ndarray, absent: str) -> Score:
+    """``inter`` / ``union`` ``[N, C]`` per image: mIoU of the summed counts, classes with no union skipped (or 0)."""
+    def score(w):
+        i, u = w @ inter, w @ union
+        iou = np.where(u > 0, i / np.maximum(u, 1e-12), np.nan)
+        if absent == "zero":
+            return np.nan_to_num(iou, nan=0.0).mean(1)
+        with np.errstate(all="ignore"):
+            return np.nanmean(iou, axis=1)
+    return score
+
+
+def _balanced_of(labels: np.ndarray, correct: np.ndarray, k: int) -> Score:
+    onehot = np.eye(k)[labels]  # [N, K]
+    hit = onehot * correct[:, None]
+
+    def score(w):
+        n, h = w @ onehot, w @ hit
+        with np.errstate(all="ignore"):
+            return np.nanmean(np.where(n > 0, h / np.maximum(n, 1e-12), np.nan), axis=1)
+    return score
+
+
+def _auc_of(labels: np.ndarray, probs: np.ndarray) -> Score:
+    """Weighted Mann-Whitney AUC: binary of the second class's probability, else the one-vs-rest mean over classes
+    with both positives and negatives in the resample."""
+    k = probs.shape[1]
+    classes = [1] if k == 2 else list(range(k))
+
+    def score(w):
+        aucs = []
+        for c in classes:
+            pos, neg = labels == c, labels != c
+            s = probs[:, c]
+            h = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+            wp, wn = w[:, pos], w[:, neg]
+            denom = wp.sum(1) * wn.sum(1)
+            with np.errstate(all="ignore"):
+                aucs.append(np.where(denom > 0, ((wp @ h) * wn).sum(1) / np.maximum(denom, 1e-12), np.nan))
+        with np.errstate(all="ignore"):
+            return np.nanmean(np.stack(aucs, 1), axis=1)
+    return score
+
+
+def segmentation_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
+    """The test images of a segmentation run and the per-image score of ``metric`` from its ``per_image.csv``."""
+    with (run / "per_image.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    images = tuple(r["name"] for r in rows)
+    if metric in PER_IMAGE_MEAN and rows and metric in rows[0]:
+        return images, _mean_of(np.array([float(r[metric]) if r[metric] != "" else math.nan for r in rows]))
+    if metric == "miou" and rows and "inter_0" in rows[0]:
+        c = sum(k.startswith("inter_") for k in rows[0])
+        inter = np.array([[float(r[f"inter_{j}"]) for j in range(c)] for r in rows])
+        union = np.array([[float(r[f"union_{j}"]) for j in range(c)] for r in rows])
+        absent = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("seg", {}).get("miou_absent", "skip")
+        return images, _miou_of(inter, union, absent)
+    return images, None
+
+
+def classification_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
+    """The test images of a classification run and the per-image score of ``metric`` from ``predictions.csv``."""
+    with (run / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    images = tuple(r["image"] for r in rows)
+    names = [k[2:] for k in rows[0] if k.startswith("p_")] if rows else []
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([index[r["label"]] for r in rows])
+    correct = np.array([float(r["label"] == r["prediction"]) for r in rows])
+    if metric == "accuracy":
+        return images, _mean_of(correct)
+    if metric == "balanced_accuracy":
+        return images, _balanced_of(labels, correct, len(names))
+    if metric == "roc_auc":
+        return images, _auc_of(labels, np.array([[float(r[f"p_{n}"]) for n in names] for r in rows]))
+    return images, None
+
+
+def run_scores(run: Path, task: str, metric: str, value: float) -> RunScores:
+    """``RunScores`` of the run folder ``run`` (``value``: its reported metric, from ``metrics.json``)."""
+    try:
+        read = segmentation_scores if task == "segmentation" else classification_scores
+        images, score = read(run, metric)
+    except (OSError, KeyError, ValueError):
+        images, score = (), None
+    return RunScores(images, float(value), score)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One method against one reference at one label fraction (differences in metric units)."""
+
+    method: str
+    reference: str
+    fraction: float
+    seeds: int
+    difference: float
+    low: float
+    high: float
+    verdict: str  # better / worse / tie (for the method, against the reference)
+    images_resampled: bool  # False: some seed had no per-image scores (resampled over seeds only)
+
+
+def paired_bootstrap(pairs: list[tuple[RunScores, RunScores]], replicates: int, seed: int) -> tuple[float, np.ndarray]:
+    """The mean over seeds of ``metric(a) - metric(b)`` (one ``(a, b)`` pair of runs per seed) and ``replicates``
+    hierarchical-bootstrap draws of it (seeds with replacement, then each drawn seed's test images)."""
+    rng = np.random.default_rng(seed)
+    n = len(pairs)
+    point = float(np.mean([a.value - b.value for a, b in pairs]))
+    # per seed and slot: the difference on an independent image resample, for each replicate ([n seeds][B, n slots])
+    diffs = []
+    for a, b in pairs:
+        if a.score is None or b.score is None:
+            diffs.append(np.full((replicates, n), a.value - b.value))
+            continue
+        m = len(a.images)
+        w = rng.multinomial(m, np.full(m, 1.0 / m), size=replicates * n).astype(float)
+        diffs.append((a.score(w) - b.score(w)).reshape(replicates, n))
+    drawn = rng.integers(0, n, size=(replicates, n))  # which seed fills each slot
+    stacked = np.stack(diffs)  # [n seeds, B, n slots]
+    picked = stacked[drawn, np.arange(replicates)[:, None], np.arange(n)[None, :]]
+    return point, np.nanmean(picked, axis=1)
+
+
+def _stable(*parts) -> int:
+    return zlib.crc32(json.dumps(parts).encode())
+
+
+def compare(runs: dict[tuple[str, float, int], RunScores], method: str, reference: str, fraction: float,
+            seeds: list[int], metric: str, replicates: int, seed: int) -> Verdict | None:
+    """The verdict of ``method`` against ``reference`` at ``fraction`` over the ``seeds`` both ran (``runs[method,
+    fraction, seed]``); ``None`` where they share no seed or their test images differ."""
+    pairs = [(runs[method, fraction, s], runs[reference, fraction, s]) for s in seeds
+             if (method, fraction, s) in runs and (reference, fraction, s) in runs]
+    pairs = [(a, b) for a, b in pairs if not (math.isnan(a.value) or math.isnan(b.value))]
+    if not pairs:
+        return None
+    resampled = all(a.score is not None and b.score is not None and a.images == b.images for a, b in pairs)
+    if not resampled:  # unpaired images cannot be resampled together
+        pairs = [(RunScores(a.images, a.value, None), RunScores(b.images, b.value, None)) for a, b in pairs]
+    point, draws = paired_bootstrap(pairs, replicates, make_key(seed, Tag.BOOTSTRAP,
+                                                               _stable(method, reference, fraction, metric)))
+    low, high = (float(v) for v in np.nanpercentile(draws, [2.5, 97.5]))
+    higher = low > 0  # the interval lies above 0 (or below it: high < 0)
+    verdict = "tie" if low <= 0 <= high else ("better" if higher != (metric in LOWER_IS_BETTER) else "worse")
+    return Verdict(method, reference, fraction, len(pairs), point, low, high, verdict, resampled)
+
+
+def default_references(methods: dict, means: dict[str, float]) -> list[str]:
+    """``bench.references`` left empty: the best method trained from scratch (highest ``means[method]``: not frozen,
+    no pretrained weights; the classical baseline counts) and the frozen features of the initial weights."""
+    scratch = [m for m, rec in methods.items() if rec.mode != "frozen" and not rec.pretrained and m in means]
+    random = [m for m, rec in methods.items() if rec.mode == "frozen" and rec.export == "exports/step_0"]
+    best = [max(scratch, key=lambda m: means[m])] if scratch else []
+    return best + random
+
+
+def judge(arms: dict[tuple[str, float, int], RunScores], pairs: list[tuple[str, str, float]], seeds: list[int],
+          metric: str, replicates: int, seed: int) -> list[Verdict]:
+    """``compare`` for each ``(arm, reference arm, fraction)`` of ``pairs`` that shares a seed."""
+    found = (compare(arms, a, r, f, seeds, metric, replicates, seed) for a, r, f in pairs)
+    return [v for v in found if v is not None]
+
+
+def verdict_table(verdicts: list[Verdict]) -> str:
+    """Markdown: one row per verdict (difference = method - reference, in metric units)."""
+    lines = ["| labels | method | reference | n | difference | 95% interval | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        star = "" if v.images_resampled else " (seeds only)"
+        lines.append(f"| {v.fraction:g} | {v.method} | {v.reference} | {v.seeds} | {v.difference:+.3f} | "
+                     f"[{v.low:+.3f}, {v.high:+.3f}]{star} | **{v.verdict}** |")
+    return "\n".join(lines)
+
+
+WORDS = {"better": "is better than", "worse": "is worse than", "tie": "ties with"}
+
+
+def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
+    """The verdicts in words, one paragraph per label fraction."""
+    out = []
+    for fraction in dict.fromkeys(v.fraction for v in verdicts):
+        rows = [v for v in verdicts if v.fraction == fraction]
+        said = [f"{v.method} {WORDS[v.verdict]} {v.reference} ({v.difference:+.3f}, 95% interval "
+                f"{v.low:+.3f} to {v.high:+.3f})" for v in rows]
+        out.append(f"- At {fraction:g} labels ({metric}, {rows[0].seeds} seeds): " + "; ".join(said) + ".")
+    return "\n".join(out)
+
+
+def write_verdicts(path: Path, verdicts: list[Verdict]) -> None:
+    """``verdicts.csv``: one row per verdict."""
+    write_csv(path, [v.__dict__ for v in verdicts], list(Verdict.__dataclass_fields__))
