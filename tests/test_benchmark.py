@@ -13,7 +13,8 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
         "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
         "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
         "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.1,0.5]", "bench.seeds=[0]",
-        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch,filterbank]", "bench.pretrain_steps=4", "bench.budget_exports=2",
+        "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch,filterbank]", "bench.pretrain_steps=4",
+        "bench.budget_exports=2",
         "train.device=cpu", "seg.device=cpu"]
 
 
@@ -48,8 +49,15 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     assert benchmark.main(args) == 0
     printed = capsys.readouterr().out
     assert "| mdm-ft |" in printed and "label_efficiency.png" in printed
-    for name in ("results.csv", "results.md", "label_efficiency.png", "budget.csv", "pretrain_budget.png"):
+    for name in ("results.csv", "results.md", "verdicts.csv", "label_efficiency.png", "budget.csv",
+                 "pretrain_budget.png"):
         assert (tmp_path / name).is_file(), name
+    # verdicts: every method against the better of the two scratch methods and the random features, per fraction
+    verdicts = list(csv.DictReader((tmp_path / "verdicts.csv").open()))
+    assert {v["reference"] for v in verdicts} <= {"smp-scratch", "filterbank", "random"}
+    assert len(verdicts) == 2 * (5 + 5) and all(v["verdict"] in ("better", "worse", "tie") for v in verdicts)
+    assert all(v["images_resampled"] == "True" for v in verdicts)  # per_image.csv read for every run
+    assert (tmp_path / "results.md").read_text().startswith("# Label efficiency (dice)\n\n## Verdicts")
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert len(rows) == 2 * 6
     assert {r["method"] for r in rows} == {"mdm", "ddpm", "random", "mdm-ft", "smp-scratch", "filterbank"}

@@ -9,6 +9,7 @@ algorithm search (``tune_for_fixed_shapes``).
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -66,3 +67,20 @@ def tune_for_fixed_shapes(device: torch.device) -> None:
     choice per shape for the whole process, whatever the switch says later)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def machine_summary(device: torch.device) -> str:
+    """One line naming where a result was computed: the GPU, or the CPU model, its cores and the instruction sets
+    that decide its speed (amx_bf16, avx512_bf16, avx2); and torch's version."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    model, flags = "unknown CPU", set()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo").read().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags |= set(value.split())
+    isa = [f for f in ("amx_bf16", "avx512_bf16", "avx2") if f in flags]
+    return f"{os.cpu_count()}-core {model} ({', '.join(isa) or 'no avx2'}), torch {torch.__version__}"

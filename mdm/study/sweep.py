@@ -16,6 +16,8 @@ same study on the same data (``check_same_study``, ``manifest``). Output folder:
     pretraining.md                      each pretraining run's last loss and colour check
     runs/[<variant>/]<method>/f<fraction>_s<seed>/  one segmentation (or classification) run each
     results.csv results.md label_efficiency.png (ablation.png: variants x methods at the lowest fraction)
+    verdicts.csv                        each method against bench.references (an ablation: each variant against
+                                        the first), paired 95% bootstrap intervals (``verdicts``)
     block_selection.png                 (seg.blocks / probe.blocks auto) the probes' scores per frozen method
     budget.csv pretrain_budget.png      the metric at the lowest fraction vs images seen in pretraining (the first
                                         bench.budget_seeds seeds; the first variant)
@@ -35,6 +37,7 @@ from ..classify.heads import HEADS
 from ..classify.run import run_classification
 from ..common.config import Config, DataConfig, check_crop
 from ..common.config_io import dump, load, to_dict
+from ..common.devices import machine_summary
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
 from ..pretrain.export import open_export
@@ -235,7 +238,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         m = methods[method]
         return pretrain[variant, m.objective] / (which or m.export) if m.objective else None
 
-    rows, results = [], {}
+    rows, results, ran = [], {}, []
     total = len(studies) * len(bc.fractions) * len(bc.seeds) * len(bc.methods)
     for name, vcfg in studies:
         for fraction in bc.fractions:
@@ -247,8 +250,9 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                     result = run_one(vcfg, method, fraction, seed, export_for(name, method), run, seg_device)
                     key = f"segmentation: {method}"
                     phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
+                    ran.append("done before, skipped" if done else f"{result['seconds']:.1f} s")
                     log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
-                        f"seed {seed}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
+                        f"seed {seed}: {ran[-1]}")
                     results[name, method, fraction, seed] = result
                     rows.append({**({"variant": name} if name else {}),
                                  **result_row(method, fraction, seed, result, bc.task)})
@@ -268,7 +272,6 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                    "label fraction", bc.metric, "Label efficiency")
     verdicts = verdicts_of(cfg, out, [n for n, _ in studies], results)
     write_verdicts(out / "verdicts.csv", verdicts)
-    write_text_atomic(out / "results.md", results_text(cfg, verdicts, table, pretrained))
 
     name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
     selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
@@ -283,7 +286,12 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     if budget:
         phases["budget curve"] = time.perf_counter() - t
     elapsed = time.perf_counter() - started
-    log(f"study finished in {elapsed // 60:.0f} min {elapsed % 60:.0f} s")
+    took = f"{elapsed // 60:.0f} min {elapsed % 60:.0f} s"
+    log(f"study finished in {took}")
+    where = (f"Computed on {machine_summary(train_device)}" + (f" (stage 2: {machine_summary(seg_device)})"
+             if seg_device.type != train_device.type else "") + f"; this call took {took} (runs finished before it "
+             f"count only as their skip: {sum('skipped' in p for p in ran)} of {len(ran)} runs).")
+    write_text_atomic(out / "results.md", results_text(cfg, verdicts, table, pretrained) + f"\n{where}\n")
     return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts, "seconds": elapsed,
             "phases": phases}
 
