@@ -34,7 +34,7 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
     for i in tqdm(range(len(test_ds)), desc="test", disable=None if progress else True, leave=False):
         item = test_ds[i]
         labels, unc, probs = segmenter.predict(item.name, item.image)
-        image_cm = np.asarray(metrics.confusion_matrix(labels, item.label, c, IGNORE_INDEX))
+        image_cm = metrics.confusion_matrix(labels, item.label, c, IGNORE_INDEX)
         cm += image_cm
         row = {"name": item.name, "group": item.group}
         if binary:

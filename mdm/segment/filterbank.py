@@ -5,7 +5,7 @@ at sigmas from 0.5 to ``sigma_max``; scikit-image's ``multiscale_basic_features`
 
 The fitted forest is kept as plain arrays (``Forest``: every tree's nodes in one table), so a saved segmenter is
 tensors and YAML like every other (no pickle), and prediction is a vectorised walk down all trees at once that
-gives scikit-learn's ``predict_proba`` (tests/test_filterbank.py checks it).
+gives scikit-learn's ``predict_proba`` (tests/test_verdicts.py checks it).
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ class Forest:
             chunk = x[start:start + PREDICT_CHUNK]
             rows = np.arange(len(chunk))[None, :]
             node = np.repeat(self.roots[:, None], len(chunk), axis=1)  # [T, N]
-            inner = self.left[node] >= 0
-            while inner.any():
+            left = self.left[node]
+            while (left >= 0).any():
                 go_left = chunk[rows, self.feature[node]] <= self.threshold[node]
-                node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
-                inner = self.left[node] >= 0
+                node = np.where(left >= 0, np.where(go_left, left, self.right[node]), node)
+                left = self.left[node]
             out.append(self.value[node].mean(0))
         return np.concatenate(out) if out else np.zeros((0, self.value.shape[1]), np.float32)
 

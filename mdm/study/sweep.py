@@ -238,7 +238,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         m = methods[method]
         return pretrain[variant, m.objective] / (which or m.export) if m.objective else None
 
-    rows, results, ran = [], {}, []
+    rows, results, skipped = [], {}, 0
     total = len(studies) * len(bc.fractions) * len(bc.seeds) * len(bc.methods)
     for name, vcfg in studies:
         for fraction in bc.fractions:
@@ -250,9 +250,9 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                     result = run_one(vcfg, method, fraction, seed, export_for(name, method), run, seg_device)
                     key = f"segmentation: {method}"
                     phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
-                    ran.append("done before, skipped" if done else f"{result['seconds']:.1f} s")
+                    skipped += done
                     log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
-                        f"seed {seed}: {ran[-1]}")
+                        f"seed {seed}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
                     results[name, method, fraction, seed] = result
                     rows.append({**({"variant": name} if name else {}),
                                  **result_row(method, fraction, seed, result, bc.task)})
@@ -290,7 +290,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     log(f"study finished in {took}")
     where = (f"Computed on {machine_summary(train_device)}" + (f" (stage 2: {machine_summary(seg_device)})"
              if seg_device.type != train_device.type else "") + f"; this call took {took} (runs finished before it "
-             f"count only as their skip: {sum('skipped' in p for p in ran)} of {len(ran)} runs).")
+             f"count only as their skip: {skipped} of {total} runs).")
     write_text_atomic(out / "results.md", results_text(cfg, verdicts, table, pretrained) + f"\n{where}\n")
     return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts, "seconds": elapsed,
             "phases": phases}
