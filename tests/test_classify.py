@@ -82,8 +82,9 @@ def test_an_epoch_of_a_few_images_is_several_steps_and_never_a_batch_of_one():
             return super().forward(x)
 
     x, y = torch.randn(3, 4), torch.tensor([0, 1, 0])
-    fit_module(Counting(4, 2), x, y, x[:0], y[:0], 0.1, 0.0, 1, 0, 2, 0, epoch_images=8)
+    history = fit_module(Counting(4, 2), x, y, x[:0], y[:0], 0.1, 0.0, 1, 0, 2, 0, epoch_images=8)
     assert sizes == [2, 2, 2, 3]  # three images cycled to nine, the last one joined to the batch before
+    assert len(history["train_loss"]) == 1 and history["val_loss"] == []  # nothing held out: no validation curve
 
 
 def test_metrics_match_a_hand_computation():
@@ -97,8 +98,11 @@ def test_metrics_match_a_hand_computation():
     assert m["accuracy"] == pytest.approx(0.8)
     assert m["balanced_accuracy"] == pytest.approx((1 + 2 / 3) / 2)
     assert m["roc_auc"] == pytest.approx(1.0)  # every class-1 image scores above every class-0 image
+    assert m["modal_share"] == pytest.approx(3 / 5)  # predictions 0, 1, 0, 1, 0
     three = classification_metrics([0, 1, 2], np.eye(3))
     assert three["roc_auc"] == 1.0 and three["balanced_accuracy"] == 1.0
+    constant = classification_metrics([0, 1, 1], np.array([[0.4, 0.6]] * 3))
+    assert constant["modal_share"] == 1.0 and constant["balanced_accuracy"] == 0.5
 
 
 def _bmp(path, value=128, size=12):
@@ -190,7 +194,10 @@ def test_a_probe_run_writes_its_folder_and_reads_its_cache(pretrained_export, tm
     with open(tmp_path / "run" / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 200 and set(rows[0]) == {"image", "label", "prediction", "p_regular", "p_irregular"}
-    assert (tmp_path / "run" / "block_selection.png").is_file()
+    assert (tmp_path / "run" / "block_selection.png").is_file() and (tmp_path / "run" / "loss_curves.png").is_file()
+    member = result["members"][0]  # one loss per epoch run; the validation curve's minimum is the kept epoch
+    assert len(member["train_loss"]) == len(member["val_loss"]) == member["epochs"]
+    assert min(member["val_loss"]) == pytest.approx(member["val_loss"][member["best_epoch"]])
     cached = sorted((tmp_path / "cache").rglob("*.safetensors"))
     assert cached  # a second run of the same head (the sweep forgotten) reads them back and gives the same answer
     _SELECTIONS.clear()

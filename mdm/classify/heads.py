@@ -66,12 +66,14 @@ def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
                epoch_images: int = 0) -> dict:
     """Train ``model`` (logits from ``model(x[batch])``) with Adam and early stopping on the validation loss (the
     training loss when ``yv`` is empty); the best state is loaded back. Returns ``{"best_epoch", "best_val_loss",
-    "epochs"}``. ``augment(x_batch, generator)``: an augmentation of each training batch. An epoch is a seeded
+    "epochs", "train_loss", "val_loss"}`` (the last two: one mean cross-entropy per epoch; ``val_loss`` empty without
+    validation images). ``augment(x_batch, generator)``: an augmentation of each training batch. An epoch is a seeded
     permutation of the training images, repeated (each time reshuffled) until it holds ``epoch_images``, so that a
     handful of labeled images still gives an epoch of several optimizer steps."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     stop = EarlyStopping.of_module(model, patience)
     g = torch.Generator().manual_seed(seed)
+    curves = {"train_loss": [], "val_loss": []}
     for epoch in range(epochs):
         model.train()
         order = torch.cat([torch.randperm(len(y), generator=g) for _ in range(max(1, -(-epoch_images // len(y))))])
@@ -88,11 +90,13 @@ def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
             opt.step()
             total += loss.item() * len(idx)
         model.eval()
-        watched = mean_loss(model, xv, yv) if len(yv) else total / len(y)
-        if stop.update(epoch, watched):
+        curves["train_loss"].append(round(total / len(order), 5))
+        if len(yv):
+            curves["val_loss"].append(round(mean_loss(model, xv, yv), 5))
+        if stop.update(epoch, curves["val_loss"][-1] if len(yv) else total / len(y)):
             break
     model.eval()
-    return stop.restore()
+    return {**stop.restore(), **curves}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
     """``labels [N]`` in 0 .. K-1, ``probs [N, K]`` -> ``{"accuracy", "balanced_accuracy", "roc_auc",
-    "per_class_recall": {class: recall}}`` (the prediction is the most probable class, the lower on a tie)."""
+    "per_class_recall": {class: recall}, "modal_share"}`` (the prediction is the most probable class, the lower on a
+    tie; ``modal_share``: the share of test images given the most common prediction, 1.0 for a classifier that
+    predicts a constant)."""
     y, probs = np.asarray(labels), np.asarray(probs, dtype=float)
     pred = probs.argmax(1)
     recalls = {int(c): float((pred[y == c] == c).mean()) for c in np.unique(y)}
@@ -34,4 +36,5 @@ def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
         aucs = [a for a in aucs if not math.isnan(a)]
         auc = float(np.mean(aucs)) if aucs else math.nan
     return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.mean(list(recalls.values()))),
-            "roc_auc": auc, "per_class_recall": recalls}
+            "roc_auc": auc, "per_class_recall": recalls,
+            "modal_share": float(np.bincount(pred, minlength=probs.shape[1]).max() / len(pred))}

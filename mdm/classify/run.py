@@ -12,6 +12,7 @@ built under a temporary name and renamed into place (``metrics.json``, written l
     label_subset.json      the labeled training images and the validation ones
     metrics.json           accuracy, balanced_accuracy, roc_auc, per-class recall, the selection, the history
     predictions.csv        one row per test image: its label, the prediction and each class's probability
+    loss_curves.png        trained heads and networks: each member's training and validation loss per epoch
     block_selection.json / .png   (auto) the sweep's validation losses and accuracies, and the choice
 """
 
@@ -37,6 +38,7 @@ from ..common.io import atomic_dir
 from ..pretrain.export import Export
 from ..segment.filterbank import filter_features
 from ..segment.run import check_replaceable, save_selection
+from ..segment.visualize import save_loss_curves
 from .datasets import ClassDataset, open_class_split
 from .features import ImageFeatures, features_of, resize
 from .finetune import CLASS_NETWORKS, train_classifier
@@ -47,7 +49,7 @@ from .splits import class_subset, validation_images
 
 _SELECTIONS: dict[str, dict] = {}  # sweep results by export, labeled subset and probe settings (see ``_frozen``)
 RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "predictions.csv", "block_selection.json",
-             "block_selection.png"}
+             "block_selection.png", "loss_curves.png"}
 
 
 def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: ClassDataset, test: ClassDataset,
@@ -157,6 +159,12 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
         if "selection" in decided:
             save_selection(tmp, decided["selection"])
         (tmp / "predictions.csv").write_text(_predictions(test, probs))
+        curves = [m for m in decided["members"] if m.get("train_loss")]
+        if curves:
+            what = probe.network if probe.mode == "finetune" else f"{probe.head} head"
+            save_loss_curves(tmp / "loss_curves.png", curves, f"{what}, {data.label_fraction:g} labels, seed "
+                             f"{data.seed}: balanced accuracy {result['balanced_accuracy']:.3f}, "
+                             f"modal share {result['modal_share']:.2f}")
         result["seconds"] = time.perf_counter() - started
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
     return result

@@ -108,6 +108,29 @@ def save_heatmap(path: Path, values: list[list[float | None]], rows: list[str], 
     plt.close(fig)
 
 
+def save_loss_curves(path: Path, members: list[dict], title: str) -> None:
+    """Each member's per-epoch ``train_loss`` (solid) and ``val_loss`` (dashed) as a PNG, the kept epoch marked."""
+    import matplotlib  # deferred, as above
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for i, m in enumerate(members):
+        colour = f"C{i % 10}"
+        ax.plot(range(1, len(m["train_loss"]) + 1), m["train_loss"], color=colour, label=f"member {i}: training")
+        if m["val_loss"]:
+            ax.plot(range(1, len(m["val_loss"]) + 1), m["val_loss"], "--", color=colour, label=f"member {i}: validation")
+        ax.axvline(m["best_epoch"] + 1, color=colour, lw=0.6, alpha=0.6)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: torch.Tensor,
                            uncertainty: torch.Tensor, num_classes: int, ground_truth: torch.Tensor | None = None,
                            class_names: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ from ..segment.visualize import draw_heatmap
 RUN_COLUMNS = ["method", "label_fraction", "seed", "labeled_images"]
 METRIC_COLUMNS = {"segmentation": ["dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji",
                                    "member_dice_mean", "member_dice_std", "seconds"],
-                  "classification": ["accuracy", "balanced_accuracy", "roc_auc", "seconds"]}
+                  "classification": ["accuracy", "balanced_accuracy", "roc_auc", "modal_share", "seconds"]}
 
 
 def task_columns(task: str) -> list[str]:

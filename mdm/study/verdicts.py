@@ -224,17 +224,22 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-WORDS = {"better": "is better than", "worse": "is worse than", "tie": "ties with"}
-
-
 def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
-    """The verdicts in words, one paragraph per label fraction."""
+    """The verdicts in words: one line per label fraction and reference, the methods grouped by verdict, each with
+    its paired difference and 95% interval."""
     out = []
     for fraction in dict.fromkeys(v.fraction for v in verdicts):
-        rows = [v for v in verdicts if v.fraction == fraction]
-        said = [f"{v.method} {WORDS[v.verdict]} {v.reference} ({v.difference:+.3f}, 95% interval "
-                f"{v.low:+.3f} to {v.high:+.3f})" for v in rows]
-        out.append(f"- At {fraction:g} labels ({metric}, {rows[0].seeds} seeds): " + "; ".join(said) + ".")
+        at = [v for v in verdicts if v.fraction == fraction]
+        for reference in dict.fromkeys(v.reference for v in at):
+            rows = [v for v in at if v.reference == reference]
+            groups = []
+            for verdict in ("better", "tie", "worse"):
+                said = [f"{v.method} ({v.difference:+.3f} [{v.low:+.3f}, {v.high:+.3f}])"
+                        for v in rows if v.verdict == verdict]
+                if said:
+                    groups.append(f"{'ties' if verdict == 'tie' else verdict}: " + ", ".join(said))
+            out.append(f"- At {fraction * 100:g}% labels ({metric}, {rows[0].seeds} seeds), against {reference}: "
+                       + "; ".join(groups) + ".")
     return "\n".join(out)
 
 
