@@ -23,8 +23,8 @@ test: lint
 
 DEMO := runs/demo
 
-# the whole story on the built-in synthetic data (README: the time on three kinds of 2-core CPU): pretrain MDM and
-# DDPM, sweep 10% / 100% labels x seeds x methods, print the table, write the plots, segment new images with a saved
+# the whole story on the built-in synthetic data (README: its time on a 2-core CPU): pretrain MDM, sweep 10% / 100%
+# labels x seeds x methods, print the verdicts and the table, write the plots, segment new images with a saved
 # segmenter, print the time of each phase
 demo: $(STAMP)
 	$(BIN)/python -m mdm.demo --config configs/bench_demo.yaml --out $(DEMO)
