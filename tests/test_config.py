@@ -14,6 +14,16 @@ def test_dump_and_reload_is_identical(tmp_path, configs_dir):
         assert cfg.train.lr == 3e-4 and cfg.model.channel_mult == [1, 2]
 
 
+def test_every_shipped_config_and_its_variants_pass_the_checks(configs_dir):
+    from mdm.study.variants import arms
+
+    names = sorted(n for n in os.listdir(configs_dir) if n.endswith(".yaml"))
+    assert len(names) > 20
+    for name in names:
+        for _, cfg in arms(load(os.path.join(configs_dir, name))):
+            assert cfg.bench.variants == []
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.bogus=1", "unknown config key train.bogus"),
     ("nosection.x=1", "unknown config key nosection"),

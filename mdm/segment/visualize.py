@@ -120,7 +120,8 @@ def save_loss_curves(path: Path, members: list[dict], title: str) -> None:
         colour = f"C{i % 10}"
         ax.plot(range(1, len(m["train_loss"]) + 1), m["train_loss"], color=colour, label=f"member {i}: training")
         if m["val_loss"]:
-            ax.plot(range(1, len(m["val_loss"]) + 1), m["val_loss"], "--", color=colour, label=f"member {i}: validation")
+            ax.plot(range(1, len(m["val_loss"]) + 1), m["val_loss"], "--", color=colour,
+                    label=f"member {i}: validation")
         ax.axvline(m["best_epoch"] + 1, color=colour, lw=0.6, alpha=0.6)
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
