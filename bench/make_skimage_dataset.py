@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+MARK = ".made_by_make_skimage_dataset"
 
 
 def nucleus_mask(rgb: np.ndarray, min_pixels: int = 12) -> np.ndarray:
@@ -39,14 +42,20 @@ def main() -> None:
     from skimage import data
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("root", help="the dataset folder to write (replaced)")
+    p.add_argument("root", help="the dataset folder to write (a folder this script made earlier is replaced; any "
+                                "other non-empty folder is refused)")
     p.add_argument("--tile", type=int, default=64)
     args = p.parse_args()
-    root = Path(args.root)
-    if root.exists():
-        shutil.rmtree(root)
+    final = Path(args.root)
+    if final.is_file() or (final.is_dir() and any(final.iterdir()) and not (final / MARK).is_file()):
+        print(f"error: {final}: exists and is not a folder this script made (no {MARK}); give a new or empty "
+              f"folder, nothing there is deleted", file=sys.stderr)
+        raise SystemExit(2)
+    root = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(root, ignore_errors=True)
     for sub in ("train/images", "train/masks", "test/images", "test/masks", "unlabeled"):
         (root / sub).mkdir(parents=True)
+    (root / MARK).write_text("written by bench/make_skimage_dataset.py: running it again replaces this folder\n")
     (root / "classes.txt").write_text("background\nnucleus\n")
     counts = {"train": 0, "test": 0, "unlabeled": 0}
     for name, rgb in (("ihc", data.immunohistochemistry()),):
@@ -68,7 +77,10 @@ def main() -> None:
                     root / split / "masks" / f"{stem}.png")
     first_test = sorted((root / "test" / "images").iterdir())[0]
     shutil.copy(first_test, root / "unlabeled" / "copy_of_a_test_tile.png")
-    print(f"{root}: {counts['train']} labeled training tiles, {counts['test']} test tiles, {counts['unlabeled']} "
+    if final.exists():
+        shutil.rmtree(final)
+    root.rename(final)
+    print(f"{final}: {counts['train']} labeled training tiles, {counts['test']} test tiles, {counts['unlabeled']} "
           f"unlabeled tiles (+ a renamed copy of test tile {first_test.name}, which pretraining must exclude)")
 
 

@@ -30,7 +30,7 @@ from .common.config import Config
 from .common.config_io import load
 from .common.devices import resolve_device
 from .common.errors import ConfigError, DataError, MdmError
-from .common.io import list_images, load_image
+from .common.io import list_images, load_image, refuse_foreign
 
 EXPECTED = (MdmError, OSError)
 MESSAGE_LIMIT = 600  # characters of an error message shown
@@ -203,10 +203,15 @@ def _predict(argv: list[str]) -> int:
     return 0
 
 
+PREDICT_FOLDERS = {"predictions", "uncertainty", "overlays"}  # what save_prediction_images writes
+
+
 def check_predict_out(out: Path, images: Path, model: Path) -> None:
     """``predict --out`` must be a folder of its own: not inside ``--images`` (the next predict would segment its own
     outputs) and not inside the run folder (a rerun replaces it, and its test predictions live there)."""
     check_out(out)
+    refuse_foreign(out, PREDICT_FOLDERS, "predict", "give a new or empty --out folder (predict writes "
+                   "predictions/, uncertainty/ and overlays/ there, replacing same-named files)")
     o, images, model = out.resolve(), images.resolve(), model.resolve()
     run = model.parent if model.name == "segmenter" else model
     if images.is_dir() and (o == images or images in o.parents):

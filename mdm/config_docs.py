@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 
 from .common.config import Config
+from .common.io import write_text_atomic
 from .common.registry import registry
 from .registries import ALL  # noqa: F401 - every registry filled
 
@@ -85,7 +86,7 @@ def main() -> None:
     args = p.parse_args()
     if args.write:
         readme = Path(__file__).resolve().parents[1] / "README.md"
-        readme.write_text(replace_in(readme.read_text()))
+        write_text_atomic(readme, replace_in(readme.read_text()))
     else:
         print(markdown_table())
 

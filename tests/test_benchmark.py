@@ -110,7 +110,7 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
             "bench.fractions=[1.0]", "bench.seeds=[0]", "bench.methods=[mdm,unet-scratch]", "bench.pretrain_steps=2",
             "bench.budget_exports=1", "bench.budget_methods=[]", f"bench.out_dir={tmp_path / 'study'}",
             "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[50]", "seg.probe_steps=1",
-            "seg.auto_blocks=1"]
+            "seg.auto_blocks=1", f"seg.cache_dir={tmp_path / 'study' / 'features'}"]  # a cache in the study folder
     cfg = load(os.path.join(configs_dir, "bench_generic_cpu.yaml"), sets)
     cpu = torch.device("cpu")
     first = study.run_benchmark(cfg, cpu, cpu, log=lambda *_: None)

@@ -3,19 +3,21 @@ grades on a copy of the release's file names), the label subsets, a probe run an
 
 import csv
 import json
+from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import mdm.classify.run as classify_run
 from helpers import tiny_config
 from mdm.classify.datasets import open_class_split, read_glas_grades
 from mdm.classify.features import ImageFeatures
 from mdm.classify.heads import fit_head, fit_module
 from mdm.classify.metrics import binary_auc, classification_metrics
 from mdm.classify.pooling import AttentionPool, pool, token_map
-from mdm.classify.run import _SELECTIONS, run_classification
+from mdm.classify.run import run_classification
 from mdm.classify.select import select_part
 from mdm.classify.splits import class_subset, validation_images
 from mdm.cli import probe_main
@@ -23,6 +25,17 @@ from mdm.common.config import ProbeConfig
 from mdm.common.config_io import load
 from mdm.common.errors import ConfigError, DataError
 from mdm.pretrain.export import open_export
+
+
+def forget_selections(monkeypatch):
+    """The process's remembered sweeps emptied for the rest of the test (and restored after it)."""
+    monkeypatch.setattr(classify_run, "_SELECTIONS", OrderedDict())
+
+
+@pytest.fixture(autouse=True)
+def own_selections(monkeypatch):
+    """Each test remembers its own sweeps: none leaks into the next test."""
+    forget_selections(monkeypatch)
 
 
 def test_pooling_shapes():
@@ -200,7 +213,7 @@ def test_a_probe_run_writes_its_folder_and_reads_its_cache(pretrained_export, tm
     assert min(member["val_loss"]) == pytest.approx(member["val_loss"][member["best_epoch"]])
     cached = sorted((tmp_path / "cache").rglob("*.safetensors"))
     assert cached  # a second run of the same head (the sweep forgotten) reads them back and gives the same answer
-    _SELECTIONS.clear()
+    forget_selections(monkeypatch)
 
     def no_extraction(*args):
         raise AssertionError("features extracted again")
@@ -227,12 +240,11 @@ def test_probe_cli_errors_are_one_line(tmp_path, configs_dir, capsys):
 
 
 def test_a_miniature_classification_study(tmp_path, configs_dir, monkeypatch):
-    import mdm.classify.run as classify_run
     from mdm.study.sweep import run_benchmark
 
     sweeps = []
     monkeypatch.setattr(classify_run, "select_part", lambda *a, **k: sweeps.append(1) or select_part(*a, **k))
-    _SELECTIONS.clear()
+    forget_selections(monkeypatch)
 
     cfg = tiny_config(configs_dir, tmp_path / "unused", "bench.task=classification", "bench.metric=roc_auc",
                       "bench.fractions=[0.05]", "bench.seeds=[0]", "bench.pretrain_steps=2", "bench.budget_exports=1",

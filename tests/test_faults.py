@@ -88,14 +88,28 @@ def test_a_last_checkpoint_without_its_export_gets_the_export_on_resume(tmp_path
     assert same_weights(run / "exports" / "step_4", uninterrupted / "export")
 
 
-def test_a_diverging_run_stops_before_saving_diverged_weights(tmp_path, configs_dir):
+def test_a_diverging_run_stops_before_saving_diverged_weights(tmp_path, configs_dir, monkeypatch):
+    """The U-Net's output turns NaN from its 6th forward call on (step 6 of a run that checkpoints every 2 steps):
+    the checkpoints of steps 2 and 4 are kept and finite, nothing of step 6 or later is saved."""
+    from safetensors.torch import load_file
+
+    from mdm.nn.unet import UNetModel
+
+    calls, forward = [], UNetModel.forward
+
+    def diverging(self, *args, **kwargs):
+        calls.append(1)
+        out = forward(self, *args, **kwargs)
+        return out * float("nan") if len(calls) > 5 and self.training else out
+
+    monkeypatch.setattr(UNetModel, "forward", diverging)
     cfg = tiny_config(configs_dir, tmp_path / "run", "train.max_steps=40", "train.checkpoint_every=2",
-                      "train.lr=1e9")
+                      "train.log_every=1", "train.image_every=1000")
     with pytest.raises(TrainingError, match=r"non-finite .* at step \d+"):
         train(cfg)
-    for _, ckpt in list_checkpoints(tmp_path / "run"):
-        from safetensors.torch import load_file
-
+    kept = list_checkpoints(tmp_path / "run")
+    assert kept and max(step for step, _ in kept) < 6
+    for _, ckpt in kept:
         assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "model.safetensors")).values())
 
 

@@ -99,6 +99,18 @@ def test_predict_into_its_images_or_its_run_is_refused(seg_run, capsys):
     assert not (images / "predicted").exists()
 
 
+def test_predict_refuses_an_out_folder_of_other_files_and_reruns_into_its_own(seg_run, tmp_path, capsys):
+    root, run = seg_run
+    images, out = root / "test" / "images", tmp_path / "mine"
+    out.mkdir()
+    (out / "0.png").write_bytes(b"the user's own file")
+    args = ["predict", "--model", str(run), "--images", str(images), "--device", "cpu"]
+    assert seg_main(args + ["--out", str(out)]) == 2
+    assert "holds files predict does not write (0.png)" in one_line_error(capsys)
+    assert (out / "0.png").read_bytes() == b"the user's own file"
+    assert seg_main(args + ["--out", str(tmp_path / "p")]) == 0 and seg_main(args + ["--out", str(tmp_path / "p")]) == 0
+
+
 def test_a_segmenter_with_swapped_weights_is_refused(seg_run, tmp_path, capsys):
     root, run = seg_run
     copy = tmp_path / "run"
@@ -141,7 +153,7 @@ def test_test_masks_saved_as_0_255_and_a_test_copy_of_a_training_image(tmp_path,
 
     root = make_generic(tmp_path / "data2", mask_of=lambda k: half_mask(32))
     shutil.copy(root / "train" / "images" / "0.png", root / "test" / "images" / "0.png")
-    with pytest.warns(UserWarning, match="test image '0' has the same pixels as the labeled training image '0'"):
+    with pytest.warns(UserWarning, match="test image .0. is the same picture as the labeled training image .0."):
         seg_main(seg_args(configs_dir, root, tmp_path / "out2") + ["--checkpoint", str(pretrained_export)])
 
 
@@ -279,9 +291,38 @@ def test_a_cache_entry_of_the_wrong_shape_is_computed_again(tmp_path, pretrained
     (entry,) = list((tmp_path / "cache").rglob("*.safetensors"))
     from safetensors.torch import save_file
 
-    save_file({k: v[:1] if v.ndim else v for k, v in first.items()}, str(entry))  # one channel where 32 belong
-    again = extractor().tile_blocks("x", image, 32, [Tile(0, 0)])[0]
-    assert all(torch.equal(first[k], again[k]) for k in first)
+    for damage in ({k: v[:1] if v.ndim else v for k, v in first.items()},  # one channel where 32 belong
+                   {k: v.to(torch.int8) if v.ndim else v for k, v in first.items()},  # int8 outputs
+                   {k: v if v.ndim else v.repeat(3) for k, v in first.items()}):  # squared norms of another shape
+        save_file(damage, str(entry))
+        again = extractor().tile_blocks("x", image, 32, [Tile(0, 0)])[0]
+        assert all(torch.equal(first[k], again[k]) and first[k].dtype == again[k].dtype for k in first)
+
+
+def test_a_classification_cache_entry_of_other_keys_types_or_shapes_is_computed_again(tmp_path, pretrained_export):
+    from safetensors.torch import load_file, save_file
+
+    from mdm.classify.datasets import open_class_split
+    from mdm.classify.features import ImageFeatures
+    from mdm.common.config import ProbeConfig
+    from mdm.pretrain.export import open_export
+
+    export = open_export(pretrained_export)
+    probe = ProbeConfig(image_size=32, cache_dir=str(tmp_path / "cache"))
+    data = open_class_split("synthetic", None, "train", synthetic_size=32).subset([0, 1, 2])
+
+    def table():
+        return ImageFeatures(export, ["mid"], [50], probe, torch.device("cpu")).extract(data)
+
+    first = table()
+    entry = sorted((tmp_path / "cache").rglob("*.safetensors"))[1]
+    good = load_file(str(entry))
+    for damage in ({k: v for k, v in list(good.items())[1:]},  # a key missing
+                   {k: v.to(torch.int8) for k, v in good.items()},  # int8 features
+                   {k: v[:3] for k, v in good.items()}):  # another shape
+        save_file(damage, str(entry))
+        again = table()
+        assert all(torch.equal(first[k], again[k]) for k in first)
 
 
 def test_ctrl_c_is_one_word_and_exit_130(monkeypatch, capsys):

@@ -2,10 +2,13 @@
 task).
 
 - ``class_folders``: ``ROOT/{train,test}/<class>/*.<image>``, one folder per class (the classes are the folders of
-  ``train/``, sorted; a test image of a class that has no training folder is refused).
+  ``train/``, sorted, hidden ones skipped, names compared in Unicode NFC; at least 2; a test image of a class that has
+  no training folder is refused, as are images outside a class folder, a ``masks/``-like subfolder inside one, two
+  images whose names differ only by extension and a class folder that links back to its split).
 - ``glas``: the GlaS release (``train_<n>.bmp``, ``testA_<n>.bmp``, ``testB_<n>.bmp``, as the segmentation source
   finds them) graded by its official ``Grade.csv`` (column ``grade (GlaS)``: benign / malignant; names and headers
-  are read with their spaces stripped, as the release writes them with leading spaces); the official split.
+  are read with their spaces stripped, as the release writes them with leading spaces); the official split; the
+  column ``patient ID`` groups the images (validation images are whole patients).
 - ``synthetic``: built-in histology (``common.synthetic``) whose label is the glands' shape: ``regular`` (round,
   smooth) or ``irregular`` (elongated, ragged) at the same gland area, so no colour statistic gives it away;
   training images from 4 slides, test images from 4 others, 50 each, the classes alternating.
@@ -16,6 +19,7 @@ Images are ``[3, H, W]`` float32 in [-1, 1], loaded on demand (``ClassDataset.im
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +51,7 @@ class ClassDataset:
     load: Callable[[int], torch.Tensor]
     image_files: list[Path] = field(default_factory=list)
     label_files: list[Path] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # [i]: image i's patient or slide, where the source knows it
 
     @property
     def files(self) -> list[Path]:
@@ -63,24 +68,61 @@ class ClassDataset:
         """The images ``indices`` (in that order), loaded from this dataset."""
         return ClassDataset(self.source, self.split, [self.names[i] for i in indices],
                             [self.labels[i] for i in indices], self.class_names, lambda k: self.load(indices[k]),
-                            [self.image_files[i] for i in indices] if self.image_files else [], self.label_files)
+                            [self.image_files[i] for i in indices] if self.image_files else [], self.label_files,
+                            [self.groups[i] for i in indices] if self.groups else [])
+
+
+NOT_IMAGES = {"masks", "mask", "labels", "annotations", "ground_truth", "gt"}  # subfolders a class must not read
+
+
+def _class_folders(folder: Path, what: str) -> dict[str, Path]:
+    """``{class name (NFC): folder}`` of the visible subfolders of ``folder``; images lying directly in it, a class
+    folder that leads back to the split (a link to ``train/``) and two names that differ only in their Unicode form
+    are refused."""
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if loose:
+        raise DataError(f"{folder}: {len(loose)} image(s) lie directly in the {what} ({loose[0]}), in no class: move "
+                        f"them into {folder}/<class>/")
+    classes: dict[str, Path] = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
+        if folder.resolve().is_relative_to(sub.resolve()):
+            raise DataError(f"{sub}: leads back to {sub.resolve()} (a link?): a class folder must hold that class's "
+                            f"images only")
+        name = unicodedata.normalize("NFC", sub.name)
+        if name in classes:
+            raise DataError(f"{sub}: the same class name as {classes[name]} in another Unicode form: rename one")
+        classes[name] = sub
+    return classes
 
 
 def _folders(root: Path, split: str, seed: int, size: int) -> ClassDataset:
-    classes = sorted(p.name for p in require_dir(root / "train", "training folder").iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{root / 'train'}: no class folders (expected train/<class>/<image>)")
+    classes = sorted(_class_folders(require_dir(root / "train", "training folder"), "training folder"))
+    if len(classes) < 2:
+        raise DataError(f"{root / 'train'}: {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+                        f"classification needs at least 2 (expected train/<class>/<image>)")
     folder = require_dir(root / split, f"{split} folder")
     names, labels, files = [], [], []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if sub.name not in classes:
-            raise DataError(f"{sub}: class {sub.name!r} has no training folder ({root / 'train' / sub.name})")
-        found = sorted(text_named(p) for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    for name, sub in _class_folders(folder, f"{split} folder").items():
+        if name not in classes:
+            raise DataError(f"{sub}: class {name!r} has no training folder (the training classes: "
+                            f"{', '.join(classes)})")
+        found = sorted(text_named(p) for p in sub.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(part.startswith(".") for part in p.relative_to(sub).parts))
+        masks = [p for p in found if NOT_IMAGES & {part.lower() for part in p.relative_to(sub).parts[:-1]}]
+        if masks:
+            raise DataError(f"{masks[0]}: a label file inside class folder {sub.name!r} (its subfolder is named like "
+                            f"masks): a class folder holds that class's images only; move it out")
         if not found and split == "train":
             raise DataError(f"{sub}: no images in this class folder")
+        stems: dict[str, Path] = {}
         for p in found:
-            names.append(p.relative_to(folder).with_suffix("").as_posix())
-            labels.append(classes.index(sub.name))
+            key = p.relative_to(folder).with_suffix("").as_posix()
+            if key in stems:
+                raise DataError(f"{p} and {stems[key].name}: two images named {key!r}, which the run's tables could "
+                                f"not tell apart: rename one")
+            stems[key] = p
+            names.append(key)
+            labels.append(classes.index(name))
             files.append(p)
     if not names:
         raise DataError(f"{folder}: no images in its class folders")
@@ -92,6 +134,12 @@ GLAS_GRADES = ["benign", "malignant"]
 
 def read_glas_grades(path: Path) -> dict[str, int]:
     """``Grade.csv`` of the GlaS release: ``{image name: 0 benign / 1 malignant}``."""
+    return {name: grade for name, (grade, _) in read_glas_table(path).items()}
+
+
+def read_glas_table(path: Path) -> dict[str, tuple[int, str]]:
+    """``Grade.csv`` of the GlaS release: ``{image name: (0 benign / 1 malignant, patient ID)}`` (the patient ``""``
+    where the table has no such column)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
@@ -99,14 +147,14 @@ def read_glas_grades(path: Path) -> dict[str, int]:
         raise DataError(f"{path}: cannot read the grades ({e.__class__.__name__}: {e})") from None
     if not rows or "name" not in rows[0] or "grade (GlaS)" not in rows[0]:
         raise DataError(f"{path}: expected the columns 'name' and 'grade (GlaS)' of the official Grade.csv")
-    grades = {}
+    table = {}
     for line, row in enumerate(rows, start=2):
         grade = row["grade (GlaS)"].lower()
         if grade not in GLAS_GRADES:
             raise DataError(f"{path}, line {line}: grade {row['grade (GlaS)']!r} of {row['name']!r} is not benign or "
                             f"malignant")
-        grades[row["name"]] = GLAS_GRADES.index(grade)
-    return grades
+        table[row["name"]] = GLAS_GRADES.index(grade), row.get("patient ID", "")
+    return table
 
 
 def _glas(root: Path, split: str, seed: int, size: int) -> ClassDataset:
@@ -114,13 +162,14 @@ def _glas(root: Path, split: str, seed: int, size: int) -> ClassDataset:
     table = next((p for p in (folder / "Grade.csv", root / "Grade.csv") if p.is_file()), None)
     if table is None:
         raise DataError(f"{folder}: no Grade.csv (the release's image grades) here or in {root}")
-    grades = read_glas_grades(table)
-    missing = [p.stem for p in images if p.stem not in grades]
+    rows = read_glas_table(table)
+    missing = [p.stem for p in images if p.stem not in rows]
     if missing:
         raise DataError(f"{table}: no grade for {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1
                                                                   else ""))
-    return ClassDataset("glas", split, [p.stem for p in images], [grades[p.stem] for p in images], GLAS_GRADES,
-                        lambda i: load_image(images[i]), images, [table])
+    patients = [rows[p.stem][1] for p in images]
+    return ClassDataset("glas", split, [p.stem for p in images], [rows[p.stem][0] for p in images], GLAS_GRADES,
+                        lambda i: load_image(images[i]), images, [table], patients if all(patients) else [])
 
 
 def _synthetic(root: Path | None, split: str, seed: int, size: int) -> ClassDataset:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -143,17 +144,30 @@ class ImageFeatures:
             bar.update(len(todo))
             todo.clear()
 
+        names = {f"t{t}_{b}_{kind}" for t in self.timesteps for b in self.blocks
+                 for kind in ("gap", "grid", *(("tok",) if b in tokens else ()))}
+        cached: dict[int, str] = {}
         for i in range(len(dataset)):
             image = resize(dataset.image(i), self.probe.image_size)
             content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
             key = self._key(dataset.names[i], content, tokens)
             entries[i] = self.cache.get(key)
+            if entries[i] is not None and (set(entries[i]) != names
+                                           or any(v.dtype != torch.float16 for v in entries[i].values())):
+                entries[i] = None  # another program's entry, or a damaged one: computed again
             if entries[i] is None:
                 todo.append((i, key, image))
                 if len(todo) == EXTRACT_BATCH:
                     flush()
             else:
+                cached[i] = key
                 bar.update(1)
+        if todo:
+            flush()
+        shapes = {k: Counter(tuple(e[k].shape) for e in entries).most_common(1)[0][0] for k in names} if entries else {}
+        for i, key in cached.items():  # a cached entry of other shapes than the rest is computed again
+            if any(tuple(entries[i][k].shape) != shapes[k] for k in names):
+                todo.append((i, key, resize(dataset.image(i), self.probe.image_size)))
         if todo:
             flush()
         bar.close()

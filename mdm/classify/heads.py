@@ -14,6 +14,7 @@ or ``[N, C, s, s]`` (``attention``), labels ``y [N]`` int64 in 0 .. K-1.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -138,6 +139,9 @@ def _fit_knn(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
     mean, std = _standardisation(x, (0,))
     bank = F.normalize((x.float() - mean) / std, dim=1)
     k = min(probe.knn_k, len(y))
+    if k < probe.knn_k:
+        warnings.warn(f"probe.knn_k = {probe.knn_k} but only {len(y)} labeled training image(s): k = {k}, every "
+                      f"prediction is then the share of each class among them all; lower probe.knn_k", stacklevel=2)
 
     def predict(q: torch.Tensor) -> torch.Tensor:
         sim = F.normalize((q.float() - mean) / std, dim=1) @ bank.T

@@ -22,6 +22,8 @@ import csv
 import io
 import json
 import time
+import warnings
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from ..common.config import Config, DataConfig, ProbeConfig
 from ..common.config_io import dump
 from ..common.errors import ConfigError
 from ..common.io import atomic_dir
+from ..common.pictures import PictureIndex, file_picture, warn_if_trained_on
 from ..pretrain.export import Export
 from ..segment.filterbank import filter_features
 from ..segment.run import check_replaceable, save_selection
@@ -47,7 +50,10 @@ from .metrics import classification_metrics
 from .select import candidates, select_part
 from .splits import class_subset, validation_images
 
-_SELECTIONS: dict[str, dict] = {}  # sweep results by export, labeled subset and probe settings (see ``_frozen``)
+# the sweeps of the latest few (export, labeled subset, probe settings), each with its feature table: the linear,
+# attention and kNN runs of a study share one (see ``_frozen``); bounded, a study's memory stays flat
+_SELECTIONS: OrderedDict[str, tuple[dict, object]] = OrderedDict()
+SELECTIONS_KEPT = 4
 RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "predictions.csv", "block_selection.json",
              "block_selection.png", "loss_curves.png"}
 
@@ -69,6 +75,9 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
             blocks, timesteps = candidates(probe, export.config.model)
             table = ImageFeatures(export, blocks, timesteps, probe, device).extract(labeled, progress=progress)
             _SELECTIONS[key] = select_part(table, blocks, timesteps, y, fit, val, k, probe), table
+            while len(_SELECTIONS) > SELECTIONS_KEPT:
+                _SELECTIONS.popitem(last=False)
+        _SELECTIONS.move_to_end(key)
         selection, table = _SELECTIONS[key]
         blocks, timesteps = selection["blocks"], [selection["timestep"]]
         if not spec.tokens:
@@ -143,7 +152,11 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
     train, test = open_class_split(data.source, root, "train", **kw), open_class_split(data.source, root, "test", **kw)
     chosen = class_subset(train.labels, data.label_fraction, data.seed)
     labeled = train.subset(chosen)
-    val = validation_images(labeled.labels, data.val_fraction, data.seed)
+    val = validation_images(labeled.labels, data.val_fraction, data.seed, labeled.groups)
+    warn_same_pictures(labeled, test)
+    if len(set(test.labels)) < 2:
+        warnings.warn(f"every test image is of class {test.class_names[test.labels[0]]!r}: balanced accuracy is that "
+                      f"class's recall and ROC AUC is undefined (nan)", stacklevel=2)
     fit = [i for i in range(len(labeled)) if i not in set(val)]
     path = PATHS[probe.mode]
     probs, decided = path(probe, data, export, labeled, test, fit, val, device, progress)
@@ -168,6 +181,17 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
         result["seconds"] = time.perf_counter() - started
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
     return result
+
+
+def warn_same_pictures(labeled: ClassDataset, test: ClassDataset) -> None:
+    """Warn about each test image that is the same picture as a labeled training image (sources of files only: the
+    built-in one renders its splits from other slides)."""
+    if labeled.image_files and test.image_files:
+        trained = PictureIndex()
+        for name, f in zip(labeled.names, labeled.image_files):
+            trained.add_picture(name, file_picture(f))
+        for name, f in zip(test.names, test.image_files):
+            warn_if_trained_on(trained, name, file_picture(f), "classification")
 
 
 def _predictions(test: ClassDataset, probs: torch.Tensor) -> str:

@@ -4,12 +4,13 @@
   every class (so every class is labeled once there are as many images as classes) and then follows a seeded
   permutation: for one seed, a smaller fraction's set lies inside a larger one's.
 - ``validation_images``: about ``fraction`` of the labeled images (at least one when there are two or more), drawn in
-  a seeded order, never the last training image of its class.
+  a seeded order, never the last training image of its class; whole patients or slides where the source knows them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -32,20 +33,32 @@ def class_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
     firsts = list({labels[i]: i for i in reversed(perm)}.values())  # each class's first image in the permutation
     firsts.sort(key=perm.index)
     order = firsts + [i for i in perm if i not in set(firsts)]
-    return sorted(order[:max(1, math.floor(fraction * len(labels) + 1e-9))])
+    count = max(1, math.floor(fraction * len(labels) + 1e-9))
+    if count < len(firsts):
+        warnings.warn(f"label fraction {fraction:g} of {len(labels)} training images labels {count} image(s) for "
+                      f"{len(firsts)} classes: {len(firsts) - count} class(es) have no labeled image and cannot be "
+                      f"predicted", stacklevel=2)
+    return sorted(order[:count])
 
 
-def validation_images(labels: list[int], fraction: float, seed: int) -> list[int]:
-    """Positions (into ``labels``, the labeled images) that validate, sorted (see the module docstring)."""
+def validation_images(labels: list[int], fraction: float, seed: int, groups: list[str] | None = None) -> list[int]:
+    """Positions (into ``labels``, the labeled images) that validate, sorted (see the module docstring). With
+    ``groups`` (the patient or slide of each image), whole groups validate, drawn in a seeded order until about
+    ``fraction`` of the images: no validation image shares its patient with a training image."""
     if len(labels) < 2 or fraction <= 0:
         return []
     target = min(len(labels) - 1, max(1, round(fraction * len(labels))))
     left = {c: labels.count(c) for c in set(labels)}
+    units = [[i] for i in range(len(labels))]
+    if groups:
+        members = {g: [i for i, h in enumerate(groups) if h == g] for g in dict.fromkeys(groups)}
+        units = list(members.values())
     chosen = []
-    for i in _order(len(labels), rng.make_key(seed, Tag.VALIDATION_IMAGES)):
-        if len(chosen) == target:
+    for u in _order(len(units), rng.make_key(seed, Tag.VALIDATION_IMAGES)):
+        if len(chosen) >= target:
             break
-        if left[labels[i]] > 1:
-            chosen.append(i)
-            left[labels[i]] -= 1
+        taken = {c: sum(labels[i] == c for i in units[u]) for c in left}
+        if all(left[c] - taken[c] >= 1 for c in left) and len(chosen) + len(units[u]) < len(labels):
+            chosen += units[u]
+            left = {c: left[c] - taken[c] for c in left}
     return sorted(chosen)

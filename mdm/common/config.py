@@ -80,7 +80,7 @@ class DataConfig:
     hflip: bool = key(True, "random horizontal flips in pretraining")
     color_mode: str = key("RGB", "`RGB` (grayscale images are read as three equal channels; `L` is refused: stage 2 "
                                  "reads RGB)", choices=("RGB", "L"))
-    exclude: list[str] = key([], "files or folders never pretrained on (matched by path and by content)")
+    exclude: list[str] = key([], "files or folders never pretrained on (matched by path, by content and by picture)")
     skip_unreadable: bool = key(False, "skip unreadable images with a warning instead of stopping")
     num_workers: int = key(0, "DataLoader workers", not_negative=True)
     synthetic_images: int = key(256, "size of the synthetic unlabeled pool", positive=True)

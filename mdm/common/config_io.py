@@ -16,6 +16,7 @@ import yaml
 from .config import Config
 from .config_checks import validate
 from .errors import ConfigError
+from .io import write_text_atomic
 
 
 def _check_type(key: str, value, tp):
@@ -112,7 +113,11 @@ def load(path: str | Path | None = None, overrides: list[str] = (), sections: tu
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+            if not text.strip():
+                raise ConfigError(f"{path}: empty (a YAML config was expected; a run killed while writing its "
+                                  f"config leaves it so: write it again or start a new run)")
+            data = yaml.safe_load(text) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file (a YAML config was expected)") from None
         except yaml.YAMLError as e:
@@ -134,5 +139,5 @@ def to_dict(cfg) -> dict:
 
 
 def dump(cfg, path: str | Path) -> None:
-    """Write the resolved config as YAML (readable by ``load``)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML (readable by ``load``), atomically: a kill leaves the old file or none."""
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

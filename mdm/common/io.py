@@ -12,7 +12,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,8 +117,18 @@ def temp_sibling(final: Path) -> Path:
     return tmp
 
 
+def restore_dir(final: Path) -> None:
+    """Put back ``final`` from ``.<name>.old`` where a ``replace_dir`` was killed between its two renames (``final``
+    gone, its previous version aside)."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists() and not final.exists():
+        os.replace(old, final)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder ``tmp`` to ``final``, replacing what was there, never leaving ``final`` half-written."""
+    """Move the finished folder ``tmp`` to ``final``, replacing what was there, never leaving ``final`` half-written
+    (a kill between the two renames leaves the previous version aside, which the next call restores first)."""
+    restore_dir(final)
     old = final.with_name(f".{final.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -207,12 +217,33 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         replace_dir(tmp, final)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file by a rename, so that it is either absent, the old version or the whole new one."""
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
+    """Write the file ``path`` by a rename, so that it is either absent, the old version or the whole new one:
+    ``write(tmp)`` fills a temporary sibling (``.<name>.tmp``; pass a format where the writer reads it from the
+    suffix, e.g. ``fig.savefig(tmp, format="png")``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file by a rename (``write_atomic``)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def refuse_foreign(folder: Path, allowed: set[str], what: str, advice: str) -> None:
+    """Refuse (``DataError``) a folder ``folder`` that holds anything besides ``allowed`` names and hidden files (the
+    locks and temporary files of ``writing_lock`` / ``write_atomic``): ``what`` would overwrite or delete the user's
+    files there."""
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in allowed and not p.name.startswith("."))
+        if foreign:
+            raise DataError(f"{folder}: holds files {what} does not write ({', '.join(foreign[:3])}); {advice}")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from ..common.config import Config
 from ..common.config_io import dump, load
 from ..common.errors import CheckpointError, ConfigError
-from ..common.io import atomic_dir, load_tensors, save_tensors
+from ..common.io import atomic_dir, file_digest, load_tensors, save_tensors
 from ..nn.unet import UNetModel, build_unet
 
 WEIGHTS = {"ema": "unet.safetensors", "raw": "unet_raw.safetensors"}
@@ -43,9 +44,13 @@ def save_export(out_dir: str | Path, cfg: Config, ema_model: torch.nn.Module, ra
     return out_dir
 
 
-def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
-    """A short content hash of a weights file (size + first and last MiB), to key caches of what it computes."""
-    path = Path(path)
+def file_fingerprint(path: str | Path, whole: bool = True) -> str:
+    """A short content hash of a weights file (SHA-1 of all its bytes, ``file_digest``), to key caches of what it
+    computes and to tell two exports apart: one changed tensor anywhere in the file changes it. ``whole=False``: the
+    size and the first and last MiB only, what segmenters saved before the whole-file hash recorded (checked so)."""
+    if whole:
+        return file_digest(Path(path))[:16]
+    path, chunk = Path(path), 1 << 20
     size = path.stat().st_size
     h = hashlib.sha1(str(size).encode())
     with path.open("rb") as f:
@@ -53,6 +58,22 @@ def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
         f.seek(max(0, size - chunk))
         h.update(f.read(chunk))
     return h.hexdigest()[:16]
+
+
+def export_is_current(run_dir: Path, step: int) -> bool:
+    """Whether ``run_dir/exports/step_<step>`` exists and ``run_dir/export`` holds the same files."""
+    ours, latest = run_dir / "exports" / f"step_{step}", run_dir / "export"
+    files = [*WEIGHTS.values(), "config.yaml"]
+    if not all((ours / f).is_file() and (latest / f).is_file() for f in files):
+        return False
+    return all(file_fingerprint(ours / f) == file_fingerprint(latest / f) for f in files)
+
+
+def publish_export(run_dir: Path, step: int) -> None:
+    """``run_dir/export`` replaced (atomically) by a copy of ``run_dir/exports/step_<step>``: the export stage 2
+    reads by default is the run's newest."""
+    with atomic_dir(run_dir / "export") as tmp:
+        shutil.copytree(run_dir / "exports" / f"step_{step}", tmp, dirs_exist_ok=True)
 
 
 @dataclass(frozen=True)
@@ -67,11 +88,11 @@ class Export:
     def weights_path(self) -> Path:
         return self.folder / WEIGHTS[self.weights]
 
-    def fingerprint(self) -> str:
-        """Identifies what the export computes: its weights and its model and objective settings (two objectives'
-        step-0 exports hold the same weights but corrupt their inputs differently)."""
+    def fingerprint(self, whole: bool = True) -> str:
+        """Identifies what the export computes: its weights (``file_fingerprint``) and its model and objective
+        settings (two objectives' step-0 exports hold the same weights but corrupt their inputs differently)."""
         settings = json.dumps([asdict(self.config.model), asdict(self.config.diffusion)], sort_keys=True)
-        return hashlib.sha1(f"{file_fingerprint(self.weights_path)}|{settings}".encode()).hexdigest()[:16]
+        return hashlib.sha1(f"{file_fingerprint(self.weights_path, whole)}|{settings}".encode()).hexdigest()[:16]
 
     def load_model(self) -> UNetModel:
         """The U-Net with the export's weights (strict), on the CPU in fp32."""

@@ -40,11 +40,19 @@ def weight_keys(cfg: Config, objective: str | None = None, free: set[str] = froz
 def check_resume(saved: Config, cfg: Config, where: str) -> None:
     """Refuse to continue the run of ``saved`` (its config, read from ``where``) under ``cfg`` when a key that decides
     its weights differs: the export would mix steps of two different runs."""
+    changed = changed_weight_keys(saved, cfg)
+    if changed:
+        raise ConfigError(f"--resume: {where} was trained with {changed}; a resumed run keeps the keys that decide its "
+                          f"weights: start a new run (another train.out_dir) instead")
+
+
+def changed_weight_keys(saved: Config, cfg: Config) -> str:
+    """The first key deciding the weights (``weight_keys``; hardware and memory keys aside) on which ``saved`` and
+    ``cfg`` differ, as ``"K = <saved>, this run has <cfg> (and n more key(s))"``, or ``""`` where none does."""
     before, now = weight_keys(saved, free=HARDWARE), weight_keys(cfg, free=HARDWARE)
     changed = [k for k in now if before.get(k) != now[k] and k not in MEMORY]
-    if changed:
-        k = changed[0]
-        more = f" (and {len(changed) - 1} more key(s))" if len(changed) > 1 else ""
-        raise ConfigError(f"--resume: {where} was trained with {k} = {before.get(k)!r}, this run has {now[k]!r}{more}; "
-                          f"a resumed run keeps the keys that decide its weights: start a new run (another "
-                          f"train.out_dir) instead")
+    if not changed:
+        return ""
+    k = changed[0]
+    more = f" (and {len(changed) - 1} more key(s))" if len(changed) > 1 else ""
+    return f"{k} = {before.get(k)!r}, this run has {now[k]!r}{more}"

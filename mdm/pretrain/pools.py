@@ -6,8 +6,9 @@ Items are requested as ``(index, key)`` (see ``sampler.StepBatchSampler``) and r
 the key drives the crop and flip, so a resumed run sees the very same pixels.
 
 Folders are searched recursively for png, jpg, jpeg, bmp, tif and tiff files. Files listed in ``exclude`` (files,
-or folders of files) are removed by resolved path **and** by content hash, so a copy of a test image elsewhere in the
-pool never leaks into pretraining.
+or folders of files: a study's test images and masks) are removed by resolved path, by content hash **and** by what
+they show (``common.pictures``), so a copy of a test image elsewhere in the pool never leaks into pretraining, however
+it was saved again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from ..common.config import DataConfig
 from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, file_digest, list_images, load_image
+from ..common.pictures import MASK_VALUES, PictureIndex, looks_like_mask
 from ..common.registry import Registry
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
@@ -49,36 +51,64 @@ def gather_images(roots: list[str], exclude: list[str] = ()) -> tuple[list[Path]
     return kept, [f for f, h in zip(files, hit) if h]
 
 
+def _readable(exclude: list[str], color_mode: str):
+    """``(name, image)`` of every readable image ``exclude`` names (files or folders); an unreadable one is left to
+    the stage that reads it to report."""
+    for entry in exclude:
+        for f in list_images(entry):
+            try:
+                yield str(f), load_image(f, color_mode)
+            except DataError:
+                continue
+
+
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Unlabeled images; an item is requested as ``(index, key)`` and returned as ``(image [C, S, S], key)``.
 
     Every image is decoded once when the dataset is built, so a truncated, unreadable or NaN-holding file stops the
-    run before it starts (or is skipped with a warning when ``skip_unreadable``), never halfway through.
+    run before it starts (or is skipped with a warning when ``skip_unreadable``), never halfway through. An image
+    that is the same picture as an excluded one (``exclude``: the test split's images and masks) is excluded
+    whatever its file (``common.pictures``: re-compressed, re-saved as JPEG, metadata added); images that look like
+    label masks are counted and warned about.
     """
 
     def __init__(self, roots: list[str], crop_size: int, crop: str = "random", hflip: bool = True,
                  color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
         files, excluded = gather_images(roots, exclude)
-        kept, skipped = [], []
+        excluded_by_file = len(excluded)
+        banned = PictureIndex(_readable(exclude, color_mode))
+        kept, skipped, masks = [], [], []
         for f in tqdm(files, desc="checking images", disable=None, leave=False):
             try:
-                _, h, w = load_image(f, color_mode).shape
+                image = load_image(f, color_mode)
             except DataError as e:
                 if not skip_unreadable:
                     raise DataError(f"{e} (set data.skip_unreadable=true to skip such files)") from None
                 warnings.warn(f"skipping unreadable image {f}", stacklevel=2)
                 skipped.append(f)
                 continue
+            if banned.match(image) is not None:
+                excluded.append(f)
+                continue
+            _, h, w = image.shape
             if crop == "random" and min(h, w) < crop_size:
                 raise DataError(f"{f}: {w}x{h} is smaller than the crop size {crop_size}; use "
                                 f"data.crop=resize or a smaller data.crop_size")
+            masks += [f] if looks_like_mask(image) else []
             kept.append(f)
         if not kept:
-            raise DataError(f"{', '.join(map(str, roots[:3]))}: no readable images")
+            raise DataError(f"{', '.join(map(str, roots[:3]))}: no readable images"
+                            + (" that are not the same picture as an excluded one" if excluded else ""))
+        if masks:
+            warnings.warn(f"{len(masks)} image(s) of the pool look like label masks (at most {MASK_VALUES} distinct "
+                          f"values), e.g. {masks[0]}: pretraining on masks teaches nothing of the images; move them "
+                          f"out of the pool's folders", stacklevel=2)
         self.files = kept
         self.record = {"images": len(kept), "excluded": len(excluded), "unreadable_skipped": len(skipped),
-                       "excluded_files": [str(f) for f in excluded], "skipped_files": [str(f) for f in skipped]}
+                       "excluded_same_picture": len(excluded) - excluded_by_file, "mask_like": len(masks),
+                       "excluded_files": [str(f) for f in excluded], "skipped_files": [str(f) for f in skipped],
+                       "mask_like_files": [str(f) for f in masks]}
 
     def __len__(self) -> int:
         return len(self.files)

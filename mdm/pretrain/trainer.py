@@ -11,6 +11,9 @@ Run folder layout (``train.out_dir``)::
     exports/step_N/             unet.safetensors (EMA), unet_raw.safetensors, config.yaml, for stage 2
     export/                     the latest export
     checkpoints/step_N/         weights, EMA, optimizer (see ``checkpoints``): no pickles
+    tb/                         TensorBoard events, where it is installed
+
+A folder that holds anything else (``RUN_FILES``, hidden locks and temporary files aside) is refused: it is not a run's.
 
 Every sample's crop, flip, timestep, mask and noise derive from ``(seed, step, position in the global batch)``, and
 the images a step sees from ``(seed, step)``, so ``--resume latest`` replays the very same losses. Exports and
@@ -38,13 +41,13 @@ from ..common.config import Config
 from ..common.config_io import dump, load
 from ..common.devices import memory_format, native_bf16, resolve_device, tune_for_fixed_shapes
 from ..common.errors import ConfigError, TrainingError
-from ..common.io import atomic_dir, replace_dir, temp_sibling, write_text_atomic
+from ..common.io import refuse_foreign, replace_dir, temp_sibling, write_text_atomic
 from ..common.rng import Tag, seeded_init
 from ..nn.group_norm_act import fused_kernel_available
 from ..nn.unet import UNetModel, build_unet, compile_unet
 from .checkpoints import find_resume, list_checkpoints, load_checkpoint, save_checkpoint
 from .cpu_memory import keep_freed_memory
-from .export import WEIGHTS, file_fingerprint, save_export
+from .export import export_is_current, publish_export, save_export
 from .identity import check_resume
 from .objectives import build_objective
 from .pools import build_pretrain_dataset
@@ -179,10 +182,9 @@ class Trainer:
         raw = self._finite_weights()
         if not self.accelerator.is_main_process:
             return
-        path = save_export(self.run_dir / "exports" / f"step_{self.step}", self.cfg, self.ema.module, raw)
+        save_export(self.run_dir / "exports" / f"step_{self.step}", self.cfg, self.ema.module, raw)
         faults.reached("export written")
-        with atomic_dir(self.run_dir / "export") as tmp:
-            shutil.copytree(path, tmp, dirs_exist_ok=True)
+        publish_export(self.run_dir, self.step)
 
     def _watch(self, what: str, value: torch.Tensor) -> None:
         """Remember whether ``value`` is finite without waiting for the GPU; ``_check_watched`` looks at log steps
@@ -209,11 +211,7 @@ class Trainer:
 
     def export_is_current(self) -> bool:
         """Whether ``exports/step_N`` of the current step exists and ``export`` holds the same weights."""
-        ours, latest = self.run_dir / "exports" / f"step_{self.step}", self.run_dir / "export"
-        files = [*WEIGHTS.values(), "config.yaml"]
-        if not all((ours / f).is_file() and (latest / f).is_file() for f in files):
-            return False
-        return all(file_fingerprint(ours / f) == file_fingerprint(latest / f) for f in files)
+        return export_is_current(self.run_dir, self.step)
 
     # ---- data -----------------------------------------------------------------------------------------------
     def loader(self):
@@ -357,9 +355,14 @@ class Trainer:
                                  out.x0_pred.float().cpu())
 
 
+RUN_FILES = {"config.yaml", "pool.json", "log.jsonl", "samples", "exports", "export", "checkpoints", "tb"}
+
+
 def train(cfg: Config, resume: str | None = None, device: torch.device | None = None) -> Path:
     """Pretrain according to ``cfg``; returns the run folder. ``device`` (default: ``train.device``): ``cpu`` forces
     the CPU; with ``cuda`` Accelerate places each process on its own GPU."""
+    refuse_foreign(Path(cfg.train.out_dir), RUN_FILES, "a pretraining run",
+                   "give a new train.out_dir (--out): a run writes config.yaml, log.jsonl and export/ there")
     if not resume and list_checkpoints(Path(cfg.train.out_dir)):
         raise ConfigError(f"{cfg.train.out_dir}: holds checkpoints of an earlier run; --resume latest continues it, "
                           f"another train.out_dir starts a new one")

@@ -121,15 +121,16 @@ class FeatureExtractor:
         return hashlib.sha1(key.encode()).hexdigest()
 
     def _lookup(self, key: str, size: int) -> dict[str, torch.Tensor] | None:
-        """A cached tile's block outputs; ``None`` when absent, or when the file is damaged or holds other shapes than
-        a ``size`` tile gives (it is then computed again)."""
+        """A cached tile's block outputs; ``None`` when absent, or when the file is damaged or holds other shapes or
+        types than a ``size`` tile gives (fp16 outputs, fp32 scalar squared norms): it is then computed again."""
         entry = self.cache.get(key)
         if entry is None or self.cache_dir is None:
             return entry
         info = self.model.decoder_blocks(size, size)
         for t, i in self.parts:
             block, square = entry.get(f"t{t}_b{i}"), entry.get(f"sq_t{t}_b{i}")
-            if block is None or square is None or tuple(block.shape) != (info[i].channels, *info[i].resolution):
+            if (block is None or square is None or block.dtype != torch.float16 or square.dtype != torch.float32
+                    or square.dim() != 0 or tuple(block.shape) != (info[i].channels, *info[i].resolution)):
                 return None
         return entry
 

@@ -23,7 +23,6 @@ Run folder::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -38,8 +37,9 @@ from ..common.config import Config, DataConfig, SegConfig
 from ..common.config_io import dump
 from ..common.devices import tune_for_fixed_shapes
 from ..common.errors import ConfigError, DataError
-from ..common.io import atomic_dir
+from ..common.io import atomic_dir, refuse_foreign
 from ..common.labels import IGNORE_INDEX
+from ..common.pictures import PictureIndex, picture, warn_if_trained_on
 from ..nn.unet import num_decoder_blocks
 from ..pretrain.export import Export
 from .datasets import LabeledDataset, LabeledImage, load_split
@@ -95,22 +95,17 @@ def open_splits(data: DataConfig) -> SegData:
     return SegData(train_images, test_ds, train_ds.class_names, train_ds.num_classes, chosen, subset.names, roles)
 
 
-def _pixels_digest(image: torch.Tensor) -> str:
-    return hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()
-
-
 def check_test_split(test_ds: LabeledDataset, train_images: list[LabeledImage]) -> None:
     """Read every test image once (a bad file stops the run before anything is written); stop when the masks hold no
     class but the first while some pixels are ignored (binary masks saved as 0/255 would score 0), and warn about a
-    test image whose pixels equal a labeled training image's (it would be scored on what the classifiers saw)."""
-    trained = {_pixels_digest(im.image): im.name for im in train_images}
+    test image that is the same picture as a labeled training image (``common.pictures``: it would be scored on
+    what the classifiers saw)."""
+    trained = PictureIndex((im.name, im.image) for im in train_images)
     foreground = ignored = total = 0
     for i in range(len(test_ds)):
         item = test_ds[i]
-        label, digest = item.label, _pixels_digest(item.image)
-        if digest in trained:
-            warnings.warn(f"test image {item.name!r} has the same pixels as the labeled training image "
-                          f"{trained[digest]!r}: its score measures memory, not segmentation", stacklevel=2)
+        label = item.label
+        warn_if_trained_on(trained, item.name, picture(item.image), "segmentation")
         ignored += int((label == IGNORE_INDEX).sum())
         foreground += int(((label != IGNORE_INDEX) & (label > 0)).sum())
         total += label.numel()
@@ -278,8 +273,4 @@ def save_selection(folder: Path, selection: dict) -> None:
 
 def check_replaceable(out: Path, files: set[str] = RUN_FILES, what: str = "a segmentation run") -> None:
     """``out`` is replaced as a whole by a run: refuse when it holds anything ``what`` does not write (``files``)."""
-    if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in files)
-        if foreign:
-            raise DataError(f"{out}: exists and holds files {what} does not write ({', '.join(foreign[:3])}); choose "
-                            f"a new --out folder, a run replaces its folder as a whole")
+    refuse_foreign(out, files, what, "choose a new --out folder, a run replaces its folder as a whole")

@@ -74,7 +74,7 @@ class PixelSegmenter:
             save_tensors({k: v.contiguous() for k, v in self.ensemble.state_dict().items()},
                       str(tmp / "ensemble.safetensors"))
             _write_meta(tmp, self, feature_dim=self.ensemble.dim, members=self.ensemble.num_members,
-                        export_fingerprint=export.fingerprint())
+                        export_fingerprint=export.fingerprint(), fingerprint_of="whole file")
             (tmp / "export").mkdir()
             for f in ("config.yaml", *WEIGHTS.values()):
                 try:
@@ -87,10 +87,11 @@ class PixelSegmenter:
         cfg = from_dict(meta["config"])
         export = open_export(folder / "export", cfg.seg.weights)
         recorded = meta.get("export_fingerprint")  # absent in saves from before it was recorded
-        if recorded is not None and recorded != export.fingerprint():
+        found = export.fingerprint(whole=meta.get("fingerprint_of") == "whole file")  # older saves: head and tail
+        if recorded is not None and recorded != found:
             raise CheckpointError(f"{folder / 'export'}: holds other U-Net weights than the pixel classifiers were "
-                                  f"trained on (fingerprint {export.fingerprint()}, recorded {recorded}); save the "
-                                  f"segmenter again from its run")
+                                  f"trained on (fingerprint {found}, recorded {recorded}); save the segmenter again "
+                                  f"from its run")
         # new images: nothing to reuse, so no cache folder is written where predict happens to run
         extractor = build_extractor(replace(cfg.seg, cache_dir=""), export, device)
         ensemble = PixelEnsemble(_count(meta, "feature_dim", folder), meta["num_classes"],

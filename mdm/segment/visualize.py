@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..common.io import write_atomic
 from ..common.labels import IGNORE_INDEX
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -25,6 +26,18 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
 IGNORE_COLOR = np.array([128, 128, 128], dtype=np.uint8)
 MIN_SIDE = 256  # panels are enlarged until the image's shorter side reaches this
 GAP, TITLE, SWATCH, LEGEND_ENTRY = 6, 14, 12, 150  # layout of the panel, in px
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Lay out the matplotlib figure ``fig``, write it to ``path`` as a PNG atomically (``write_atomic``) and close
+    it."""
+    import matplotlib.pyplot as plt  # deferred: slow to import, and only figures need it
+
+    fig.tight_layout()
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
@@ -103,9 +116,7 @@ def save_heatmap(path: Path, values: list[list[float | None]], rows: list[str], 
     image = draw_heatmap(ax, data, rows, columns)
     ax.set_title(title, fontsize=8)
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def save_loss_curves(path: Path, members: list[dict], title: str) -> None:
@@ -127,9 +138,7 @@ def save_loss_curves(path: Path, members: list[dict], title: str) -> None:
     ax.set_ylabel("cross-entropy")
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: torch.Tensor,
@@ -147,4 +156,5 @@ def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: to
     for sub, picture in pictures.items():
         path = out / sub / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        picture.save(path, format="PNG")  # explicit: a name like '..' has no extension PIL can read
+        write_atomic(path, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))  # explicit format: a name
+        # like '..' has no extension PIL can read, nor has the temporary file

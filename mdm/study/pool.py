@@ -2,8 +2,9 @@
 
 ``bench.pretrain_data`` (keys as ``data``) with ``source: labeled`` (the default) is the labeled source's training
 images without their labels, plus ``ROOT/unlabeled/`` when that folder exists, plus the folders in its ``root``;
-with ``source: folder`` its ``root`` alone. The labeled source's test images are always added to ``exclude``, so
-they are removed by path and by content hash whatever the folders hold (a renamed copy too). A ``synthetic``
+with ``source: folder`` its ``root`` alone. The labeled source's test images and their masks (or annotation files)
+are always added to ``exclude``, so they are removed by path, by content hash and by what they show whatever the
+folders hold (a renamed copy, a re-saved one: ``pretrain.pools``). A ``synthetic``
 labeled source pretrains on its own unlabeled pool, which never holds a labeled or test image.
 """
 
@@ -48,5 +49,5 @@ def pretraining_data(cfg: Config) -> DataConfig:
     if not roots:
         raise ConfigError("bench.pretrain_data: no pretraining images (source: folder needs "
                           "bench.pretrain_data.root=[FOLDER, ...])")
-    test_files = [str(f) for f in labeled_split(cfg, "test").image_files]
+    test_files = [str(f) for f in labeled_split(cfg, "test").files]  # images and masks (or annotation files)
     return replace(pool, source="folder", root=roots, exclude=[*test_files, *pool.exclude])

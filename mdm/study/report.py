@@ -15,7 +15,7 @@ import yaml
 
 from ..common.io import write_text_atomic
 from ..pretrain.objectives import OBJECTIVES
-from ..segment.visualize import draw_heatmap
+from ..segment.visualize import draw_heatmap, save_figure
 
 RUN_COLUMNS = ["method", "label_fraction", "seed", "labeled_images"]
 METRIC_COLUMNS = {"segmentation": ["dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji",
@@ -145,9 +145,7 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # beside the plot: never over a line
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str], methods: list[str],
@@ -173,9 +171,7 @@ def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str]
     ax.set_title(f"Ablation at {fraction:g} labels (mean ± sample std over seeds)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -> None:
@@ -204,9 +200,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
         ax.set_title(method, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _block(name) -> int | str:

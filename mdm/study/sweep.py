@@ -40,7 +40,8 @@ from ..common.config_io import dump, load, to_dict
 from ..common.devices import machine_summary
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
-from ..pretrain.export import open_export
+from ..pretrain.export import export_is_current, open_export, publish_export
+from ..pretrain.identity import changed_weight_keys
 from ..pretrain.objectives import OBJECTIVES
 from ..pretrain.trainer import list_checkpoints, train
 from ..segment.finetune import NETWORKS
@@ -79,14 +80,23 @@ def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path,
     ``bench.pretrain_steps`` into ``run``, keeping the exports of ``budget_steps``; returns ``run``."""
     bc = cfg.bench
     steps = bc.pretrain_steps
-    if (run / "exports" / f"step_{steps}").is_dir():
-        return run
     tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=0,
                  export_at=budget_steps(steps, bc.budget_exports, bc.budget_spacing),
                  checkpoint_every=max(1, steps // 4))
+    ours = replace(cfg, data=pool, diffusion=replace(cfg.diffusion, objective=objective), train=tc)
+    if (run / "config.yaml").is_file():  # a run of this study, or one copied in to be reused: the same weights?
+        changed = changed_weight_keys(load(run / "config.yaml"), ours)
+        if changed:
+            raise ConfigError(f"{run}: was pretrained with {changed}; this study would score weights it did not ask "
+                              f"for (another pool, test images among them, another recipe): move the folder away or "
+                              f"give another bench.out_dir")
+    if (run / "exports" / f"step_{steps}").is_dir():
+        if not export_is_current(run, steps):  # killed after exports/step_N, before export/ was replaced
+            publish_export(run, steps)
+            log(f"{run / 'export'}: replaced by exports/step_{steps} (a kill had left an older export there)")
+        return run
     log(f"pretraining {objective} for {steps} steps -> {run}")
-    train(replace(cfg, data=pool, diffusion=replace(cfg.diffusion, objective=objective), train=tc),
-          resume="latest" if list_checkpoints(run) else None, device=device)
+    train(ours, resume="latest" if list_checkpoints(run) else None, device=device)
     return run
 
 
@@ -168,13 +178,16 @@ STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "res
                "new_images", "predict"}
 
 
-def check_study_folder(out: Path) -> None:
+def check_study_folder(out: Path, caches: list[str] = ()) -> None:
     """Refuse a study folder that holds anything a study does not write (``STUDY_FILES``, ``pretrain_*``, hidden
-    temporary files), or files but no ``config.yaml`` (a study writes that first), unless they are only pretraining
-    runs (another study's, copied in to be reused): its tables would overwrite the user's files."""
+    temporary files, the feature caches ``caches`` the config puts there), or files but no ``config.yaml`` (a study
+    writes that first), unless they are only pretraining runs (another study's, copied in to be reused): its tables
+    would overwrite the user's files."""
     if out.is_dir():
         names = [p.name for p in out.iterdir()]
-        foreign = sorted(n for n in names if n not in STUDY_FILES and not n.startswith(("pretrain_", ".")))
+        inside = [Path(c).resolve() for c in caches if c and Path(c).resolve().is_relative_to(out.resolve())]
+        own = {c.relative_to(out.resolve()).parts[0] for c in inside if c != out.resolve()}
+        foreign = sorted(n for n in names if n not in STUDY_FILES | own and not n.startswith(("pretrain_", ".")))
         only_pretraining = all(n.startswith("pretrain_") for n in names)
         if not foreign and names and "config.yaml" not in names and not only_pretraining:
             foreign = sorted(names)
@@ -212,7 +225,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                        vcfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
-    check_study_folder(out)
+    check_study_folder(out, [c.seg.cache_dir for _, c in studies] + [c.probe.cache_dir for _, c in studies])
     check_same_study(cfg, out)
     manifest = data_manifest(studies)
     check_same_data(out, manifest)
