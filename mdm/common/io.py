@@ -50,12 +50,17 @@ def text_named(path: Path) -> Path:
     return path
 
 
+def file_key(path: Path) -> tuple[str, int, int]:
+    """``(resolved path, size, modification time)``: what per-process caches of a file's content are keyed by."""
+    stat = os.stat(path)
+    return str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def file_digest(path: Path) -> str:
     """SHA-1 of a file's bytes (read in 1 MiB chunks: a whole-slide image need not fit in memory twice), remembered
     for the process by path, size and modification time: a study asks for the same files' digests several times
     (excluding test images from the pool, recording its data)."""
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = file_key(path)
     if key not in _DIGESTS:
         digest = hashlib.sha1()
         with open(path, "rb") as f:

@@ -11,7 +11,6 @@ blank tile of its size: excluding one from pretraining costs nothing.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .io import load_image
+from .io import file_key, load_image
 
 THUMBNAIL = 16
 SAME_PICTURE = 0.03
@@ -48,8 +47,7 @@ def picture(image: torch.Tensor) -> Picture:
 def file_picture(path: Path) -> Picture:
     """The picture of the RGB image file ``path``, remembered for the process by path, size and modification time (a
     study's runs compare the same files again and again)."""
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = file_key(path)
     if key not in _FILE_PICTURES:
         _FILE_PICTURES[key] = picture(load_image(path))
     return _FILE_PICTURES[key]
