@@ -1,12 +1,13 @@
-"""The package's shape: imports point down the stages (common <- nn <- pretrain <- segment <- classify <- study <-
-entry points), no import circle (imports inside functions count), no module over 400 lines, and no device chosen
-outside ``mdm/common/devices.py`` (the device is resolved once at the entry point and passed down)."""
+"""The package's shape: imports point down the stages (common <- nn <- pretrain <- stage2 <- {segment, classify} <-
+study <- entry points), the two tasks side by side on one floor, neither importing the other, no import circle
+(imports inside functions count), no module over 400 lines, and no device chosen outside ``mdm/common/devices.py``
+(the device is resolved once at the entry point and passed down)."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mdm"
-LAYERS = {"common": 0, "nn": 1, "pretrain": 2, "segment": 3, "classify": 4, "study": 5}
+LAYERS = {"common": 0, "nn": 1, "pretrain": 2, "stage2": 3, "segment": 4, "classify": 4, "study": 5}
 ENTRY_LAYER = 6  # mdm.cli and the ``python -m`` shims
 
 
@@ -53,6 +54,14 @@ def test_imports_point_down_the_stages():
     upward = [f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})"
               for m, targets in graph().items() for t in targets if layer(t) > layer(m)]
     assert not upward, "\n".join(upward)
+
+
+def test_packages_on_one_floor_do_not_import_each_other():
+    """The tasks (``segment``, ``classify``) share what they both need through ``stage2``, never through each other."""
+    sideways = [f"{m} imports {t}" for m, targets in graph().items() for t in targets
+                if layer(t) == layer(m) and m.split(".")[:2] != t.split(".")[:2] and len(t.split(".")) > 1
+                and len(m.split(".")) > 1 and layer(m) != ENTRY_LAYER]
+    assert not sideways, "\n".join(sideways)
 
 
 def test_no_import_circles():

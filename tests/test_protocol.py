@@ -13,10 +13,10 @@ from helpers import read_log, tiny_config
 from mdm.common.config_io import load
 from mdm.pretrain.export import open_export
 from mdm.pretrain.losses import gaussian_window, ssim_loss, ssim_ref_loss
-from mdm.segment.early_stopping import EarlyStopping
 from mdm.segment.features import FeatureExtractor, build_extractor
 from mdm.segment.pixel_stream import PixelStream
 from mdm.segment.run import open_splits, run_segmentation
+from mdm.stage2.early_stopping import EarlyStopping
 
 CPU = torch.device("cpu")
 

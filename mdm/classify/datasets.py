@@ -30,9 +30,8 @@ from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, load_image, text_named
 from ..common.registry import Registry
 from ..common.synthetic import render
-from ..segment.datasets import check_split, source_root
-from ..segment.datasets.base import require_dir
-from ..segment.datasets.glas import release_images
+from ..stage2.glas_release import release_images
+from ..stage2.sources import check_split, require_dir, source_root
 
 SYNTHETIC_SHAPES = ["regular", "irregular"]
 SYNTHETIC_SLIDES, SYNTHETIC_PER_SLIDE = 4, 50

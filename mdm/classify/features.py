@@ -3,7 +3,7 @@
 Blocks are named ``e<i>`` (encoder block i: ``input_blocks[i]``), ``mid`` (the middle block) and ``d<i>`` (decoder
 block i: ``output_blocks[i]``, guided-diffusion numbering as in ``seg.blocks``); a negative index counts from the end.
 Each image is resized to ``probe.image_size`` square, corrupted by the export's objective at each timestep with a
-seeded mask or noise (``segment.features.corrupted``: the key is a function of the seed and the image name, so an
+seeded mask or noise (``stage2.taps.corrupted``: the key is a function of the seed and the image name, so an
 image always gives the same features), and the U-Net runs once per timestep with hooks on the blocks. Each block's
 output is kept pooled (``gap`` ``[C]`` and ``grid`` ``[C * k * k]``), and as a token map ``[C, s, s]`` only where an
 attention head asks for it, in fp16, one entry per image (on disk under ``probe.cache_dir`` when set, else in memory
@@ -28,40 +28,12 @@ from ..common.errors import ConfigError
 from ..common.tensor_cache import TensorCache
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
-from ..segment.features import corrupted
+from ..stage2.taps import corrupted, resolve_block_names
 from .datasets import ClassDataset
 from .pooling import pool, token_map
 
 EXTRACT_BATCH = 16  # images per U-Net forward pass
 CACHE_FORMAT = 1
-
-
-def block_modules(model) -> dict[str, torch.nn.Module]:
-    """Every tappable block by its canonical name: ``e0 .. e<n-1>``, ``mid``, ``d0 .. d<m-1>``."""
-    blocks = {f"e{i}": b for i, b in enumerate(model.input_blocks)}
-    blocks["mid"] = model.middle_block
-    blocks.update({f"d{i}": b for i, b in enumerate(model.output_blocks)})
-    return blocks
-
-
-def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> list[str]:
-    """Canonical names of ``names`` (``d-1`` -> ``d<m-1>``), checked: an unknown or repeated block is a
-    ``ConfigError`` naming ``key``."""
-    counts = {"e": len(model.input_blocks), "d": len(model.output_blocks)}
-    out = []
-    for name in names:
-        text = str(name).strip()
-        if text == "mid":
-            out.append(text)
-            continue
-        kind, number = text[:1], text[1:]
-        if kind not in counts or not number.lstrip("-").isdigit() or not -counts[kind] <= int(number) < counts[kind]:
-            raise ConfigError(f"{key}: no block {name!r} (the U-Net has e0..e{counts['e'] - 1}, mid, "
-                              f"d0..d{counts['d'] - 1}; negatives count from the end)")
-        out.append(f"{kind}{int(number) % counts[kind]}")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{key}: {names} names a block twice")
-    return out
 
 
 def resize(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -90,7 +62,7 @@ class ImageFeatures:
         model.check_input_size(probe.image_size, probe.image_size)
         self.cache = TensorCache(probe.cache_dir or None)
         self._outputs: dict[str, torch.Tensor] = {}
-        modules = block_modules(model)
+        modules = model.taps()
         for name in self.blocks:
             modules[name].register_forward_hook(self._hook(name))
 

@@ -7,7 +7,7 @@
 
 Trained heads use Adam (``probe.lr``, ``probe.weight_decay``) on batches of ``probe.batch_size`` images in a seeded
 order, for at most ``probe.max_epochs`` epochs, keeping the state of the best validation cross-entropy
-(``segment.early_stopping``; the training loss where no image validates). Inputs: ``x [N, D]`` (``linear``, ``knn``)
+(``stage2.early_stopping``; the training loss where no image validates). Inputs: ``x [N, D]`` (``linear``, ``knn``)
 or ``[N, C, s, s]`` (``attention``), labels ``y [N]`` int64 in 0 .. K-1.
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 from ..common.config import ProbeConfig
 from ..common.registry import Registry
 from ..common.rng import seeded_init
-from ..segment.early_stopping import EarlyStopping
+from ..stage2.early_stopping import EarlyStopping
 from .pooling import AttentionPool
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import time
 import warnings
 from collections import OrderedDict
@@ -39,9 +38,9 @@ from ..common.errors import ConfigError
 from ..common.io import atomic_dir
 from ..common.pictures import PictureIndex, file_picture, warn_if_trained_on
 from ..pretrain.export import Export
-from ..segment.filterbank import filter_features
-from ..segment.run import check_replaceable, save_selection
-from ..segment.visualize import save_loss_curves
+from ..stage2.filters import filter_features
+from ..stage2.plots import save_loss_curves
+from ..stage2.run_folder import check_replaceable, finish, save_label_subset, save_selection
 from .datasets import ClassDataset, open_class_split
 from .features import ImageFeatures, features_of, resize
 from .finetune import CLASS_NETWORKS, train_classifier
@@ -110,7 +109,7 @@ def _finetune(probe: ProbeConfig, data: DataConfig, export: Export | None, label
 
 def filter_summary(image: torch.Tensor, size: int, sigma_max: float) -> np.ndarray:
     """``image [3, H, W]`` -> ``[2F]``: the mean and standard deviation over the image (resized to ``size``) of each
-    multi-scale filter response (``segment.filterbank.filter_features``)."""
+    multi-scale filter response (``stage2.filters.filter_features``)."""
     feats = filter_features(resize(image, size), sigma_max)
     return np.concatenate([feats.mean((0, 1)), feats.std((0, 1))])
 
@@ -166,9 +165,8 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
     cfg = replace(export.config if export is not None else Config(), data=data, probe=probe)
     with atomic_dir(out) as tmp:  # the whole run becomes visible at once; a killed run leaves the old one as it was
         dump(cfg, tmp / "config.yaml")
-        (tmp / "label_subset.json").write_text(json.dumps(
-            {"label_fraction": data.label_fraction, "seed": data.seed, "indices": chosen, "names": labeled.names,
-             "validation": [labeled.names[i] for i in val]}, indent=1))
+        save_label_subset(tmp, {"label_fraction": data.label_fraction, "seed": data.seed, "indices": chosen,
+                                "names": labeled.names, "validation": [labeled.names[i] for i in val]})
         if "selection" in decided:
             save_selection(tmp, decided["selection"])
         (tmp / "predictions.csv").write_text(_predictions(test, probs))
@@ -178,9 +176,7 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
             save_loss_curves(tmp / "loss_curves.png", curves, f"{what}, {data.label_fraction:g} labels, seed "
                              f"{data.seed}: balanced accuracy {result['balanced_accuracy']:.3f}, "
                              f"modal share {result['modal_share']:.2f}")
-        result["seconds"] = time.perf_counter() - started
-        (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
-    return result
+        return finish(tmp, result, started)
 
 
 def warn_same_pictures(labeled: ClassDataset, test: ClassDataset) -> None:

@@ -16,7 +16,8 @@ import torch
 
 from ..common.config import ModelConfig, ProbeConfig
 from ..nn.unet import build_unet, num_decoder_blocks
-from .features import features_of, resolve_block_names
+from ..stage2.taps import resolve_block_names
+from .features import features_of
 from .heads import fit_head
 
 

@@ -338,6 +338,14 @@ class UNetModel(nn.Module):
         self.check_input_size(height, width)
         return [BlockInfo(i, c, (height // ds, width // ds)) for i, (c, ds) in enumerate(self._decoder_layout)]
 
+    def taps(self) -> dict[str, nn.Module]:
+        """Every block stage 2 can take features from, by name: ``e0 .. e<n-1>`` (``input_blocks``), ``mid`` (the
+        middle block), ``d0 .. d<m-1>`` (``output_blocks``, guided-diffusion's numbering of decoder blocks)."""
+        blocks = {f"e{i}": b for i, b in enumerate(self.input_blocks)}
+        blocks["mid"] = self.middle_block
+        blocks.update({f"d{i}": b for i, b in enumerate(self.output_blocks)})
+        return blocks
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x [B, C_in, H, W]``, ``timesteps [B]`` -> ``[B, C_out, H, W]``."""
         return self.out[2](group_norm_act(self.out[0], self.decode(x, timesteps)))  # out = (norm, SiLU, conv)

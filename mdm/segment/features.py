@@ -29,38 +29,15 @@ import torch.nn.functional as F
 from ..common import rng
 from ..common.config import SegConfig
 from ..common.devices import autocast, autocast_dtype, memory_format
-from ..common.errors import ConfigError
 from ..common.rng import Tag
 from ..common.tensor_cache import TensorCache
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
+from ..stage2.taps import corrupted, resolve_blocks
 
 EXTRACT_BATCH = 8  # tiles per U-Net forward pass
 CACHE_FORMAT = 2  # in every cache key: entries of format 1 lack the squared norms
-
-
-def corrupted(objective, x0: torch.Tensor, t: int, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x0 [B, 3, S, S]`` corrupted by ``objective`` at timestep ``t`` with the seeded mask or noise of ``keys [B]``
-    (one int64 per image or tile, mixed with ``t``): ``(x_t, the timesteps the model takes [B])``. The same keys
-    always give the same corruption, so features are a function of the image, not of the order it came in."""
-    tt = torch.full((x0.shape[0],), t, dtype=torch.int64, device=x0.device)
-    keyed = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64, device=x0.device)
-    return objective.corrupt(x0, tt, keyed)[0], objective.model_timesteps(tt)
-
-
-def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
-    """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block), validated."""
-    out = []
-    for b in blocks:
-        i = b + num_blocks if b < 0 else b
-        if not 0 <= i < num_blocks:
-            raise ConfigError(f"seg.blocks: block {b} does not exist (the U-Net has decoder blocks "
-                              f"0..{num_blocks - 1})")
-        out.append(i)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"seg.blocks: {blocks} names a block twice")
-    return out
 
 
 class FeatureExtractor:

@@ -1,6 +1,6 @@
 """The classical baseline a user with few labels would pick instead of deep pretraining (ilastik's pixel
 classifier): per-pixel multi-scale filter features (Gaussian-smoothed intensity, edges and texture of each channel
-at sigmas from 0.5 to ``sigma_max``; scikit-image's ``multiscale_basic_features``) and a random forest
+at sigmas from 0.5 to ``sigma_max``: ``stage2.filters``) and a random forest
 (scikit-learn) trained on the labeled pixels.
 
 The fitted forest is kept as plain arrays (``Forest``: every tree's nodes in one table), so a saved segmenter is
@@ -14,19 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from skimage.feature import multiscale_basic_features
 from sklearn.ensemble import RandomForestClassifier
 
 from ..common.labels import IGNORE_INDEX
 from ..common.rng import Tag, make_key
+from ..stage2.filters import filter_features
 
 PREDICT_CHUNK = 65536  # pixels walked down the trees at once
-
-
-def filter_features(image: torch.Tensor, sigma_max: float) -> np.ndarray:
-    """``image [3, H, W]`` in [-1, 1] -> per-pixel filter features ``[H, W, F]`` float32."""
-    rgb = ((image.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-    return multiscale_basic_features(rgb, sigma_min=0.5, sigma_max=sigma_max, channel_axis=-1).astype(np.float32)
 
 
 @dataclass

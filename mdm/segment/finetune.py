@@ -34,8 +34,8 @@ from ..common.rng import Stream, Tag, seeded_init
 from ..common.tiling import blend_tiles, pad_to_tile, tile_grid
 from ..nn.unet import UNetModel
 from ..pretrain.export import Export
+from ..stage2.early_stopping import EarlyStopping
 from .datasets import LabeledImage
-from .early_stopping import EarlyStopping
 from .splits import split_labels
 
 

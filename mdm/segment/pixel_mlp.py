@@ -24,7 +24,7 @@ from torch import nn
 
 from ..common import rng
 from ..common.labels import IGNORE_INDEX
-from .early_stopping import EarlyStopping
+from ..stage2.early_stopping import EarlyStopping
 
 
 class PixelEnsemble(nn.Module):

@@ -23,7 +23,6 @@ Run folder::
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -37,11 +36,12 @@ from ..common.config import Config, DataConfig, SegConfig
 from ..common.config_io import dump
 from ..common.devices import tune_for_fixed_shapes
 from ..common.errors import ConfigError, DataError
-from ..common.io import atomic_dir, refuse_foreign
+from ..common.io import atomic_dir
 from ..common.labels import IGNORE_INDEX
 from ..common.pictures import PictureIndex, picture, warn_if_trained_on
 from ..nn.unet import num_decoder_blocks
 from ..pretrain.export import Export
+from ..stage2.run_folder import check_replaceable, finish, save_label_subset, save_selection
 from .datasets import LabeledDataset, LabeledImage, load_split
 from .evaluate import evaluate
 from .features import build_extractor
@@ -52,7 +52,6 @@ from .pixel_stream import PixelStream
 from .segmenter import FilterbankSegmenter, PixelSegmenter, SupervisedSegmenter
 from .select import candidates, select_parts
 from .splits import label_subset, validation_roles
-from .visualize import save_heatmap
 
 
 @dataclass
@@ -231,15 +230,15 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
     tile = seg.tile_size or (export.config.data.crop_size if export is not None else data.crop_size)
     seg = replace(seg, tile_size=tile, out_dir=str(out))
     cfg = replace(export.config if export is not None else Config(), data=data, seg=seg)
-    check_replaceable(out)
+    check_replaceable(out, RUN_FILES, "a segmentation run")
     splits = open_splits(data)
     fit = PATHS[seg.mode](seg, data, export, splits, tile, cfg, device)
     with atomic_dir(out) as tmp:  # the whole run becomes visible at once; a killed run leaves the old one as it was
-        (tmp / "label_subset.json").write_text(json.dumps(
-            {"label_fraction": data.label_fraction, "seed": data.seed, "indices": splits.label_indices,
-             "names": splits.label_names, "validation_split": data.val_split,
-             "validation": sorted(n for n, r in splits.roles.items() if r == "validation"),
-             "validation_pixels_of": sorted(n for n, r in splits.roles.items() if r == "pixels")}, indent=1))
+        save_label_subset(tmp, {
+            "label_fraction": data.label_fraction, "seed": data.seed, "indices": splits.label_indices,
+            "names": splits.label_names, "validation_split": data.val_split,
+            "validation": sorted(n for n, r in splits.roles.items() if r == "validation"),
+            "validation_pixels_of": sorted(n for n, r in splits.roles.items() if r == "pixels")})
         fitted = fit(progress)
         segmenter = fitted.segmenter
         dump(segmenter.cfg, tmp / "config.yaml")  # what it decided: the tile size, blocks chosen on validation
@@ -251,26 +250,10 @@ def run_segmentation(seg: SegConfig, data: DataConfig, export: Export | None, ou
             result["selection"] = fitted.selection
         segmenter.save(tmp / "segmenter", export)  # (a classical segmenter needs no export)
         faults.reached("segmenter saved")
-        result["seconds"] = time.perf_counter() - started  # kept in the file, so a resumed study still has it
-        (tmp / "metrics.json").write_text(json.dumps(result, indent=1))  # the run's "finished" marker, last
-    return result
+        return finish(tmp, result, started)
 
 
 RUN_FILES = {"config.yaml", "label_subset.json", "metrics.json", "per_image.csv", "predictions", "overlays",
              "uncertainty", "segmenter", "block_selection.json", "block_selection.png"}
 
 
-def save_selection(folder: Path, selection: dict) -> None:
-    """``block_selection.json`` and a block x timestep heatmap of the probes' scores (``selection["metric"]``: their
-    validation loss, or the training loss where nothing validates)."""
-    (folder / "block_selection.json").write_text(json.dumps(selection, indent=1))
-    timesteps = sorted(selection["scores"])
-    blocks = list(dict.fromkeys(b for row in selection["scores"].values() for b in row))  # in the order probed
-    save_heatmap(folder / "block_selection.png", [[selection["scores"][t].get(b) for t in timesteps] for b in blocks],
-                 [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps],
-                 f"{selection['metric']}\nchosen: t={selection['timestep']}, blocks {selection['blocks']}")
-
-
-def check_replaceable(out: Path, files: set[str] = RUN_FILES, what: str = "a segmentation run") -> None:
-    """``out`` is replaced as a whole by a run: refuse when it holds anything ``what`` does not write (``files``)."""
-    refuse_foreign(out, files, what, "choose a new --out folder, a run replaces its folder as a whole")

@@ -15,7 +15,7 @@ import yaml
 
 from ..common.io import write_text_atomic
 from ..pretrain.objectives import OBJECTIVES
-from ..segment.visualize import draw_heatmap, save_figure
+from ..stage2.plots import draw_heatmap, save_figure
 
 RUN_COLUMNS = ["method", "label_fraction", "seed", "labeled_images"]
 METRIC_COLUMNS = {"segmentation": ["dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji",

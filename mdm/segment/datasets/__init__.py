@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from ...common.errors import DataError
 from ...common.registry import Registry
+from ...stage2.sources import SPLITS, check_split, source_root
 from . import class_maps, glas, monuseg, synthetic
-from .base import LabeledDataset, LabeledImage, require_dir
-
-SPLITS = ("train", "test")
+from .base import LabeledDataset, LabeledImage
 
 
 @dataclass(frozen=True)
@@ -80,20 +78,6 @@ def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int
         raise DataError(f"source {source!r} has {spec.classes} classes, not num_classes={num_classes}")
     return spec.open(source_root(source, root, spec.needs_root), split, num_classes, class_names, synthetic_seed,
                      synthetic_size)
-
-
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r} (use train or test)")
-
-
-def source_root(source: str, root: str | None, needs_root: bool) -> Path | None:
-    """The root folder of a source that reads one (checked to exist), else ``None``."""
-    if not needs_root:
-        return None
-    if root is None or str(root) == "":
-        raise DataError(f"source {source!r} needs a root folder (data.root)")
-    return require_dir(Path(root).expanduser(), "dataset root folder")
 
 
 __all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "LabeledSource", "check_split", "load_split",

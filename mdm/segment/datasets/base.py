@@ -109,12 +109,6 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def require_dir(folder: Path, what: str = "folder") -> Path:
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such {what}")
-    return folder
-
-
 class Listing:
     """The files of one folder, listed once, looked up by name (extension case-insensitive)."""
 

@@ -16,6 +16,7 @@ import torch
 
 from ...common.errors import DataError
 from ...common.io import load_image
+from ...stage2.sources import require_dir
 from .base import (
     LOSSLESS_MASK_EXTENSIONS,
     Entry,
@@ -27,7 +28,6 @@ from .base import (
     images_in,
     pair_masks,
     read_mask,
-    require_dir,
 )
 
 DDPM_SEG_CLASSES = {"ffhq34": 34, "celeba19": 19}

@@ -13,14 +13,15 @@ its 4-connected components), otherwise as an instance map; the group comes from 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
 from ...common.errors import DataError
-from ...common.io import IMAGE_EXTENSIONS, load_image
+from ...common.io import load_image
 from ...common.labels import consecutive_ids
+from ...stage2.glas_release import release_images
+from ...stage2.sources import require_dir
 from .base import (
     LOSSLESS_MASK_EXTENSIONS,
     Entry,
@@ -33,44 +34,11 @@ from .base import (
     images_in,
     pair_masks,
     read_mask,
-    require_dir,
 )
 
 CLASS_NAMES = ["background", "gland"]
-_NAME = re.compile(r"^(train|testA|testB)_(\d+)$")
-_SPLIT_PREFIXES = {"train": ("train",), "test": ("testA", "testB")}
-
-
-def _release_folder(root: Path) -> Path | None:
-    """The folder holding the released ``train_1.bmp``-style files: ``root`` or a ``Warwick QU Dataset*`` child."""
-    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower().startswith("warwick"))
-    for folder in candidates:
-        if any(_NAME.match(p.stem) for p in folder.iterdir()
-               if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-            return folder
-    return None
-
-
 def _test_group(img: Path) -> str:
     return next((g for g in ("testA", "testB") if img.stem.startswith(g)), "")
-
-
-def release_images(root: Path, split: str) -> tuple[Path, list[Path]]:
-    """The release folder below ``root`` and the images of ``split`` in it (``train_<n>``; ``testA_<n>`` then
-    ``testB_<n>``), numerically sorted; annotations excluded."""
-    folder = _release_folder(root)
-    if folder is None:
-        raise DataError(f"{root}: no GlaS images found (expected the release layout train_1.bmp + "
-                        f"train_1_anno.bmp, ... or {root / split / 'img'} + {root / split / 'labelcol'})")
-    prefixes = _SPLIT_PREFIXES[split]
-    found = []
-    for p in folder.iterdir():
-        m = _NAME.match(p.stem)
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and m and m.group(1) in prefixes:
-            found.append((prefixes.index(m.group(1)), int(m.group(2)), p))
-    if not found:
-        raise DataError(f"{folder}: no GlaS {split} images ({' / '.join(pfx + '_<n>' for pfx in prefixes)})")
-    return folder, [p for _, _, p in sorted(found, key=lambda t: (t[0], t[1], t[2].name))]
 
 
 def _entries(root: Path, split: str) -> tuple[list[Entry], bool]:

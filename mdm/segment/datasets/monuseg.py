@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from ...common.errors import DataError
 from ...common.io import load_image
 from ...common.labels import consecutive_ids
+from ...stage2.sources import require_dir
 from .base import (
     LOSSLESS_MASK_EXTENSIONS,
     Entry,
@@ -31,7 +32,6 @@ from .base import (
     images_in,
     pair_masks,
     read_mask,
-    require_dir,
 )
 
 CLASS_NAMES = ["background", "nucleus"]

@@ -1,5 +1,5 @@
 """Early stopping on a watched loss (the validation loss; the training loss where nothing is held out), shared by
-the pixel MLPs (one per member) and fine-tuning."""
+every supervised loop of stage 2: the pixel MLPs (one per member), the classification heads and fine-tuning."""
 
 from __future__ import annotations
 
