@@ -269,6 +269,7 @@ def probe_main(argv: list[str] | None = None) -> int:
 def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, dict]:
     """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task`` ``task`` when given)
     and print its table; returns the config, the study folder, the stage-2 device and ``run_benchmark``'s result."""
+    from .stage2.tasks import TASKS
     from .study.sweep import run_benchmark
     from .study.verdicts import verdict_sentences
 
@@ -279,7 +280,7 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
     if args.out:
         cfg = replace(cfg, bench=replace(cfg.bench, out_dir=args.out))
     out = check_out(cfg.bench.out_dir, "--out" if args.out else "bench.out_dir")
-    stage_two = cfg.probe.device if cfg.bench.task == "classification" else cfg.seg.device
+    stage_two = TASKS[cfg.bench.task].config_of(cfg).device
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, stage_two))
     print(f"devices: pretraining {train_device}, {cfg.bench.task} {seg_device}")
     result = run_benchmark(cfg, train_device, seg_device)

@@ -14,7 +14,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .common.config import Config
+from .common.config import ANY_TASK_METHODS, TASK_METHODS, Config
+from .common.config_checks import method_registries
 from .common.io import write_text_atomic
 from .common.registry import registry
 from .registries import ALL  # noqa: F401 - every registry filled
@@ -48,6 +49,8 @@ def keys() -> list[tuple[str, object, str]]:
 def _names(registries: tuple[str, ...]) -> str:
     """``: `a` (what a is), `b` ...`` for one registry, or ``: pools `a`, `b`; sources `c` `` for several."""
     parts = []
+    registries = tuple(dict.fromkeys(r for name in registries for r in method_registries(  # every task's methods
+        ANY_TASK_METHODS if name == TASK_METHODS else name, "")))
     for name in registries:
         reg = registry(name)
         listed = ", ".join(f"`{k}`" + (f" ({rec.help})" if getattr(rec, "help", "") else "") for k, rec in reg.items())

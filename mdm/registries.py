@@ -5,13 +5,17 @@ import it, so a config is checked against every registered name as it loads; so 
 from .classify.datasets import CLASS_SOURCES
 from .classify.finetune import CLASS_NETWORKS
 from .classify.heads import HEADS
+from .classify.task import CLASSIFICATION
 from .pretrain.objectives import OBJECTIVES
 from .pretrain.pools import POOLS
 from .segment.datasets import SOURCES
 from .segment.finetune import NETWORKS
+from .segment.task import SEGMENTATION
+from .stage2.tasks import TASKS
 from .study.methods import CLASS_METHODS, METHODS
 
-ALL = (OBJECTIVES, POOLS, SOURCES, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS, CLASS_METHODS)
+ALL = (OBJECTIVES, POOLS, TASKS, SOURCES, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS, CLASS_METHODS)
+TASK_RECORDS = (SEGMENTATION, CLASSIFICATION)
 
 __all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "METHODS", "NETWORKS", "OBJECTIVES",
-           "POOLS", "SOURCES"]
+           "POOLS", "SOURCES", "TASKS", "TASK_RECORDS"]

@@ -75,7 +75,7 @@ def test_a_config_names_only_registered_things(toys):
     with pytest.raises(ConfigError, match=r"diffusion.objective: unknown objective 'fog' \(known: mdm, ddpm, mae, "
                                           r"blur\)"):
         load(None, ["diffusion.objective=fog"])
-    with pytest.raises(ConfigError, match="bench.methods: unknown method 'fog'"):
+    with pytest.raises(ConfigError, match="bench.methods: 'fog' is not a segmentation method"):
         load(None, ["bench.methods=[blur,fog]"])
 
 

@@ -5,9 +5,13 @@ scikit-learn's ``roc_auc_score`` computes it."""
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 
 import numpy as np
+
+from ..stage2.scores import Score, auc_score, balanced_score, mean_score
 
 
 def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -38,3 +42,22 @@ def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
     return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.mean(list(recalls.values()))),
             "roc_auc": auc, "per_class_recall": recalls,
             "modal_share": float(np.bincount(pred, minlength=probs.shape[1]).max() / len(pred))}
+
+
+def prediction_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
+    """The test images of a finished run folder and the per-image score of ``metric`` from its ``predictions.csv``,
+    for the verdicts' bootstrap."""
+    with (run / "predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    images = tuple(r["image"] for r in rows)
+    names = [k[2:] for k in rows[0] if k.startswith("p_")] if rows else []
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([index[r["label"]] for r in rows])
+    correct = np.array([float(r["label"] == r["prediction"]) for r in rows])
+    if metric == "accuracy":
+        return images, mean_score(correct)
+    if metric == "balanced_accuracy":
+        return images, balanced_score(labels, correct, len(names))
+    if metric == "roc_auc":
+        return images, auc_score(labels, np.array([[float(r[f"p_{n}"]) for n in names] for r in rows]))
+    return images, None

@@ -133,6 +133,12 @@ def _classical(probe: ProbeConfig, data: DataConfig, export: Export | None, labe
 PATHS = {"frozen": _frozen, "finetune": _finetune, "classical": _classical}  # probe.mode -> its path
 
 
+def open_split(data: DataConfig, split: str) -> ClassDataset:
+    """One split (``train`` / ``test``) of ``data``'s source of image labels."""
+    return open_class_split(data.source, data.root[0] if data.root else None, split,
+                            synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
+
+
 def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | None, out: str | Path, *,
                        device: torch.device, progress: bool = True) -> dict:
     """Train, evaluate and save one classification run into ``out``; returns the metrics (also in
@@ -146,9 +152,7 @@ def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | No
     out = Path(out)
     probe = replace(probe, out_dir=str(out))
     check_replaceable(out, RUN_FILES, "a classification run")
-    root = data.root[0] if data.root else None
-    kw = dict(synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
-    train, test = open_class_split(data.source, root, "train", **kw), open_class_split(data.source, root, "test", **kw)
+    train, test = open_split(data, "train"), open_split(data, "test")
     chosen = class_subset(train.labels, data.label_fraction, data.seed)
     labeled = train.subset(chosen)
     val = validation_images(labeled.labels, data.val_fraction, data.seed, labeled.groups)

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
+# in a key's ``registries``: the registry of the study methods of ``bench.task``'s task (its ``Task.methods``), or
+# those of every task (a key whose names outside the task are left out rather than refused)
+TASK_METHODS, ANY_TASK_METHODS = "task methods", "methods of any task"
+
 
 def key(default, help: str, *, choices: tuple = (), registries: tuple = (), positive: bool = False,
         not_negative: bool = False):
@@ -264,19 +268,18 @@ class BenchConfig:
     """The label-efficiency study (``python -m mdm.benchmark``): label fractions x seeds x methods, once per
     variant of ``variants`` (an ablation); pretraining runs once per objective and is shared where it can be."""
 
-    task: str = key("segmentation", "what the study measures: `segmentation` (`seg`, masks) or `classification` "
-                                    "(`probe`, image labels)", choices=("segmentation", "classification"))
+    task: str = key("segmentation", "what the study measures", registries=("tasks",))
     fractions: list[float] = key([0.1, 1.0], "label fractions")
     seeds: list[int] = key([0, 1], "seeds (each draws its own labeled subset and initialisations)")
     methods: list[str] = key(["mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch"],
-                             "the methods compared", registries=("study methods", "classification methods"))
+                             "the methods compared", registries=(TASK_METHODS,))
     metric: str = key("dice", "the metric of the table and plots (classification: `accuracy`, `balanced_accuracy` "
-                              "or `roc_auc`)")
+                              "or `roc_auc`; segmentation: any column its runs report)")
     pretrain_steps: int = key(1000, "pretraining steps of each objective", positive=True)
     budget_exports: int = key(4, "exports kept along the way for the pretraining-budget curve", positive=True)
     budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (methods of "
                                     "pretrained weights; those not in `bench.methods` are left out)",
-                                    registries=("study methods", "classification methods"))
+                                    registries=(ANY_TASK_METHODS,))
     budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True)
     budget_spacing: str = key("linear", "budget exports `linear`ly or `log`arithmically spaced in steps",
                                         choices=("linear", "log"))
@@ -285,7 +288,7 @@ class BenchConfig:
                                       "one plain study)")
     references: list[str] = key([], "the methods every other is judged against in the verdict table (empty: the best "
                                      "method trained from scratch at each fraction and the frozen random features)",
-                                registries=("study methods", "classification methods"))
+                                registries=(TASK_METHODS,))
     bootstrap: int = key(2000, "replicates of the verdicts' hierarchical bootstrap (docs/statistics.md)", positive=True)
     bootstrap_seed: int = key(0, "seed of the verdicts' bootstrap resamples")
     out_dir: str = key("runs/bench", "study folder")

@@ -10,40 +10,54 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import Config, check_crop
+from .config import ANY_TASK_METHODS, TASK_METHODS, Config, check_crop
 from .errors import ConfigError
 from .registry import registry
 
 # bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
 STUDY_POOLS = ("labeled", "folder", "synthetic")
-CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
-# bench.task -> the name of the registry of its study methods (``study.methods``)
-TASK_METHOD_REGISTRIES = {"segmentation": "study methods", "classification": "classification methods"}
 
 
-def _registered(value, names: tuple[str, ...], key: str) -> None:
-    """``value`` (a name, or a list of names) against the union of the registries ``names``, when all are loaded."""
-    found = [registry(n) for n in names]
+def method_registries(name: str, task: str) -> tuple[str | None, ...]:
+    """The registries a key's ``registries`` entry ``name`` stands for: ``TASK_METHODS``, the registry of ``task``'s
+    study methods (``stage2.tasks``; ``None`` while unknown); ``ANY_TASK_METHODS``, every task's; else ``name``."""
+    tasks = registry("tasks")
+    if name == TASK_METHODS:
+        return (tasks[task].methods if tasks is not None and task in tasks else None,)
+    if name == ANY_TASK_METHODS:
+        return tuple(t.methods for _, t in tasks.items()) if tasks is not None else (None,)
+    return (name,)
+
+
+def _registered(value, names: tuple[str, ...], key: str, task: str) -> None:
+    """``value`` (a name, or a list of names) against the union of the registries ``names`` (``TASK_METHODS``: the
+    methods of ``task``; see ``method_registries``), when all are loaded."""
+    of_task = TASK_METHODS in names
+    names = tuple(r for n in names for r in method_registries(n, task))
+    found = [registry(n) if n else None for n in names]
     if not names or None in found:
         return
     known = [k for r in found for k in r]
     for v in value if isinstance(value, list) else [value]:
+        if v not in known and of_task:
+            raise ConfigError(f"{key}: {v!r} is not a {task} method (bench.task: {task}; known: {', '.join(known)})")
         if v not in known:
             raise ConfigError(f"{key}: unknown {found[0].what} {v!r} (known: {', '.join(known)})")
 
 
-def _declared(section, prefix: str) -> None:
-    """Every key of ``section`` (and of a section inside it) against its declared choices and range."""
+def _declared(section, prefix: str, task: str) -> None:
+    """Every key of ``section`` (and of a section inside it) against its declared choices and range (``task``: the
+    study's task, whose methods the method keys name)."""
     for f in dataclasses.fields(section):
         value, name = getattr(section, f.name), f"{prefix}.{f.name}"
         if dataclasses.is_dataclass(value):
-            _declared(value, name)
+            _declared(value, name, task)
             continue
         if name == "bench.pretrain_data.source" and value not in STUDY_POOLS:
             raise ConfigError(f"{name}: a study pretrains on {', '.join(STUDY_POOLS)} images, not {value!r} "
                               f"(pretrain on it with train.py; give the export to finetune_seg.py)")
         if name != "bench.pretrain_data.source":
-            _registered(value, f.metadata.get("registries", ()), name)
+            _registered(value, f.metadata.get("registries", ()), name, task)
         allowed = f.metadata.get("choices")
         if allowed and value not in allowed:
             raise ConfigError(f"{name}: {value!r} is not one of {sorted(allowed, key=str)}")
@@ -59,8 +73,9 @@ def validate(cfg: Config) -> Config:
     save, a bool, becomes its name)."""
     if isinstance(cfg.seg.normalize, bool):  # written before the key took names
         cfg.seg.normalize = "zscore" if cfg.seg.normalize else "none"
+    _registered(cfg.bench.task, ("tasks",), "bench.task", cfg.bench.task)  # first: the method keys depend on it
     for section in dataclasses.fields(cfg):
-        _declared(getattr(cfg, section.name), section.name)
+        _declared(getattr(cfg, section.name), section.name, cfg.bench.task)
     d, sc, bc = cfg.data, cfg.seg, cfg.bench
     pc = cfg.probe
     for key, values in {"seg.timesteps": sc.timesteps, "seg.auto_timesteps": sc.auto_timesteps,
@@ -96,15 +111,10 @@ def validate(cfg: Config) -> Config:
                           "auto or neither is (a list keeps every block and timestep it names)")
     if not pc.blocks or not pc.timesteps or not pc.sweep_timesteps:
         raise ConfigError("probe.blocks, probe.timesteps and probe.sweep_timesteps must not be empty")
-    if bc.task == "classification" and bc.metric not in CLASSIFICATION_METRICS:
-        raise ConfigError(f"bench.metric: a classification study reports {', '.join(CLASSIFICATION_METRICS)}, not "
-                          f"{bc.metric!r}")
-    # (bench.budget_methods: those not in bench.methods are left out, not checked here)
-    methods = registry(TASK_METHOD_REGISTRIES[bc.task])
-    wrong = [m for m in bc.methods if methods is not None and m not in methods]
-    if wrong:
-        raise ConfigError(f"bench.methods: {wrong[0]!r} is not a {bc.task} method (bench.task: {bc.task}; known: "
-                          f"{', '.join(methods)})")
+    tasks = registry("tasks")
+    metrics = tasks[bc.task].metrics if tasks is not None else None
+    if metrics is not None and bc.metric not in metrics:
+        raise ConfigError(f"bench.metric: a {bc.task} study reports {', '.join(metrics)}, not {bc.metric!r}")
     absent = [m for m in bc.references if m not in bc.methods]
     if absent:
         raise ConfigError(f"bench.references: {absent[0]!r} is not among bench.methods ({', '.join(bc.methods)}): a "

@@ -15,9 +15,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 from tqdm.auto import tqdm
 
 from ..common.labels import IGNORE_INDEX
+from ..stage2.scores import Score, mean_score, miou_score
 from . import metrics
 from .visualize import save_prediction_images
 
@@ -78,3 +80,20 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
 def _pool(rows: list[dict], keys: list[str]) -> dict:
     """The per-image mean of each metric the rows hold (``metrics.pool_per_image``)."""
     return {k: metrics.pool_per_image([r[k] for r in rows if k in r])[0] for k in keys if any(k in r for r in rows)}
+
+
+def per_image_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
+    """The test images of a finished run folder and the per-image score of ``metric`` from its ``per_image.csv``
+    (``None`` for a metric without one, such as GlaS's per-group columns), for the verdicts' bootstrap."""
+    with (run / "per_image.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    images = tuple(r["name"] for r in rows)
+    if metric in POOLED and rows and metric in rows[0]:
+        return images, mean_score(np.array([float(r[metric]) if r[metric] != "" else math.nan for r in rows]))
+    if metric == "miou" and rows and "inter_0" in rows[0]:
+        c = sum(k.startswith("inter_") for k in rows[0])
+        inter = np.array([[float(r[f"inter_{j}"]) for j in range(c)] for r in rows])
+        union = np.array([[float(r[f"union_{j}"]) for j in range(c)] for r in rows])
+        absent = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("seg", {}).get("miou_absent", "skip")
+        return images, miou_score(inter, union, absent)
+    return images, None

@@ -77,14 +77,18 @@ class Fitted:
     selection: dict | None = None
 
 
-def open_splits(data: DataConfig) -> SegData:
-    """Open the splits, draw the labeled subset (``data.label_fraction``, ``data.seed``) and read every image once,
-    so that a bad file stops the run before anything is written."""
+def open_split(data: DataConfig, split: str) -> LabeledDataset:
+    """One split (``train`` / ``test``) of ``data``'s labeled source of masks."""
     kw = dict(synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
     if data.num_classes:
         kw["num_classes"] = data.num_classes
-    root = data.root[0] if data.root else None
-    train_ds, test_ds = load_split(data.source, root, "train", **kw), load_split(data.source, root, "test", **kw)
+    return load_split(data.source, data.root[0] if data.root else None, split, **kw)
+
+
+def open_splits(data: DataConfig) -> SegData:
+    """Open the splits, draw the labeled subset (``data.label_fraction``, ``data.seed``) and read every image once,
+    so that a bad file stops the run before anything is written."""
+    train_ds, test_ds = open_split(data, "train"), open_split(data, "test")
     chosen = label_subset(len(train_ds), data.label_fraction, data.seed)
     subset = train_ds.subset(chosen)
     train_images = [subset[i] for i in range(len(subset))]

@@ -1,6 +1,7 @@
-"""The methods a study compares, registered in ``METHODS`` (segmentation) and ``CLASS_METHODS`` (classification,
-``bench.task``), chosen by ``bench.methods``: how each segments (``seg.mode`` / ``seg.arch``) or classifies
-(``probe.mode`` / ``probe.head`` or ``probe.network``) and which pretraining run's weights it starts from. A new
+"""The methods a study compares, one registry per task (``Task.methods``, ``bench.task``): ``METHODS``
+(segmentation) and ``CLASS_METHODS`` (classification), chosen by ``bench.methods``: how each segments (``seg.mode``
+/ ``seg.arch``) or classifies (``probe.mode`` / ``probe.head`` or ``probe.network``) and which pretraining run's
+weights it starts from. A new
 method is one ``register`` call; a new objective or network registers itself where it is defined
 (``pretrain.objectives``, ``segment.finetune``, ``classify.heads``, ``classify.finetune``).
 """
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..common.config_checks import TASK_METHOD_REGISTRIES
 from ..common.registry import Registry, registry
+from ..stage2.tasks import TASKS
 
 
 @dataclass(frozen=True)
 class Method:
-    """How a method segments: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode`` and the head
-    of ``frozen`` or the network of ``finetune``; ``classical``: ``filterbank``, filter features and no network);
+    """What a method runs: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode`` and the head of
+    ``frozen`` or the network of ``finetune``; ``classical``: ``filterbank``, filter features and no network);
     its U-Net comes from the pretraining run of ``objective`` (``None``: no export), folder ``export`` of that run
     (``export``: the last; ``exports/step_0``: the random initial weights)."""
 
@@ -31,7 +32,7 @@ class Method:
         return self.objective is not None and self.export == "export"
 
 
-METHODS: Registry[Method] = Registry("study methods", "bench.methods", "method")
+METHODS: Registry[Method] = Registry("segmentation methods", "bench.methods", "segmentation method")
 METHODS.register("mdm", Method("frozen", "unet", "mdm", "export"))
 METHODS.register("ddpm", Method("frozen", "unet", "ddpm", "export"))
 METHODS.register("mae", Method("frozen", "unet", "mae", "export"))
@@ -56,4 +57,8 @@ CLASS_METHODS.register("unet-scratch", Method("finetune", "unet-encoder", "mdm",
 CLASS_METHODS.register("resnet18-scratch", Method("finetune", "resnet18", None, ""))
 CLASS_METHODS.register("filterbank", Method("classical", "filterbank", None, ""))
 
-TASK_METHODS = {task: registry(name) for task, name in TASK_METHOD_REGISTRIES.items()}  # bench.task -> its methods
+
+
+def methods_of(task: str) -> Registry[Method]:
+    """The registry of the study methods of ``task`` (``bench.task``)."""
+    return registry(TASKS[task].methods)

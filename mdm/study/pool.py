@@ -13,23 +13,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..classify.datasets import open_class_split
 from ..common.config import Config, DataConfig
 from ..common.errors import ConfigError
-from ..segment.datasets import load_split
+from ..stage2.tasks import TASKS
 
 
 def labeled_split(cfg: Config, split: str):
-    """One split of the study's labeled source, of segmentation masks (``segment.datasets``) or image labels
-    (``classify.datasets``) by ``bench.task``: anything with ``image_files`` and ``files``."""
-    data = cfg.data
-    root = data.root[0] if data.root else None
-    kw = dict(synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
-    if cfg.bench.task == "classification":
-        return open_class_split(data.source, root, split, **kw)
-    if data.num_classes:
-        kw["num_classes"] = data.num_classes
-    return load_split(data.source, root, split, **kw)
+    """One split of the study's labeled source, as ``bench.task``'s task opens it (``Task.open_split``): anything
+    with ``image_files`` and ``files``."""
+    return TASKS[cfg.bench.task].open_split(cfg.data, split)
 
 
 def pretraining_data(cfg: Config) -> DataConfig:

@@ -16,23 +16,21 @@ import yaml
 from ..common.io import write_text_atomic
 from ..pretrain.objectives import OBJECTIVES
 from ..stage2.plots import draw_heatmap, save_figure
+from ..stage2.tasks import TASKS
 
 RUN_COLUMNS = ["method", "label_fraction", "seed", "labeled_images"]
-METRIC_COLUMNS = {"segmentation": ["dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji",
-                                   "member_dice_mean", "member_dice_std", "seconds"],
-                  "classification": ["accuracy", "balanced_accuracy", "roc_auc", "modal_share", "seconds"]}
 
 
 def task_columns(task: str) -> list[str]:
-    """The first columns of ``results.csv`` for ``bench.task``."""
-    return RUN_COLUMNS + METRIC_COLUMNS[task]
+    """The first columns of ``results.csv`` for ``bench.task``: the run's, then the task's metrics."""
+    return RUN_COLUMNS + list(TASKS[task].columns)
 
 
 def result_row(method: str, fraction: float, seed: int, result: dict, task: str = "segmentation") -> dict:
     """One ``results.csv`` row from a run's metrics; per-group metrics (GlaS testA / testB) as ``<group>_<metric>``."""
     row = {"method": method, "label_fraction": fraction, "seed": seed,
            "labeled_images": result.get("labeled_images")}
-    for k in METRIC_COLUMNS[task]:
+    for k in TASKS[task].columns:
         if k in result:
             row[k] = result[k]
     for group, values in result.get("groups", {}).items():

@@ -1,6 +1,7 @@
 """The label-efficiency study: label fractions x seeds x methods, then a table and plots; with ``bench.variants``, an
-ablation: the same study once per variant (see ``variants``). ``bench.task`` says what each run measures:
-segmentation (``segment.run``, methods ``METHODS``) or image classification (``classify.run``, ``CLASS_METHODS``).
+ablation: the same study once per variant (see ``variants``). ``bench.task`` says what each run measures, a task
+registered in ``stage2.tasks.TASKS``: segmentation (``segment.run``, methods ``METHODS``) or image classification
+(``classify.run``, ``CLASS_METHODS``).
 
 Every method sees the same labeled subsets (``data.seed`` = the seed), validation pixels and test images. Pretraining
 runs once per objective and is reused by every fraction and seed (and by every variant that does not change it):
@@ -32,9 +33,6 @@ from pathlib import Path
 
 import torch
 
-from ..classify.finetune import CLASS_NETWORKS
-from ..classify.heads import HEADS
-from ..classify.run import run_classification
 from ..common.config import Config, DataConfig, check_crop
 from ..common.config_io import dump, load, to_dict
 from ..common.devices import machine_summary
@@ -44,10 +42,9 @@ from ..pretrain.export import export_is_current, open_export, publish_export
 from ..pretrain.identity import changed_weight_keys
 from ..pretrain.objectives import OBJECTIVES
 from ..pretrain.trainer import list_checkpoints, train
-from ..segment.finetune import NETWORKS
-from ..segment.run import run_segmentation
+from ..stage2.tasks import TASKS
 from .manifest import check_same_data, data_manifest, write_manifest
-from .methods import TASK_METHODS, Method
+from .methods import methods_of
 from .pool import pretraining_data
 from .report import (
     STATS_NOTE,
@@ -100,34 +97,16 @@ def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path,
     return run
 
 
-def methods_of(cfg: Config):
-    """The registry of the methods of ``bench.task`` (``METHODS`` or ``CLASS_METHODS``)."""
-    return TASK_METHODS[cfg.bench.task]
-
-
-def _known_arch(task: str, method: Method) -> bool:
-    if method.mode == "classical":
-        return method.arch == "filterbank"
-    if task == "segmentation":
-        return method.arch in NETWORKS
-    return method.arch in (HEADS if method.mode == "frozen" else CLASS_NETWORKS)
-
-
 def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path | None, out: Path,
             device: torch.device) -> dict:
-    """One segmentation or classification run (skipped when its ``metrics.json`` exists); returns its metrics."""
+    """One run of ``bench.task`` (skipped when its ``metrics.json`` exists); returns its metrics."""
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    m = methods_of(cfg)[method]
+    task = TASKS[cfg.bench.task]
+    section = task.configure(task.config_of(cfg), methods_of(cfg.bench.task)[method], seed)
     data = replace(cfg.data, label_fraction=fraction, seed=seed)
-    if cfg.bench.task == "classification":
-        which = {"frozen": {"head": m.arch}, "finetune": {"network": m.arch}}.get(m.mode, {})
-        probe = replace(cfg.probe, mode=m.mode, seed=seed, **which)
-        opened = open_export(export, probe.weights) if export is not None else None
-        return run_classification(probe, data, opened, out, device=device, progress=False)
-    seg = replace(cfg.seg, mode=m.mode, seed=seed, **({"arch": m.arch} if m.mode == "finetune" else {}))
-    opened = open_export(export, seg.weights) if export is not None else None
-    return run_segmentation(seg, data, opened, out, device=device, progress=False)
+    opened = open_export(export, section.weights) if export is not None else None
+    return task.run(section, data, opened, out, device=device, progress=False)
 
 
 # keys that decide which runs a study holds, or where and how fast it runs, but not what a run gives: a folder may
@@ -197,7 +176,7 @@ def check_study_folder(out: Path, caches: list[str] = ()) -> None:
 
 
 def _objectives(cfg: Config) -> list[str]:
-    return sorted({methods_of(cfg)[m].objective for m in cfg.bench.methods} - {None})
+    return sorted({methods_of(cfg.bench.task)[m].objective for m in cfg.bench.methods} - {None})
 
 
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
@@ -205,11 +184,11 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
     seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
     bc = cfg.bench
-    methods = methods_of(cfg)
+    task, methods = TASKS[bc.task], methods_of(bc.task)
     budget_methods = [m for m in bc.budget_methods if m in bc.methods]
     for m in bc.methods:  # every record's names, before anything is pretrained
         method = methods[m]
-        if (method.objective is not None and method.objective not in OBJECTIVES) or not _known_arch(bc.task, method):
+        if (method.objective is not None and method.objective not in OBJECTIVES) or not task.known(method):
             raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / network {method.arch!r}, "
                               f"which are not registered")
     wrong = [m for m in budget_methods if not methods[m].pretrained]
@@ -261,7 +240,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                     done = (run / "metrics.json").is_file()
                     t = time.perf_counter()
                     result = run_one(vcfg, method, fraction, seed, export_for(name, method), run, seg_device)
-                    key = f"segmentation: {method}"
+                    key = f"{task.noun}: {method}"
                     phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
                     skipped += done
                     log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
@@ -292,7 +271,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                   for m in bc.methods if methods[m].mode == "frozen"}
     if any(selections.values()):
         plot_selections(out / "block_selection.png", selections,
-                        f"one-block {'' if bc.task == 'segmentation' else 'linear '}probes' validation loss at "
+                        f"{task.probe}' validation loss at "
                         f"{lowest:g} labels (mean over seeds {bc.seeds}; red: chosen)")
     t = time.perf_counter()
     budget = budget_curve(cfg0, name0, results, export_for, out, seg_device, log)
@@ -313,7 +292,7 @@ def verdicts_of(cfg: Config, out: Path, names: list[str], results: dict) -> list
     """The verdict table of the study (``verdicts``): each method against ``bench.references`` (default: the best
     scratch method and the random features, per fraction); in an ablation, each variant of a method against the
     first variant of the same method."""
-    bc, methods = cfg.bench, methods_of(cfg)
+    bc, methods = cfg.bench, methods_of(cfg.bench.task)
     arms = {}
     for (name, m, f, s), result in results.items():
         arm = f"{m} ({name})" if bc.variants else m
@@ -353,7 +332,7 @@ def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path
     seen, with the ``random`` method's runs as a reference line when the study has it)."""
     bc = cfg.bench
     lowest, seeds = min(bc.fractions), bc.seeds[:bc.budget_seeds]
-    methods = methods_of(cfg)
+    methods = methods_of(cfg.bench.task)
     budget = []
     for method in [m for m in bc.budget_methods if m in bc.methods and methods[m].objective]:
         exports = export_for(variant, method, "exports")

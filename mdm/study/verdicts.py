@@ -14,23 +14,20 @@ they were saved, GlaS's per-group columns) is resampled over seeds only, and its
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..common.rng import Tag, make_key
+from ..stage2.scores import Score
+from ..stage2.tasks import TASKS
 from .report import write_csv
 
-PER_IMAGE_MEAN = ("dice", "iou", "object_f1", "object_dice", "object_hausdorff", "aji")  # segmentation per_image.csv
 LOWER_IS_BETTER = {"object_hausdorff"}
-Score = Callable[[np.ndarray], np.ndarray]  # image multiplicities [B, N] -> the metric on each resample [B]
 
 
 @dataclass(frozen=True)
@@ -43,95 +40,10 @@ class RunScores:
     score: Score | None
 
 
-def _mean_of(values: np.ndarray) -> Score:
-    valid = ~np.isnan(values)
-    v = np.where(valid, values, 0.0)
-    return lambda w: (w @ v) / np.maximum(w @ valid, 1e-12)
-
-
-def _miou_of(inter: np.ndarray, union: np.ndarray, absent: str) -> Score:
-    """``inter`` / ``union`` ``[N, C]`` per image: mIoU of the summed counts, classes with no union skipped (or 0)."""
-    def score(w):
-        i, u = w @ inter, w @ union
-        iou = np.where(u > 0, i / np.maximum(u, 1e-12), np.nan)
-        if absent == "zero":
-            return np.nan_to_num(iou, nan=0.0).mean(1)
-        with np.errstate(all="ignore"):
-            return np.nanmean(iou, axis=1)
-    return score
-
-
-def _balanced_of(labels: np.ndarray, correct: np.ndarray, k: int) -> Score:
-    onehot = np.eye(k)[labels]  # [N, K]
-    hit = onehot * correct[:, None]
-
-    def score(w):
-        n, h = w @ onehot, w @ hit
-        with np.errstate(all="ignore"):
-            return np.nanmean(np.where(n > 0, h / np.maximum(n, 1e-12), np.nan), axis=1)
-    return score
-
-
-def _auc_of(labels: np.ndarray, probs: np.ndarray) -> Score:
-    """Weighted Mann-Whitney AUC: binary of the second class's probability, else the one-vs-rest mean over classes
-    with both positives and negatives in the resample."""
-    k = probs.shape[1]
-    classes = [1] if k == 2 else list(range(k))
-
-    def score(w):
-        aucs = []
-        for c in classes:
-            pos, neg = labels == c, labels != c
-            s = probs[:, c]
-            h = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
-            wp, wn = w[:, pos], w[:, neg]
-            denom = wp.sum(1) * wn.sum(1)
-            with np.errstate(all="ignore"):
-                aucs.append(np.where(denom > 0, ((wp @ h) * wn).sum(1) / np.maximum(denom, 1e-12), np.nan))
-        with np.errstate(all="ignore"):
-            return np.nanmean(np.stack(aucs, 1), axis=1)
-    return score
-
-
-def segmentation_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
-    """The test images of a segmentation run and the per-image score of ``metric`` from its ``per_image.csv``."""
-    with (run / "per_image.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    images = tuple(r["name"] for r in rows)
-    if metric in PER_IMAGE_MEAN and rows and metric in rows[0]:
-        return images, _mean_of(np.array([float(r[metric]) if r[metric] != "" else math.nan for r in rows]))
-    if metric == "miou" and rows and "inter_0" in rows[0]:
-        c = sum(k.startswith("inter_") for k in rows[0])
-        inter = np.array([[float(r[f"inter_{j}"]) for j in range(c)] for r in rows])
-        union = np.array([[float(r[f"union_{j}"]) for j in range(c)] for r in rows])
-        absent = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("seg", {}).get("miou_absent", "skip")
-        return images, _miou_of(inter, union, absent)
-    return images, None
-
-
-def classification_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
-    """The test images of a classification run and the per-image score of ``metric`` from ``predictions.csv``."""
-    with (run / "predictions.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    images = tuple(r["image"] for r in rows)
-    names = [k[2:] for k in rows[0] if k.startswith("p_")] if rows else []
-    index = {n: i for i, n in enumerate(names)}
-    labels = np.array([index[r["label"]] for r in rows])
-    correct = np.array([float(r["label"] == r["prediction"]) for r in rows])
-    if metric == "accuracy":
-        return images, _mean_of(correct)
-    if metric == "balanced_accuracy":
-        return images, _balanced_of(labels, correct, len(names))
-    if metric == "roc_auc":
-        return images, _auc_of(labels, np.array([[float(r[f"p_{n}"]) for n in names] for r in rows]))
-    return images, None
-
-
 def run_scores(run: Path, task: str, metric: str, value: float) -> RunScores:
     """``RunScores`` of the run folder ``run`` (``value``: its reported metric, from ``metrics.json``)."""
     try:
-        read = segmentation_scores if task == "segmentation" else classification_scores
-        images, score = read(run, metric)
+        images, score = TASKS[task].scores(run, metric)
     except (OSError, KeyError, ValueError):
         images, score = (), None
     return RunScores(images, float(value), score)
