@@ -14,18 +14,16 @@ stopping on the validation images (``heads.fit_module``):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..common.config import ProbeConfig
 from ..common.devices import autocast, autocast_dtype
-from ..common.errors import ConfigError
 from ..common.registry import Registry
-from ..common.rng import seeded_init
 from ..nn.unet import UNetModel
 from ..pretrain.export import Export
+from ..stage2.networks import Network, build_network
 from .heads import fit_module, probabilities
 
 
@@ -44,24 +42,16 @@ class UNetEncoderClassifier(nn.Module):
         return self.head(self.unet.encode(x, t).float().mean((2, 3)))
 
 
-def _resnet18(num_classes: int, export: None) -> nn.Module:
+def _resnet18(probe: ProbeConfig, num_classes: int, export: None) -> nn.Module:
     import timm  # deferred: only this network needs it
 
     return timm.create_model("resnet18", pretrained=False, num_classes=num_classes)
 
 
-@dataclass(frozen=True)
-class ClassNetwork:
-    """``build(num_classes, export)``; ``needs_export``: it starts from an export's U-Net."""
-
-    build: Callable[[int, Export | None], nn.Module]
-    needs_export: bool
-
-
-CLASS_NETWORKS: Registry[ClassNetwork] = Registry("classification networks", "probe.network", "network")
-CLASS_NETWORKS.register("unet-encoder", ClassNetwork(
-    lambda num_classes, export: UNetEncoderClassifier(export.load_model(), num_classes), needs_export=True))
-CLASS_NETWORKS.register("resnet18", ClassNetwork(_resnet18, needs_export=False))
+CLASS_NETWORKS: Registry[Network] = Registry("classification networks", "probe.network", "network")
+CLASS_NETWORKS.register("unet-encoder", Network(
+    lambda probe, num_classes, export: UNetEncoderClassifier(export.load_model(), num_classes), needs_export=True))
+CLASS_NETWORKS.register("resnet18", Network(_resnet18, needs_export=False))
 
 
 def augment_batch(kind: str) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
@@ -97,12 +87,8 @@ def train_classifier(images: torch.Tensor, y: torch.Tensor, val_images: torch.Te
                      ) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """Fine-tune ``probe.network`` on ``images [N, 3, S, S]`` / ``y [N]`` (validation: ``val_images`` / ``yv``);
     returns ``predict_proba(images) -> [M, K]`` and the training history."""
-    network = CLASS_NETWORKS[probe.network]
-    if network.needs_export and export is None:
-        raise ConfigError(f"probe.network={probe.network} needs --checkpoint (an export; exports/step_0 is the random "
-                          f"initialisation)")
-    with seeded_init(probe.seed):
-        model = network.build(num_classes, export if network.needs_export else None)
+    model = build_network(CLASS_NETWORKS[probe.network], f"probe.network={probe.network}", probe, num_classes, export,
+                          probe.seed)
     wrapped = _Autocast(model.to(device), autocast_dtype(probe.mixed_precision, device))
     history = fit_module(wrapped, images, y, val_images, yv, probe.finetune_lr,
                          probe.weight_decay, probe.finetune_epochs, probe.patience, probe.batch_size, probe.seed,

@@ -2,7 +2,8 @@
 
 Every candidate ``(timestep, block)`` gets a linear probe alone (``heads.linear`` on ``probe.pooling`` features of
 that block at that timestep), trained on the labeled training images and scored by its best cross-entropy on the
-validation images (the training loss where none validates), the same rule for every method; the best pair is kept.
+validation images (the training loss where none validates), the same rule for every method and both tasks
+(``stage2.select``); the best pair is kept.
 The validation accuracy of each probe is recorded beside it. Only labeled training images are read: no test image can
 reach the choice. Candidates: ``probe.sweep_blocks`` (default: the middle block and every decoder block) x
 ``probe.sweep_timesteps``; ``probe.blocks`` and ``probe.timesteps`` are ``auto`` together.
@@ -16,6 +17,7 @@ import torch
 
 from ..common.config import ModelConfig, ProbeConfig
 from ..nn.unet import build_unet, num_decoder_blocks
+from ..stage2.select import choose_parts
 from ..stage2.taps import resolve_block_names
 from .features import features_of
 from .heads import fit_head
@@ -36,16 +38,16 @@ def select_part(table: dict[str, torch.Tensor], blocks: list[str], timesteps: li
     ``fit`` / ``val``: positions that train / validate); returns ``{"timestep", "blocks": [block], "scores":
     {timestep: {block: loss}}, "accuracy": {timestep: {block: validation accuracy}}, "metric"}``."""
     linear = replace(probe, head="linear", ensemble=1)
-    scores: dict[int, dict[str, float]] = {}
     accuracy: dict[int, dict[str, float]] = {}
-    for t in timesteps:
-        for b in blocks:
-            x = features_of(table, [(t, b)], probe.pooling)
-            predict, history = fit_head("linear", x[fit], y[fit], x[val], y[val], num_classes, linear)
-            scores.setdefault(t, {})[b] = history[0]["best_val_loss"]
-            if val:
-                accuracy.setdefault(t, {})[b] = float((predict(x[val]).argmax(1) == y[val]).float().mean())
-    best_t, best_b = min(((t, b) for t in timesteps for b in blocks), key=lambda p: scores[p[0]][p[1]])
+
+    def probe_loss(t: int, b: str) -> float:
+        x = features_of(table, [(t, b)], probe.pooling)
+        predict, history = fit_head("linear", x[fit], y[fit], x[val], y[val], num_classes, linear)
+        if val:
+            accuracy.setdefault(t, {})[b] = float((predict(x[val]).argmax(1) == y[val]).float().mean())
+        return history[0]["best_val_loss"]
+
+    best_t, best, scores = choose_parts([(t, b) for t in timesteps for b in blocks], probe_loss)
     watched = "validation" if val else "training"
-    return {"timestep": best_t, "blocks": [best_b], "scores": scores, "accuracy": accuracy,
+    return {"timestep": best_t, "blocks": best, "scores": scores, "accuracy": accuracy,
             "metric": f"best {watched} cross-entropy of a one-block linear probe (lower is better)"}

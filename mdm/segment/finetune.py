@@ -16,8 +16,6 @@ The network trains on the device its weights are on.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +28,13 @@ from ..common.devices import autocast, autocast_dtype, memory_format
 from ..common.errors import ConfigError
 from ..common.labels import IGNORE_INDEX
 from ..common.registry import Registry
-from ..common.rng import Stream, Tag, seeded_init
+from ..common.rng import Stream, Tag
 from ..common.tiling import blend_tiles, pad_to_tile, tile_grid
 from ..nn.unet import UNetModel
 from ..pretrain.export import Export
 from ..stage2.early_stopping import EarlyStopping
+from ..stage2.networks import Network
+from ..stage2.networks import build_network as build_seeded
 from .datasets import LabeledImage
 from .splits import split_labels
 
@@ -51,20 +51,6 @@ class UNetWithHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.zeros(x.shape[0], device=x.device)
         return self.head(F.silu(self.unet.out[0](self.unet.decode(x, t))))
-
-
-@dataclass(frozen=True)
-class Network:
-    """A registered fine-tuning network (``seg.arch``): ``build(seg, num_classes, export)`` makes it (``export``: the
-    pretraining export where ``needs_export``, else ``None``); ``check_tile(model, tile)`` refuses a tile size it
-    cannot take (a ``ConfigError`` naming ``seg.tile_size``); ``unet(model)``: the pretraining U-Net inside it, saved
-    as the segmenter's ``export/`` so that it reloads (``None``: the network alone rebuilds it)."""
-
-    build: Callable[[SegConfig, int, Export | None], nn.Module]
-    needs_export: bool
-    check_tile: Callable[[nn.Module, int], None] = lambda model, tile: None
-    unet: Callable[[nn.Module], UNetModel] | None = None
-    help: str = ""
 
 
 def _smp_unet(seg: SegConfig, num_classes: int, export: None) -> nn.Module:
@@ -88,13 +74,8 @@ NETWORKS.register("smp", Network(_smp_unet, needs_export=False, check_tile=_mult
 
 
 def build_network(seg: SegConfig, num_classes: int, export: Export | None) -> nn.Module:
-    """The network ``seg.arch`` names (``NETWORKS``). Built with torch's generator seeded from ``seg.seed`` (a
-    head's initial weights, a network's from scratch), so the same run gives the same result."""
-    network = NETWORKS[seg.arch]
-    if network.needs_export and export is None:
-        raise ConfigError(f"seg.arch={seg.arch} needs --checkpoint (an export; exports/step_0 is the random init)")
-    with seeded_init(seg.seed):
-        return network.build(seg, num_classes, export if network.needs_export else None)
+    """The network ``seg.arch`` names (``NETWORKS``), seeded from ``seg.seed`` (``stage2.networks``)."""
+    return build_seeded(NETWORKS[seg.arch], f"seg.arch={seg.arch}", seg, num_classes, export, seg.seed)
 
 
 def crop_batch(images: list[torch.Tensor], labels: list[torch.Tensor], tile: int, batch: int, key: int,

@@ -1,5 +1,5 @@
 """Features chosen on validation (``seg.blocks: auto`` and/or ``seg.timesteps: auto``), the same rule for every
-frozen method.
+frozen method and both tasks (``stage2.select``).
 
 Every candidate ``(timestep, decoder block)`` is probed alone: one pixel MLP (the ensemble's architecture, one member)
 trains on the training pixels of the labeled images for about ``seg.probe_steps`` optimizer steps in whole epochs
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 
-from tqdm.auto import tqdm
-
 from ..common.config import SegConfig
 from ..common.errors import ConfigError
+from ..stage2.select import choose_parts
 from .pixel_mlp import PixelEnsemble, fit_ensemble
 from .pixel_stream import PixelStream
 
@@ -31,26 +30,22 @@ def candidates(seg: SegConfig, num_blocks: int) -> tuple[list[int], list[int]]:
 
 
 def select_parts(stream: PixelStream, num_classes: int, seg: SegConfig, progress: bool = True) -> dict:
-    """Probe every ``(timestep, block)`` of ``stream``'s extractor; returns ``{"timestep", "blocks", "scores":
-    {timestep: {block: validation loss}}, "metric"}`` (blocks as absolute numbers, ascending)."""
+    """Probe every ``(timestep, block)`` of ``stream``'s extractor (``stage2.select``); returns ``{"timestep",
+    "blocks", "scores": {timestep: {block: validation loss}}, "metric"}`` (blocks as absolute numbers, ascending)."""
     ex = stream.extractor
-    scores: dict[int, dict[int, float]] = {}
     epochs = math.ceil(seg.probe_steps / stream.train_batches_per_epoch())
-    bar = tqdm(total=len(ex.parts), desc="choosing blocks", disable=None if progress else True, leave=False)
-    for t, block in ex.parts:
+
+    def probe_loss(t: int, block: int) -> float:
         probe = stream.restricted([(t, block)])
         mlp = PixelEnsemble(probe.feature_dim, num_classes, 1, seg.seed)
         if seg.normalize == "zscore":
             mlp.mean, mlp.std = probe.feature_stats()
         mlp.to(ex.device)
-        history = fit_ensemble(mlp, probe.train_batches, probe.val_batches, epochs, epochs, seg.lr)
-        scores.setdefault(t, {})[block] = history[0]["best_val_loss"]
-        bar.update(1)
-    bar.close()
+        return fit_ensemble(mlp, probe.train_batches, probe.val_batches, epochs, epochs, seg.lr)[0]["best_val_loss"]
+
+    best_t, chosen, scores = choose_parts(ex.parts, probe_loss, seg.auto_blocks, progress)
     if all(math.isinf(v) for row in scores.values() for v in row.values()):
         raise ConfigError("seg.blocks / seg.timesteps: auto chooses on validation pixels, and there are none "
                           "(data.val_fraction is 0?)")
-    best_t = min(scores, key=lambda t: min(scores[t].values()))
-    chosen = sorted(sorted(scores[best_t], key=scores[best_t].get)[:seg.auto_blocks])
     return {"timestep": best_t, "blocks": chosen, "scores": scores, "probe_epochs": epochs,
             "metric": "best validation cross-entropy of a one-block probe (lower is better)"}
