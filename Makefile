@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check mdm tests bench train.py finetune_seg.py
+	$(BIN)/ruff check mdm tests perf scripts train.py finetune_seg.py
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/python -m mdm.demo --config configs/bench_demo.yaml --out $(DEMO)
 
 bench: $(STAMP)
-	$(BIN)/python bench/pretrain_throughput.py
+	$(BIN)/python perf/pretrain_throughput.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

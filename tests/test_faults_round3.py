@@ -154,7 +154,7 @@ def test_the_skimage_dataset_script_refuses_a_folder_it_did_not_make(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    done = subprocess.run([sys.executable, os.path.join(REPO, "bench", "make_skimage_dataset.py"), str(mine)],
+    done = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_skimage_dataset.py"), str(mine)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "is not a folder this script made" in done.stderr
     assert (mine / "notes.txt").read_text() == "keep me"

@@ -63,7 +63,7 @@ def tune_for_fixed_shapes(device: torch.device) -> None:
     each shape is timed once and reused for the whole run. The choice rests on timings, so two runs may pick other
     algorithms and differ in the last bits (CUDA results are compared with tolerances anyway: tests/test_gpu.py).
     Nothing changes on the CPU.
-    ``STAGES=cudnn bash bench/gpu_checks.sh`` measures what it gives (in two processes: cuDNN keeps its first
+    ``STAGES=cudnn bash perf/gpu_checks.sh`` measures what it gives (in two processes: cuDNN keeps its first
     choice per shape for the whole process, whatever the switch says later)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -7,7 +7,7 @@ followed by SiLU (and for the attention norm, without SiLU).
 On CPU, for channels-last tensors, it runs ``mdm/nn/csrc/group_norm_act.cpp``: one read pass for the statistics and
 one read/write pass for the output (two and one in backward), all arithmetic in fp32 and bf16 only as storage. The
 unfused path it replaces (GroupNorm upcast to fp32, cast back, SiLU) spent about a third of a bf16 training step on
-this 2-core CPU; see ``bench/pretrain_throughput.py``. The kernel is compiled on first use with the system's C++
+this 2-core CPU; see ``perf/pretrain_throughput.py``. The kernel is compiled on first use with the system's C++
 compiler (about 20 s, cached under ``~/.cache/torch_extensions`` per CPU type and torch version). Elsewhere (CUDA, NCHW
 layouts, no compiler, ``MDM_FUSED_NORM=0``) the unfused path runs, with the same results up to rounding.
 """

@@ -193,7 +193,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
     bf16 on CPU: two bf16 matmuls around a softmax that computes in fp32 and stores bf16, the precision of
     guided-diffusion's legacy attention under fp16. On this CPU that is 2.7x faster than torch's fused CPU kernel
     in bf16 (forward + backward, 256 tokens, 4 heads of 32: 5.6 vs 15.1 ms) and 8x faster at 64 tokens, with a
-    larger rounding error (max 0.009 vs 0.002 against fp32); see ``bench/attention_cpu.py``. Elsewhere (fp32,
+    larger rounding error (max 0.009 vs 0.002 against fp32); see ``perf/attention_cpu.py``. Elsewhere (fp32,
     CUDA): ``scaled_dot_product_attention``.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:

@@ -4,7 +4,7 @@ glibc serves allocations above its mmap threshold (dynamic, at most 32 MiB) with
 free, so every large activation of a training step pays page faults on first touch, and it trims the heap top when
 it is free. A CPU training step allocates and frees the same sizes over and over; pinning the mmap threshold at its
 maximum and raising the trim threshold lets those allocations reuse heap memory. Measured on this 2-core CPU at the
-cpu-small preset (``bench/pretrain_throughput.py``): half the minor page faults, fp32 steps 14% faster, bf16 1%.
+cpu-small preset (``perf/pretrain_throughput.py``): half the minor page faults, fp32 steps 14% faster, bf16 1%.
 The price: the process keeps its peak heap size until it exits.
 """
 

@@ -90,7 +90,7 @@ def resolve_compile(requested: str, device: torch.device) -> str:
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
     """AdamW, run as one fused kernel over all parameters on CPU and CUDA: the same update up to rounding, and
-    about half the time of the per-parameter loop on this CPU (``bench/pretrain_throughput.py --profile`` shows
+    about half the time of the per-parameter loop on this CPU (``perf/pretrain_throughput.py --profile`` shows
     ``aten::_fused_adamw_``)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
                              fused=torch.device(device).type in ("cpu", "cuda"))

@@ -9,7 +9,7 @@
 #                                keeps its first choice per shape for the whole process)
 #   full        full.log         the whole model compiled, and that replayed as CUDA graphs
 #   default     default.log      the trainer's default step (NCHW, 8 block shapes compiled) and channels-last
-#   seg         seg.json         bench/seg_memory.py: the FFHQ-34 protocol (20 + 20 images, 10 MLPs, 300 batches)
+#   seg         seg.json         perf/seg_memory.py: the FFHQ-34 protocol (20 + 20 images, 10 MLPs, 300 batches)
 # Each throughput stage compiles into its own inductor cache folder, so its warm-up is a cold start.
 # All stages outlast one 10-minute call: split them, e.g. STAGES="suite all-blocks" (at most 460 s), then
 # STAGES="cudnn full" (at most 490 s), then STAGES="default seg". Throughput lines are printed as each variant
@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" >> "$OUT/gpu.txt" 2>&1
 
 throughput() {  # throughput LOG TIMEOUT VARIANTS
-  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${1%.log} timeout "$2" python3 bench/pretrain_throughput.py --device cuda \
+  TORCHINDUCTOR_CACHE_DIR=/tmp/inductor_${1%.log} timeout "$2" python3 perf/pretrain_throughput.py --device cuda \
     --config configs/paper.yaml --batch 16 --steps 10 --variants "$3" --json > "$OUT/$1" 2>&1
   echo "rc=$?" >> "$OUT/$1"
 }
@@ -43,7 +43,7 @@ for stage in $STAGES; do
     all-blocks) throughput all_blocks.log 260 all-blocks ;;
     full) throughput full.log 330 full,full-cudagraphs ;;
     default) throughput default.log 200 default,channels-last ;;
-    seg) timeout 100 python3 bench/seg_memory.py --device cuda --members 10 --steps 300 --test-images 20 --json \
+    seg) timeout 100 python3 perf/seg_memory.py --device cuda --members 10 --steps 300 --test-images 20 --json \
            > "$OUT/seg.json" 2>&1
          echo "seg rc=$?" >> "$OUT/stages.txt" ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -4,7 +4,7 @@ inside its wheel (``skimage.data.immunohistochemistry()``: 512x512, immunohistoc
 trying the study on real pixels without downloading anything:
 
     pip install scikit-image
-    python bench/make_skimage_dataset.py data/skimage_nuclei
+    python scripts/make_skimage_dataset.py data/skimage_nuclei
     python -m mdm.benchmark --config configs/bench_generic_cpu.yaml --set data.root=[data/skimage_nuclei]
 
 The image is cut into 64 px tiles; each gets a nucleus mask from colour deconvolution (the haematoxylin channel of
@@ -55,7 +55,7 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     for sub in ("train/images", "train/masks", "test/images", "test/masks", "unlabeled"):
         (root / sub).mkdir(parents=True)
-    (root / MARK).write_text("written by bench/make_skimage_dataset.py: running it again replaces this folder\n")
+    (root / MARK).write_text("written by scripts/make_skimage_dataset.py: running it again replaces this folder\n")
     (root / "classes.txt").write_text("background\nnucleus\n")
     counts = {"train": 0, "test": 0, "unlabeled": 0}
     for name, rgb in (("ihc", data.immunohistochemistry()),):

@@ -2,8 +2,8 @@
 """Time and memory of the segmentation stage at FFHQ-34 scale: the paper preset U-Net (random weights suffice),
 decoder blocks 5-12 (3264 channels), 34 classes, an ensemble of 10 pixel MLPs.
 
-    python bench/seg_memory.py [--images 20] [--steps 50] [--members 1] [--json]             # the CPU
-    python bench/seg_memory.py --device cuda --members 10 --steps 300 --test-images 20        # the whole protocol
+    python perf/seg_memory.py [--images 20] [--steps 50] [--members 1] [--json]             # the CPU
+    python perf/seg_memory.py --device cuda --members 10 --steps 300 --test-images 20        # the whole protocol
 
 ``--images`` training images at 256 px are extracted into the fp16 on-disk cache, then ``--steps`` pixel-classifier
 batches (4096 pixels each) train ``--members`` MLPs at once, then ``--test-images`` images are segmented (every pixel,

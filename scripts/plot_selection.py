@@ -1,7 +1,7 @@
 """The block x timestep heatmap of a finished study at any label fraction (the study itself draws the lowest):
 each frozen method's sweep scores averaged over seeds, the chosen pairs outlined.
 
-    python bench/plot_selection.py runs/bench_cls_synthetic 1.0 docs/cls_synthetic_block_selection_f1.png \
+    python scripts/plot_selection.py runs/bench_cls_synthetic 1.0 docs/cls_synthetic_block_selection_f1.png \
         mdm-linear,ddpm-linear,mae-linear,random-linear     # (optional) these methods only, in this order
 """
 

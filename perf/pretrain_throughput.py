@@ -2,8 +2,8 @@
 """Pretraining throughput at the ``cpu-small`` preset (batch 16, 64 px): the full training step (masking, forward,
 SSIM loss, backward, AdamW, EMA) in fp32 and under bf16 autocast, against the matmul peak of the same process.
 
-    python bench/pretrain_throughput.py [--steps 8] [--batch 16] [--json] [--no-fused-norm] [--profile]
-    python bench/pretrain_throughput.py --device cuda --config configs/paper.yaml [--batch 16] [--variants ...]
+    python perf/pretrain_throughput.py [--steps 8] [--batch 16] [--json] [--no-fused-norm] [--profile]
+    python perf/pretrain_throughput.py --device cuda --config configs/paper.yaml [--batch 16] [--variants ...]
 
 On CUDA it times the step as the trainer runs it at the paper preset under bf16 (NCHW, the ResBlocks and attention
 blocks compiled, cuDNN's algorithm search on), then other settings (``--variants``, see ``CUDA_VARIANTS``):
@@ -13,7 +13,7 @@ CUDA graphs. Each variant starts from cleared in-memory compile caches (inductor
 variant that compiles graphs an earlier one compiled warms up faster; give each process its own
 ``TORCHINDUCTOR_CACHE_DIR`` for comparable warm-ups). cuDNN remembers the algorithm it chose per convolution shape
 for the whole process, whatever the search setting, so compare ``none`` with ``none-no-cudnn-benchmark`` in two
-processes (``bench/gpu_checks.sh`` does). All are timed against an 8192^3 bf16 matmul measured in the same process.
+processes (``perf/gpu_checks.sh`` does). All are timed against an 8192^3 bf16 matmul measured in the same process.
 
 Model FLOPs per image = 3 x the forward FLOPs counted by ``torch.utils.flop_counter`` (forward + 2x backward).
 The achieved fraction = model FLOP/s / the 2048x2048 matmul FLOP/s of the matching dtype. It also times the model's

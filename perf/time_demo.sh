@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time `make demo` as a new user would: a fresh clone, a fresh .venv, the CPU norm kernel built for the first time.
-#   bench/time_demo.sh [native|avx512|avx2] [COMMIT]
+#   perf/time_demo.sh [native|avx512|avx2] [COMMIT]
 # avx512 hides AMX from oneDNN; avx2 hides AVX-512 from oneDNN and ATen (no native bf16: the trainer runs fp32).
 # Run it alone: a second torch process on a 2-core machine slows both many times over.
 set -euo pipefail

@@ -2,7 +2,7 @@
 """Pretraining images per second of the real trainer (data, masking, forward, loss, backward, AdamW, EMA, logging)
 at several batch sizes, measured in one process so the ratios between them are fair on a shared machine.
 
-    python bench/batch_scan.py [--config configs/bench_demo.yaml] [--batches 8,16,32,64] [--images 1600] [--json]
+    python perf/batch_scan.py [--config configs/bench_demo.yaml] [--batches 8,16,32,64] [--images 1600] [--json]
 
 Each batch size trains a fresh run for three windows of about ``--images`` images each (``train.log_every``
 steps); the first window (the synthetic pool being rendered, caches warming) is dropped and the rate is the mean of

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """bf16 attention on CPU: the U-Net's matmul + softmax path against torch's fused CPU kernel and its math path.
 
-    python bench/attention_cpu.py [--reps 10]
+    python perf/attention_cpu.py [--reps 10]
 
 Forward + backward of softmax attention at the cpu-small preset's shapes (batch 16; 256 tokens x 4 heads and
 64 tokens x 8 heads, 32 channels per head), q, k, v with unit channel stride as the U-Net makes them. Prints the
