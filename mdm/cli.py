@@ -48,7 +48,7 @@ def _parser(prog: str, description: str, config_example: str, out_help: str) -> 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (default: the "
-                   "config's train.device / seg.device, auto)")
+                   "config's device of the stage: train.device, seg.device or probe.device; auto)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 

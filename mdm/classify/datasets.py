@@ -172,7 +172,10 @@ def _glas(root: Path, split: str, seed: int, size: int) -> ClassDataset:
 
 
 def _synthetic(root: Path | None, split: str, seed: int, size: int) -> ClassDataset:
-    first = 0 if split == "train" else 100  # slides far from the segmentation source's (0 .. 7) and pool's
+    # training images: slides 0 .. 3 (the segmentation source's labeled slides, other glands: each image is rendered
+    # with a shape); test images: slides 100 .. 103, far from every slide of the segmentation source (0 .. 7) and of
+    # the unlabeled pool (0 .. 15, image numbers from POOL_INDEX_OFFSET on), so no pretraining image is a test image
+    first = 0 if split == "train" else 100
     ids = [(first + s, i) for s in range(SYNTHETIC_SLIDES) for i in range(SYNTHETIC_PER_SLIDE)]
     labels = [i % 2 for _, i in ids]
 
