@@ -16,14 +16,26 @@ from .errors import ConfigError
 # those of every task (a key whose names outside the task are left out rather than refused)
 TASK_METHODS, ANY_TASK_METHODS = "task methods", "methods of any task"
 
+ROLES = {  # what a key may be besides its value, declared beside it (``key(..., roles=...)``)
+    "stage2_data": "a data key only stage 2 reads: it does not decide what pretraining learns",
+    "cadence": "how a pretraining run logs, saves and how long it runs, not what a step computes",
+    "hardware": "where and how fast a run computes, not what it trains on (a resume may change it)",
+    "memory": "memory saved at the same samples per step (a resume may change it)",
+    "resumable": "a study folder may be resumed with another value (which runs it holds, where and how fast)",
+}
+
 
 def key(default, help: str, *, choices: tuple = (), registries: tuple = (), positive: bool = False,
-        not_negative: bool = False):
+        not_negative: bool = False, roles: tuple[str, ...] = ()):
     """A config key: ``default`` (lists and sections are copied for every instance), ``help`` (its line in the
     README's table), ``choices`` (the values it may take, when it takes names), ``registries`` (or: the
     ``common.registry`` registries whose names it takes; a list key takes several), ``positive`` / ``not_negative``
-    (a finite number above 0 / at least 0)."""
-    meta = {"help": help, "choices": tuple(choices), "registries": tuple(registries),
+    (a finite number above 0 / at least 0), ``roles`` (what else the key is, from ``ROLES``: read by
+    ``keys_with_role``)."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown key roles {sorted(unknown)} (known: {', '.join(ROLES)})")
+    meta = {"help": help, "choices": tuple(choices), "registries": tuple(registries), "roles": tuple(roles),
             "range": "positive" if positive else "not_negative" if not_negative else None}
     if isinstance(default, list) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
@@ -47,7 +59,7 @@ class ModelConfig:
     resblock_updown: bool = key(True, "resample inside residual blocks (guided-diffusion's `resblock_updown`)")
     use_scale_shift_norm: bool = key(True, "the timestep embedding scales and shifts the second norm")
     conv_resample: bool = key(True, "convolution in separate up/downsampling layers")
-    use_checkpoint: bool = key(False, "gradient checkpointing (less memory, slower)")
+    use_checkpoint: bool = key(False, "gradient checkpointing (less memory, slower)", roles=("memory",))
     norm_groups: int = key(32, "GroupNorm groups")
     use_new_attention_order: bool = key(False, "guided-diffusion's `use_new_attention_order` (q, k, v split before "
                                                "the heads); the weights cannot tell, take it from the release's flags")
@@ -86,19 +98,22 @@ class DataConfig:
                                  "reads RGB)", choices=("RGB", "L"))
     exclude: list[str] = key([], "files or folders never pretrained on (matched by path, by content and by picture)")
     skip_unreadable: bool = key(False, "skip unreadable images with a warning instead of stopping")
-    num_workers: int = key(0, "DataLoader workers", not_negative=True)
+    num_workers: int = key(0, "DataLoader workers", not_negative=True, roles=("hardware", "resumable"))
     synthetic_images: int = key(256, "size of the synthetic unlabeled pool", positive=True)
     synthetic_image_size: int = key(64, "side of synthetic images in px", positive=True)
     synthetic_seed: int = key(0, "which synthetic world (slides, stains, images): the same in both stages")
-    seed: int = key(0, "which training images are labeled (the label subset)")
+    seed: int = key(0, "which training images are labeled (the label subset)", roles=("stage2_data",))
     # segmentation stage
-    label_fraction: float = key(1.0, "fraction of the training images that are labeled, in (0, 1]")
-    val_fraction: float = key(0.1, "fraction of the labeled images (or pixels) held out for early stopping")
+    label_fraction: float = key(1.0, "fraction of the training images that are labeled, in (0, 1]",
+                                roles=("stage2_data",))
+    val_fraction: float = key(0.1, "fraction of the labeled images (or pixels) held out for early stopping",
+                              roles=("stage2_data",))
     val_split: str = key("images", "`images`: hold out whole labeled images (pixel blocks when there is only one); "
                                    "`pixels`: 8x8 pixel blocks of every labeled image; `none`: every labeled pixel "
                                    "trains and early stopping watches the training loss (the reference's rule)",
-                                   choices=("images", "pixels", "none"))
-    num_classes: int = key(0, "0: the source's own (2 for glas/monuseg/synthetic, 34 for ffhq34)")
+                                   choices=("images", "pixels", "none"), roles=("stage2_data",))
+    num_classes: int = key(0, "0: the source's own (2 for glas/monuseg/synthetic, 34 for ffhq34)",
+                           roles=("stage2_data",))
 
 
 @dataclass
@@ -106,9 +121,9 @@ class TrainConfig:
     """The pretraining loop. ``batch_size`` is the global batch per optimizer step (over all processes and
     accumulation steps)."""
 
-    max_steps: int = key(1000, "optimizer steps", positive=True)
+    max_steps: int = key(1000, "optimizer steps", positive=True, roles=("cadence",))
     batch_size: int = key(8, "global batch per optimizer step (over processes and accumulation)", positive=True)
-    grad_accum_steps: int = key(1, "gradient accumulation steps", positive=True)
+    grad_accum_steps: int = key(1, "gradient accumulation steps", positive=True, roles=("memory",))
     lr: float = key(1e-4, "AdamW learning rate (constant after warm-up)", positive=True)
     weight_decay: float = key(0.0, "AdamW weight decay", not_negative=True)
     warmup_steps: int = key(0, "linear learning-rate warm-up", not_negative=True)
@@ -116,23 +131,28 @@ class TrainConfig:
     ema_decay: float = key(0.9999, "EMA decay of the exported weights")
     ema_warmup: bool = key(True, "EMA warm-up (short runs need it)")
     mixed_precision: str = key("no", "`no`, `bf16`, `fp16` (GPU only) or `auto` (bf16 where native, else fp16 on a "
-                                     "GPU and fp32 on a CPU)", choices=("no", "fp16", "bf16", "auto"))
+                                     "GPU and fp32 on a CPU)", choices=("no", "fp16", "bf16", "auto"),
+                                     roles=("hardware",))
     channels_last: bool | str = key("auto", "NHWC memory format: `auto` (on the CPU, where it is faster and the fused "
                                             "norm kernel needs it; NCHW on GPUs), `true` or `false`",
-                                            choices=(True, False, "auto"))
+                                            choices=(True, False, "auto"), roles=("hardware",))
     device: str = key("auto", "`auto` (CUDA when present), `cpu` or `cuda` (pick the GPU with `CUDA_VISIBLE_DEVICES`: "
-                              "Accelerate places each process); `--device` overrides it")
+                              "Accelerate places each process); `--device` overrides it",
+                              roles=("hardware", "resumable"))
     compile: str = key("auto", "`torch.compile`: `auto` (`regional` on GPUs, `none` on CPUs), `none`, `regional` "
                                "(each residual and attention block) or `full`",
-                               choices=("auto", "none", "regional", "full"))
+                               choices=("auto", "none", "regional", "full"), roles=("hardware",))
     seed: int = key(0, "initial weights and every sample's crop, timestep, mask and noise")
-    log_every: int = key(10, "steps between log.jsonl rows", positive=True)
-    image_every: int = key(250, "steps between reconstruction grids (0: none)", not_negative=True)
-    checkpoint_every: int = key(500, "steps between checkpoints", positive=True)
-    checkpoint_limit: int = key(2, "checkpoints kept", positive=True)
-    export_every: int = key(0, "steps between kept exports (0: only the first and last)", not_negative=True)
-    export_at: list[int] = key([], "further steps with a kept export (the study's budget curve)")
-    out_dir: str = key("runs/pretrain", "run folder")
+    log_every: int = key(10, "steps between log.jsonl rows", positive=True, roles=("cadence", "resumable"))
+    image_every: int = key(250, "steps between reconstruction grids (0: none)", not_negative=True,
+                           roles=("cadence", "resumable"))
+    checkpoint_every: int = key(500, "steps between checkpoints", positive=True, roles=("cadence",))
+    checkpoint_limit: int = key(2, "checkpoints kept", positive=True, roles=("cadence",))
+    export_every: int = key(0, "steps between kept exports (0: only the first and last)", not_negative=True,
+                            roles=("cadence",))
+    export_at: list[int] = key([], "further steps with a kept export (the study's budget curve)",
+                               roles=("cadence",))
+    out_dir: str = key("runs/pretrain", "run folder", roles=("cadence", "resumable"))
 
 
 @dataclass
@@ -188,7 +208,8 @@ class SegConfig:
                                           "(each tile's feature tensor divided by its L2 norm: the reference's), "
                                           "`rms_image` (divided by its root mean square: the same, at unit scale) or "
                                           "`none`", choices=("zscore", "l2_image", "rms_image", "none"))
-    cache_dir: str = key("runs/feature_cache", "fp16 block-output cache folder (empty: in memory)")
+    cache_dir: str = key("runs/feature_cache", "fp16 block-output cache folder (empty: in memory)",
+                         roles=("resumable",))
     weights: str = key("ema", "`ema` or `raw` export weights", choices=("ema", "raw"))
     miou_absent: str = key("skip", "a class absent from prediction and ground truth on the whole test set: `skip` it "
                                    "in the mean or count it as `zero` (ddpm-segmentation's convention)",
@@ -197,8 +218,9 @@ class SegConfig:
         not_negative=True)
     mixed_precision: str = key("auto", "`auto` (bf16 autocast where the device computes it natively), `no` or `bf16`",
                                        choices=("no", "bf16", "auto"))
-    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it")
-    out_dir: str = key("runs/seg", "run folder")
+    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it",
+                      roles=("resumable",))
+    out_dir: str = key("runs/seg", "run folder", roles=("resumable",))
 
 
 @dataclass
@@ -247,11 +269,13 @@ class ProbeConfig:
                         positive=True)
     seed: int = key(0, "head / network initialisation, batch order and the extraction masks or noise")
     weights: str = key("ema", "`ema` or `raw` export weights", choices=("ema", "raw"))
-    cache_dir: str = key("", "fp16 pooled-feature cache folder (empty: in memory, for the run)")
+    cache_dir: str = key("", "fp16 pooled-feature cache folder (empty: in memory, for the run)",
+                         roles=("resumable",))
     mixed_precision: str = key("auto", "`auto` (bf16 autocast where native), `no` or `bf16`",
                                choices=("no", "bf16", "auto"))
-    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it")
-    out_dir: str = key("runs/probe", "run folder")
+    device: str = key("auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`; `--device` overrides it",
+                      roles=("resumable",))
+    out_dir: str = key("runs/probe", "run folder", roles=("resumable",))
 
 
 @dataclass
@@ -269,29 +293,32 @@ class BenchConfig:
     variant of ``variants`` (an ablation); pretraining runs once per objective and is shared where it can be."""
 
     task: str = key("segmentation", "what the study measures", registries=("tasks",))
-    fractions: list[float] = key([0.1, 1.0], "label fractions")
-    seeds: list[int] = key([0, 1], "seeds (each draws its own labeled subset and initialisations)")
+    fractions: list[float] = key([0.1, 1.0], "label fractions", roles=("resumable",))
+    seeds: list[int] = key([0, 1], "seeds (each draws its own labeled subset and initialisations)",
+                           roles=("resumable",))
     methods: list[str] = key(["mdm", "ddpm", "random", "mdm-ft", "unet-scratch", "smp-scratch"],
-                             "the methods compared", registries=(TASK_METHODS,))
+                             "the methods compared", registries=(TASK_METHODS,), roles=("resumable",))
     metric: str = key("dice", "the metric of the table and plots (classification: `accuracy`, `balanced_accuracy` "
                               "or `roc_auc`; segmentation: any column its runs report)")
     pretrain_steps: int = key(1000, "pretraining steps of each objective", positive=True)
     budget_exports: int = key(4, "exports kept along the way for the pretraining-budget curve", positive=True)
     budget_methods: list[str] = key(["mdm", "ddpm", "mae"], "methods on the pretraining-budget curve (methods of "
                                     "pretrained weights; those not in `bench.methods` are left out)",
-                                    registries=(ANY_TASK_METHODS,))
-    budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True)
+                                    registries=(ANY_TASK_METHODS,), roles=("resumable",))
+    budget_seeds: int = key(1, "how many of `bench.seeds` score the budget curve", positive=True,
+                            roles=("resumable",))
     budget_spacing: str = key("linear", "budget exports `linear`ly or `log`arithmically spaced in steps",
                                         choices=("linear", "log"))
     variants: list[Variant] = key([], "an ablation: `[{name: NAME, set: [KEY=VALUE, ...]}, ...]`, the study run once "
                                       "per variant; pretraining shared where a variant leaves it unchanged (empty: "
-                                      "one plain study)")
+                                      "one plain study)", roles=("resumable",))
     references: list[str] = key([], "the methods every other is judged against in the verdict table (empty: the best "
                                      "method trained from scratch at each fraction and the frozen random features)",
-                                registries=(TASK_METHODS,))
-    bootstrap: int = key(2000, "replicates of the verdicts' hierarchical bootstrap (docs/statistics.md)", positive=True)
-    bootstrap_seed: int = key(0, "seed of the verdicts' bootstrap resamples")
-    out_dir: str = key("runs/bench", "study folder")
+                                registries=(TASK_METHODS,), roles=("resumable",))
+    bootstrap: int = key(2000, "replicates of the verdicts' hierarchical bootstrap (docs/statistics.md)", positive=True,
+                         roles=("resumable",))
+    bootstrap_seed: int = key(0, "seed of the verdicts' bootstrap resamples", roles=("resumable",))
+    out_dir: str = key("runs/bench", "study folder", roles=("resumable",))
     pretrain_data: DataConfig = key(
         DataConfig(source="labeled"), "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): "
         "`source: labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = `root` "
@@ -313,3 +340,12 @@ def check_crop(key: str, crop: int, patch_size: int) -> None:
     """A masked objective's crops must hold whole patches."""
     if crop % patch_size:
         raise ConfigError(f"{key}: {crop} is not divisible by diffusion.patch_size={patch_size}")
+
+
+def keys_with_role(role: str) -> set[str]:
+    """``"section.key"`` of every key of ``Config``'s sections declaring ``role`` (``ROLES``; sections nested in a
+    section, such as ``bench.pretrain_data``, are not searched)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown key role {role!r} (known: {', '.join(ROLES)})")
+    return {f"{section.name}.{f.name}" for section in dataclasses.fields(Config)
+            for f in dataclasses.fields(section.default_factory) if role in f.metadata.get("roles", ())}

@@ -4,22 +4,29 @@ and a study shares one pretraining run between variants that agree on them (``md
 Keys that do not decide the weights: another objective's own diffusion keys, stage 2's data keys, and how a run is
 logged, saved and how long it runs. Where it runs (``HARDWARE``) and how it saves memory (``MEMORY``: gradient
 checkpointing, accumulation within the same global batch) change the floating-point path but not what the run trains
-on: a resume may change them, a study does not share pretraining across them.
+on: a resume may change them, a study does not share pretraining across them. Each key declares its role beside its
+declaration (``config.key(..., roles=...)``), and these sets are read from there.
 """
 
 from __future__ import annotations
 
-from ..common.config import Config
+from ..common.config import Config, keys_with_role
 from ..common.config_io import to_dict
 from ..common.errors import ConfigError
 from .objectives import OBJECTIVES
 
 UNMASKED_IGNORES = {"patch_size", "mask_fill"}  # an objective that hides no patches (DDPM) ignores these
-STAGE_2_DATA = {"seed", "label_fraction", "val_fraction", "val_split", "num_classes", "num_workers"}
-CADENCE = {"out_dir", "log_every", "image_every", "checkpoint_every", "checkpoint_limit", "max_steps", "export_every",
-           "export_at"}
-HARDWARE = {"device", "mixed_precision", "channels_last", "compile"}
-MEMORY = {"model.use_checkpoint", "train.grad_accum_steps"}  # same samples per step, less memory: a resume may change
+
+
+def _in(section: str, *roles: str) -> set[str]:
+    """The keys of ``section`` declaring any of ``roles`` (``config.ROLES``), by their names in the section."""
+    return {k.split(".", 1)[1] for role in roles for k in keys_with_role(role) if k.startswith(f"{section}.")}
+
+
+STAGE_2_DATA = _in("data", "stage2_data", "hardware")  # data keys that never reach the weights
+CADENCE = _in("train", "cadence")
+HARDWARE = _in("train", "hardware")
+MEMORY = keys_with_role("memory")  # same samples per step, less memory: a resume may change them
 
 
 def weight_keys(cfg: Config, objective: str | None = None, free: set[str] = frozenset()) -> dict[str, object]:

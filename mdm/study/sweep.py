@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..common.config import Config, DataConfig, check_crop
+from ..common.config import Config, DataConfig, check_crop, keys_with_role
 from ..common.config_io import dump, load, to_dict
 from ..common.devices import machine_summary
 from ..common.errors import ConfigError
@@ -110,12 +110,9 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
 
 
 # keys that decide which runs a study holds, or where and how fast it runs, but not what a run gives: a folder may
-# be resumed with other values of these (more seeds, another method, another device, more variants)
-RESUMABLE_KEYS = {"bench.fractions", "bench.seeds", "bench.methods", "bench.budget_methods", "bench.budget_seeds",
-                  "bench.variants", "bench.out_dir", "train.out_dir", "seg.out_dir", "train.device", "seg.device",
-                  "train.log_every", "train.image_every", "seg.cache_dir", "data.num_workers", "probe.cache_dir",
-                  "probe.device", "probe.out_dir", "bench.references", "bench.bootstrap",
-                  "bench.bootstrap_seed"}
+# be resumed with other values of these (more seeds, another method, another device, more variants); each declares
+# the role beside its declaration
+RESUMABLE_KEYS = keys_with_role("resumable")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
