@@ -6,6 +6,7 @@ from .classify.datasets import CLASS_SOURCES
 from .classify.finetune import CLASS_NETWORKS
 from .classify.heads import HEADS
 from .classify.task import CLASSIFICATION
+from .pretrain.losses import LOSSES
 from .pretrain.objectives import OBJECTIVES
 from .pretrain.pools import POOLS
 from .segment.datasets import SOURCES
@@ -14,8 +15,9 @@ from .segment.task import SEGMENTATION
 from .stage2.tasks import TASKS
 from .study.methods import CLASS_METHODS, METHODS
 
-ALL = (OBJECTIVES, POOLS, TASKS, SOURCES, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS, CLASS_METHODS)
+ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS,
+       CLASS_METHODS)
 TASK_RECORDS = (SEGMENTATION, CLASSIFICATION)
 
-__all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "METHODS", "NETWORKS", "OBJECTIVES",
-           "POOLS", "SOURCES", "TASKS", "TASK_RECORDS"]
+__all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "LOSSES", "METHODS", "NETWORKS",
+           "OBJECTIVES", "POOLS", "SOURCES", "TASKS", "TASK_RECORDS"]

@@ -1,5 +1,6 @@
-"""A new objective, fine-tuning network or study method is one piece of code plus one registration: a toy of each,
-registered from this file alone, goes through config validation, pretraining, segmentation and a study."""
+"""A new objective, fine-tuning network, loss, classification head or study method is one piece of code plus one
+registration: a toy of each, registered from this file alone, goes through config validation, pretraining (or the
+objective's loss, or the head's fit), segmentation and a study."""
 
 import csv
 import os
@@ -110,3 +111,34 @@ def test_a_diffusion_key_two_objectives_read_decides_both_their_weights(toys):
         assert "diffusion.loss" not in blur and "diffusion.patch_size" not in blur  # not its key; it masks nothing
     finally:
         OBJECTIVES.unregister("sharp")
+
+
+def test_a_toy_loss_and_a_toy_head_are_one_registration_each():
+    """A loss is a function and a ``register`` call: the MDM objective computes it; a classification head likewise."""
+    from mdm.classify.heads import HEADS, HeadSpec, fit_head
+    from mdm.nn.unet import build_unet
+    from mdm.pretrain.losses import LOSSES, ReconstructionLoss, l1_loss
+    from mdm.pretrain.objectives import build_objective
+
+    def nearest_mean(x, y, xv, yv, num_classes, probe, seed):
+        means = torch.stack([x[y == c].mean(0) for c in range(num_classes)])
+        return (lambda q: torch.softmax(-torch.cdist(q, means), dim=1)), {"best_epoch": 0, "best_val_loss": 0.0}
+
+    LOSSES.register("half_l1", ReconstructionLoss(lambda p, t, m, w, s: 0.5 * l1_loss(p, t)))
+    HEADS.register("nearest-mean", HeadSpec(nearest_mean))
+    try:
+        with pytest.raises(ConfigError, match="diffusion.loss: unknown loss 'fog'"):
+            load(None, ["diffusion.loss=fog"])
+        cfg = load(None, ["diffusion.loss=half_l1", "probe.head=nearest-mean", "model.channel_mult=[1,1]"])
+        torch.manual_seed(0)
+        model, x0, keys = build_unet(cfg.model).eval(), torch.rand(2, 3, 32, 32) * 2 - 1, torch.tensor([3, 4])
+        with torch.no_grad():
+            toy = build_objective(cfg.diffusion).loss(model, x0, keys)
+            l1 = build_objective(load(None, ["diffusion.loss=l1"]).diffusion).loss(model, x0, keys)
+        assert torch.allclose(toy.loss, 0.5 * l1.loss)
+        x, y = torch.cat([torch.randn(10, 4) - 2, torch.randn(10, 4) + 2]), torch.arange(2).repeat_interleave(10)
+        predict, history = fit_head("nearest-mean", x, y, x[:0], y[:0], 2, cfg.probe)
+        assert (predict(x).argmax(1) == y).float().mean() > 0.9 and len(history) == cfg.probe.ensemble
+    finally:
+        LOSSES.unregister("half_l1")
+        HEADS.unregister("nearest-mean")

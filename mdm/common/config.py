@@ -73,10 +73,7 @@ class DiffusionConfig:
     timesteps: int = key(1000, "T; the MDM mask ratio is t / T", positive=True)
     patch_size: int = key(8, "MDM patch size in px", positive=True)
     mask_fill: float = key(0.0, "value of masked pixels (images are in [-1, 1])")
-    loss: str = key("ssim", "MDM loss: `ssim` (pytorch-msssim's, on [0, 1]), `ssim_ref` (the reference code's: zero "
-                            "padding, range-1 constants on [-1, 1], `mean(clamp(1 - map, 0, 1)) / 2`; keeps colour), "
-                            "`ssim_masked` (masked pixels only), `mse` or `l1`",
-                            choices=("ssim", "ssim_ref", "ssim_masked", "mse", "l1"))
+    loss: str = key("ssim", "MDM loss", registries=("reconstruction losses",))
     ssim_win_size: int = key(5, "SSIM Gaussian window size (odd)")
     ssim_sigma: float = key(1.5, "SSIM Gaussian window sigma")
     beta_schedule: str = key("linear", "DDPM noise schedule: `linear` or `cosine`", choices=("linear", "cosine"))

@@ -11,13 +11,21 @@ Two SSIM losses, the same minimiser, different gradients away from it:
   ``(2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1)`` turns negative where the two local means straddle 0, so a
   colour shift costs far more than under ``ssim_loss``, where a local mean of 0.62 predicted as 0.42 ([0, 1] scale)
   costs about 0.035: a model trained with ``ssim_loss`` is free to drop colour.
+
+The reconstruction losses ``diffusion.loss`` chooses are registered in ``LOSSES``: a new one is a function of
+``(pred, target, pixel_mask, win_size, sigma) -> [B]`` and one ``register`` call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ssim as msssim_ssim
+
+from ..common.registry import Registry
 
 K1, K2 = 0.01, 0.03
 
@@ -120,3 +128,27 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     with torch.autocast(pred.device.type, enabled=False):
         pred, target = _fp32(pred, target)
         return (pred - target).abs().flatten(1).mean(1)
+
+
+@dataclass(frozen=True)
+class ReconstructionLoss:
+    """A registered reconstruction loss (``diffusion.loss``): ``compute(pred, target, pixel_mask, win_size, sigma)``
+    -> ``[B]`` fp32, inputs ``[B, C, H, W]`` in [-1, 1]; ``masked``: it reads ``pixel_mask`` ``[B, 1, H, W]`` (1 =
+    hidden pixel; ``None`` is passed otherwise); ``help``: its line in the README's config table."""
+
+    compute: Callable[..., torch.Tensor]
+    masked: bool = False
+    help: str = ""
+
+
+LOSSES: Registry[ReconstructionLoss] = Registry("reconstruction losses", "diffusion.loss", "loss")
+LOSSES.register("ssim", ReconstructionLoss(lambda p, t, m, w, s: ssim_loss(p, t, w, s),
+                                           help="pytorch-msssim's, on [0, 1]"))
+LOSSES.register("ssim_ref", ReconstructionLoss(
+    lambda p, t, m, w, s: ssim_ref_loss(p, t, w, s),
+    help="the reference code's: zero padding, range-1 constants on [-1, 1], `mean(clamp(1 - map, 0, 1)) / 2`; "
+         "keeps colour"))
+LOSSES.register("ssim_masked", ReconstructionLoss(lambda p, t, m, w, s: masked_ssim_loss(p, t, m, w, s), masked=True,
+                                                  help="masked pixels only"))
+LOSSES.register("mse", ReconstructionLoss(lambda p, t, m, w, s: mse_loss(p, t)))
+LOSSES.register("l1", ReconstructionLoss(lambda p, t, m, w, s: l1_loss(p, t)))

@@ -30,7 +30,7 @@ from ..common import rng
 from ..common.config import DiffusionConfig
 from ..common.registry import Registry
 from ..common.rng import Stream
-from .losses import l1_loss, masked_mse_loss, masked_ssim_loss, mse_loss, ssim_loss, ssim_ref_loss
+from .losses import LOSSES, masked_mse_loss, mse_loss
 from .masking import apply_mask, check_patchable, mask_to_pixels, patch_mask
 
 
@@ -89,19 +89,9 @@ class MaskedDiffusion:
         t = self.sample_t(keys).to(x0.device) if t is None else t
         x_t, mask = self.corrupt(x0, t, keys)
         pred = model(x_t, t)
-        if self.loss_name == "ssim":
-            loss = ssim_loss(pred, x0, self.win, self.sigma)
-        elif self.loss_name == "ssim_ref":
-            loss = ssim_ref_loss(pred, x0, self.win, self.sigma)
-        elif self.loss_name == "ssim_masked":
-            pix = mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], self.patch_size)
-            loss = masked_ssim_loss(pred, x0, pix, self.win, self.sigma)
-        elif self.loss_name == "mse":
-            loss = mse_loss(pred, x0)
-        elif self.loss_name == "l1":
-            loss = l1_loss(pred, x0)
-        else:
-            raise ValueError(f"unknown MDM loss {self.loss_name!r}")
+        spec = LOSSES[self.loss_name]
+        pix = mask_to_pixels(mask, x0.shape[-2], x0.shape[-1], self.patch_size) if spec.masked else None
+        loss = spec.compute(pred, x0, pix, self.win, self.sigma)
         return ObjectiveOutput(loss, t, x_t, pred)
 
 
