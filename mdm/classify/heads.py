@@ -103,10 +103,12 @@ def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
 @dataclass(frozen=True)
 class HeadSpec:
     """``fit(x, y, xv, yv, num_classes, probe, seed) -> (predict_proba, history)``; ``tokens``: it reads token maps
-    ``[N, C, s, s]`` instead of pooled vectors."""
+    ``[N, C, s, s]`` instead of pooled vectors; ``seeded``: its fit depends on the seed, so ``probe.ensemble``
+    members differ (a head that draws nothing, such as ``knn``, is fitted once)."""
 
     fit: Callable[..., tuple[Callable[[torch.Tensor], torch.Tensor], dict]]
     tokens: bool = False
+    seeded: bool = True
 
 
 def _fit_linear(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
@@ -153,15 +155,15 @@ def _fit_knn(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
 
 HEADS: Registry[HeadSpec] = Registry("probe heads", "probe.head", "head")
 HEADS.register("linear", HeadSpec(_fit_linear))
-HEADS.register("knn", HeadSpec(_fit_knn))
+HEADS.register("knn", HeadSpec(_fit_knn, seeded=False))
 HEADS.register("attention", HeadSpec(_fit_attention, tokens=True))
 
 
 def fit_head(name: str, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, num_classes: int,
              probe: ProbeConfig) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[dict]]:
-    """``probe.ensemble`` heads ``name`` (seeds ``probe.seed`` ...; one for ``knn``, which has no seed); returns the
-    averaged ``predict_proba(x) -> [N, K]`` and each member's history."""
+    """``probe.ensemble`` heads ``name`` (seeds ``probe.seed`` ...; one for a head that is not ``seeded``); returns
+    the averaged ``predict_proba(x) -> [N, K]`` and each member's history."""
     spec = HEADS[name]
     members = [spec.fit(x, y, xv, yv, num_classes, probe, probe.seed + i)
-               for i in range(1 if name == "knn" else probe.ensemble)]
+               for i in range(probe.ensemble if spec.seeded else 1)]
     return (lambda q: torch.stack([m(q) for m, _ in members]).mean(0)), [h for _, h in members]
