@@ -51,8 +51,9 @@ class ImageFeatures:
     """
 
     def __init__(self, export: Export, blocks: list[str], timesteps: list[int], probe: ProbeConfig,
-                 device: torch.device):
-        model = export.load_model()
+                 device: torch.device, model=None):
+        self.export = export
+        model = export.load_model() if model is None else model
         self.device, self.dtype = device, autocast_dtype(probe.mixed_precision, device)
         self.memory_format = memory_format("auto", device)
         self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
@@ -63,8 +64,15 @@ class ImageFeatures:
         self.cache = TensorCache(probe.cache_dir or None)
         self._outputs: dict[str, torch.Tensor] = {}
         modules = model.taps()
-        for name in self.blocks:
-            modules[name].register_forward_hook(self._hook(name))
+        self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.blocks]
+
+    def narrowed(self, blocks: list[str], timesteps: list[int]) -> ImageFeatures:
+        """Features of ``blocks`` at ``timesteps`` from the same U-Net (no second load from the export); this
+        object's hooks are removed, so use it no more."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return ImageFeatures(self.export, blocks, timesteps, self.probe, self.device, model=self.model)
 
     def _hook(self, name: str):
         def fn(_module, _inputs, output):

@@ -63,7 +63,7 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
     y, k = torch.tensor(labeled.labels), len(labeled.class_names)
     spec = HEADS[probe.head]
     kind = "tok" if spec.tokens else probe.pooling
-    selection = x = None
+    selection = x = sweep = None  # sweep: the features of the sweep when it ran here (its U-Net serves the head too)
     if probe.blocks == "auto":
         # heads of one export, labeled subset and seed share their sweep (it probes with linear heads whatever the
         # head): remembered for the process with the labeled images' features, so a study's linear, attention and
@@ -72,7 +72,8 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
                     replace(probe, head="linear", ensemble=1, network="", out_dir="", cache_dir="", device="")))
         if key not in _SELECTIONS:
             blocks, timesteps = candidates(probe, export.config.model)
-            table = ImageFeatures(export, blocks, timesteps, probe, device).extract(labeled, progress=progress)
+            sweep = ImageFeatures(export, blocks, timesteps, probe, device)
+            table = sweep.extract(labeled, progress=progress)
             _SELECTIONS[key] = select_part(table, blocks, timesteps, y, fit, val, k, probe), table
             while len(_SELECTIONS) > SELECTIONS_KEPT:
                 _SELECTIONS.popitem(last=False)
@@ -83,7 +84,7 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
             x = features_of(table, [(selection["timestep"], selection["blocks"][0])], kind)
     else:
         blocks, timesteps = list(probe.blocks), list(probe.timesteps)
-    final = ImageFeatures(export, blocks, timesteps, probe, device)
+    final = sweep.narrowed(blocks, timesteps) if sweep else ImageFeatures(export, blocks, timesteps, probe, device)
     parts = [(t, b) for t in final.timesteps for b in final.blocks]
     tokens = final.blocks if spec.tokens else []
     if x is None:

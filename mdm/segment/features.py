@@ -71,8 +71,17 @@ class FeatureExtractor:
         self.fingerprint = fingerprint
         self._outputs: dict[int, torch.Tensor] = {}
         self.cache = TensorCache(self.cache_dir)  # in memory when there is no cache folder
-        for i in self.blocks:
-            model.output_blocks[i].register_forward_hook(self._hook(i))
+        self._handles = [model.output_blocks[i].register_forward_hook(self._hook(i)) for i in self.blocks]
+        self._settings = dict(seed=seed, cache_dir=cache_dir, fingerprint=fingerprint, device=device, dtype=dtype,
+                              tile_norm=tile_norm)
+
+    def narrowed(self, blocks: list[int], timesteps: list[int]) -> FeatureExtractor:
+        """An extractor of ``blocks`` at ``timesteps`` on the same U-Net (no second load from the export), with this
+        one's seed, cache, precision and normalisation; this one's hooks are removed, so use it no more."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return FeatureExtractor(self.model, self.objective, blocks, timesteps, **self._settings)
 
     def _hook(self, index: int):
         def fn(_module, _inputs, output):

@@ -144,8 +144,8 @@ def check_classes_occur(images: list[LabeledImage], num_classes: int, class_name
 
 
 def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, tile: int, cfg: Config, device):
-    """Load the U-Net for features (every candidate block and timestep when they are chosen on validation); returns
-    ``fit(progress) -> Fitted``."""
+    """Load the U-Net for features (every candidate block and timestep when they are chosen on validation; the chosen
+    ones are then taken from the same U-Net, loaded once); returns ``fit(progress) -> Fitted``."""
     auto = seg.blocks == "auto" or seg.timesteps == "auto"
     if auto:
         m = export.config.model
@@ -160,14 +160,12 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
                              seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles,
                              seg.mask_draws if seg.extract_masks == "per_epoch" else None)
         stream.prefetch(progress)
-        selection, chosen_seg, chosen_cfg, final_extractor = None, seg, cfg, extractor
+        selection, chosen_cfg = None, cfg
         if auto:
             selection = select_parts(stream, splits.num_classes, seg, progress)
             t, blocks = selection["timestep"], selection["blocks"]
             stream = stream.restricted([(t, b) for b in blocks])
-            chosen_seg = replace(seg, blocks=blocks, timesteps=[t])
-            chosen_cfg = replace(cfg, seg=chosen_seg)
-            final_extractor = build_extractor(chosen_seg, export, device)
+            chosen_cfg = replace(cfg, seg=replace(seg, blocks=blocks, timesteps=[t]))  # saved with the segmenter
         ensemble = PixelEnsemble(stream.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
         if seg.normalize == "zscore":
             ensemble.mean, ensemble.std = stream.feature_stats()
@@ -181,7 +179,8 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
         history = fit_ensemble(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience,
                                seg.lr, progress=tick, min_epochs=seg.min_epochs)
         bar.close()
-        return Fitted(PixelSegmenter(chosen_cfg, final_extractor, ensemble.eval(), tile), history, selection)
+        final = extractor.narrowed(chosen_cfg.seg.blocks, chosen_cfg.seg.timesteps) if auto else extractor
+        return Fitted(PixelSegmenter(chosen_cfg, final, ensemble.eval(), tile), history, selection)
 
     return fit
 
