@@ -11,13 +11,14 @@ from .pretrain.objectives import OBJECTIVES
 from .pretrain.pools import POOLS
 from .segment.datasets import SOURCES
 from .segment.finetune import NETWORKS
+from .segment.pixel_heads import PIXEL_HEADS
 from .segment.task import SEGMENTATION
 from .stage2.tasks import TASKS
 from .study.methods import CLASS_METHODS, METHODS
 
-ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS,
+ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, PIXEL_HEADS, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS,
        CLASS_METHODS)
 TASK_RECORDS = (SEGMENTATION, CLASSIFICATION)
 
 __all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "LOSSES", "METHODS", "NETWORKS",
-           "OBJECTIVES", "POOLS", "SOURCES", "TASKS", "TASK_RECORDS"]
+           "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "TASKS", "TASK_RECORDS"]

@@ -186,7 +186,8 @@ class SegConfig:
     mask_draws: int = key(0, "`per_epoch`: draws cycled (a cache stays bounded); 0: a new draw every epoch, never "
                              "stored", not_negative=True)
     seed: int = key(0, "classifier init, pixel order, extraction masks and validation pixels")
-    ensemble_size: int = key(10, "pixel MLPs in the ensemble", positive=True)
+    head: str = key("pixel-mlp", "the pixel classifier of `mode: frozen`", registries=("pixel heads",))
+    ensemble_size: int = key(10, "pixel classifiers in the ensemble", positive=True)
     combine: str = key("vote", "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS "
                                "protocol)", choices=("vote", "mean_prob", "individual"))
     max_epochs: int = key(30, "epochs at most", positive=True)

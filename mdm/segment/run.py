@@ -47,7 +47,7 @@ from .evaluate import evaluate
 from .features import build_extractor
 from .filterbank import fit_forest
 from .finetune import NETWORKS, build_network, train_supervised
-from .pixel_mlp import PixelEnsemble, fit_ensemble
+from .pixel_heads import PIXEL_HEADS
 from .pixel_stream import PixelStream
 from .segmenter import FilterbankSegmenter, PixelSegmenter, SupervisedSegmenter
 from .select import candidates, select_parts
@@ -166,18 +166,19 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
             t, blocks = selection["timestep"], selection["blocks"]
             stream = stream.restricted([(t, b) for b in blocks])
             chosen_cfg = replace(cfg, seg=replace(seg, blocks=blocks, timesteps=[t]))  # saved with the segmenter
-        ensemble = PixelEnsemble(stream.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
+        head = PIXEL_HEADS[seg.head]
+        ensemble = head.build(stream.feature_dim, splits.num_classes, seg.ensemble_size, seg.seed)
         if seg.normalize == "zscore":
             ensemble.mean, ensemble.std = stream.feature_stats()
         ensemble.to(extractor.device)
-        bar = tqdm(total=seg.max_epochs, desc="pixel MLPs", disable=None if progress else True, leave=False)
+        bar = tqdm(total=seg.max_epochs, desc=f"{seg.head} ensemble", disable=None if progress else True, leave=False)
 
         def tick(epoch, val, active):
             bar.update(1)
             bar.set_postfix(val_loss=f"{min(val):.4f}", active=sum(active))
 
-        history = fit_ensemble(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience,
-                               seg.lr, progress=tick, min_epochs=seg.min_epochs)
+        history = head.fit(ensemble, stream.train_batches, stream.val_batches, seg.max_epochs, seg.patience, seg.lr,
+                           progress=tick, min_epochs=seg.min_epochs)
         bar.close()
         final = extractor.narrowed(chosen_cfg.seg.blocks, chosen_cfg.seg.timesteps) if auto else extractor
         return Fitted(PixelSegmenter(chosen_cfg, final, ensemble.eval(), tile), history, selection)

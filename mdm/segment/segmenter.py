@@ -31,6 +31,7 @@ from ..pretrain.export import WEIGHTS, Export, open_export, write_export
 from .features import FeatureExtractor, build_extractor
 from .filterbank import Forest, segment_probs
 from .finetune import NETWORKS, build_network, predict_probs
+from .pixel_heads import PIXEL_HEADS
 from .pixel_mlp import PixelEnsemble, combine, entropy
 
 PREDICT_CHUNK = 8192  # pixels whose features are formed at once at inference
@@ -94,8 +95,8 @@ class PixelSegmenter:
                                   f"from its run")
         # new images: nothing to reuse, so no cache folder is written where predict happens to run
         extractor = build_extractor(replace(cfg.seg, cache_dir=""), export, device)
-        ensemble = PixelEnsemble(_count(meta, "feature_dim", folder), meta["num_classes"],
-                                 _count(meta, "members", folder))
+        ensemble = PIXEL_HEADS[cfg.seg.head].build(_count(meta, "feature_dim", folder), meta["num_classes"],
+                                                   _count(meta, "members", folder), 0)
         _load_strict(ensemble, folder / "ensemble.safetensors")
         return cls(cfg, extractor, ensemble.to(extractor.device).eval(), meta["tile_size"])
 

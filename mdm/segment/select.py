@@ -1,7 +1,7 @@
 """Features chosen on validation (``seg.blocks: auto`` and/or ``seg.timesteps: auto``), the same rule for every
 frozen method and both tasks (``stage2.select``).
 
-Every candidate ``(timestep, decoder block)`` is probed alone: one pixel MLP (the ensemble's architecture, one member)
+Every candidate ``(timestep, decoder block)`` is probed alone: one member of the run's pixel head (``seg.head``)
 trains on the training pixels of the labeled images for about ``seg.probe_steps`` optimizer steps in whole epochs
 (``ceil(probe_steps / batches per epoch)``; with two labeled images an epoch is a single batch, so a budget in epochs
 would leave the probe at chance), and is scored by its best cross-entropy on their validation pixels (held-out
@@ -18,7 +18,7 @@ import math
 from ..common.config import SegConfig
 from ..common.errors import ConfigError
 from ..stage2.select import choose_parts
-from .pixel_mlp import PixelEnsemble, fit_ensemble
+from .pixel_heads import PIXEL_HEADS
 from .pixel_stream import PixelStream
 
 
@@ -37,11 +37,12 @@ def select_parts(stream: PixelStream, num_classes: int, seg: SegConfig, progress
 
     def probe_loss(t: int, block: int) -> float:
         probe = stream.restricted([(t, block)])
-        mlp = PixelEnsemble(probe.feature_dim, num_classes, 1, seg.seed)
+        head = PIXEL_HEADS[seg.head]
+        one = head.build(probe.feature_dim, num_classes, 1, seg.seed)
         if seg.normalize == "zscore":
-            mlp.mean, mlp.std = probe.feature_stats()
-        mlp.to(ex.device)
-        return fit_ensemble(mlp, probe.train_batches, probe.val_batches, epochs, epochs, seg.lr)[0]["best_val_loss"]
+            one.mean, one.std = probe.feature_stats()
+        one.to(ex.device)
+        return head.fit(one, probe.train_batches, probe.val_batches, epochs, epochs, seg.lr)[0]["best_val_loss"]
 
     best_t, chosen, scores = choose_parts(ex.parts, probe_loss, seg.auto_blocks, progress)
     if all(math.isinf(v) for row in scores.values() for v in row.values()):

@@ -1,0 +1,33 @@
+"""The pixel classifiers of the frozen path, registered in ``PIXEL_HEADS`` (``seg.head``): what reads a pixel's
+features and gives its class probabilities, the same head for the block selection's one-member probes and for the
+run's ensemble, so every frozen method is chosen and trained by one rule.
+
+A head is ``build(dim, num_classes, members, seed)``, a module of ``members`` stacked classifiers with the interface
+of ``pixel_mlp.PixelEnsemble`` (``forward(x [N, d]) -> [M, N, C]`` logits, ``normalize`` with ``mean`` / ``std``
+buffers, ``member_probs``, ``member_state`` / ``load_member_state``, ``num_members``, ``dim``, ``num_classes``), and
+``fit(module, train_batches, val_batches, max_epochs, patience, lr, progress=..., min_epochs=...)`` -> one history per
+member (default: ``pixel_mlp.fit_ensemble``, every member early-stopped on its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..common.registry import Registry
+from .pixel_mlp import PixelEnsemble, fit_ensemble
+
+
+@dataclass(frozen=True)
+class PixelHead:
+    """A registered pixel head; ``help``: its line in the README's config table."""
+
+    build: Callable[[int, int, int, int], nn.Module]
+    fit: Callable[..., list[dict]] = fit_ensemble
+    help: str = ""
+
+
+PIXEL_HEADS: Registry[PixelHead] = Registry("pixel heads", "seg.head", "pixel head")
+PIXEL_HEADS.register("pixel-mlp", PixelHead(PixelEnsemble, help="DDPM-segmentation's MLPs (d -> 128 -> 32 -> C)"))
