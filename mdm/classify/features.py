@@ -1,4 +1,5 @@
-"""Frozen U-Net features of whole images for image-level heads, pooled per block and cached.
+"""Frozen U-Net features of whole images for image-level heads: the pooling readout of the shared frozen U-Net
+(``stage2.frozen``: hooks, keyed corruption, autocast), pooled per block and cached.
 
 Blocks are named ``e<i>`` (encoder block i: ``input_blocks[i]``), ``mid`` (the middle block) and ``d<i>`` (decoder
 block i: ``output_blocks[i]``, guided-diffusion numbering as in ``seg.blocks``); a negative index counts from the end.
@@ -23,12 +24,13 @@ from tqdm.auto import tqdm
 
 from ..common import rng
 from ..common.config import ProbeConfig
-from ..common.devices import autocast, autocast_dtype, memory_format
+from ..common.devices import autocast_dtype
 from ..common.errors import ConfigError
 from ..common.tensor_cache import TensorCache
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
-from ..stage2.taps import corrupted, resolve_block_names
+from ..stage2.frozen import FrozenUNet
+from ..stage2.taps import resolve_block_names
 from .datasets import ClassDataset
 from .pooling import pool, token_map
 
@@ -55,29 +57,17 @@ class ImageFeatures:
         self.export = export
         model = export.load_model() if model is None else model
         self.device, self.dtype = device, autocast_dtype(probe.mixed_precision, device)
-        self.memory_format = memory_format("auto", device)
-        self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
-        self.objective = build_objective(export.config.diffusion)
         self.blocks, self.timesteps = resolve_block_names(blocks, model), list(timesteps)
+        self.unet = FrozenUNet(model, build_objective(export.config.diffusion), self.blocks, device, self.dtype)
+        self.model = self.unet.model
         self.probe, self.fingerprint = probe, export.fingerprint()
         model.check_input_size(probe.image_size, probe.image_size)
         self.cache = TensorCache(probe.cache_dir or None)
-        self._outputs: dict[str, torch.Tensor] = {}
-        modules = model.taps()
-        self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.blocks]
 
     def narrowed(self, blocks: list[str], timesteps: list[int]) -> ImageFeatures:
         """Features of ``blocks`` at ``timesteps`` from the same U-Net (no second load from the export); this
         object's hooks are removed, so use it no more."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        return ImageFeatures(self.export, blocks, timesteps, self.probe, self.device, model=self.model)
-
-    def _hook(self, name: str):
-        def fn(_module, _inputs, output):
-            self._outputs[name] = output
-        return fn
+        return ImageFeatures(self.export, blocks, timesteps, self.probe, self.device, model=self.unet.release())
 
     def _key(self, name: str, content: str, tokens: list[str]) -> str:
         p = self.probe
@@ -92,12 +82,9 @@ class ImageFeatures:
         x0 = images.to(self.device)
         keys = torch.tensor([rng.make_key(self.probe.seed, zlib.crc32(n.encode())) for n in names])
         for t in self.timesteps:
-            x_t, model_t = corrupted(self.objective, x0, t, keys)
-            self._outputs.clear()
-            with autocast(self.dtype, self.device):
-                self.model(x_t.contiguous(memory_format=self.memory_format), model_t)
+            outputs = self.unet.outputs(x0, keys, t)
             for b in self.blocks:
-                o = self._outputs[b].float()
+                o = outputs[b].float()
                 parts = {"gap": pool(o, "gap"), "grid": pool(o, "grid", self.probe.grid_size)}
                 if b in tokens:
                     parts["tok"] = token_map(o, self.probe.tokens)

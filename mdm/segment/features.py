@@ -1,4 +1,5 @@
-"""Frozen U-Net features for pixel classifiers: forward hooks on decoder blocks and an on-disk fp16 cache.
+"""Frozen U-Net features for pixel classifiers: the pixel readout of decoder blocks of the shared frozen U-Net
+(``stage2.frozen``: hooks, keyed corruption, autocast) and an on-disk fp16 cache.
 
 Conventions: an image is ``[3, H, W]`` in [-1, 1] of any size, cut into tiles (``mdm.common.tiling``). For each tile
 and each extraction timestep, the tile is corrupted by the pretraining objective (MDM: mask ratio t / T; DDPM: noise
@@ -28,13 +29,14 @@ import torch.nn.functional as F
 
 from ..common import rng
 from ..common.config import SegConfig
-from ..common.devices import autocast, autocast_dtype, memory_format
+from ..common.devices import autocast_dtype
 from ..common.rng import Tag
 from ..common.tensor_cache import TensorCache
 from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
-from ..stage2.taps import corrupted, resolve_blocks
+from ..stage2.frozen import FrozenUNet
+from ..stage2.taps import resolve_blocks
 
 EXTRACT_BATCH = 8  # tiles per U-Net forward pass
 CACHE_FORMAT = 2  # in every cache key: entries of format 1 lack the squared norms
@@ -61,32 +63,21 @@ class FeatureExtractor:
                  cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, tile_norm: str = "none"):
         device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.memory_format = memory_format("auto", device)
-        self.model = model.to(device, memory_format=self.memory_format).eval().requires_grad_(False)
-        self.objective, self.seed, self.device, self.dtype = objective, seed, device, dtype
-        self.tile_norm = tile_norm
+        self.seed, self.device, self.dtype, self.tile_norm = seed, device, dtype, tile_norm
         self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
         self.timesteps = list(timesteps)
+        self.unet = FrozenUNet(model, objective, [f"d{i}" for i in self.blocks], device, dtype)
+        self.model = self.unet.model
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.fingerprint = fingerprint
-        self._outputs: dict[int, torch.Tensor] = {}
         self.cache = TensorCache(self.cache_dir)  # in memory when there is no cache folder
-        self._handles = [model.output_blocks[i].register_forward_hook(self._hook(i)) for i in self.blocks]
         self._settings = dict(seed=seed, cache_dir=cache_dir, fingerprint=fingerprint, device=device, dtype=dtype,
                               tile_norm=tile_norm)
 
     def narrowed(self, blocks: list[int], timesteps: list[int]) -> FeatureExtractor:
         """An extractor of ``blocks`` at ``timesteps`` on the same U-Net (no second load from the export), with this
         one's seed, cache, precision and normalisation; this one's hooks are removed, so use it no more."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        return FeatureExtractor(self.model, self.objective, blocks, timesteps, **self._settings)
-
-    def _hook(self, index: int):
-        def fn(_module, _inputs, output):
-            self._outputs[index] = output
-        return fn
+        return FeatureExtractor(self.unet.release(), self.unet.objective, blocks, timesteps, **self._settings)
 
     @property
     def parts(self) -> list[tuple[int, int]]:
@@ -127,12 +118,9 @@ class FeatureExtractor:
         out: list[dict[str, torch.Tensor]] = [{} for _ in range(tiles.shape[0])]
         x0 = tiles.to(self.device)
         for t in self.timesteps:
-            x_t, model_t = corrupted(self.objective, x0, t, keys)
-            self._outputs.clear()
-            with autocast(self.dtype, self.device):
-                self.model(x_t.contiguous(memory_format=self.memory_format), model_t)
+            outputs = self.unet.outputs(x0, keys, t)
             for i in self.blocks:
-                o = self._outputs[i].to(torch.float16)
+                o = outputs[f"d{i}"].to(torch.float16)
                 up = F.interpolate(o.float(), size=tiles.shape[-2:], mode="bilinear", align_corners=False)
                 sq = up.pow(2).sum((1, 2, 3)).cpu()
                 o = o.cpu()
