@@ -312,7 +312,7 @@ def test_a_classification_cache_entry_of_other_keys_types_or_shapes_is_computed_
     data = open_class_split("synthetic", None, "train", synthetic_size=32).subset([0, 1, 2])
 
     def table():
-        return ImageFeatures(export, ["mid"], [50], probe, torch.device("cpu")).extract(data)
+        return ImageFeatures.of_probe(probe, export, ["mid"], [50], torch.device("cpu")).extract(data)
 
     first = table()
     entry = sorted((tmp_path / "cache").rglob("*.safetensors"))[1]

@@ -2,14 +2,14 @@
 (``stage2.frozen``: hooks, keyed corruption, autocast), pooled per block and cached.
 
 Blocks are named ``e<i>`` (encoder block i: ``input_blocks[i]``), ``mid`` (the middle block) and ``d<i>`` (decoder
-block i: ``output_blocks[i]``, guided-diffusion numbering as in ``seg.blocks``); a negative index counts from the end.
-Each image is resized to ``probe.image_size`` square, corrupted by the export's objective at each timestep with a
-seeded mask or noise (``stage2.taps.corrupted``: the key is a function of the seed and the image name, so an
-image always gives the same features), and the U-Net runs once per timestep with hooks on the blocks. Each block's
-output is kept pooled (``gap`` ``[C]`` and ``grid`` ``[C * k * k]``), and as a token map ``[C, s, s]`` only where an
-attention head asks for it, in fp16, one entry per image (on disk under ``probe.cache_dir`` when set, else in memory
-for this object), so a sweep over blocks and timesteps extracts once and memory is bounded by one batch of U-Net
-activations plus the pooled vectors.
+block i: ``output_blocks[i]``, guided-diffusion numbering as in ``seg.blocks``); a negative index counts from the
+end. Each image is resized to ``image_size`` square (``probe.image_size``), corrupted by the export's objective at
+each timestep with a seeded mask or noise (``stage2.taps.corrupted``: the key is a function of the seed and the
+image name, so an image always gives the same features), and the U-Net runs once per timestep with hooks on the
+blocks. Each block's output is kept pooled (``gap`` ``[C]`` and ``grid`` ``[C * k * k]``), and as a token map ``[C,
+s, s]`` only where an attention head asks for it, in fp16, one entry per image (on disk under ``cache_dir`` when
+set, else in memory for this object), so a sweep over blocks and timesteps extracts once and memory is bounded by
+one batch of U-Net activations plus the pooled vectors.
 """
 
 from __future__ import annotations
@@ -52,27 +52,41 @@ class ImageFeatures:
     ``kind`` in ``gap`` / ``grid`` (and ``tok`` for the blocks in ``tokens``).
     """
 
-    def __init__(self, export: Export, blocks: list[str], timesteps: list[int], probe: ProbeConfig,
-                 device: torch.device, model=None):
-        self.export = export
+    def __init__(self, export: Export, blocks: list[str], timesteps: list[int], device: torch.device, *,
+                 image_size: int, seed: int, grid_size: int, tokens: int, cache_dir: str = "",
+                 dtype: torch.dtype | None = None, model=None):
+        """``image_size``: the square every image is resized to; ``seed``: keys the corruption; ``grid_size`` /
+        ``tokens``: the ``grid`` pooling's and token maps' sides; ``cache_dir``: the fp16 cache (empty: in memory);
+        ``dtype``: the autocast precision; ``model``: the export's U-Net when already loaded."""
+        self.export, self.device, self.dtype = export, device, dtype
         model = export.load_model() if model is None else model
-        self.device, self.dtype = device, autocast_dtype(probe.mixed_precision, device)
         self.blocks, self.timesteps = resolve_block_names(blocks, model), list(timesteps)
-        self.unet = FrozenUNet(model, build_objective(export.config.diffusion), self.blocks, device, self.dtype)
+        self.unet = FrozenUNet(model, build_objective(export.config.diffusion), self.blocks, device, dtype)
         self.model = self.unet.model
-        self.probe, self.fingerprint = probe, export.fingerprint()
-        model.check_input_size(probe.image_size, probe.image_size)
-        self.cache = TensorCache(probe.cache_dir or None)
+        self.fingerprint = export.fingerprint()
+        self.image_size, self.seed, self.grid_size, self.tokens = image_size, seed, grid_size, tokens
+        self.cache_dir = cache_dir
+        model.check_input_size(image_size, image_size)
+        self.cache = TensorCache(cache_dir or None)
+
+    @classmethod
+    def of_probe(cls, probe: ProbeConfig, export: Export, blocks: list[str], timesteps: list[int],
+                 device: torch.device) -> ImageFeatures:
+        """The features ``probe`` (the classification section) asks for."""
+        return cls(export, blocks, timesteps, device, image_size=probe.image_size, seed=probe.seed,
+                   grid_size=probe.grid_size, tokens=probe.tokens, cache_dir=probe.cache_dir,
+                   dtype=autocast_dtype(probe.mixed_precision, device))
 
     def narrowed(self, blocks: list[str], timesteps: list[int]) -> ImageFeatures:
         """Features of ``blocks`` at ``timesteps`` from the same U-Net (no second load from the export); this
         object's hooks are removed, so use it no more."""
-        return ImageFeatures(self.export, blocks, timesteps, self.probe, self.device, model=self.unet.release())
+        return ImageFeatures(self.export, blocks, timesteps, self.device, image_size=self.image_size, seed=self.seed,
+                             grid_size=self.grid_size, tokens=self.tokens, cache_dir=self.cache_dir, dtype=self.dtype,
+                             model=self.unet.release())
 
     def _key(self, name: str, content: str, tokens: list[str]) -> str:
-        p = self.probe
-        text = (f"{CACHE_FORMAT}|{self.fingerprint}|{name}|{content}|{p.image_size}|{self.timesteps}|{p.seed}|"
-                f"{self.blocks}|{p.grid_size}|{tokens}|{p.tokens}|{self.dtype}")
+        text = (f"{CACHE_FORMAT}|{self.fingerprint}|{name}|{content}|{self.image_size}|{self.timesteps}|{self.seed}|"
+                f"{self.blocks}|{self.grid_size}|{tokens}|{self.tokens}|{self.dtype}")
         return hashlib.sha1(text.encode()).hexdigest()
 
     @torch.no_grad()
@@ -80,14 +94,14 @@ class ImageFeatures:
         """``images [B, 3, S, S]`` -> one entry per image (see the class docstring), fp16 on the CPU."""
         out: list[dict[str, torch.Tensor]] = [{} for _ in names]
         x0 = images.to(self.device)
-        keys = torch.tensor([rng.make_key(self.probe.seed, zlib.crc32(n.encode())) for n in names])
+        keys = torch.tensor([rng.make_key(self.seed, zlib.crc32(n.encode())) for n in names])
         for t in self.timesteps:
             outputs = self.unet.outputs(x0, keys, t)
             for b in self.blocks:
                 o = outputs[b].float()
-                parts = {"gap": pool(o, "gap"), "grid": pool(o, "grid", self.probe.grid_size)}
+                parts = {"gap": pool(o, "gap"), "grid": pool(o, "grid", self.grid_size)}
                 if b in tokens:
-                    parts["tok"] = token_map(o, self.probe.tokens)
+                    parts["tok"] = token_map(o, self.tokens)
                 for kind, value in parts.items():
                     value = value.to(torch.float16).cpu()
                     for j in range(len(names)):
@@ -115,7 +129,7 @@ class ImageFeatures:
                  for kind in ("gap", "grid", *(("tok",) if b in tokens else ()))}
         cached: dict[int, str] = {}
         for i in range(len(dataset)):
-            image = resize(dataset.image(i), self.probe.image_size)
+            image = resize(dataset.image(i), self.image_size)
             content = hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()[:16]
             key = self._key(dataset.names[i], content, tokens)
             entries[i] = self.cache.get(key)
@@ -134,7 +148,7 @@ class ImageFeatures:
         shapes = {k: Counter(tuple(e[k].shape) for e in entries).most_common(1)[0][0] for k in names} if entries else {}
         for i, key in cached.items():  # a cached entry of other shapes than the rest is computed again
             if any(tuple(entries[i][k].shape) != shapes[k] for k in names):
-                todo.append((i, key, resize(dataset.image(i), self.probe.image_size)))
+                todo.append((i, key, resize(dataset.image(i), self.image_size)))
         if todo:
             flush()
         bar.close()

@@ -72,7 +72,7 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
                     replace(probe, head="linear", ensemble=1, network="", out_dir="", cache_dir="", device="")))
         if key not in _SELECTIONS:
             blocks, timesteps = candidates(probe, export.config.model)
-            sweep = ImageFeatures(export, blocks, timesteps, probe, device)
+            sweep = ImageFeatures.of_probe(probe, export, blocks, timesteps, device)
             table = sweep.extract(labeled, progress=progress)
             _SELECTIONS[key] = select_part(table, blocks, timesteps, y, fit, val, k, probe), table
             while len(_SELECTIONS) > SELECTIONS_KEPT:
@@ -84,7 +84,8 @@ def _frozen(probe: ProbeConfig, data: DataConfig, export: Export, labeled: Class
             x = features_of(table, [(selection["timestep"], selection["blocks"][0])], kind)
     else:
         blocks, timesteps = list(probe.blocks), list(probe.timesteps)
-    final = sweep.narrowed(blocks, timesteps) if sweep else ImageFeatures(export, blocks, timesteps, probe, device)
+    final = (sweep.narrowed(blocks, timesteps) if sweep
+             else ImageFeatures.of_probe(probe, export, blocks, timesteps, device))
     parts = [(t, b) for t in final.timesteps for b in final.blocks]
     tokens = final.blocks if spec.tokens else []
     if x is None:
