@@ -44,3 +44,10 @@ def make_generic(root, size=32, mask_of=None, train=4, test=2):
             mask = half_mask(size) if mask_of is None else mask_of(k)
             Image.fromarray(np.asarray(mask).astype(np.uint8)).save(root / split / "masks" / f"{k}.png")
     return root
+
+
+def swap_record(monkeypatch, registry, name: str, **changes) -> None:
+    """For one test, registry ``name``'s record with ``changes`` (a frozen dataclass: ``dataclasses.replace``)."""
+    import dataclasses
+
+    monkeypatch.setitem(registry._records, name, dataclasses.replace(registry[name], **changes))

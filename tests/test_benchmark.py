@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
-from helpers import make_generic
+from helpers import make_generic, swap_record
 from mdm.common.config_io import load
+from mdm.stage2.tasks import TASKS
 
 MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_resolutions=[8]",
         "data.synthetic_images=16", "data.crop_size=32", "data.val_fraction=0.2", "train.batch_size=4",
@@ -81,7 +82,7 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(study, "run_segmentation", refuse)
+    swap_record(monkeypatch, TASKS, "segmentation", run=refuse)
     again = study.run_benchmark(cfg, torch.device("cpu"), torch.device("cpu"), log=lambda *_: None)
     assert [r["dice"] for r in again["rows"]] == [float(r["dice"]) for r in rows]
 
@@ -123,7 +124,7 @@ def test_a_generic_study_pretrains_beside_the_labels_and_never_on_a_test_image(t
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(study, "run_segmentation", refuse)
+    swap_record(monkeypatch, TASKS, "segmentation", run=refuse)
     again = study.run_benchmark(cfg, cpu, cpu, log=lambda *_: None)
     assert [r["dice"] for r in again["rows"]] == [r["dice"] for r in first["rows"]]
 

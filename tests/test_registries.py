@@ -173,7 +173,7 @@ def test_a_toy_pixel_head_chooses_blocks_trains_saves_and_reloads(pretrained_exp
     try:
         cfg = load(os.path.join(configs_dir, "seg_synthetic.yaml"),
                    ["seg.head=linear-toy", "seg.ensemble_size=2", "seg.max_epochs=3", "seg.patience=1",
-                    "seg.blocks=auto", "seg.auto_timesteps=[0]", "seg.probe_steps=4"])
+                    "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[0]", "seg.probe_steps=4"])
         result = run_segmentation(cfg.seg, cfg.data, open_export(pretrained_export), tmp_path / "run",
                                   device=torch.device("cpu"), progress=False)
         assert len(result["selection"]["scores"][0]) > 1 and 0 <= result["dice"] <= 1

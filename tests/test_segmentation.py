@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import swap_record
 from mdm.cli import seg_main
 from mdm.common.config_io import load
 from mdm.common.errors import CheckpointError
@@ -225,9 +226,9 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
         finally:
             seen.append("<chosen>")  # every image read up to here, probing included, must be a labeled one
 
-    from mdm.segment import select
+    from mdm.segment.pixel_heads import PIXEL_HEADS
 
-    steps, real_fit = [], select.fit_ensemble
+    steps, real_fit = [], PIXEL_HEADS["pixel-mlp"].fit
 
     def counting_fit(mlp, train_batches, *args, **kwargs):
         def counted(epoch):
@@ -239,12 +240,12 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
 
     monkeypatch.setattr(Extractor, "tile_blocks", spy_tile_blocks)
     monkeypatch.setattr(run, "select_parts", spy_select)
-    monkeypatch.setattr(select, "fit_ensemble", counting_fit)
+    swap_record(monkeypatch, PIXEL_HEADS, "pixel-mlp", fit=counting_fit)  # the probes' head, then the ensemble's
     result = segment(configs_dir, pretrained_export, tmp_path / "auto", "seg.blocks=auto", "seg.timesteps=auto",
                      "seg.auto_timesteps=[10,50]", "seg.probe_steps=5", "seg.auto_blocks=2")
     # every probe takes about seg.probe_steps optimizer steps in whole epochs, not seg.probe_steps epochs (an
     # epoch here is 2 batches: 3 epochs = 6 steps; read as epochs, 5 would be 10 steps)
-    assert len(steps) == 8 and all(5 <= n < 10 for n in steps), steps
+    assert len(steps) == 8 + 1 and all(5 <= n < 10 for n in steps[:8]), steps  # 8 probes, then the ensemble
     labeled = json.loads((tmp_path / "auto" / "label_subset.json").read_text())["names"]
     before_choice = seen[:seen.index("<chosen>")]
     assert before_choice and set(before_choice) <= set(labeled) and set(streamed) == set(labeled)

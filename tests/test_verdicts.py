@@ -9,14 +9,11 @@ import torch
 from mdm.classify.metrics import classification_metrics
 from mdm.segment import metrics
 from mdm.segment.filterbank import Forest
+from mdm.stage2.scores import auc_score, balanced_score, mean_score, miou_score
 from mdm.study.methods import METHODS
 from mdm.study.report import summarize
 from mdm.study.verdicts import (
     RunScores,
-    _auc_of,
-    _balanced_of,
-    _mean_of,
-    _miou_of,
     compare,
     default_references,
     paired_bootstrap,
@@ -33,10 +30,10 @@ def test_scores_with_unit_weights_are_the_runs_metrics():
     union = np.array([c.sum(0) + c.sum(1) - np.diag(c) for c in cms])
     for absent in ("skip", "zero"):
         expected = metrics.miou_from_confusion(sum(cms), absent)[0]
-        assert _miou_of(inter, union, absent)(np.ones((1, 5)))[0] == pytest.approx(expected)
+        assert miou_score(inter, union, absent)(np.ones((1, 5)))[0] == pytest.approx(expected)
     # a resample that draws image 0 twice and drops image 4 = the metric of that list of images
     w = np.array([[2, 1, 1, 1, 0]])
-    assert _miou_of(inter, union, "skip")(w)[0] == pytest.approx(
+    assert miou_score(inter, union, "skip")(w)[0] == pytest.approx(
         metrics.miou_from_confusion(2 * cms[0] + cms[1] + cms[2] + cms[3], "skip")[0])
     # classification: balanced accuracy and (multi-class, one-vs-rest) AUC as classification_metrics computes them
     labels = rng.integers(0, 3, 40)
@@ -45,14 +42,14 @@ def test_scores_with_unit_weights_are_the_runs_metrics():
     labels[:3] = 0
     got = classification_metrics(labels.tolist(), probs)
     correct = (probs.argmax(1) == labels).astype(float)
-    assert _balanced_of(labels, correct, 3)(np.ones((1, 40)))[0] == pytest.approx(got["balanced_accuracy"])
-    assert _auc_of(labels, probs)(np.ones((1, 40)))[0] == pytest.approx(got["roc_auc"])
+    assert balanced_score(labels, correct, 3)(np.ones((1, 40)))[0] == pytest.approx(got["balanced_accuracy"])
+    assert auc_score(labels, probs)(np.ones((1, 40)))[0] == pytest.approx(got["roc_auc"])
     binary = rng.dirichlet(np.ones(2), 40)
-    assert _auc_of(labels % 2, binary)(np.ones((1, 40)))[0] == pytest.approx(
+    assert auc_score(labels % 2, binary)(np.ones((1, 40)))[0] == pytest.approx(
         classification_metrics((labels % 2).tolist(), binary)["roc_auc"])
     # a per-image mean skips images without a value (NaN), as pool_per_image does
     values = np.array([0.5, np.nan, 1.0])
-    assert _mean_of(values)(np.ones((1, 3)))[0] == pytest.approx(0.75)
+    assert mean_score(values)(np.ones((1, 3)))[0] == pytest.approx(0.75)
 
 
 def _runs(per_seed: dict[int, tuple[list[float], list[float]]]):
@@ -61,7 +58,7 @@ def _runs(per_seed: dict[int, tuple[list[float], list[float]]]):
         names = tuple(f"img{i}" for i in range(len(a)))
         for method, vals in (("a", a), ("b", b)):
             vals = np.array(vals)
-            runs[method, 0.1, seed] = RunScores(names, float(vals.mean()), _mean_of(vals))
+            runs[method, 0.1, seed] = RunScores(names, float(vals.mean()), mean_score(vals))
     return runs
 
 

@@ -32,7 +32,7 @@ def method_registries(name: str, task: str) -> tuple[str | None, ...]:
 def _registered(value, names: tuple[str, ...], key: str, task: str) -> None:
     """``value`` (a name, or a list of names) against the union of the registries ``names`` (``TASK_METHODS``: the
     methods of ``task``; see ``method_registries``), when all are loaded."""
-    of_task = TASK_METHODS in names
+    of_task, of_any = TASK_METHODS in names, ANY_TASK_METHODS in names
     names = tuple(r for n in names for r in method_registries(n, task))
     found = [registry(n) if n else None for n in names]
     if not names or None in found:
@@ -42,7 +42,8 @@ def _registered(value, names: tuple[str, ...], key: str, task: str) -> None:
         if v not in known and of_task:
             raise ConfigError(f"{key}: {v!r} is not a {task} method (bench.task: {task}; known: {', '.join(known)})")
         if v not in known:
-            raise ConfigError(f"{key}: unknown {found[0].what} {v!r} (known: {', '.join(known)})")
+            what = "method" if of_any else found[0].what
+            raise ConfigError(f"{key}: unknown {what} {v!r} (known: {', '.join(dict.fromkeys(known))})")
 
 
 def _declared(section, prefix: str, task: str) -> None:
@@ -73,7 +74,12 @@ def validate(cfg: Config) -> Config:
     save, a bool, becomes its name)."""
     if isinstance(cfg.seg.normalize, bool):  # written before the key took names
         cfg.seg.normalize = "zscore" if cfg.seg.normalize else "none"
-    _registered(cfg.bench.task, ("tasks",), "bench.task", cfg.bench.task)  # first: the method keys depend on it
+    bc = cfg.bench
+    _registered(bc.task, ("tasks",), "bench.task", bc.task)  # first: the metric and the method keys depend on it
+    tasks = registry("tasks")
+    metrics = tasks[bc.task].metrics if tasks is not None else None
+    if metrics is not None and bc.metric not in metrics:
+        raise ConfigError(f"bench.metric: a {bc.task} study reports {', '.join(metrics)}, not {bc.metric!r}")
     for section in dataclasses.fields(cfg):
         _declared(getattr(cfg, section.name), section.name, cfg.bench.task)
     d, sc, bc = cfg.data, cfg.seg, cfg.bench
@@ -111,10 +117,6 @@ def validate(cfg: Config) -> Config:
                           "auto or neither is (a list keeps every block and timestep it names)")
     if not pc.blocks or not pc.timesteps or not pc.sweep_timesteps:
         raise ConfigError("probe.blocks, probe.timesteps and probe.sweep_timesteps must not be empty")
-    tasks = registry("tasks")
-    metrics = tasks[bc.task].metrics if tasks is not None else None
-    if metrics is not None and bc.metric not in metrics:
-        raise ConfigError(f"bench.metric: a {bc.task} study reports {', '.join(metrics)}, not {bc.metric!r}")
     absent = [m for m in bc.references if m not in bc.methods]
     if absent:
         raise ConfigError(f"bench.references: {absent[0]!r} is not among bench.methods ({', '.join(bc.methods)}): a "
