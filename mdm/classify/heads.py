@@ -26,6 +26,7 @@ from ..common.config import ProbeConfig
 from ..common.registry import Registry
 from ..common.rng import seeded_init
 from ..stage2.early_stopping import EarlyStopping
+from ..stage2.training import fit_epochs, optimizer_step, watched
 from .pooling import AttentionPool
 
 
@@ -72,10 +73,10 @@ def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
     permutation of the training images, repeated (each time reshuffled) until it holds ``epoch_images``, so that a
     handful of labeled images still gives an epoch of several optimizer steps."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    stop = EarlyStopping.of_module(model, patience)
     g = torch.Generator().manual_seed(seed)
     curves = {"train_loss": [], "val_loss": []}
-    for epoch in range(epochs):
+
+    def run_epoch(epoch: int) -> float:
         model.train()
         order = torch.cat([torch.randperm(len(y), generator=g) for _ in range(max(1, -(-epoch_images // len(y))))])
         chunks = list(order.split(batch))
@@ -86,18 +87,17 @@ def fit_module(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Ten
             xb = x[idx] if augment is None else augment(x[idx], g)
             logits = model(xb)
             loss = F.cross_entropy(logits, y[idx].to(logits.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             total += loss.item() * len(idx)
         model.eval()
         curves["train_loss"].append(round(total / len(order), 5))
         if len(yv):
             curves["val_loss"].append(round(mean_loss(model, xv, yv), 5))
-        if stop.update(epoch, curves["val_loss"][-1] if len(yv) else total / len(y)):
-            break
+        return watched(curves["val_loss"][-1] if len(yv) else math.inf, None if len(yv) else total / len(y))
+
+    kept = fit_epochs(run_epoch, EarlyStopping.of_module(model, patience), epochs)
     model.eval()
-    return {**stop.restore(), **curves}
+    return {**kept, **curves}
 
 
 @dataclass(frozen=True)

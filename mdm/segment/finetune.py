@@ -35,6 +35,7 @@ from ..pretrain.export import Export
 from ..stage2.early_stopping import EarlyStopping
 from ..stage2.networks import Network
 from ..stage2.networks import build_network as build_seeded
+from ..stage2.training import fit_epochs, optimizer_step, watched
 from .datasets import LabeledImage
 from .splits import split_labels
 
@@ -185,9 +186,9 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
     model.to(memory_format=memory_format("auto", device))
     val_x, val_y = validation_tiles(padded, val_lab, tile, seg.seed, seg.val_tiles)
     opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr, fused=device.type in ("cpu", "cuda"))
-    stopper = EarlyStopping.of_module(model, seg.patience, seg.min_epochs)
     steps = max(1, seg.crops_per_epoch // seg.batch_size)
-    for epoch in tqdm(range(seg.max_epochs), desc="fine-tune", disable=None if progress else True, leave=False):
+
+    def run_epoch(epoch: int) -> float:
         model.train()
         train_losses = []
         for b in range(steps):
@@ -195,13 +196,13 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
             if (y == IGNORE_INDEX).all():
                 continue
             loss = F.cross_entropy(_logits(model, x, dtype), y.to(device), ignore_index=IGNORE_INDEX)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             train_losses.append(loss.detach())
-        watched = validation_loss(model, val_x, val_y, dtype)
-        if math.isinf(watched) and train_losses:  # nothing held out: watch the training loss
-            watched = float(torch.stack(train_losses).mean())
-        if stopper.update(epoch, watched):
-            break
-    return stopper.restore()
+        return watched(validation_loss(model, val_x, val_y, dtype),
+                       float(torch.stack(train_losses).mean()) if train_losses else None)
+
+    bar = tqdm(total=seg.max_epochs, desc="fine-tune", disable=None if progress else True, leave=False)
+    kept = fit_epochs(run_epoch, EarlyStopping.of_module(model, seg.patience, seg.min_epochs), seg.max_epochs,
+                      lambda epoch, loss: bar.update(1))
+    bar.close()
+    return kept

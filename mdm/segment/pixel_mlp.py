@@ -24,7 +24,8 @@ from torch import nn
 
 from ..common import rng
 from ..common.labels import IGNORE_INDEX
-from ..stage2.early_stopping import EarlyStopping
+from ..stage2.early_stopping import EarlyStopping, StoppingGroup
+from ..stage2.training import fit_epochs, optimizer_step
 
 
 class PixelEnsemble(nn.Module):
@@ -125,12 +126,11 @@ def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterabl
     (one batched pass costs the same); at the end every member gets its best weights back.
     """
     opt = torch.optim.Adam(ensemble.parameters(), lr=lr)
-    stoppers = [EarlyStopping(lambda k=k: ensemble.member_state(k), lambda s, k=k: ensemble.load_member_state(k, s),
-                              patience, min_epochs) for k in range(ensemble.num_members)]
-    active = [True] * ensemble.num_members
-    for epoch in range(max_epochs):
-        if not any(active):
-            break
+    group = StoppingGroup([EarlyStopping(lambda k=k: ensemble.member_state(k),
+                                         lambda s, k=k: ensemble.load_member_state(k, s), patience, min_epochs)
+                           for k in range(ensemble.num_members)])
+
+    def run_epoch(epoch: int) -> list[float]:
         ensemble.train()
         train_total = torch.zeros(ensemble.num_members, dtype=torch.float64, device=ensemble.mean.device)
         train_count = 0
@@ -140,20 +140,16 @@ def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterabl
             losses, count = _member_losses(ensemble(ensemble.normalize(feats)), labels)
             if count == 0:
                 continue  # a batch of ignored pixels only
-            opt.zero_grad(set_to_none=True)
-            (losses.sum() / count).backward()  # the sum of the members' mean losses: each gets its own gradient
-            opt.step()
+            optimizer_step(opt, losses.sum() / count)  # the sum of the members' mean losses: each its own gradient
             train_total += losses.detach().double()
             train_count += count
         val = _val_losses(ensemble, val_batches)
         if all(math.isinf(v) for v in val) and train_count:  # nothing held out: watch the training loss
             val = (train_total / train_count).tolist()
-        for k in range(ensemble.num_members):
-            if active[k] and stoppers[k].update(epoch, val[k]):
-                active[k] = False
-        if progress is not None:
-            progress(epoch, val, active)
-    history = [s.restore() for s in stoppers]
+        return val
+
+    history = fit_epochs(run_epoch, group, max_epochs,
+                         None if progress is None else lambda epoch, val: progress(epoch, val, group.active))
     ensemble.eval()
     return history
 

@@ -39,3 +39,21 @@ class EarlyStopping:
     def restore(self) -> dict:
         self.load(self._state)
         return {"best_epoch": self.best_epoch, "best_val_loss": self.best_loss, "epochs": self.epochs}
+
+
+class StoppingGroup:
+    """Early stopping of members trained in lockstep (one batched pass for all): each keeps its own best state and
+    stops counting on its own; ``update(epoch, losses)`` (one loss per member) returns True once none is active, and
+    ``restore()`` gives every member its kept state back, returning one record per member."""
+
+    def __init__(self, stoppers: list[EarlyStopping]):
+        self.stoppers, self.active = stoppers, [True] * len(stoppers)
+
+    def update(self, epoch: int, losses: list[float]) -> bool:
+        for k, stopper in enumerate(self.stoppers):
+            if self.active[k] and stopper.update(epoch, losses[k]):
+                self.active[k] = False
+        return not any(self.active)
+
+    def restore(self) -> list[dict]:
+        return [s.restore() for s in self.stoppers]
