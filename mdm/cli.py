@@ -267,9 +267,11 @@ def probe_main(argv: list[str] | None = None) -> int:
 
 
 def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, dict]:
-    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task`` ``task`` when given)
-    and print its table; returns the config, the study folder, the stage-2 device and ``run_benchmark``'s result."""
+    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task`` ``task`` when given;
+    ``--shard`` / ``--report`` where the parser has them) and print its table; returns the config, the study folder,
+    the stage-2 device and ``run_benchmark``'s result."""
     from .stage2.tasks import TASKS
+    from .study.shards import Shard
     from .study.sweep import run_benchmark
     from .study.verdicts import verdict_sentences
 
@@ -283,7 +285,10 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
     stage_two = TASKS[cfg.bench.task].config_of(cfg).device
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, stage_two))
     print(f"devices: pretraining {train_device}, {cfg.bench.task} {seg_device}")
-    result = run_benchmark(cfg, train_device, seg_device)
+    shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
+    result = run_benchmark(cfg, train_device, seg_device, shard=shard, report=getattr(args, "report", False))
+    if shard is not None:
+        return cfg, out, seg_device, result
     print(f"\n{cfg.bench.metric}, mean ± sample std (ddof 1) over seeds {cfg.bench.seeds}:\n{result['table']}")
     if result["verdicts"]:
         print(f"\nverdicts (paired differences, 95% hierarchical-bootstrap intervals):\n"
@@ -294,7 +299,15 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
 def _bench(argv: list[str]) -> int:
     p = _parser("python -m mdm.benchmark", "The label-efficiency study: pretrain, then label fractions x seeds x "
                 "methods, a table and plots.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
-    cfg, out, _, _ = _study(p.parse_args(argv))
+    spread = p.add_mutually_exclusive_group()
+    spread.add_argument("--shard", metavar="K/N", help="run only the K-th of N slices of the study's runs (1 <= K <= "
+                        "N; README: a SLURM array, several GPUs); then --report")
+    spread.add_argument("--report", action="store_true", help="write the tables, plots and verdicts of a study "
+                        "whose runs the shards have all finished; trains nothing")
+    cfg, out, _, result = _study(p.parse_args(argv))
+    if "shard" in result:
+        print(f"shard {result['shard']} done in {out}/; once every shard is done: the same command with --report")
+        return 0
     print(f"results in {out}/ (results.csv, results.md, label_efficiency.png, pretrain_budget.png)")
     return 0
 

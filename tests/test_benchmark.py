@@ -30,6 +30,7 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     from mdm import benchmark
     from mdm.common import faults
     from mdm.study import sweep as study
+    from mdm.study.runs import run_one
 
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), MINI + [f"bench.out_dir={tmp_path}"])
     args = ["--config", os.path.join(configs_dir, "bench_demo.yaml"), "--out", str(tmp_path),
@@ -74,7 +75,7 @@ def test_miniature_sweep_writes_results_and_resumes(tmp_path, configs_dir, monke
     # random and unet-scratch start from the MDM run's step-0 export: the same initial weights as mdm
     assert (tmp_path / "pretrain_mdm" / "exports" / "step_0" / "unet.safetensors").is_file()
 
-    reference = study.run_one(cfg, "random", 0.1, 0, tmp_path / "pretrain_mdm" / "exports" / "step_0",
+    reference = run_one(cfg, "random", 0.1, 0, tmp_path / "pretrain_mdm" / "exports" / "step_0",
                               tmp_path_factory.mktemp("reference"), torch.device("cpu"))
     assert [float(r["dice"]) for r in rows if r["method"] == "random" and r["label_fraction"] == "0.1"] == \
         [reference["dice"]]

@@ -165,7 +165,7 @@ def test_a_normalize_flag_of_an_older_save_reads_as_its_name():
 
 
 def test_budget_steps_are_spaced_as_asked():
-    from mdm.study.sweep import budget_steps
+    from mdm.study.budget import budget_steps
 
     assert budget_steps(1000, 4, "linear") == [250, 500, 750, 1000]
     assert budget_steps(1000, 3, "linear") == [333, 666, 999, 1000]

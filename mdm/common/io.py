@@ -224,10 +224,11 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     """Write the file ``path`` by a rename, so that it is either absent, the old version or the whole new one:
-    ``write(tmp)`` fills a temporary sibling (``.<name>.tmp``; pass a format where the writer reads it from the
-    suffix, e.g. ``fig.savefig(tmp, format="png")``)."""
+    ``write(tmp)`` fills a temporary sibling (``.<name>.<pid>.tmp``, one per process: the shards of a study write
+    the same config at once; pass a format where the writer reads it from the suffix, e.g. ``fig.savefig(tmp,
+    format="png")``)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
     except BaseException:

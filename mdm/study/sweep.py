@@ -26,7 +26,6 @@ same study on the same data (``check_same_study``, ``manifest``). Output folder:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,11 +37,12 @@ from ..common.config_io import dump, load, to_dict
 from ..common.devices import machine_summary
 from ..common.errors import ConfigError
 from ..common.io import write_text_atomic
-from ..pretrain.export import export_is_current, open_export, publish_export
+from ..pretrain.export import export_is_current, publish_export
 from ..pretrain.identity import changed_weight_keys
 from ..pretrain.objectives import OBJECTIVES
 from ..pretrain.trainer import list_checkpoints, train
 from ..stage2.tasks import TASKS
+from .budget import budget_curve, budget_steps
 from .manifest import check_same_data, data_manifest, write_manifest
 from .methods import methods_of
 from .pool import pretraining_data
@@ -58,17 +58,10 @@ from .report import (
     task_columns,
     write_csv,
 )
+from .runs import budget_runs, sweep_runs
+from .shards import Shard, finished, refuse_unfinished, run_when_ready, wait_for
 from .variants import PretrainFolders, arms
 from .verdicts import Verdict, default_references, judge, run_scores, verdict_sentences, verdict_table, write_verdicts
-
-
-def budget_steps(steps: int, exports: int, spacing: str) -> list[int]:
-    """The pretraining steps (besides step 0) whose exports the budget curve scores: ``linear``, the multiples of
-    ``steps // exports`` up to ``steps``; ``log``, ``steps / 2^k`` for ``k = exports - 1 .. 0`` (rounded)."""
-    if spacing == "log":
-        return sorted({max(1, round(steps / 2 ** k)) for k in range(exports)})
-    every = max(1, steps // exports)
-    return sorted({*range(every, steps + 1, every), steps})
 
 
 def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path, device: torch.device,
@@ -95,18 +88,6 @@ def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path,
     log(f"pretraining {objective} for {steps} steps -> {run}")
     train(ours, resume="latest" if list_checkpoints(run) else None, device=device)
     return run
-
-
-def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path | None, out: Path,
-            device: torch.device) -> dict:
-    """One run of ``bench.task`` (skipped when its ``metrics.json`` exists); returns its metrics."""
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
-    task = TASKS[cfg.bench.task]
-    section = task.configure(task.config_of(cfg), methods_of(cfg.bench.task)[method], seed)
-    data = replace(cfg.data, label_fraction=fraction, seed=seed)
-    opened = open_export(export, section.weights) if export is not None else None
-    return task.run(section, data, opened, out, device=device, progress=False)
 
 
 # keys that decide which runs a study holds, or where and how fast it runs, but not what a run gives: a folder may
@@ -176,10 +157,13 @@ def _objectives(cfg: Config) -> list[str]:
     return sorted({methods_of(cfg.bench.task)[m].objective for m in cfg.bench.methods} - {None})
 
 
-def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print) -> dict:
-    """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and segmenting on
-    ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
-    seconds}}`` (each pretraining run, the segmentation runs of each method, the budget curve)."""
+def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print,
+                  shard: Shard | None = None, report: bool = False) -> dict:
+    """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and running stage 2
+    on ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
+    seconds}}`` (each pretraining run, the stage-2 runs of each method, the budget curve). ``shard``: only that
+    slice of the runs, no tables (``shards``); ``report``: the tables of a study whose runs have all finished,
+    nothing trained (a ``ConfigError`` naming the first unfinished run otherwise)."""
     bc = cfg.bench
     task, methods = TASKS[bc.task], methods_of(bc.task)
     budget_methods = [m for m in bc.budget_methods if m in bc.methods]
@@ -205,46 +189,54 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     check_same_study(cfg, out)
     manifest = data_manifest(studies)
     check_same_data(out, manifest)
+    folders = PretrainFolders(out, cfg, pretraining_data(cfg))
+    pretrain: dict[tuple[str, str], Path] = {}  # (variant, objective): its pretraining run folder
+    units: list[tuple[str, Config, str, Path]] = []  # each pretraining run once: variant, config, objective, folder
+    for name, vcfg in studies:
+        for obj in _objectives(vcfg):
+            pretrain[name, obj] = run = folders.folder(name, vcfg, obj, pools[name])
+            if run not in [u[3] for u in units]:
+                units.append((name, vcfg, obj, run))
+    name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
+    if report:  # trains nothing: every pretraining run and every run must have finished
+        refuse_unfinished(out, [u[3] for u in units if not finished(u[3], u[1].bench.pretrain_steps)])
+        every = sweep_runs(cfg, studies, pretrain, out) + budget_runs(cfg0, name0, pretrain, out)
+        refuse_unfinished(out, [r.folder for r in every if not r.done])
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     write_manifest(out, manifest)
-    folders = PretrainFolders(out, cfg, pretraining_data(cfg))
-    pretrain: dict[tuple[str, str], Path] = {}
     phases: dict[str, float] = {}  # seconds per phase of this call (a run done before counts as what its skip cost)
-    for name, vcfg in studies:
-        for obj in _objectives(vcfg):
-            run = folders.folder(name, vcfg, obj, pools[name])
-            if run not in pretrain.values():
-                t = time.perf_counter()
-                pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
-                phases[f"pretraining ({run.name})"] = seconds = time.perf_counter() - t
-                log(f"pretraining {obj} ({run.name}): {seconds:.1f} s")
-            pretrain[name, obj] = run
+    for name, vcfg, obj, run in shard.mine(units) if shard else units:
+        t = time.perf_counter()
+        pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
+        phases[f"pretraining ({run.name})"] = seconds = time.perf_counter() - t
+        log(f"pretraining {obj} ({run.name}): {seconds:.1f} s")
+    if shard is not None:
+        t = time.perf_counter()
+        trained = run_when_ready(shard.mine(sweep_runs(cfg, studies, pretrain, out)), seg_device, log)
+        wait_for([pretrain[name0, methods[m].objective] for m in budget_methods], cfg0.bench.pretrain_steps, log)
+        trained += run_when_ready(shard.mine(budget_runs(cfg0, name0, pretrain, out)), seg_device, log)
+        phases[f"{task.noun} runs of shard {shard}"] = time.perf_counter() - t
+        elapsed = time.perf_counter() - started
+        log(f"shard {shard}: {trained} run(s) trained in {elapsed:.0f} s; once every shard is done, --report writes "
+            f"the tables")
+        return {"rows": [], "budget": [], "table": "", "verdicts": [], "seconds": elapsed, "phases": phases,
+                "shard": str(shard)}
     pretrained = pretraining_table(sorted(set(pretrain.values())))
     write_text_atomic(out / "pretraining.md", pretrained + "\n")
 
-    def export_for(variant: str, method: str, which: str | None = None) -> Path | None:
-        m = methods[method]
-        return pretrain[variant, m.objective] / (which or m.export) if m.objective else None
-
     rows, results, skipped = [], {}, 0
-    total = len(studies) * len(bc.fractions) * len(bc.seeds) * len(bc.methods)
-    for name, vcfg in studies:
-        for fraction in bc.fractions:
-            for seed in bc.seeds:
-                for method in bc.methods:
-                    run = out / "runs" / name / method / f"f{fraction:g}_s{seed}"
-                    done = (run / "metrics.json").is_file()
-                    t = time.perf_counter()
-                    result = run_one(vcfg, method, fraction, seed, export_for(name, method), run, seg_device)
-                    key = f"{task.noun}: {method}"
-                    phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
-                    skipped += done
-                    log(f"[{len(rows) + 1}/{total}] {f'{name}: ' if name else ''}{method} at {fraction:g} labels, "
-                        f"seed {seed}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
-                    results[name, method, fraction, seed] = result
-                    rows.append({**({"variant": name} if name else {}),
-                                 **result_row(method, fraction, seed, result, bc.task)})
+    runs = sweep_runs(cfg, studies, pretrain, out)
+    for k, run in enumerate(runs):
+        done, t = run.done, time.perf_counter()
+        result = run.run(seg_device)
+        key = f"{task.noun}: {run.method}"
+        phases[key] = phases.get(key, 0.0) + time.perf_counter() - t
+        skipped += done
+        log(f"[{k + 1}/{len(runs)}] {run.label}: " + ("done before, skipped" if done else f"{result['seconds']:.1f} s"))
+        results[run.variant, run.method, run.fraction, run.seed] = result
+        rows.append({**({"variant": run.variant} if run.variant else {}),
+                     **result_row(run.method, run.fraction, run.seed, result, bc.task)})
     columns = task_columns(bc.task)
     write_csv(out / "results.csv", rows, ["variant", *columns] if bc.variants else columns)
     lowest = min(bc.fractions)
@@ -262,7 +254,6 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     verdicts = verdicts_of(cfg, out, [n for n, _ in studies], results)
     write_verdicts(out / "verdicts.csv", verdicts)
 
-    name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
     selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
                       if "selection" in results[name0, m, lowest, s]]
                   for m in bc.methods if methods[m].mode == "frozen"}
@@ -271,7 +262,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                         f"{task.probe}' validation loss at "
                         f"{lowest:g} labels (mean over seeds {bc.seeds}; red: chosen)")
     t = time.perf_counter()
-    budget = budget_curve(cfg0, name0, results, export_for, out, seg_device, log)
+    budget = budget_curve(cfg0, name0, results, pretrain, out, seg_device, log)
     if budget:
         phases["budget curve"] = time.perf_counter() - t
     elapsed = time.perf_counter() - started
@@ -279,7 +270,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     log(f"study finished in {took}")
     where = (f"Computed on {machine_summary(train_device)}" + (f" (stage 2: {machine_summary(seg_device)})"
              if seg_device.type != train_device.type else "") + f"; this call took {took} (runs finished before it "
-             f"count only as their skip: {skipped} of {total} runs).")
+             f"count only as their skip: {skipped} of {len(runs)} runs).")
     write_text_atomic(out / "results.md", results_text(cfg, verdicts, table, pretrained) + f"\n{where}\n")
     return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts, "seconds": elapsed,
             "phases": phases}
@@ -320,44 +311,3 @@ def results_text(cfg: Config, verdicts: list[Verdict], table: str, pretrained: s
             f"{verdict_sentences(verdicts, bc.metric) or '(no pair of runs to compare)'}\n\n"
             f"{verdict_table(verdicts)}\n\n## {bc.metric} per method\n\n{STATS_NOTE} ({bc.seeds}).\n\n{table}\n\n"
             f"## Pretraining runs\n\n{pretrained}\n")
-
-
-def budget_curve(cfg: Config, variant: str, results: dict, export_for, out: Path, device: torch.device,
-                 log=print) -> list[dict]:
-    """The metric at the lowest fraction from every kept export of the pretraining runs of ``bench.budget_methods``
-    (the first ``bench.budget_seeds`` seeds); writes ``budget.csv`` and ``pretrain_budget.png`` (against images
-    seen, with the ``random`` method's runs as a reference line when the study has it)."""
-    bc = cfg.bench
-    lowest, seeds = min(bc.fractions), bc.seeds[:bc.budget_seeds]
-    methods = methods_of(cfg.bench.task)
-    budget = []
-    for method in [m for m in bc.budget_methods if m in bc.methods and methods[m].objective]:
-        exports = export_for(variant, method, "exports")
-        steps = sorted(int(p.name.split("_")[1]) for p in exports.glob("step_*") if p.name.split("_")[1].isdigit())
-        for seed in seeds:
-            for step in steps:
-                if step == bc.pretrain_steps:  # the sweep's own run: ``export`` is a copy of exports/step_N
-                    result = results[variant, method, lowest, seed]
-                else:
-                    run = out / "budget" / variant / method / f"step_{step}_s{seed}"
-                    t = time.perf_counter()
-                    result = run_one(cfg, method, lowest, seed, export_for(variant, method, f"exports/step_{step}"),
-                                     run, device)
-                    log(f"budget: {method} from pretraining step {step}, {lowest:g} labels, seed {seed}: "
-                        f"{time.perf_counter() - t:.1f} s")
-                budget.append({"pretrain_steps": step, "images_seen": step * cfg.train.batch_size,
-                               **result_row(method, lowest, seed, result, bc.task)})
-    if budget:
-        write_csv(out / "budget.csv", budget, ["pretrain_steps", "images_seen", *task_columns(bc.task)])
-        # the frozen features of the initial weights (``random``): the line pretraining has to rise above
-        initial = [m for m in bc.methods if methods[m].mode == "frozen" and methods[m].export == "exports/step_0"]
-        reference = {f"{m} (step 0)": [results[variant, m, lowest, s][bc.metric] for s in seeds
-                                       if bc.metric in results[variant, m, lowest, s]] for m in initial[:1]}
-        log_x = bc.budget_spacing == "log"
-        plot_lines(out / "pretrain_budget.png",
-                   {m: [(n, [b[bc.metric] for b in budget if b["method"] == m and b["images_seen"] == n])
-                        for n in sorted({b["images_seen"] for b in budget}) if n > 0 or not log_x]
-                    for m in bc.budget_methods},
-                   "images seen in pretraining", bc.metric,
-                   f"Pretraining budget at {lowest:g} labels (seeds {seeds})", log_x=log_x, references=reference)
-    return budget
