@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 import mdm.registries  # noqa: F401 - every registry filled, as through the entry points
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pool manifests (pretrain/folder_manifest.py) go to a folder of this session, not the user's ~/.cache
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mdm_test_cache_")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

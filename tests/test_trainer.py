@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -136,3 +137,46 @@ def test_two_process_cpu_run(tmp_path, configs_dir):
     assert sorted(os.listdir(tmp_path / "ddp" / "checkpoints" / "step_2")) == sorted(FILES)  # one set, by rank 0
     train(tiny_config(configs_dir, tmp_path / "single", "train.max_steps=1"))
     assert log[0]["loss"] == pytest.approx(read_log(tmp_path / "single")[0]["loss"], rel=1e-5)
+
+
+def test_a_folder_pool_decodes_each_file_once_across_runs(tmp_path, monkeypatch):
+    """The first pool over a folder decodes every file (and writes the manifest); the next decodes none, then only
+    the file that changed; a removed file leaves the manifest, and a same-picture copy of an excluded image is still
+    excluded from what the manifest holds (re-saved as JPEG, so neither path nor hash matches)."""
+    from mdm.pretrain import folder_manifest
+
+    pool, test = tmp_path / "pool", tmp_path / "test"
+    pool.mkdir()
+    test.mkdir()
+    rng = np.random.default_rng(0)
+
+    def smooth(side):  # a picture with smooth shapes, as photographs have (JPEG keeps its thumbnail)
+        return Image.fromarray(rng.integers(0, 255, (5, 5, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+
+    for k in range(5):
+        smooth(40).save(pool / f"{k}.png")
+    shutil.copy(pool / "4.png", test / "t.png")
+    Image.open(pool / "4.png").save(pool / "copy.jpg", quality=90)
+    decoded = []
+    real = folder_manifest.load_image
+    monkeypatch.setattr(folder_manifest, "load_image", lambda path, mode: decoded.append(path.name) or real(path, mode))
+    where = tmp_path / "m.csv"
+
+    def build():
+        decoded.clear()
+        return ImageFolderDataset([str(pool)], crop_size=32, exclude=[str(test)], manifest=str(where))
+
+    first = build()
+    assert sorted(decoded) == ["0.png", "1.png", "2.png", "3.png", "4.png", "copy.jpg"]
+    assert [p.name for p in first.files] == ["0.png", "1.png", "2.png", "3.png"]  # 4.png by hash, copy.jpg by picture
+    assert first.record["excluded_same_picture"] == 1 and first.record["manifest_decoded"] == 6
+    assert build().record["manifest_decoded"] == 0 and decoded == []
+    smooth(48).save(pool / "2.png")
+    (pool / "3.png").unlink()
+    again = build()
+    assert decoded == ["2.png"] and [p.name for p in again.files] == ["0.png", "1.png", "2.png"]
+    rows = folder_manifest.read_manifest(where)
+    assert len(rows) == 5 and rows[str(pool / "2.png")].width == 48
+    where.write_text("path,size\nx,not a number\n")
+    with pytest.raises(DataError, match=r"m.csv: not a pool manifest .*delete it"):
+        build()

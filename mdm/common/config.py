@@ -95,6 +95,9 @@ class DataConfig:
                                  "reads RGB)", choices=("RGB", "L"))
     exclude: list[str] = key([], "files or folders never pretrained on (matched by path, by content and by picture)")
     skip_unreadable: bool = key(False, "skip unreadable images with a warning instead of stopping")
+    manifest: str = key("", "the image-folder pool's manifest file (each file's size, dimensions, hash and "
+                            "thumbnail, read once; empty: ~/.cache/mdm/pools/, shared by every run over the same "
+                            "folders)", roles=("hardware", "resumable"))
     num_workers: int = key(0, "DataLoader workers", not_negative=True, roles=("hardware", "resumable"))
     synthetic_images: int = key(256, "size of the synthetic unlabeled pool", positive=True)
     synthetic_image_size: int = key(64, "side of synthetic images in px", positive=True)

@@ -18,27 +18,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..common.config import DataConfig
 from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, file_digest, list_images, load_image
-from ..common.pictures import MASK_VALUES, PictureIndex, looks_like_mask
+from ..common.pictures import MASK_VALUES, PictureIndex
 from ..common.registry import Registry
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
+from .folder_manifest import candidates, manifest_path, update_manifest
 
 
-def gather_images(roots: list[str], exclude: list[str] = ()) -> tuple[list[Path], list[Path]]:
-    """``(kept, excluded)``: the images under every root (each once), split by whether they match an excluded file
-    by path or by content hash."""
+def list_pool(roots: list[str]) -> list[Path]:
+    """The images under every root, each once, in order; a root without images is named."""
     files: list[Path] = []
     for root in roots:
         found = list_images(root)
         if not found:
             raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         files += found
-    files = list(dict.fromkeys(files))
+    return list(dict.fromkeys(files))
+
+
+def gather_images(roots: list[str], exclude: list[str] = ()) -> tuple[list[Path], list[Path]]:
+    """``(kept, excluded)``: the images under every root (each once), split by whether they match an excluded file
+    by path or by content hash."""
+    files = list_pool(roots)
     if not exclude:
         return files, []
     banned = [p for e in exclude for p in list_images(e)]
@@ -65,48 +70,58 @@ def _readable(exclude: list[str], color_mode: str):
 class ImageFolderDataset(torch.utils.data.Dataset):
     """Unlabeled images; an item is requested as ``(index, key)`` and returned as ``(image [C, S, S], key)``.
 
-    Every image is decoded once when the dataset is built, so a truncated, unreadable or NaN-holding file stops the
-    run before it starts (or is skipped with a warning when ``skip_unreadable``), never halfway through. An image
-    that is the same picture as an excluded one (``exclude``: the test split's images and masks) is excluded
-    whatever its file (``common.pictures``: re-compressed, re-saved as JPEG, metadata added); images that look like
-    label masks are counted and warned about.
+    What the pool knows of each file comes from its manifest (``folder_manifest``: built once by decoding every
+    file, then read and brought up to date by decoding only new or changed files), so a truncated, unreadable or
+    NaN-holding file stops the run before it starts (or is skipped with a warning when ``skip_unreadable``), never
+    halfway through, without decoding a million files at every start. An image that is the same picture as an
+    excluded one (``exclude``: the test split's images and masks) is excluded whatever its file
+    (``common.pictures``: re-compressed, re-saved as JPEG, metadata added); images that look like label masks are
+    counted and warned about. ``manifest``: the manifest's file (empty: the user's cache folder, ``manifest_path``).
     """
 
     def __init__(self, roots: list[str], crop_size: int, crop: str = "random", hflip: bool = True,
-                 color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False):
+                 color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False,
+                 manifest: str = ""):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
-        files, excluded = gather_images(roots, exclude)
-        excluded_by_file = len(excluded)
-        banned = PictureIndex(_readable(exclude, color_mode))
+        files = list_pool(roots)
+        where = manifest_path(manifest, roots, color_mode)
+        records, decoded = update_manifest(where, files, color_mode)
+        banned_files = [p for e in exclude for p in list_images(e)]
+        paths, digests = {p.resolve() for p in banned_files}, {file_digest(p) for p in banned_files}
+        by_file = {i for i, (f, r) in enumerate(zip(files, records)) if f.resolve() in paths or r.sha1 in digests}
+        banned = list(_readable(exclude, color_mode))
+        index = PictureIndex(banned)
+        same = {i for i in candidates(records, [image for _, image in banned])
+                if i not in by_file and index.match(load_image(files[i], color_mode)) is not None}
         kept, skipped, masks = [], [], []
-        for f in tqdm(files, desc="checking images", disable=None, leave=False):
-            try:
-                image = load_image(f, color_mode)
-            except DataError as e:
+        for i, (f, r) in enumerate(zip(files, records)):
+            if i in by_file or i in same:
+                continue
+            if not r.readable:
                 if not skip_unreadable:
-                    raise DataError(f"{e} (set data.skip_unreadable=true to skip such files)") from None
+                    raise DataError(f"{r.error} (set data.skip_unreadable=true to skip such files)")
                 warnings.warn(f"skipping unreadable image {f}", stacklevel=2)
                 skipped.append(f)
                 continue
-            if banned.match(image) is not None:
-                excluded.append(f)
-                continue
-            _, h, w = image.shape
-            if crop == "random" and min(h, w) < crop_size:
-                raise DataError(f"{f}: {w}x{h} is smaller than the crop size {crop_size}; use "
+            if crop == "random" and min(r.height, r.width) < crop_size:
+                raise DataError(f"{f}: {r.width}x{r.height} is smaller than the crop size {crop_size}; use "
                                 f"data.crop=resize or a smaller data.crop_size")
-            masks += [f] if looks_like_mask(image) else []
+            masks += [f] if r.mask_like else []
             kept.append(f)
+        excluded = [files[i] for i in sorted(by_file | same)]
         if not kept:
-            raise DataError(f"{', '.join(map(str, roots[:3]))}: no readable images"
-                            + (" that are not the same picture as an excluded one" if excluded else ""))
+            raise DataError(f"{', '.join(map(str, roots[:3]))}: "
+                            + ("every image is excluded by data.exclude" if excluded and len(excluded) == len(files)
+                               else "no readable images" + (" that are not the same picture as an excluded one"
+                                                             if excluded else "")))
         if masks:
             warnings.warn(f"{len(masks)} image(s) of the pool look like label masks (at most {MASK_VALUES} distinct "
                           f"values), e.g. {masks[0]}: pretraining on masks teaches nothing of the images; move them "
                           f"out of the pool's folders", stacklevel=2)
         self.files = kept
         self.record = {"images": len(kept), "excluded": len(excluded), "unreadable_skipped": len(skipped),
-                       "excluded_same_picture": len(excluded) - excluded_by_file, "mask_like": len(masks),
+                       "excluded_same_picture": len(same), "mask_like": len(masks),
+                       "manifest": str(where), "manifest_decoded": decoded,
                        "excluded_files": [str(f) for f in excluded], "skipped_files": [str(f) for f in skipped],
                        "mask_like_files": [str(f) for f in masks]}
 
@@ -146,7 +161,7 @@ class SyntheticPoolDataset(torch.utils.data.Dataset):
 POOLS: Registry[Callable[[DataConfig], torch.utils.data.Dataset]] = Registry("pretraining pools", "data.source",
                                                                           "pretraining pool")
 POOLS.register("folder", lambda d: ImageFolderDataset(d.root, d.crop_size, d.crop, d.hflip, d.color_mode, d.exclude,
-                                                      d.skip_unreadable))
+                                                      d.skip_unreadable, d.manifest))
 POOLS.register("synthetic", lambda d: SyntheticPoolDataset(d.synthetic_images, d.synthetic_image_size, d.crop_size,
                                                            d.crop, d.hflip, d.synthetic_seed))
 
