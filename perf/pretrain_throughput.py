@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mdm.common import rng  # noqa: E402
 from mdm.common.config_io import load  # noqa: E402
+from mdm.common.devices import native_bf16  # noqa: E402
 from mdm.nn.group_norm_act import fused_kernel_available  # noqa: E402
 from mdm.nn.unet import (
     build_unet,  # noqa: E402
@@ -298,7 +299,7 @@ def main() -> None:
     flops = 3 * forward_flops_per_image(cfg)
     result = {"threads": torch.get_num_threads(), "batch": args.batch, "channels_last": not args.no_channels_last,
               "compile": args.compile, "fused_norm": fused_kernel_available() and not args.no_channels_last,
-              "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+              "native_bf16": native_bf16(torch.device("cpu")),
               "model_gflop_per_image": flops / 1e9}
     for name, dtype, bf16 in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)):
         if bf16 and not (result["native_bf16"] or args.force_bf16):

@@ -30,10 +30,15 @@ def resolve_device(requested: str = "auto") -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA from Ampere on; CPUs with avx512_bf16 or AMX)."""
+    """Whether ``device`` computes bf16 natively (CUDA from Ampere on; CPUs with avx512_bf16 or AMX). oneDNN's own
+    check (``_is_mkldnn_bf16_supported``) also says yes on AVX-512 CPUs without either, where it emulates bf16 with
+    fp32 instructions (an Ice Lake Xeon: see docs/throughput.md), so the CPU's instructions are asked for instead."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 (pre-Ampere) is slow
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    instructions = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(ask() for ask in instructions if ask is not None)
 
 
 def memory_format(setting: bool | str, device: torch.device) -> torch.memory_format:
