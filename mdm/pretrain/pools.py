@@ -86,9 +86,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         files = list_pool(roots)
         where = manifest_path(manifest, roots, color_mode)
         records, decoded = update_manifest(where, files, color_mode)
-        banned_files = [p for e in exclude for p in list_images(e)]
-        paths, digests = {p.resolve() for p in banned_files}, {file_digest(p) for p in banned_files}
-        by_file = {i for i, (f, r) in enumerate(zip(files, records)) if f.resolve() in paths or r.sha1 in digests}
+        # by path and by content at once: a file at an excluded path has that file's hash (the manifest holds every
+        # file's hash, so no path of the pool is resolved: a million resolves cost a minute)
+        digests = {file_digest(p) for e in exclude for p in list_images(e)}
+        by_file = {i for i, r in enumerate(records) if r.sha1 in digests}
         banned = list(_readable(exclude, color_mode))
         index = PictureIndex(banned)
         same = {i for i in candidates(records, [image for _, image in banned])
