@@ -40,20 +40,14 @@ def list_pool(roots: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def gather_images(roots: list[str], exclude: list[str] = ()) -> tuple[list[Path], list[Path]]:
-    """``(kept, excluded)``: the images under every root (each once), split by whether they match an excluded file
-    by path or by content hash."""
-    files = list_pool(roots)
-    if not exclude:
-        return files, []
-    banned = [p for e in exclude for p in list_images(e)]
-    paths = {p.resolve() for p in banned}
-    digests = {file_digest(p) for p in banned}
-    hit = [f.resolve() in paths or file_digest(f) in digests for f in files]
-    kept = [f for f, h in zip(files, hit) if not h]
-    if not kept:
-        raise DataError(f"{', '.join(map(str, roots[:3]))}: every image is excluded by data.exclude")
-    return kept, [f for f, h in zip(files, hit) if h]
+def pool_digests(pool: DataConfig) -> dict[str, str]:
+    """``{file: content hash}`` of the images of the folder pool ``pool`` that no excluded file matches by content,
+    read from the pool's manifest (new or changed files are read into it first): a study records them without
+    hashing a million files at every start."""
+    files = list_pool(pool.root)
+    records, _ = update_manifest(manifest_path(pool.manifest, pool.root, pool.color_mode), files, pool.color_mode)
+    banned = {file_digest(p) for e in pool.exclude for p in list_images(e)}
+    return {str(f): r.sha1 for f, r in zip(files, records) if r.sha1 not in banned}
 
 
 def _readable(exclude: list[str], color_mode: str):

@@ -11,25 +11,26 @@ from pathlib import Path
 from ..common.config import Config
 from ..common.errors import ConfigError
 from ..common.io import file_digest, write_text_atomic
-from ..pretrain.pools import gather_images
+from ..pretrain.pools import pool_digests
 from .pool import labeled_split, pretraining_data
 
 
-def study_files(cfg: Config) -> list[Path]:
-    """The files the study of ``cfg`` reads: the labeled source's splits, then the pretraining pool's images."""
-    files: list[Path] = []
+def study_files(cfg: Config) -> dict[str, str]:
+    """``{file: content hash}`` of the files the study of ``cfg`` reads: the labeled source's splits, then the
+    pretraining pool's images (their hashes from the pool's manifest, ``pretrain.folder_manifest``)."""
+    files: dict[str, str] = {}
     if cfg.data.source != "synthetic":
-        files += [f for split in ("train", "test") for f in labeled_split(cfg, split).files]
+        files |= {str(f): file_digest(f) for split in ("train", "test") for f in labeled_split(cfg, split).files}
     pool = pretraining_data(cfg)
     if pool.source == "folder":
-        files += gather_images(pool.root, pool.exclude)[0]
+        files |= pool_digests(pool)
     return files
 
 
 def data_manifest(studies: list[tuple[str, Config]]) -> dict[str, dict[str, str]]:
     """``{variant: {file: content hash}}`` of what each variant's study (``(name, config)``) reads (``file_digest``
     hashes a file once however many variants read it)."""
-    return {name: {str(f): file_digest(f) for f in study_files(cfg)} for name, cfg in studies}
+    return {name: study_files(cfg) for name, cfg in studies}
 
 
 def read_manifest(out: Path) -> dict[str, dict[str, str]]:
