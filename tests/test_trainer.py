@@ -177,6 +177,13 @@ def test_a_folder_pool_decodes_each_file_once_across_runs(tmp_path, monkeypatch)
     assert decoded == ["2.png"] and [p.name for p in again.files] == ["0.png", "1.png", "2.png"]
     rows = folder_manifest.read_manifest(where)
     assert len(rows) == 5 and rows[str(pool / "2.png")].width == 48
+    (pool / "1.png").write_bytes(b"broken after the manifest was written")  # read in training, not at the start
+    with pytest.raises(DataError, match=r"1.png: cannot read image.*changed after the pool's manifest"):
+        again[(1, 7)]
+    again.skip_unreadable = True
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*1.png \(read during training\)"):
+        stand_in = again[(1, 7)][0]
+    assert torch.equal(stand_in, again[(2, 7)][0])  # the next file of the pool, with the same crop
     where.write_text("path,size\nx,not a number\n")
     with pytest.raises(DataError, match=r"m.csv: not a pool manifest .*delete it"):
         build()

@@ -77,6 +77,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                  color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False,
                  manifest: str = ""):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
+        self.skip_unreadable, self.unreadable_in_training = skip_unreadable, set()
         files = list_pool(roots)
         where = manifest_path(manifest, roots, color_mode)
         records, decoded = update_manifest(where, files, color_mode)
@@ -124,10 +125,24 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, item: tuple[int, int]):
+        """A file that no longer decodes (it changed after its manifest row was written) stops the run, naming it;
+        with ``skip_unreadable`` it is skipped with a warning and the next file in the pool's order stands in (the
+        same one on every resume)."""
         index, key = item
-        path = self.files[index]
-        image = load_image(path, self.color_mode)
-        return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=str(path)), key
+        for shift in range(len(self.files)):
+            path = self.files[(index + shift) % len(self.files)]
+            try:
+                image = load_image(path, self.color_mode)
+            except DataError as e:
+                if not self.skip_unreadable:
+                    raise DataError(f"{e} (it changed after the pool's manifest was written; set "
+                                    f"data.skip_unreadable=true to skip such files)") from None
+                if path not in self.unreadable_in_training:
+                    warnings.warn(f"skipping unreadable image {path} (read during training)", stacklevel=2)
+                    self.unreadable_in_training.add(path)
+                continue
+            return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=str(path)), key
+        raise DataError(f"{', '.join(map(str, self.files[:3]))}: no image of the pool decodes any more")
 
 
 class SyntheticPoolDataset(torch.utils.data.Dataset):
