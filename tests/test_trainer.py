@@ -177,6 +177,14 @@ def test_a_folder_pool_decodes_each_file_once_across_runs(tmp_path, monkeypatch)
     assert decoded == ["2.png"] and [p.name for p in again.files] == ["0.png", "1.png", "2.png"]
     rows = folder_manifest.read_manifest(where)
     assert len(rows) == 5 and rows[str(pool / "2.png")].width == 48
+    other = tmp_path / "other"  # another pool with the same manifest keeps this one's rows, and the other way round
+    other.mkdir()
+    smooth(40).save(other / "o.png")
+    ImageFolderDataset([str(other)], crop_size=32, manifest=str(where))
+    assert len(folder_manifest.read_manifest(where)) == 6 and build().record["manifest_decoded"] == 0
+    decoded.clear()
+    ImageFolderDataset([str(pool)], crop_size=32, exclude=[str(test)], manifest=str(where), color_mode="L")
+    assert len(decoded) == 5  # the same files in another colour mode: decoded again, not read as RGB rows
     (pool / "1.png").write_bytes(b"broken after the manifest was written")  # read in training, not at the start
     with pytest.raises(DataError, match=r"1.png: cannot read image.*changed after the pool's manifest"):
         again[(1, 7)]

@@ -1,12 +1,14 @@
 """The manifest of an image-folder pool: what a pool needs to know of each file without decoding it again.
 
-One row per image file (``path``: absolute; ``size``, ``mtime_ns``: the file as it was read; ``width``,
-``height``; ``sha1``: its content hash; ``mask_like``; ``thumb``: its 4 x 4 thumbnail, one byte a value; ``error``:
-why it could not be decoded, empty when it could). The first run over a folder decodes every file once, with a
-progress bar; later runs (and every process of a multi-process run) read the manifest and decode only the files
-that are new or changed (another size or modification time); rows of files no longer listed are dropped. The
-manifest is a CSV file written by a rename under a file lock (``fcntl.flock``): the first process to take the lock
-brings it up to date, the others wait for it and find nothing left to decode.
+One row per image file (``path``: absolute; ``size``, ``mtime_ns``: the file as it was read; ``color_mode``: as it
+was decoded; ``width``, ``height``; ``sha1``: its content hash; ``mask_like``; ``thumb``: its 4 x 4 thumbnail, one
+byte a value; ``error``: why it could not be read, empty when it could). The first run over a folder decodes every
+file once, with a progress bar; later runs (and every process of a multi-process run) read the manifest and decode
+only the files that are new or changed (another size, modification time or colour mode), and those that failed
+before (a newer Pillow, a larger ``MAX_IMAGE_PIXELS`` may read them now); rows of files that left the pool's
+folders are dropped, rows of other folders kept (one ``data.manifest`` may serve several pools). The manifest is a
+CSV file written by a rename under a file lock (``fcntl.flock``): the first process to take the lock brings it up to
+date, the others wait for it and find nothing left to decode.
 
 The 4 x 4 thumbnail is the mean of the 16 x 16 one of ``common.pictures`` (each cell the mean of 16 of its cells),
 so the mean distance of two 4 x 4 thumbnails is at most that of their 16 x 16 thumbnails: a file whose 4 x 4
@@ -44,6 +46,7 @@ class FileRecord:
     path: str
     size: int
     mtime_ns: int
+    color_mode: str = "RGB"
     width: int = 0
     height: int = 0
     sha1: str = ""
@@ -71,12 +74,14 @@ def small_thumbnail(image: torch.Tensor) -> torch.Tensor:
 
 def read_file(path: Path, color_mode: str) -> FileRecord:
     """Decode ``path`` once and record it (``error``: the decoder's message when it fails)."""
-    stat = os.stat(path)
-    record = FileRecord(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, sha1=file_digest(path))
+    record = FileRecord(os.path.abspath(path), 0, 0, color_mode)
     try:
+        stat = os.stat(path)
+        record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
+        record.sha1 = file_digest(path)
         image = load_image(path, color_mode)
-    except DataError as e:
-        record.error = str(e)
+    except (DataError, OSError) as e:  # OSError: no permission, removed since the folder was listed
+        record.error = str(e) if isinstance(e, DataError) else f"{path}: cannot read image ({e.strerror or e})"
         return record
     stored = ((small_thumbnail(image) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     record.height, record.width = image.shape[1:]
@@ -115,8 +120,9 @@ def read_manifest(path: Path) -> dict[str, FileRecord]:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        return {r["path"]: FileRecord(r["path"], int(r["size"]), int(r["mtime_ns"]), int(r["width"]),
-                                      int(r["height"]), r["sha1"], r["mask_like"] == "True", r["thumb"], r["error"])
+        return {r["path"]: FileRecord(r["path"], int(r["size"]), int(r["mtime_ns"]), r["color_mode"],
+                                      int(r["width"]), int(r["height"]), r["sha1"], r["mask_like"] == "True",
+                                      r["thumb"], r["error"])
                 for r in rows}
     except (KeyError, ValueError, TypeError, csv.Error) as e:
         raise DataError(f"{path}: not a pool manifest ({e}); delete it and it is built again") from None
@@ -132,24 +138,32 @@ def _write(path: Path, records: list[FileRecord]) -> None:
     write_atomic(path, write)
 
 
-def update_manifest(path: Path, files: list[Path], color_mode: str) -> tuple[list[FileRecord], int]:
-    """The records of ``files`` in order, from the manifest at ``path`` where a file is unchanged (same size and
-    modification time) and decoded otherwise; the manifest is rewritten when anything was decoded or dropped.
-    Returns the records and how many files were decoded."""
+def update_manifest(path: Path, files: list[Path], color_mode: str, roots: list[str]) -> tuple[list[FileRecord], int]:
+    """The records of ``files`` (the images under ``roots``) in order, from the manifest at ``path`` where a file is
+    unchanged (same size, modification time and colour mode; read without error before) and decoded otherwise; rows
+    of files under ``roots`` that are no longer there are dropped, rows of other folders kept (a manifest may serve
+    several pools). The manifest is rewritten when anything was decoded or dropped. Returns the records and how
+    many files were decoded."""
     with _locked(path):
         known = read_manifest(path)
         records, fresh = [], []
         for f in files:
-            stat = os.stat(f)
-            record = known.get(os.path.abspath(f))
-            if record is None or (record.size, record.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+            record = known.pop(os.path.abspath(f), None)
+            try:
+                stat = os.stat(f)
+                same = record is not None and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                same = False
+            if not (same and record.color_mode == color_mode and record.readable):
                 fresh.append(len(records))
                 record = None
             records.append(record)
         for i in tqdm(fresh, desc=f"reading {len(fresh)} new or changed images", disable=None, leave=False):
             records[i] = read_file(files[i], color_mode)
-        if fresh or len(known) != len(records):
-            _write(path, records)
+        under = tuple(os.path.abspath(r) for r in roots)
+        others = [r for p, r in known.items() if not any(p == u or p.startswith(u + os.sep) for u in under)]
+        if fresh or len(others) != len(known):
+            _write(path, records + others)
     return records, len(fresh)
 
 

@@ -45,7 +45,8 @@ def pool_digests(pool: DataConfig) -> dict[str, str]:
     read from the pool's manifest (new or changed files are read into it first): a study records them without
     hashing a million files at every start."""
     files = list_pool(pool.root)
-    records, _ = update_manifest(manifest_path(pool.manifest, pool.root, pool.color_mode), files, pool.color_mode)
+    records, _ = update_manifest(manifest_path(pool.manifest, pool.root, pool.color_mode), files, pool.color_mode,
+                                 pool.root)
     banned = {file_digest(p) for e in pool.exclude for p in list_images(e)}
     return {str(f): r.sha1 for f, r in zip(files, records) if r.sha1 not in banned}
 
@@ -80,7 +81,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.skip_unreadable, self.unreadable_in_training = skip_unreadable, set()
         files = list_pool(roots)
         where = manifest_path(manifest, roots, color_mode)
-        records, decoded = update_manifest(where, files, color_mode)
+        records, decoded = update_manifest(where, files, color_mode, roots)
         # by path and by content at once: a file at an excluded path has that file's hash (the manifest holds every
         # file's hash, so no path of the pool is resolved: a million resolves cost a minute)
         digests = {file_digest(p) for e in exclude for p in list_images(e)}

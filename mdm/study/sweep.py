@@ -140,11 +140,11 @@ def check_study_folder(out: Path, caches: list[str] = ()) -> None:
     temporary files, the feature caches ``caches`` the config puts there), or files but no ``config.yaml`` (a study
     writes that first), unless they are only pretraining runs (another study's, copied in to be reused): its tables
     would overwrite the user's files."""
-    if out.is_dir():
-        names = [p.name for p in out.iterdir()]
+    if out.is_dir():  # hidden names aside: another shard's temporary files while it writes config.yaml
+        names = [p.name for p in out.iterdir() if not p.name.startswith(".")]
         inside = [Path(c).resolve() for c in caches if c and Path(c).resolve().is_relative_to(out.resolve())]
         own = {c.relative_to(out.resolve()).parts[0] for c in inside if c != out.resolve()}
-        foreign = sorted(n for n in names if n not in STUDY_FILES | own and not n.startswith(("pretrain_", ".")))
+        foreign = sorted(n for n in names if n not in STUDY_FILES | own and not n.startswith("pretrain_"))
         only_pretraining = all(n.startswith("pretrain_") for n in names)
         if not foreign and names and "config.yaml" not in names and not only_pretraining:
             foreign = sorted(names)
