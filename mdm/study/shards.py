@@ -1,11 +1,11 @@
 """A study spread over processes: ``--shard K/N`` runs the K-th of N slices of its runs, ``--report`` merges.
 
-Every run of a study has a place in one fixed order (``runs``: the pretraining runs, then the sweep's runs, then the
-budget curve's); shard K of N takes places K-1, K-1+N, K-1+2N, ... of each list. A shard pretrains its own
-objectives first, then does its stage-2 runs, each as soon as the pretraining run it reads has finished (one of
-another shard's: it waits, polling, and runs the ready ones meanwhile). Each run writes only its own folder, and the
-study's shared files are written atomically with the same content by every shard (its config and data manifest,
-checked against the folder as in one process), so shards on one machine or many never write the same file at once.
+Every run of a study has a place in one fixed order (the pretraining runs; the sweep's runs and the budget
+curve's, each list method by method, ``method_by_method``); shard K of N takes places K-1, K-1+N, K-1+2N, ... of
+each list. A shard pretrains its own objectives first, then does its stage-2 runs, each as soon as the pretraining
+run it reads has finished (one of another shard's: it waits, polling, and runs the ready ones meanwhile). Each run
+writes only its own folder, and the study's shared files are written atomically (a temporary name per process) with
+the same content by every shard (its config and data manifest, checked against the folder as in one process).
 Each run is seeded by its own fraction and seed, so what it gives does not depend on the process or the order: the
 merged ``results.csv`` is the one-process study's. ``--report`` (``run_benchmark(report=True)``) writes the tables,
 plots and verdicts from the finished runs and trains nothing; it names the first missing run while any is missing.
@@ -54,6 +54,13 @@ class Shard:
 
 
 WAITING = "another shard pretrains it (a shard that failed must be run again; this one waits for it)"
+
+
+def method_by_method(runs: list[StudyRun]) -> list[StudyRun]:
+    """``runs`` ordered method by method (variant, method, fraction, seed, step), so that the slices give every shard
+    about the same share of each method's runs: in the sweep's own order (method innermost) a shard would get whole
+    methods whenever the number of methods is a multiple of N, and methods differ in cost many times over."""
+    return sorted(runs, key=lambda r: (r.variant, r.method, r.fraction, r.seed, r.step or 0))
 
 
 def finished(pretraining: Path | None, steps: int) -> bool:

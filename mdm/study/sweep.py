@@ -59,7 +59,7 @@ from .report import (
     write_csv,
 )
 from .runs import budget_runs, sweep_runs
-from .shards import Shard, finished, refuse_unfinished, run_when_ready, wait_for
+from .shards import Shard, finished, method_by_method, refuse_unfinished, run_when_ready, wait_for
 from .variants import PretrainFolders, arms
 from .verdicts import Verdict, default_references, judge, run_scores, verdict_sentences, verdict_table, write_verdicts
 
@@ -213,9 +213,11 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         log(f"pretraining {obj} ({run.name}): {seconds:.1f} s")
     if shard is not None:
         t = time.perf_counter()
-        trained = run_when_ready(shard.mine(sweep_runs(cfg, studies, pretrain, out)), seg_device, log)
+        trained = run_when_ready(shard.mine(method_by_method(sweep_runs(cfg, studies, pretrain, out))), seg_device,
+                                 log)
         wait_for([pretrain[name0, methods[m].objective] for m in budget_methods], cfg0.bench.pretrain_steps, log)
-        trained += run_when_ready(shard.mine(budget_runs(cfg0, name0, pretrain, out)), seg_device, log)
+        trained += run_when_ready(shard.mine(method_by_method(budget_runs(cfg0, name0, pretrain, out))), seg_device,
+                                  log)
         phases[f"{task.noun} runs of shard {shard}"] = time.perf_counter() - t
         elapsed = time.perf_counter() - started
         log(f"shard {shard}: {trained} run(s) trained in {elapsed:.0f} s; once every shard is done, --report writes "
