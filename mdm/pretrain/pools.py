@@ -26,7 +26,7 @@ from ..common.pictures import MASK_VALUES, PictureIndex
 from ..common.registry import Registry
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
-from .folder_manifest import candidates, manifest_path, update_manifest
+from .folder_manifest import FileRecord, candidates, manifest_path, update_manifest
 
 
 def list_pool(roots: list[str]) -> list[Path]:
@@ -40,15 +40,29 @@ def list_pool(roots: list[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def pool_records(roots: list[str], color_mode: str, manifest: str) -> tuple[Path, list[Path], list[FileRecord], int]:
+    """The manifest's file, the images under ``roots`` and their manifest records (new or changed files read into
+    it first), and how many files were decoded for it."""
+    files = list_pool(roots)
+    where = manifest_path(manifest, roots, color_mode)
+    records, decoded = update_manifest(where, files, color_mode, roots)
+    return where, files, records, decoded
+
+
+def excluded_by_content(records: list[FileRecord], exclude: list[str]) -> set[int]:
+    """The indices of ``records`` with the content of a file ``exclude`` names: by path and by content at once, since
+    a file at an excluded path has that file's hash (no path of the pool is resolved: a million resolves cost a
+    minute)."""
+    digests = {file_digest(p) for e in exclude for p in list_images(e)}
+    return {i for i, r in enumerate(records) if r.sha1 in digests}
+
+
 def pool_digests(pool: DataConfig) -> dict[str, str]:
     """``{file: content hash}`` of the images of the folder pool ``pool`` that no excluded file matches by content,
-    read from the pool's manifest (new or changed files are read into it first): a study records them without
-    hashing a million files at every start."""
-    files = list_pool(pool.root)
-    records, _ = update_manifest(manifest_path(pool.manifest, pool.root, pool.color_mode), files, pool.color_mode,
-                                 pool.root)
-    banned = {file_digest(p) for e in pool.exclude for p in list_images(e)}
-    return {str(f): r.sha1 for f, r in zip(files, records) if r.sha1 not in banned}
+    read from the pool's manifest: a study records them without hashing a million files at every start."""
+    _, files, records, _ = pool_records(pool.root, pool.color_mode, pool.manifest)
+    banned = excluded_by_content(records, pool.exclude)
+    return {str(f): r.sha1 for i, (f, r) in enumerate(zip(files, records)) if i not in banned}
 
 
 def _readable(exclude: list[str], color_mode: str):
@@ -79,13 +93,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                  manifest: str = ""):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
         self.skip_unreadable, self.unreadable_in_training = skip_unreadable, set()
-        files = list_pool(roots)
-        where = manifest_path(manifest, roots, color_mode)
-        records, decoded = update_manifest(where, files, color_mode, roots)
-        # by path and by content at once: a file at an excluded path has that file's hash (the manifest holds every
-        # file's hash, so no path of the pool is resolved: a million resolves cost a minute)
-        digests = {file_digest(p) for e in exclude for p in list_images(e)}
-        by_file = {i for i, r in enumerate(records) if r.sha1 in digests}
+        where, files, records, decoded = pool_records(roots, color_mode, manifest)
+        by_file = excluded_by_content(records, exclude)
         banned = list(_readable(exclude, color_mode))
         index = PictureIndex(banned)
         same = {i for i in candidates(records, [image for _, image in banned])
@@ -108,7 +117,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         excluded = [files[i] for i in sorted(by_file | same)]
         if not kept:
             raise DataError(f"{', '.join(map(str, roots[:3]))}: "
-                            + ("every image is excluded by data.exclude" if excluded and len(excluded) == len(files)
+                            + ("every image is excluded by data.exclude" if len(excluded) == len(files)
                                else "no readable images" + (" that are not the same picture as an excluded one"
                                                              if excluded else "")))
         if masks:

@@ -11,7 +11,7 @@ import torch
 from ..common.config import Config
 from .methods import methods_of
 from .report import plot_lines, result_row, task_columns, write_csv
-from .runs import budget_runs, export_steps
+from .runs import budget_points, budget_runs
 
 
 def budget_steps(steps: int, exports: int, spacing: str) -> list[int]:
@@ -37,13 +37,10 @@ def budget_curve(cfg: Config, variant: str, results: dict, pretrain: dict[tuple[
         scored[run.method, run.seed, run.step] = run.run(device)
         log(f"{run.label}: {time.perf_counter() - t:.1f} s")
     budget = []
-    for method in [m for m in bc.budget_methods if m in bc.methods and methods[m].objective]:
-        for seed in seeds:
-            for step in export_steps(pretrain[variant, methods[method].objective]):
-                result = (results[variant, method, lowest, seed] if step == bc.pretrain_steps
-                          else scored[method, seed, step])
-                budget.append({"pretrain_steps": step, "images_seen": step * cfg.train.batch_size,
-                               **result_row(method, lowest, seed, result, bc.task)})
+    for method, seed, step in budget_points(cfg, variant, pretrain):
+        result = results[variant, method, lowest, seed] if step == bc.pretrain_steps else scored[method, seed, step]
+        budget.append({"pretrain_steps": step, "images_seen": step * cfg.train.batch_size,
+                       **result_row(method, lowest, seed, result, bc.task)})
     if budget:
         write_csv(out / "budget.csv", budget, ["pretrain_steps", "images_seen", *task_columns(bc.task)])
         # the frozen features of the initial weights (``random``): the line pretraining has to rise above

@@ -76,19 +76,27 @@ def sweep_runs(cfg: Config, studies: list[tuple[str, Config]], pretrain: dict[tu
     return runs
 
 
-def budget_runs(cfg: Config, variant: str, pretrain: dict[tuple[str, str], Path], out: Path) -> list[StudyRun]:
-    """The budget curve's runs in order: for each method of ``bench.budget_methods`` (pretrained ones in the study),
-    each of the first ``bench.budget_seeds`` seeds, every kept export (``exports/step_N``) of its pretraining run but
-    the last, which is the sweep's own run. Read from the pretraining folders: call it once they have finished."""
+def budget_points(cfg: Config, variant: str, pretrain: dict[tuple[str, str], Path]) -> list[tuple[str, int, int]]:
+    """The budget curve's points in order, ``(method, seed, step)``: for each method of ``bench.budget_methods``
+    (pretrained ones in the study), each of the first ``bench.budget_seeds`` seeds, every kept export
+    (``exports/step_N``) of its pretraining run. Read from the pretraining folders: call it once they have finished."""
     bc, methods = cfg.bench, methods_of(cfg.bench.task)
-    lowest, runs = min(bc.fractions), []
-    for method in [m for m in bc.budget_methods if m in bc.methods and methods[m].objective]:
-        source = pretrain[variant, methods[method].objective]
-        for seed in bc.seeds[:bc.budget_seeds]:
-            for step in export_steps(source):
-                if step != bc.pretrain_steps:
-                    runs.append(StudyRun(variant, cfg, method, lowest, seed, source / "exports" / f"step_{step}",
-                                         source, out / "budget" / variant / method / f"step_{step}_s{seed}", step))
+    return [(method, seed, step)
+            for method in bc.budget_methods if method in bc.methods and methods[method].objective
+            for seed in bc.seeds[:bc.budget_seeds]
+            for step in export_steps(pretrain[variant, methods[method].objective])]
+
+
+def budget_runs(cfg: Config, variant: str, pretrain: dict[tuple[str, str], Path], out: Path) -> list[StudyRun]:
+    """The runs of the budget curve's points (``budget_points``) but the last step's, which are the sweep's own runs
+    at the lowest fraction."""
+    bc, methods = cfg.bench, methods_of(cfg.bench.task)
+    runs = []
+    for method, seed, step in budget_points(cfg, variant, pretrain):
+        if step != bc.pretrain_steps:
+            source = pretrain[variant, methods[method].objective]
+            runs.append(StudyRun(variant, cfg, method, min(bc.fractions), seed, source / "exports" / f"step_{step}",
+                                 source, out / "budget" / variant / method / f"step_{step}_s{seed}", step))
     return runs
 
 
