@@ -51,3 +51,32 @@ def swap_record(monkeypatch, registry, name: str, **changes) -> None:
     import dataclasses
 
     monkeypatch.setitem(registry._records, name, dataclasses.replace(registry[name], **changes))
+
+
+def write_slide(path, width=768, height=512, mpp=0.5, levels=3, seed=0, tile=128):
+    """A small pyramidal TIFF (tiled JPEG, ``levels`` levels halving each time, written with tifffile as a scanner's
+    generic TIFF export is): synthetic H&E-like tissue (``mdm.common.synthetic`` images) inside an ellipse on white
+    glass; ``mpp`` microns per pixel in the resolution tags (0: none). Returns the level-0 image ``[H, W, 3]`` uint8
+    and where the tissue is ``[H, W]`` bool."""
+    import tifffile
+
+    from mdm.common.synthetic import render
+
+    rng = np.random.default_rng(seed)
+    glass = np.clip(238 + rng.normal(0, 2, (height, width, 3)), 0, 255)
+    tissue = np.zeros((height, width, 3))
+    for top in range(0, height, 64):
+        for left in range(0, width, 64):
+            image = render(seed, top // 64, left // 64, 64)[0]
+            block = ((image.permute(1, 2, 0).numpy() + 1) * 127.5)[:height - top, :width - left]
+            tissue[top:top + 64, left:left + 64] = block
+    yy, xx = np.mgrid[:height, :width]
+    inside = ((yy - height / 2) / (0.38 * height)) ** 2 + ((xx - width * 0.45) / (0.33 * width)) ** 2 < 1
+    image = np.where(inside[..., None], tissue, glass).round().astype(np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        for level in range(levels):
+            f = 2 ** level
+            tags = dict(resolution=(1e4 / (mpp * f),) * 2, resolutionunit="CENTIMETER") if mpp else {}
+            tif.write(image[::f, ::f], tile=(tile, tile), photometric="rgb", compression="jpeg",
+                      **(dict(subifds=levels - 1) if level == 0 else dict(subfiletype=1)), **tags)
+    return image, inside

@@ -98,6 +98,16 @@ class DataConfig:
     manifest: str = key("", "the image-folder pool's manifest file (each file's size, dimensions, hash and "
                             "thumbnail, read once; empty: ~/.cache/mdm/pools/, shared by every run over the same "
                             "folders)", roles=("hardware", "resumable"))
+    mpp: float = key(0.0, "slide pools: microns per pixel of the tiles (0: tiles read at `data.slide_level` as they "
+                          "are)", not_negative=True)
+    slide_level: int = key(0, "slide pools: the pyramid level tiles are read at when `data.mpp` is 0",
+                           not_negative=True)
+    tissue_threshold: float = key(0.0, "slide pools: the saturation above which a thumbnail pixel is tissue (0: Otsu's "
+                                       "threshold of each slide)", not_negative=True)
+    tissue_min: float = key(0.5, "slide pools: the least share of tissue in a sampled tile, in (0, 1]", positive=True)
+    slide_reader: str = key("tiffslide", "slide pools: `tiffslide` (SVS, NDPI, SCN, pyramidal TIFF) or `openslide` "
+                                         "(also MRXS and more; needs openslide-python and openslide-bin)",
+                            choices=("tiffslide", "openslide"))
     num_workers: int = key(0, "DataLoader workers", not_negative=True, roles=("hardware", "resumable"))
     synthetic_images: int = key(256, "size of the synthetic unlabeled pool", positive=True)
     synthetic_image_size: int = key(64, "side of synthetic images in px", positive=True)

@@ -30,14 +30,15 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # ---- image folders and images ----------------------------------------------------------------------------------
 
 
-def list_images(root: str | Path) -> list[Path]:
-    """All image files under ``root`` (a folder, searched recursively, or one file), sorted."""
+def list_images(root: str | Path, extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """All files with one of ``extensions`` (lower case, with the dot: image files by default) under ``root`` (a
+    folder, searched recursively, or one file), sorted."""
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    return sorted(text_named(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(text_named(p) for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
 
 
 def text_named(path: Path) -> Path:

@@ -30,6 +30,8 @@ class Stream(IntEnum):
     POOL_CROP_TOP = 11  # pretraining crops: top offset
     POOL_FLIP = 12  # pretraining crops: horizontal flip
     POOL_CROP_LEFT = 111  # pretraining crops: left offset
+    SLIDE_POSITION = 13  # slide pools: which tissue cell of the slide's mask a tile starts in
+    SLIDE_OFFSET = 14  # slide pools: where in that cell (x, y)
     VALIDATION_BLOCKS = 21  # segmentation: which pixel blocks of a labeled image are held out
     TUNE_CROP_IMAGE = 31  # fine-tuning crops: which labeled image
     TUNE_CROP_TOP = 32

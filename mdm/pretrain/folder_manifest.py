@@ -22,7 +22,7 @@ import csv
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -138,9 +138,11 @@ def _write(path: Path, records: list[FileRecord]) -> None:
     write_atomic(path, write)
 
 
-def update_manifest(path: Path, files: list[Path], color_mode: str, roots: list[str]) -> tuple[list[FileRecord], int]:
+def update_manifest(path: Path, files: list[Path], color_mode: str, roots: list[str],
+                    read: Callable[[Path, str], FileRecord] = read_file) -> tuple[list[FileRecord], int]:
     """The records of ``files`` (the images under ``roots``) in order, from the manifest at ``path`` where a file is
-    unchanged (same size, modification time and colour mode; read without error before) and decoded otherwise; rows
+    unchanged (same size, modification time and colour mode; read without error before) and read by ``read``
+    otherwise (``read_file``: decoded as an image; a slide pool reads slides; its ``color_mode`` names it); rows
     of files under ``roots`` that are no longer there are dropped, rows of other folders kept (a manifest may serve
     several pools). The manifest is rewritten when anything was decoded or dropped. Returns the records and how
     many files were decoded."""
@@ -158,8 +160,8 @@ def update_manifest(path: Path, files: list[Path], color_mode: str, roots: list[
                 fresh.append(len(records))
                 record = None
             records.append(record)
-        for i in tqdm(fresh, desc=f"reading {len(fresh)} new or changed images", disable=None, leave=False):
-            records[i] = read_file(files[i], color_mode)
+        for i in tqdm(fresh, desc=f"reading {len(fresh)} new or changed files", disable=None, leave=False):
+            records[i] = read(files[i], color_mode)
         under = tuple(os.path.abspath(r) for r in roots)
         others = [r for p, r in known.items() if not any(p == u or p.startswith(u + os.sep) for u in under)]
         if fresh or len(others) != len(known):

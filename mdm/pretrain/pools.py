@@ -26,34 +26,39 @@ from ..common.pictures import MASK_VALUES, PictureIndex
 from ..common.registry import Registry
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
-from .folder_manifest import FileRecord, candidates, manifest_path, update_manifest
+from .folder_manifest import FileRecord, candidates, manifest_path, read_file, update_manifest
 
 
-def list_pool(roots: list[str]) -> list[Path]:
-    """The images under every root, each once, in order; a root without images is named."""
+def list_pool(roots: list[str], extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The files with one of ``extensions`` (image files by default) under every root, each once, in order; a root
+    without any is named."""
     files: list[Path] = []
     for root in roots:
-        found = list_images(root)
+        found = list_images(root, extensions)
         if not found:
-            raise DataError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DataError(f"{root}: no {'images' if extensions == IMAGE_EXTENSIONS else 'slides'} found "
+                            f"(looked for {', '.join(sorted(extensions))})")
         files += found
     return list(dict.fromkeys(files))
 
 
-def pool_records(roots: list[str], color_mode: str, manifest: str) -> tuple[Path, list[Path], list[FileRecord], int]:
-    """The manifest's file, the images under ``roots`` and their manifest records (new or changed files read into
-    it first), and how many files were decoded for it."""
-    files = list_pool(roots)
+def pool_records(roots: list[str], color_mode: str, manifest: str,
+                 extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS,
+                 read: Callable[[Path, str], FileRecord] = read_file) -> tuple[Path, list[Path], list[FileRecord], int]:
+    """The manifest's file, the files under ``roots`` (image files by default) and their manifest records (new or
+    changed files read into it by ``read`` first), and how many files were read for it."""
+    files = list_pool(roots, extensions)
     where = manifest_path(manifest, roots, color_mode)
-    records, decoded = update_manifest(where, files, color_mode, roots)
+    records, decoded = update_manifest(where, files, color_mode, roots, read)
     return where, files, records, decoded
 
 
-def excluded_by_content(records: list[FileRecord], exclude: list[str]) -> set[int]:
+def excluded_by_content(records: list[FileRecord], exclude: list[str],
+                        extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> set[int]:
     """The indices of ``records`` with the content of a file ``exclude`` names: by path and by content at once, since
     a file at an excluded path has that file's hash (no path of the pool is resolved: a million resolves cost a
     minute)."""
-    digests = {file_digest(p) for e in exclude for p in list_images(e)}
+    digests = {file_digest(p) for e in exclude for p in list_images(e, extensions)}
     return {i for i, r in enumerate(records) if r.sha1 in digests}
 
 

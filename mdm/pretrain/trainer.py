@@ -3,7 +3,9 @@
 Run folder layout (``train.out_dir``)::
 
     config.yaml                 the resolved config, written at start
-    pool.json                   (image folders) images in the pool, excluded (test images), unreadable ones skipped
+    pool.json                   (image folders, slides) images or slides in the pool, excluded (test images),
+                                unreadable ones skipped; slides: each one's level, tissue and tiles available
+    tissue.png                  (slides) the tissue masks with the tiles of the first steps outlined
     log.jsonl                   one JSON object per logged step (rows of replayed steps are dropped on resume): the
                                 loss, by mask-ratio quartile, lr, images/s, and the colour check of the EMA weights
                                 (``previews.colour_check``: recon_error, recon_bias_c0..)
@@ -222,6 +224,13 @@ class Trainer:
         return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
                                            persistent_workers=self.cfg.data.num_workers > 0)
 
+    def first_items(self, n: int) -> list[tuple[int, int]]:
+        """The ``(index, key)`` of the first ``n`` samples of the run (over all processes), step by step."""
+        tc = self.cfg.train
+        whole = StepBatchSampler(len(self.dataset), tc.batch_size, 1, 1, 0, tc.seed, 0, tc.max_steps)
+        steps = range(min(tc.max_steps, -(-n // tc.batch_size)))
+        return [item for step in steps for item in whole.micro_batch(step, 0)][:n]
+
     def preview_batch(self, n: int = 8):
         """A fixed set of images and timesteps spread over the whole range, for the reconstruction grids."""
         items = [self.dataset[(i % len(self.dataset), Tag.PREVIEW + i)] for i in range(n)]
@@ -296,6 +305,8 @@ class Trainer:
         dump(self.cfg, self.run_dir / "config.yaml")
         if hasattr(self.dataset, "record"):
             write_text_atomic(self.run_dir / "pool.json", json.dumps(self.dataset.record, indent=1))
+        if hasattr(self.dataset, "save_preview"):
+            self.dataset.save_preview(self.run_dir / "tissue.png", self.first_items(64))
         truncate_log(self.run_dir, self.step)
 
     def _train_step(self, images: torch.Tensor, keys: torch.Tensor):
@@ -355,7 +366,7 @@ class Trainer:
                                  out.x0_pred.float().cpu())
 
 
-RUN_FILES = {"config.yaml", "pool.json", "log.jsonl", "samples", "exports", "export", "checkpoints", "tb"}
+RUN_FILES = {"config.yaml", "pool.json", "tissue.png", "log.jsonl", "samples", "exports", "export", "checkpoints", "tb"}
 
 
 def train(cfg: Config, resume: str | None = None, device: torch.device | None = None) -> Path:

@@ -1,0 +1,352 @@
+"""Whole-slide images as a pretraining pool (``data.source: slides``): tiles cut on the fly inside tissue.
+
+Slides are read through tiffslide (SVS, NDPI, SCN, pyramidal TIFF; pure Python on tifffile) or, with
+``data.slide_reader: openslide``, through OpenSlide (``openslide-python`` with ``openslide-bin``). Each slide once at
+the start:
+
+- **tissue mask**: the slide's thumbnail (longest side ``MASK_SIDE``) is tissue where its saturation
+  ``(max - min) / max`` of R, G, B is above ``data.tissue_threshold`` (0: Otsu's threshold of that slide, which
+  splits stained tissue from white glass; a slide that is tissue from edge to edge needs a fixed threshold);
+- **resolution**: tiles of ``data.crop_size`` px at ``data.mpp`` microns per pixel, read from the finest level that
+  is not finer than needed and resized (a slide without an mpp in its metadata is refused, naming it; ``data.mpp: 0``
+  reads ``data.slide_level`` as it is, for collections without mpp);
+- **where tiles may start**: every thumbnail pixel whose tile (the footprint of one tile, in thumbnail pixels) holds
+  at least ``data.tissue_min`` tissue (an integral image);
+- **tiles available**: the slide's tissue area over one tile's area, the number of tiles that would tile its tissue.
+
+An item is requested as ``(index, key)`` and returned as ``(image [3, S, S] in [-1, 1], key)``: the index picks the
+slide (an epoch, ``len``, is every slide's tiles available, so a slide is seen in proportion to its tissue), the key
+picks the tile's start (a tissue cell, ``Stream.SLIDE_POSITION``, and a place in it, ``Stream.SLIDE_OFFSET``) and
+its flip, so a resumed run reads the very same tiles, in any number of processes or workers.
+
+What the pool knows of each file (size, modification time, content hash, level-0 size, a read error) is kept in the
+pool's manifest (``folder_manifest``, colour mode ``slide``): slides are hashed once, and a slide with the content of
+a file ``data.exclude`` names is left out, as test images are. An unreadable slide stops the run before it starts
+(or is skipped with a warning with ``data.skip_unreadable``); so does a slide without tissue. ``record`` (written to
+the run's ``pool.json``) holds per slide the level read, the tissue share and area and the tiles available;
+``save_preview`` draws the tissue masks with the tiles a run samples (``tissue.png``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..common import rng
+from ..common.errors import DataError
+from ..common.io import IMAGE_EXTENSIONS, file_digest, write_atomic
+from ..common.rng import Stream
+from .crops import crop_or_resize
+from .folder_manifest import FileRecord, small_thumbnail
+from .pools import POOLS, excluded_by_content, pool_records
+
+SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".svslide"})
+MASK_SIDE = 1024  # the longest side of the thumbnail a tissue mask is computed on
+SLIDE_MODE = "slide"  # the manifest's colour mode of slide rows (rows of a folder pool over the same files differ)
+
+
+def open_slide(path: str | Path, reader: str = "tiffslide"):
+    """The slide at ``path`` opened by ``reader`` (``tiffslide`` or ``openslide``; both give OpenSlide's API), or a
+    ``DataError`` naming the file."""
+    try:
+        if reader == "openslide":
+            import openslide  # deferred: optional, needs the OpenSlide library (openslide-bin)
+
+            with reading(path):
+                return openslide.OpenSlide(str(path))
+        import tiffslide  # deferred: pulls zarr and imagecodecs, needed by slide pools only
+
+        with reading(path):
+            return tiffslide.TiffSlide(path)
+    except ImportError as e:
+        raise DataError(f"data.slide_reader={reader}: cannot import it ({e}); pip install openslide-python "
+                        f"openslide-bin, or use data.slide_reader=tiffslide") from None
+
+
+@contextmanager
+def reading(path: str | Path, what: str = "read as a slide") -> Iterator[None]:
+    """Turn any error the reader raises (tifffile, zarr, imagecodecs, OpenSlide each have their own) into a
+    ``DataError`` naming ``path``."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot be {what} ({type(e).__name__}: {e})") from None
+
+
+def slide_mpp(slide) -> float:
+    """The slide's microns per pixel at level 0 (the mean of x and y), 0.0 when its metadata has none."""
+    props = slide.properties
+    values = []
+    for axis in ("x", "y"):
+        value = props.get(f"tiffslide.mpp-{axis}") or props.get(f"openslide.mpp-{axis}")
+        if value:
+            values.append(float(value))
+    return sum(values) / len(values) if values else 0.0
+
+
+def rgb_array(region: Image.Image | np.ndarray) -> np.ndarray:
+    """A region as read (PIL RGB or RGBA, or an array ``[H, W, C]``) -> ``[H, W, 3]`` uint8; transparent pixels
+    (outside a scanned area) read as white glass."""
+    if isinstance(region, np.ndarray):
+        region = Image.fromarray(region)
+    if region.mode == "RGBA":
+        white = Image.new("RGBA", region.size, (255, 255, 255, 255))
+        region = Image.alpha_composite(white, region)
+    return np.asarray(region.convert("RGB"))
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` uint8 -> ``[3, H, W]`` float32 in [-1, 1]."""
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def read_slide_record(path: Path, mode: str = SLIDE_MODE, reader: str = "tiffslide") -> FileRecord:
+    """A manifest row for a slide: its size, modification time, content hash, level-0 size and 4 x 4 thumbnail
+    (``error``: why it cannot be read)."""
+    record = FileRecord(os.path.abspath(path), 0, 0, mode)
+    try:
+        stat = os.stat(path)
+        record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
+        record.sha1 = file_digest(path)
+        slide = open_slide(path, reader)
+        with reading(path):
+            record.width, record.height = slide.dimensions
+            small = small_thumbnail(to_tensor(rgb_array(slide.get_thumbnail((64, 64)))))
+            slide.close()
+    except (DataError, OSError) as e:
+        record.error = str(e) if isinstance(e, DataError) else f"{path}: cannot read slide ({e.strerror or e})"
+        return record
+    record.thumb = bytes(((small + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).flatten().tolist()).hex()
+    return record
+
+
+def tissue_mask(thumb: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, float]:
+    """``thumb [h, w, 3]`` uint8 -> (tissue mask ``[h, w]`` bool, the saturation threshold used): saturation above
+    ``threshold``, or above Otsu's threshold of the thumbnail's saturations when ``threshold`` is 0."""
+    from skimage.filters import threshold_otsu  # deferred: scikit-image is slow to import
+
+    rgb = thumb.astype(np.float32)
+    top, low = rgb.max(-1), rgb.min(-1)
+    saturation = (top - low) / np.maximum(top, 1.0)
+    if not threshold:
+        threshold = float(threshold_otsu(saturation)) if np.ptp(saturation) > 0 else 1.0
+    return saturation > threshold, threshold
+
+
+def tile_starts(mask: np.ndarray, window: tuple[int, int], least: float) -> np.ndarray:
+    """``[h - wy + 1, w - wx + 1]`` bool: whether a ``window`` (``wy`` rows, ``wx`` columns) starting at that mask
+    pixel holds at least ``least`` tissue (an integral image; empty when the window is larger than the mask)."""
+    wy, wx = window
+    h, w = mask.shape
+    if wy > h or wx > w:
+        return np.zeros((0, 0), dtype=bool)
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    held = (integral[wy:, wx:] - integral[:-wy, wx:] - integral[wy:, :-wx] + integral[:-wy, :-wx])
+    return held >= least * wy * wx - 1e-9
+
+
+@dataclass
+class SlidePlan:
+    """How tiles are cut from one slide: read at ``level`` (``downsample`` level-0 px a pixel) a square of
+    ``read_side`` px covering ``footprint`` level-0 px, starting in a thumbnail cell of ``cell`` (x, y) level-0 px
+    where ``starts`` (``tile_starts``, packed 8 cells a byte along rows: about 90 KB for a 1024 x 700 thumbnail)
+    holds; ``row_ends[r]``: how many starts rows ``0..r`` hold."""
+
+    path: str
+    size: tuple[int, int]  # level-0 width, height
+    mpp: float
+    level: int
+    downsample: float
+    read_side: int
+    footprint: float
+    cell: tuple[float, float]
+    starts: np.ndarray  # [rows, ceil(columns / 8)] uint8
+    columns: int
+    row_ends: np.ndarray  # [rows] int64
+    tissue_cells: int
+    mask_cells: int
+    threshold: float
+
+    @property
+    def count(self) -> int:
+        """How many thumbnail cells a tile may start in."""
+        return int(self.row_ends[-1]) if len(self.row_ends) else 0
+
+    @property
+    def tiles_available(self) -> int:
+        """How many tiles the slide's tissue holds side by side."""
+        return int(self.tissue_cells * self.cell[0] * self.cell[1] / self.footprint ** 2)
+
+    def start(self, key: int) -> tuple[int, int]:
+        """The level-0 (x, y) of the tile that ``key`` draws."""
+        keys = torch.tensor([key], dtype=torch.int64)
+        k = int(rng.randint(keys, Stream.SLIDE_POSITION, 0, self.count)[0])
+        row = int(np.searchsorted(self.row_ends, k, side="right"))
+        before = int(self.row_ends[row - 1]) if row else 0
+        col = int(np.flatnonzero(np.unpackbits(self.starts[row], count=self.columns))[k - before])
+        u, v = rng.uniform(keys, Stream.SLIDE_OFFSET, 2)[0].tolist()
+        reach = self.read_side * self.downsample
+        x = min((col + u) * self.cell[0], self.size[0] - reach)
+        y = min((row + v) * self.cell[1], self.size[1] - reach)
+        return int(max(x, 0)), int(max(y, 0))
+
+    def describe(self) -> dict:
+        area = self.tissue_cells * self.cell[0] * self.cell[1]
+        return {"slide": self.path, "width": self.size[0], "height": self.size[1], "mpp": self.mpp or None,
+                "level": self.level, "downsample": round(self.downsample, 4), "read_side": self.read_side,
+                "tissue_threshold": round(self.threshold, 4),
+                "tissue_share": round(self.tissue_cells / self.mask_cells, 4),
+                "tissue_mm2": round(area * self.mpp ** 2 / 1e6, 4) if self.mpp else None,
+                "tissue_level0_px": int(area), "tile_starts": self.count, "tiles_available": self.tiles_available}
+
+
+def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, threshold: float, least: float) -> SlidePlan:
+    """Where and how tiles of ``crop_size`` px are cut from ``slide`` (see the module's docstring); a
+    ``DataError`` names the slide when it cannot give them."""
+    base = slide_mpp(slide)
+    downsamples = [float(d) for d in slide.level_downsamples]
+    if mpp:
+        if not base:
+            raise DataError(f"{path}: no microns per pixel in its metadata; set data.mpp=0 and pick a pyramid level "
+                            f"with data.slide_level")
+        scale = mpp / base  # level-0 px per tile px
+        if scale < 1 - 1e-6:
+            raise DataError(f"{path}: data.mpp={mpp} is finer than the slide's {base:.4g} microns per pixel")
+        level = max(i for i, d in enumerate(downsamples) if d <= scale * (1 + 1e-6))
+    else:
+        if level >= len(downsamples):
+            raise DataError(f"{path}: data.slide_level={level}, but the slide has {len(downsamples)} level(s)")
+        scale = downsamples[level]
+    footprint = crop_size * scale
+    read_side = max(crop_size, math.ceil(footprint / downsamples[level] - 1e-6))
+    width, height = slide.dimensions
+    with reading(path):
+        thumb = rgb_array(slide.get_thumbnail((MASK_SIDE, MASK_SIDE)))
+    mask, used = tissue_mask(thumb, threshold)
+    cell = (width / mask.shape[1], height / mask.shape[0])
+    window = (max(1, round(footprint / cell[1])), max(1, round(footprint / cell[0])))
+    if footprint > min(width, height):
+        raise DataError(f"{path}: {width}x{height} at level 0 is smaller than one tile ({footprint:.0f} level-0 px)")
+    starts = tile_starts(mask, window, least)
+    return SlidePlan(path, (width, height), base, level, downsamples[level], read_side, footprint, cell,
+                     np.packbits(starts, axis=1), starts.shape[1], np.cumsum(starts.sum(1)), int(mask.sum()),
+                     mask.size, used)
+
+
+class SlideDataset(torch.utils.data.Dataset):
+    """Tiles of whole-slide images; an item is ``(index, key)`` -> ``(image [3, S, S], key)`` (see the module)."""
+
+    def __init__(self, roots: list[str], crop_size: int, hflip: bool = True, exclude: list[str] = (),
+                 skip_unreadable: bool = False, manifest: str = "", mpp: float = 0.0, level: int = 0,
+                 tissue_threshold: float = 0.0, tissue_min: float = 0.5, reader: str = "tiffslide"):
+        self.crop_size, self.hflip, self.reader = crop_size, hflip, reader
+        where, files, records, read = pool_records(roots, SLIDE_MODE, manifest, SLIDE_EXTENSIONS,
+                                                   lambda p, m: read_slide_record(p, m, reader))
+        banned = excluded_by_content(records, list(exclude), SLIDE_EXTENSIONS | IMAGE_EXTENSIONS)
+        self.plans, skipped, bare = [], [], []
+        for i, (f, r) in enumerate(zip(files, records)):
+            if i in banned:
+                continue
+            try:
+                if not r.readable:
+                    raise DataError(r.error)
+                slide = open_slide(f, reader)
+                try:
+                    plan = plan_slide(str(f), slide, crop_size, mpp, level, tissue_threshold, tissue_min)
+                finally:
+                    slide.close()
+            except DataError as e:
+                if not skip_unreadable:
+                    raise DataError(f"{e} (set data.skip_unreadable=true to skip such slides)") from None
+                warnings.warn(f"skipping slide {f}: {e}", stacklevel=2)
+                skipped.append(str(f))
+                continue
+            if not plan.count:
+                bare.append(str(f))
+                continue
+            self.plans.append(plan)
+        if bare:
+            warnings.warn(f"{len(bare)} slide(s) without a tile of at least {tissue_min:g} tissue, e.g. {bare[0]}: "
+                          f"left out (lower data.tissue_min or set data.tissue_threshold)", stacklevel=2)
+        if not self.plans:
+            raise DataError(f"{', '.join(map(str, roots[:3]))}: no slide gives tiles"
+                            + (" (every slide is excluded by data.exclude)" if len(banned) == len(files) else
+                               f" ({len(bare)} without tissue, {len(skipped)} unreadable, {len(banned)} excluded)"))
+        self.ends = np.cumsum([max(1, p.tiles_available) for p in self.plans]).tolist()
+        self._handles: dict[str, object] = {}
+        self._pid = os.getpid()
+        self.record = {"slides": len(self.plans), "images": self.ends[-1], "excluded": len(banned),
+                       "unreadable_skipped": len(skipped), "without_tissue": len(bare),
+                       "tile": {"crop_size": crop_size, "mpp": mpp or None, "level": None if mpp else level,
+                                "tissue_min": tissue_min, "reader": reader},
+                       "manifest": str(where), "manifest_read": read, "per_slide": [p.describe() for p in self.plans],
+                       "excluded_files": [str(files[i]) for i in sorted(banned)], "skipped_files": skipped,
+                       "without_tissue_files": bare}
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def _slide(self, path: str):
+        if self._pid != os.getpid():  # a forked worker: handles of the parent are not shared
+            self._handles, self._pid = {}, os.getpid()
+        if path not in self._handles:
+            self._handles[path] = open_slide(path, self.reader)
+        return self._handles[path]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}
+
+    def tile(self, index: int, key: int) -> tuple[SlidePlan, tuple[int, int]]:
+        """The slide ``index`` falls in and the level-0 (x, y) of the tile ``key`` draws there."""
+        plan = self.plans[bisect.bisect_right(self.ends, index % self.ends[-1])]
+        return plan, plan.start(key)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, key = item
+        plan, (x, y) = self.tile(index, key)
+        with reading(plan.path, f"read at ({x}, {y}), level {plan.level}"):
+            region = self._slide(plan.path).read_region((x, y), plan.level, (plan.read_side, plan.read_side))
+        image = to_tensor(rgb_array(region))
+        return crop_or_resize(image, key, self.crop_size, "resize", self.hflip, name=plan.path), key
+
+    def save_preview(self, path: Path, items: list[tuple[int, int]], per_row: int = 4, side: int = 256) -> None:
+        """A PNG of up to 16 slides' thumbnails (longest side ``side``), tissue (by each slide's threshold) shown as it
+        is and the rest dimmed,
+        with the tiles of ``items`` (``(index, key)``, e.g. the run's first steps) outlined in red."""
+        shown = self.plans[:16]
+        panels = []
+        for plan in shown:
+            thumb = rgb_array(self._slide(plan.path).get_thumbnail((side, side)))
+            mask = tissue_mask(thumb, plan.threshold)[0]
+            dimmed = np.where(mask[..., None], thumb, (thumb * 0.35 + 255 * 0.2).astype(np.uint8))
+            panel = Image.fromarray(dimmed.astype(np.uint8))
+            draw = ImageDraw.Draw(panel)
+            sx, sy = thumb.shape[1] / plan.size[0], thumb.shape[0] / plan.size[1]
+            for index, key in items:
+                where, (x, y) = self.tile(index, key)
+                if where is plan:
+                    reach = plan.footprint
+                    draw.rectangle([x * sx, y * sy, (x + reach) * sx, (y + reach) * sy], outline=(220, 0, 0))
+            panels.append(panel)
+        rows = math.ceil(len(panels) / per_row)
+        sheet = Image.new("RGB", (min(len(panels), per_row) * side, rows * side), (255, 255, 255))
+        for i, panel in enumerate(panels):
+            sheet.paste(panel, ((i % per_row) * side, (i // per_row) * side))
+        write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+POOLS.register("slides", lambda d: SlideDataset(d.root, d.crop_size, d.hflip, d.exclude, d.skip_unreadable, d.manifest,
+                                                d.mpp, d.slide_level, d.tissue_threshold, d.tissue_min,
+                                                d.slide_reader))
