@@ -9,6 +9,7 @@ from .classify.task import CLASSIFICATION
 from .pretrain.losses import LOSSES
 from .pretrain.objectives import OBJECTIVES
 from .pretrain.pools import POOLS
+from .pretrain.shards import ShardPool
 from .pretrain.slides import SlideDataset
 from .segment.datasets import SOURCES
 from .segment.finetune import NETWORKS
@@ -22,4 +23,4 @@ ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, PIXEL_HEADS, NETWORKS, METHODS
 TASK_RECORDS = (SEGMENTATION, CLASSIFICATION)
 
 __all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "LOSSES", "METHODS", "NETWORKS",
-           "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "SlideDataset", "TASKS", "TASK_RECORDS"]
+           "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "ShardPool", "SlideDataset", "TASKS", "TASK_RECORDS"]

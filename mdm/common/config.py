@@ -108,6 +108,8 @@ class DataConfig:
     slide_reader: str = key("tiffslide", "slide pools: `tiffslide` (SVS, NDPI, SCN, pyramidal TIFF) or `openslide` "
                                          "(also MRXS and more; needs openslide-python and openslide-bin)",
                             choices=("tiffslide", "openslide"))
+    shuffle_buffer: int = key(1000, "shard pools: the samples of a stream's shuffle buffer (1: read in shard order)",
+                              positive=True)
     num_workers: int = key(0, "DataLoader workers", not_negative=True, roles=("hardware", "resumable"))
     synthetic_images: int = key(256, "size of the synthetic unlabeled pool", positive=True)
     synthetic_image_size: int = key(64, "side of synthetic images in px", positive=True)

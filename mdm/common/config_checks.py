@@ -143,7 +143,7 @@ def validate(cfg: Config) -> Config:
     if pools and d.source not in pools and len(d.root) > 1:
         raise ConfigError(f"data.root: the {d.source} source reads one folder, got {len(d.root)} "
                           f"({', '.join(d.root)}); unlabeled folders for pretraining go in bench.pretrain_data.root")
-    if d.source in ("folder", "slides") and not d.root:
+    if d.source in ("folder", "slides", "shards") and not d.root:
         raise ConfigError(f"data.root: data.source is '{d.source}' but no folder is given (--set data.root=DIR)")
     if d.tissue_threshold >= 1:
         raise ConfigError(f"data.tissue_threshold: a saturation in [0, 1), got {d.tissue_threshold}")

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -74,23 +75,25 @@ def file_digest(path: Path) -> str:
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
+def load_image(path: Path | BinaryIO, color_mode: str = "RGB", name: str = "") -> torch.Tensor:
     """Read an image, decoding it fully, as ``[C, H, W]`` float32 in [-1, 1] (``RGB``: 3 channels, ``L``: 1).
 
     RGBA, palette and 16-bit images are converted (16-bit scaled by their maximum); an EXIF orientation is applied.
     Float images (PIL mode ``F``, e.g. 32-bit TIFF) are read as [0, 1] when their values lie there, as [0, 255] when
     they lie there, else scaled by their maximum; NaN or infinite values are refused. Raises ``DataError`` naming
-    the file when it cannot be decoded.
+    the file (or ``name``: where ``path`` is an open file of bytes, e.g. a member of a tar shard) when it cannot be
+    decoded.
     """
+    name = name or str(path)
     try:
         with Image.open(path) as opened:
             im = ImageOps.exif_transpose(opened)  # a camera photo as it is shown, not as its sensor stored it
             if im.mode == "F":
                 arr = np.asarray(im, dtype=np.float32)
                 if not np.isfinite(arr).all():
-                    raise DataError(f"{path}: float image holds NaN or infinite values")
+                    raise DataError(f"{name}: float image holds NaN or infinite values")
                 if arr.min() < 0:
-                    raise DataError(f"{path}: float image holds negative values (min {arr.min():g})")
+                    raise DataError(f"{name}: float image holds negative values (min {arr.min():g})")
                 top = arr.max()
                 scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
                 im = Image.fromarray((arr * scale).round().astype(np.uint8))
@@ -99,12 +102,12 @@ def load_image(path: Path, color_mode: str = "RGB") -> torch.Tensor:
                 im = Image.fromarray((arr / max(arr.max(), 1.0) * 255).astype(np.uint8))
             arr = np.asarray(im.convert(color_mode), dtype=np.uint8)
     except Image.DecompressionBombError as e:
-        raise DataError(f"{path}: too many pixels to read safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the file "
+        raise DataError(f"{name}: too many pixels to read safely ({e}); raise PIL.Image.MAX_IMAGE_PIXELS if the file "
                         f"is trusted, or cut it into tiles") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{path}: cannot read image ({e.__class__.__name__}: {e})") from None
+        raise DataError(f"{name}: cannot read image ({e.__class__.__name__}: {e})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0

@@ -36,7 +36,7 @@ def list_pool(roots: list[str], extensions: frozenset[str] | set[str] = IMAGE_EX
     for root in roots:
         found = list_images(root, extensions)
         if not found:
-            raise DataError(f"{root}: no {'images' if extensions == IMAGE_EXTENSIONS else 'slides'} found "
+            raise DataError(f"{root}: no {'images' if extensions == IMAGE_EXTENSIONS else 'files'} found "
                             f"(looked for {', '.join(sorted(extensions))})")
         files += found
     return list(dict.fromkeys(files))

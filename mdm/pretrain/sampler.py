@@ -15,6 +15,13 @@ from ..common.errors import ConfigError
 from ..common.rng import Tag
 
 
+def micro_batch_keys(seed: int, step: int, accum_index: int, world: int, rank: int, micro: int) -> list[int]:
+    """The sample keys of micro-batch ``accum_index`` of rank ``rank`` at ``step``: positions ``(accum_index *
+    world + rank) * micro .. + micro`` of the step's global batch (``micro * world * accum`` samples)."""
+    first = (accum_index * world + rank) * micro
+    return rng.sample_keys(seed, step, 0, first + micro)[first:].tolist()
+
+
 class StepBatchSampler:
     """Yields micro-batches of ``(index, key)`` for steps ``start_step .. max_steps - 1``."""
 
@@ -38,7 +45,7 @@ class StepBatchSampler:
 
     def micro_batch(self, step: int, accum_index: int) -> list[tuple[int, int]]:
         first = (accum_index * self.world + self.rank) * self.micro
-        keys = rng.sample_keys(self.seed, step, 0, self.global_batch)[first:first + self.micro].tolist()
+        keys = micro_batch_keys(self.seed, step, accum_index, self.world, self.rank, self.micro)
         return [(self._index(step * self.global_batch + first + i), keys[i]) for i in range(self.micro)]
 
     def __iter__(self):

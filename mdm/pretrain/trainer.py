@@ -217,7 +217,14 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------------------------------
     def loader(self):
-        tc = self.cfg.train
+        """The micro-batches of steps ``self.step ..``: by index from the pool (``StepBatchSampler``), or, for a pool
+        that streams (tar shards), from the stream of this process."""
+        tc, acc, workers = self.cfg.train, self.accelerator, self.cfg.data.num_workers
+        if hasattr(self.dataset, "stream"):
+            stream = self.dataset.stream(tc.seed, self.step, tc.max_steps, self.micro, tc.grad_accum_steps,
+                                         acc.num_processes, acc.process_index)
+            return torch.utils.data.DataLoader(stream, batch_size=self.micro, num_workers=workers,
+                                               persistent_workers=workers > 0)
         sampler = StepBatchSampler(len(self.dataset), tc.batch_size, tc.grad_accum_steps,
                                    self.accelerator.num_processes, self.accelerator.process_index, tc.seed,
                                    self.step, tc.max_steps)

@@ -1,0 +1,102 @@
+"""The tar-shard pretraining pool (``pretrain/shards.py``) on shards written by webdataset's own ``TarWriter``: an
+index read once, test images excluded by content, each process and loader worker streaming its own shards, and a
+resumed stream (or run) seeing the very same images."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from helpers import read_log, tiny_config
+from mdm.common.errors import DataError
+from mdm.pretrain.shards import ShardPool
+from mdm.pretrain.trainer import train
+
+
+def png(seed, size=24):
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """4 shards of 6 samples each (``<key>.png`` + ``<key>.cls``), one more sample with only a ``.json``, and a held
+    out test image that is sample 7's bytes."""
+    root = tmp_path_factory.mktemp("shards")
+    for s in range(4):
+        with wds.TarWriter(str(root / f"pool-{s:06d}.tar")) as sink:
+            for i in range(6):
+                sink.write({"__key__": f"img/{s * 6 + i:05d}", "png": png(s * 6 + i), "cls": s})
+            if s == 3:
+                sink.write({"__key__": "meta", "json": {"note": "no image"}})
+    (root.parent / "test_image.png").write_bytes(png(7))
+    return root
+
+
+def test_the_index_is_read_once_and_test_images_are_left_out(shards):
+    pool = ShardPool([str(shards)], 16, exclude=[str(shards.parent / "test_image.png")])
+    assert (pool.record["shards"], pool.record["images"], pool.record["excluded"]) == (4, 23, 1)
+    assert pool.record["excluded_files"] == [f"{shards / 'pool-000001.tar'}:img/00007.png"]
+    assert pool.record["samples_without_image"] == 1
+    again = ShardPool([str(shards)], 16)
+    assert again.record["shards_scanned"] == 0 and len(again) == 24
+    image, key = again[(7, 5)]
+    assert image.shape == (3, 16, 16) and key == 5
+
+
+def batches(pool, start, stop, workers=0, world=1, rank=0, micro=2):
+    stream = pool.stream(seed=0, start_step=start, max_steps=stop, micro=micro, accum=1, world=world, rank=rank)
+    return list(torch.utils.data.DataLoader(stream, batch_size=micro, num_workers=workers))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_stream_gives_the_same_images_and_keys(shards, workers):
+    """Steps 3..8 of a stream that starts at step 3 equal those of one that starts at 0 (an odd start: the loader's
+    first worker then serves the run's second worker slot); 9 steps of 2 cross the epoch of a slot."""
+    pool = ShardPool([str(shards)], 16, shuffle_buffer=3)
+    whole, resumed = batches(pool, 0, 9, workers), batches(pool, 3, 9, workers)
+    assert len(whole) == 9 and len(resumed) == 6
+    for (a, ka), (b, kb) in zip(whole[3:], resumed):
+        assert torch.equal(a, b) and torch.equal(ka, kb)
+
+
+def test_two_processes_read_their_own_shards_and_split_each_step(shards):
+    pool = ShardPool([str(shards)], 16, crop="resize", hflip=False, shuffle_buffer=1)
+    ranks = [batches(pool, 0, 3, world=2, rank=r) for r in range(2)]
+    one = batches(pool, 0, 3, micro=4)
+    for step in range(3):  # the two halves of a step hold the keys of a 1-process step, in order
+        assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]), one[step][1])
+    seen = [{tuple(im.flatten()[:8].tolist()) for images, _ in r for im in images} for r in ranks]
+    assert not seen[0] & seen[1]  # epoch 0: each rank its own 2 shards
+
+
+def test_a_sample_that_does_not_decode_is_named_or_skipped(tmp_path):
+    with wds.TarWriter(str(tmp_path / "bad.tar")) as sink:
+        sink.write({"__key__": "a", "png": png(1)})
+        sink.write({"__key__": "b", "png": b"not a png"})
+        sink.write({"__key__": "c", "png": png(2)})
+    pool = ShardPool([str(tmp_path)], 16, shuffle_buffer=1)
+    with pytest.raises(DataError, match=r"bad\.tar:b\.png: cannot read image"):
+        batches(pool, 0, 2, micro=1)
+    pool.skip_unreadable = True
+    with pytest.warns(UserWarning, match="skipping unreadable sample"):
+        got = batches(pool, 0, 3, micro=1)
+    assert len(got) == 3
+    (tmp_path / "cut.tar").write_bytes((tmp_path / "bad.tar").read_bytes()[:700])
+    with pytest.raises(DataError, match=r"cut\.tar: not a readable tar shard"):
+        ShardPool([str(tmp_path / "cut.tar")], 16)
+
+
+def test_a_run_on_shards_resumes_with_the_same_losses(shards, tmp_path, configs_dir):
+    over = ["data.source=shards", f"data.root=[{shards}]", "data.shuffle_buffer=4", "train.checkpoint_every=2"]
+    train(tiny_config(configs_dir, tmp_path / "full", *over, "train.max_steps=4"))
+    train(tiny_config(configs_dir, tmp_path / "half", *over, "train.max_steps=2"))
+    train(tiny_config(configs_dir, tmp_path / "half", *over, "train.max_steps=4"), resume="latest")
+    a, b = read_log(tmp_path / "full"), read_log(tmp_path / "half")
+    assert [r["step"] for r in b] == [1, 2, 3, 4] and [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert os.path.isfile(tmp_path / "full" / "pool.json")
