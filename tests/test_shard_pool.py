@@ -61,7 +61,7 @@ def test_a_resumed_stream_gives_the_same_images_and_keys(shards, workers):
     pool = ShardPool([str(shards)], 16, shuffle_buffer=3)
     whole, resumed = batches(pool, 0, 9, workers), batches(pool, 3, 9, workers)
     assert len(whole) == 9 and len(resumed) == 6
-    for (a, ka), (b, kb) in zip(whole[3:], resumed):
+    for (a, ka, _), (b, kb, _) in zip(whole[3:], resumed):
         assert torch.equal(a, b) and torch.equal(ka, kb)
 
 
@@ -71,11 +71,11 @@ def test_two_processes_read_their_own_shards_and_split_each_step(shards):
     one = batches(pool, 0, 3, micro=4)
     for step in range(3):  # the two halves of a step hold the keys of a 1-process step, in order
         assert torch.equal(torch.cat([ranks[0][step][1], ranks[1][step][1]]), one[step][1])
-    seen = [{tuple(im.flatten()[:8].tolist()) for images, _ in r for im in images} for r in ranks]
+    seen = [{tuple(im.flatten()[:8].tolist()) for images, _, _ in r for im in images} for r in ranks]
     assert not seen[0] & seen[1]  # epoch 0: each rank its own 2 shards
 
 
-def test_a_sample_that_does_not_decode_is_named_or_skipped(tmp_path):
+def test_a_sample_that_does_not_decode_is_named_or_skipped_and_counted_in_the_log(tmp_path, configs_dir):
     with wds.TarWriter(str(tmp_path / "bad.tar")) as sink:
         sink.write({"__key__": "a", "png": png(1)})
         sink.write({"__key__": "b", "png": b"not a png"})
@@ -86,7 +86,12 @@ def test_a_sample_that_does_not_decode_is_named_or_skipped(tmp_path):
     pool.skip_unreadable = True
     with pytest.warns(UserWarning, match="skipping unreadable sample"):
         got = batches(pool, 0, 3, micro=1)
-    assert len(got) == 3
+    assert [int(skipped) for _, _, skipped in got] == [0, 1, 0]  # b stood in for by c, counted for the log
+    run = tmp_path / "run"  # a, b, c, a | b, c, a, b: b skipped once in step 1, twice in step 2
+    with pytest.warns(UserWarning, match="skipping unreadable sample"):
+        train(tiny_config(configs_dir, run, "data.source=shards", f"data.root=[{tmp_path / 'bad.tar'}]",
+                          "data.shuffle_buffer=1", "data.skip_unreadable=true", "train.max_steps=2"))
+    assert [r["unreadable_skipped"] for r in read_log(run)] == [1, 2]
     (tmp_path / "cut.tar").write_bytes((tmp_path / "bad.tar").read_bytes()[:700])
     with pytest.raises(DataError, match=r"cut\.tar: not a readable tar shard"):
         ShardPool([str(tmp_path / "cut.tar")], 16)

@@ -10,7 +10,7 @@ from PIL import Image
 from helpers import read_log, tiny_config
 from mdm.common.errors import CheckpointError, DataError, TrainingError
 from mdm.pretrain.export import load_export, save_export
-from mdm.pretrain.pools import ImageFolderDataset
+from mdm.pretrain.pools import CountingSkips, ImageFolderDataset
 from mdm.pretrain.sampler import StepBatchSampler
 from mdm.pretrain.trainer import list_checkpoints, train
 
@@ -167,6 +167,7 @@ def test_a_folder_pool_decodes_each_file_once_across_runs(tmp_path, monkeypatch)
     with pytest.warns(UserWarning, match=r"skipping unreadable image .*1.png \(read during training\)"):
         stand_in = again[(1, 7)][0]
     assert torch.equal(stand_in, again[(2, 7)][0])  # the next file of the pool, with the same crop
+    assert CountingSkips(again)[(1, 7)][2] == 1 and CountingSkips(again)[(0, 7)][2] == 0  # what the log counts
     where.write_text("path,size\nx,not a number\n")
     with pytest.raises(DataError, match=r"m.csv: not a pool manifest .*delete it"):
         build()

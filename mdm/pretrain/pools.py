@@ -97,7 +97,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                  color_mode: str = "RGB", exclude: list[str] = (), skip_unreadable: bool = False,
                  manifest: str = ""):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
-        self.skip_unreadable, self.unreadable_in_training = skip_unreadable, set()
+        self.skip_unreadable, self.unreadable_in_training, self.skipped_in_training = skip_unreadable, set(), 0
         where, files, records, decoded = pool_records(roots, color_mode, manifest)
         by_file = excluded_by_content(records, exclude)
         banned = list(_readable(exclude, color_mode))
@@ -155,6 +155,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 if path not in self.unreadable_in_training:
                     warnings.warn(f"skipping unreadable image {path} (read during training)", stacklevel=2)
                     self.unreadable_in_training.add(path)
+                self.skipped_in_training += 1
                 continue
             return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=str(path)), key
         raise DataError(f"{', '.join(map(str, self.files[:3]))}: no image of the pool decodes any more")
@@ -181,6 +182,22 @@ class SyntheticPoolDataset(torch.utils.data.Dataset):
             self._cache[index] = self.source.render(*self.ids[index])[0]
         image = self._cache[index]
         return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip), key
+
+
+class CountingSkips(torch.utils.data.Dataset):
+    """``pool`` whose items are ``(image, key, skipped)``: ``skipped``, how many unreadable files the pool skipped
+    (``skipped_in_training``, counted in each process or loader worker) to give that item, for the run's log."""
+
+    def __init__(self, pool: torch.utils.data.Dataset):
+        self.pool = pool
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, item: tuple[int, int]):
+        before = getattr(self.pool, "skipped_in_training", 0)
+        image, key = self.pool[item]
+        return image, key, getattr(self.pool, "skipped_in_training", 0) - before
 
 
 POOLS: Registry[Callable[[DataConfig], torch.utils.data.Dataset]] = Registry("pretraining pools", "data.source",

@@ -2,7 +2,9 @@
 
 Between two log steps the per-sample losses and timesteps of every micro-batch are kept (``add``); at a log step they
 become one row (``row``): the step, the mean loss and the loss by mask-ratio (timestep) quartile, the learning rate
-and the images per second since the last row. Only the main process writes; the others still gather.
+and the images per second since the last row, and ``unreadable_skipped``: how many unreadable files the pool skipped
+(``data.skip_unreadable``) in all processes since the last row. Only the main process writes; the others still
+gather.
 """
 
 from __future__ import annotations
@@ -26,19 +28,24 @@ class RunLog:
 
     def _start_window(self) -> None:
         self._losses, self._timesteps, self._images, self._started = [], [], 0, time.perf_counter()
+        self._skipped = 0
 
-    def add(self, losses: torch.Tensor, timesteps: torch.Tensor, images: int) -> None:
-        """One micro-batch: per-sample ``losses [B]`` and ``timesteps [B]``; ``images`` seen over all processes."""
+    def add(self, losses: torch.Tensor, timesteps: torch.Tensor, images: int, skipped: int = 0) -> None:
+        """One micro-batch: per-sample ``losses [B]`` and ``timesteps [B]``; ``images`` seen over all processes;
+        ``skipped``: unreadable files this process skipped for it."""
         self._losses.append(losses.detach())
         self._timesteps.append(timesteps.detach())
         self._images += images
+        self._skipped += skipped
 
     def row(self, step: int, lr: float, gather: Callable[[torch.Tensor], torch.Tensor]) -> dict:
         """The row of ``step`` from the window since the last row (``gather`` joins the processes' samples); starts a
         new window."""
         losses, ts = gather(torch.cat(self._losses)), gather(torch.cat(self._timesteps))
+        skipped = gather(losses.new_tensor([self._skipped], dtype=torch.int64))
         record = {"step": step, "loss": float(losses.mean()), "lr": lr,
-                  "img_per_s": self._images / (time.perf_counter() - self._started)}
+                  "img_per_s": self._images / (time.perf_counter() - self._started),
+                  "unreadable_skipped": int(skipped.sum())}
         quartile = (ts.float() / self.timesteps * 4).clamp(max=3.999).long()
         for q in range(4):
             chosen = losses[quartile == q]

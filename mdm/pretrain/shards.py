@@ -205,10 +205,23 @@ class ShardPool:
         image = load_image(io.BytesIO(handle.read(int(index.sizes[sample]))), self.color_mode, name=name)
         return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=name)
 
+    def take(self, shard: int, sample: int, key: int) -> tuple[torch.Tensor, int]:
+        """``read``, and how many samples were skipped for it: a sample that does not decode stops the run or
+        (``skip_unreadable``) is replaced by the next sample of its shard that does."""
+        size = len(self.shards[shard])
+        for shift in range(size):
+            try:
+                return self.read(shard, (sample + shift) % size, key), shift
+            except DataError as e:
+                if not self.skip_unreadable:
+                    raise DataError(f"{e} (set data.skip_unreadable=true to skip such samples)") from None
+                warnings.warn(f"skipping unreadable sample: {e}", stacklevel=2)
+        raise DataError(f"{self.shards[shard].path}: no image of the shard decodes")
+
     def __getitem__(self, item: tuple[int, int]):
         index, key = item
         shard = int(np.searchsorted(self.ends, index % len(self), side="right"))
-        return self.read(shard, int(index % len(self) - (self.ends[shard - 1] if shard else 0)), key), key
+        return self.take(shard, int(index % len(self) - (self.ends[shard - 1] if shard else 0)), key)[0], key
 
     def order(self, seed: int, slot: int, slots: int):
         """The (shard, sample) pairs of slot ``slot`` of ``slots``, epoch after epoch, before the shuffle buffer."""
@@ -226,8 +239,9 @@ class ShardPool:
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """The ``(image [C, S, S], key)`` items of one process for steps ``start_step .. max_steps - 1`` (micro-batches
-    of ``micro``, in order; each loader worker gives its own micro-batches, see the module)."""
+    """The ``(image [C, S, S], key, samples skipped for it)`` items of one process for steps ``start_step ..
+    max_steps - 1`` (micro-batches of ``micro``, in order; each loader worker gives its own micro-batches, see the
+    module)."""
 
     def __init__(self, pool: ShardPool, seed: int, start_step: int, max_steps: int, micro: int, accum: int,
                  world: int, rank: int):
@@ -249,22 +263,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         for b in mine:
             step, a = divmod(b, self.accum)
             for key in micro_batch_keys(self.seed, step, a, self.world, self.rank, self.micro):
-                yield self._next_image(stream, key), key
+                image, skipped = self._next_image(stream, key)
+                yield image, key, skipped
 
-    def _next_image(self, stream, key: int) -> torch.Tensor:
-        """The stream's next image; one that does not decode stops the run or (``skip_unreadable``) is replaced by
-        the next sample of its shard that does, read out of turn, so the stream's position (what a resume skips)
-        stays one sample an image."""
-        shard, sample = next(stream)
-        size = len(self.pool.shards[shard])
-        for shift in range(size):
-            try:
-                return self.pool.read(shard, (sample + shift) % size, key)
-            except DataError as e:
-                if not self.pool.skip_unreadable:
-                    raise DataError(f"{e} (set data.skip_unreadable=true to skip such samples)") from None
-                warnings.warn(f"skipping unreadable sample: {e}", stacklevel=2)
-        raise DataError(f"{self.pool.shards[shard].path}: no image of the shard decodes")
+    def _next_image(self, stream, key: int) -> tuple[torch.Tensor, int]:
+        """The stream's next image and how many samples were skipped for it (``ShardPool.take``): a stand-in is
+        read out of turn, so the stream's position (what a resume skips) stays one sample an image."""
+        return self.pool.take(*next(stream), key)
 
 
 POOLS.register("shards", lambda d: ShardPool(d.root, d.crop_size, d.crop, d.hflip, d.color_mode, d.exclude,

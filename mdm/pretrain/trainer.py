@@ -7,8 +7,8 @@ Run folder layout (``train.out_dir``)::
                                 unreadable ones skipped; slides: each one's level, tissue and tiles available
     tissue.png                  (slides) the tissue masks with the tiles of the first steps outlined
     log.jsonl                   one JSON object per logged step (rows of replayed steps are dropped on resume): the
-                                loss, by mask-ratio quartile, lr, images/s, and the colour check of the EMA weights
-                                (``previews.colour_check``: recon_error, recon_bias_c0..)
+                                loss, by mask-ratio quartile, lr, images/s, unreadable files skipped since the last
+                                row, and the colour check of the EMA weights (``previews.colour_check``)
     samples/step_N.png          original | corrupted input | reconstruction (EMA weights)
     exports/step_N/             unet.safetensors (EMA), unet_raw.safetensors, config.yaml, for stage 2
     export/                     the latest export
@@ -52,7 +52,7 @@ from .cpu_memory import keep_freed_memory
 from .export import export_is_current, publish_export, save_export
 from .identity import check_resume
 from .objectives import build_objective
-from .pools import build_pretrain_dataset
+from .pools import CountingSkips, build_pretrain_dataset
 from .previews import colour_check, save_reconstruction_grid
 from .run_lock import run_lock
 from .run_log import RunLog, truncate_log
@@ -217,19 +217,18 @@ class Trainer:
 
     # ---- data -----------------------------------------------------------------------------------------------
     def loader(self):
-        """The micro-batches of steps ``self.step ..``: by index from the pool (``StepBatchSampler``), or, for a pool
-        that streams (tar shards), from the stream of this process."""
+        """The micro-batches ``(images, keys, unreadable files skipped for each)`` of steps ``self.step ..``: by index
+        from the pool (``StepBatchSampler``), or, for a pool that streams (tar shards), from this process's stream."""
         tc, acc, workers = self.cfg.train, self.accelerator, self.cfg.data.num_workers
         if hasattr(self.dataset, "stream"):
             stream = self.dataset.stream(tc.seed, self.step, tc.max_steps, self.micro, tc.grad_accum_steps,
                                          acc.num_processes, acc.process_index)
             return torch.utils.data.DataLoader(stream, batch_size=self.micro, num_workers=workers,
                                                persistent_workers=workers > 0)
-        sampler = StepBatchSampler(len(self.dataset), tc.batch_size, tc.grad_accum_steps,
-                                   self.accelerator.num_processes, self.accelerator.process_index, tc.seed,
-                                   self.step, tc.max_steps)
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                                           persistent_workers=self.cfg.data.num_workers > 0)
+        sampler = StepBatchSampler(len(self.dataset), tc.batch_size, tc.grad_accum_steps, acc.num_processes,
+                                   acc.process_index, tc.seed, self.step, tc.max_steps)
+        return torch.utils.data.DataLoader(CountingSkips(self.dataset), batch_sampler=sampler, num_workers=workers,
+                                           persistent_workers=workers > 0)
 
     def first_items(self, n: int) -> list[tuple[int, int]]:
         """The ``(index, key)`` of the first ``n`` samples of the run (over all processes), step by step."""
@@ -282,9 +281,9 @@ class Trainer:
                    dynamic_ncols=True)  # disable=None: no bar when not on a terminal
         self.model.train()
         try:
-            for images, keys in self.loader():
+            for images, keys, skipped in self.loader():
                 out = self._train_step(images, keys)
-                log.add(out.loss, out.t, images.shape[0] * acc.num_processes)
+                log.add(out.loss, out.t, images.shape[0] * acc.num_processes, int(skipped.sum()))
                 if not acc.sync_gradients:
                     continue  # a micro-batch of an accumulated step
                 self.step += 1
