@@ -340,10 +340,10 @@ class SlideDataset(torch.utils.data.Dataset):
                     reach = plan.footprint
                     draw.rectangle([x * sx, y * sy, (x + reach) * sx, (y + reach) * sy], outline=(220, 0, 0))
             panels.append(panel)
-        rows = math.ceil(len(panels) / per_row)
-        sheet = Image.new("RGB", (min(len(panels), per_row) * side, rows * side), (255, 255, 255))
+        rows, tall = math.ceil(len(panels) / per_row), max(panel.height for panel in panels)
+        sheet = Image.new("RGB", (min(len(panels), per_row) * side, rows * tall), (255, 255, 255))
         for i, panel in enumerate(panels):
-            sheet.paste(panel, ((i % per_row) * side, (i // per_row) * side))
+            sheet.paste(panel, ((i % per_row) * side, (i // per_row) * tall))
         write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
