@@ -105,3 +105,35 @@ def test_a_run_on_shards_resumes_with_the_same_losses(shards, tmp_path, configs_
     a, b = read_log(tmp_path / "full"), read_log(tmp_path / "half")
     assert [r["step"] for r in b] == [1, 2, 3, 4] and [r["loss"] for r in a] == [r["loss"] for r in b]
     assert os.path.isfile(tmp_path / "full" / "pool.json")
+
+
+def test_a_study_pretrains_on_slides_or_shards_without_its_test_images(shards, tmp_path, configs_dir):
+    """``bench.pretrain_data.source: slides | shards``: the pool keeps its kind, the labeled source's test images
+    and masks join its ``exclude`` (a test image saved into a shard is left out by content), and the study's data
+    record hashes each slide or shard."""
+    from helpers import make_generic, write_slide
+    from mdm.common.config_io import load
+    from mdm.common.io import file_digest
+    from mdm.study.manifest import study_files
+    from mdm.study.pool import pretraining_data
+
+    root = make_generic(tmp_path / "data", size=40)
+    (tmp_path / "slides").mkdir()
+    write_slide(tmp_path / "slides" / "s.tif", seed=4)
+    with wds.TarWriter(str(tmp_path / "leak.tar")) as sink:
+        sink.write({"__key__": "t", "png": (root / "test" / "images" / "1.png").read_bytes()})
+        sink.write({"__key__": "u", "png": png(99, 40)})
+    for source, where in (("slides", tmp_path / "slides"), ("shards", tmp_path / "leak.tar")):
+        cfg = load(os.path.join(configs_dir, "bench_demo.yaml"),
+                   ["data.source=generic", f"data.root=[{root}]", "data.num_classes=2",
+                    f"bench.pretrain_data.source={source}", f"bench.pretrain_data.root=[{where}]",
+                    "bench.pretrain_data.slide_level=1", f"bench.pretrain_data.manifest={tmp_path / 'm.csv'}"])
+        pool = pretraining_data(cfg)
+        assert pool.source == source and str(root / "test" / "images" / "1.png") in pool.exclude
+        recorded = study_files(cfg)
+        assert str(root / "test" / "masks" / "1.png") in recorded
+        if source == "slides":
+            assert recorded[str(where / "s.tif")] == file_digest(where / "s.tif")
+        else:
+            assert str(where) in recorded
+            assert ShardPool(pool.root, 32, exclude=pool.exclude).record["excluded_files"] == [f"{where}:t.png"]

@@ -335,7 +335,8 @@ class BenchConfig:
     pretrain_data: DataConfig = key(
         DataConfig(source="labeled"), "the pretraining pool, keys as `data` (`bench.pretrain_data.root=[...]` etc.): "
         "`source: labeled` = the labeled source's training images + `ROOT/unlabeled/` + `root`; `folder` = `root` "
-        "only; `synthetic` = the built-in pool; test images always excluded")
+        "only; `slides` / `shards` = the whole-slide images / tar shards under `root`; `synthetic` = the built-in "
+        "pool; test images always excluded")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .registry import registry
 
 # bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
-STUDY_POOLS = ("labeled", "folder", "synthetic")
+STUDY_POOLS = ("labeled", "folder", "synthetic", "slides", "shards")
 
 
 def method_registries(name: str, task: str) -> tuple[str | None, ...]:

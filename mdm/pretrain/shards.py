@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..common.config import DataConfig
 from ..common.errors import DataError
 from ..common.io import file_digest, list_images, load_image, write_atomic
 from ..common.rng import Tag, make_key
@@ -154,6 +155,13 @@ def shuffled(order, size: int, seed: int, slot: int):
         j = int(draws[place])
         yield buffer[j]
         buffer[j] = item
+
+
+def shard_digests(pool: DataConfig) -> dict[str, str]:
+    """``{shard: hash of its images' hashes}`` of the shard pool ``pool`` (from the shard indexes; a shard whose
+    images change changes its hash, its other members do not)."""
+    return {str(f): hashlib.sha1(load_index(f)[0].digests.tobytes()).hexdigest()
+            for f in list_pool(pool.root, SHARD_EXTENSIONS)}
 
 
 class ShardPool:

@@ -43,6 +43,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..common import rng
+from ..common.config import DataConfig
 from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, file_digest, write_atomic
 from ..common.rng import Stream
@@ -245,6 +246,18 @@ def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, thresho
                      mask.size, used)
 
 
+def slide_records(roots: list[str], manifest: str, reader: str):
+    """``pools.pool_records`` of the slides under ``roots`` (each slide read once into the manifest)."""
+    return pool_records(roots, SLIDE_MODE, manifest, SLIDE_EXTENSIONS, lambda p, m: read_slide_record(p, m, reader))
+
+
+def slide_digests(pool: DataConfig) -> dict[str, str]:
+    """``{slide: content hash}`` of the slide pool ``pool`` that ``pool.exclude`` leaves in (from its manifest)."""
+    _, files, records, _ = slide_records(pool.root, pool.manifest, pool.slide_reader)
+    banned = excluded_by_content(records, pool.exclude, SLIDE_EXTENSIONS | IMAGE_EXTENSIONS)
+    return {str(f): r.sha1 for i, (f, r) in enumerate(zip(files, records)) if i not in banned}
+
+
 class SlideDataset(torch.utils.data.Dataset):
     """Tiles of whole-slide images; an item is ``(index, key)`` -> ``(image [3, S, S], key)`` (see the module)."""
 
@@ -252,8 +265,7 @@ class SlideDataset(torch.utils.data.Dataset):
                  skip_unreadable: bool = False, manifest: str = "", mpp: float = 0.0, level: int = 0,
                  tissue_threshold: float = 0.0, tissue_min: float = 0.5, reader: str = "tiffslide"):
         self.crop_size, self.hflip, self.reader = crop_size, hflip, reader
-        where, files, records, read = pool_records(roots, SLIDE_MODE, manifest, SLIDE_EXTENSIONS,
-                                                   lambda p, m: read_slide_record(p, m, reader))
+        where, files, records, read = slide_records(roots, manifest, reader)
         banned = excluded_by_content(records, list(exclude), SLIDE_EXTENSIONS | IMAGE_EXTENSIONS)
         self.plans, skipped, bare = [], [], []
         for i, (f, r) in enumerate(zip(files, records)):

@@ -12,19 +12,20 @@ from ..common.config import Config
 from ..common.errors import ConfigError
 from ..common.io import file_digest, write_text_atomic
 from ..pretrain.pools import pool_digests
+from ..pretrain.shards import shard_digests
+from ..pretrain.slides import slide_digests
 from .pool import labeled_split, pretraining_data
 
 
 def study_files(cfg: Config) -> dict[str, str]:
     """``{file: content hash}`` of the files the study of ``cfg`` reads: the labeled source's splits, then the
-    pretraining pool's images (their hashes from the pool's manifest, ``pretrain.folder_manifest``)."""
+    pretraining pool's images, slides or shards (their hashes from the pool's manifest or shard index)."""
     files: dict[str, str] = {}
     if cfg.data.source != "synthetic":
         files |= {str(f): file_digest(f) for split in ("train", "test") for f in labeled_split(cfg, split).files}
     pool = pretraining_data(cfg)
-    if pool.source == "folder":
-        files |= pool_digests(pool)
-    return files
+    digests = {"folder": pool_digests, "slides": slide_digests, "shards": shard_digests}.get(pool.source)
+    return files | digests(pool) if digests else files
 
 
 def data_manifest(studies: list[tuple[str, Config]]) -> dict[str, dict[str, str]]:

@@ -2,10 +2,13 @@
 
 ``bench.pretrain_data`` (keys as ``data``) with ``source: labeled`` (the default) is the labeled source's training
 images without their labels, plus ``ROOT/unlabeled/`` when that folder exists, plus the folders in its ``root``;
-with ``source: folder`` its ``root`` alone. The labeled source's test images and their masks (or annotation files)
-are always added to ``exclude``, so they are removed by path, by content hash and by what they show whatever the
-folders hold (a renamed copy, a re-saved one: ``pretrain.pools``). A ``synthetic``
-labeled source pretrains on its own unlabeled pool, which never holds a labeled or test image.
+with ``source: folder`` its ``root`` alone; with ``source: slides`` or ``shards`` the whole-slide images or tar
+shards under its ``root`` (``pretrain.slides``, ``pretrain.shards``). The labeled source's test images and their
+masks (or annotation files) are always added to ``exclude``, so they are removed by path, by content hash and by
+what they show whatever the folders hold (a renamed copy, a re-saved one: ``pretrain.pools``). A ``synthetic``
+labeled source pretrains on its own unlabeled pool, which never holds a labeled or test image. A test image inside a
+shard is left out by its bytes; a test tile cut from a slide cannot be found inside that slide: keep the slides of
+the test images out of the pool.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ def pretraining_data(cfg: Config) -> DataConfig:
         return data  # the synthetic world's own unlabeled pool
     if pool.source == "synthetic":
         return pool
+    test_files = [str(f) for f in labeled_split(cfg, "test").files]  # images and masks (or annotation files)
+    if pool.source in ("slides", "shards"):
+        if not pool.root:
+            raise ConfigError(f"bench.pretrain_data: source {pool.source} needs bench.pretrain_data.root=[FOLDER, ...]")
+        return replace(pool, exclude=[*test_files, *pool.exclude])
     root = data.root[0] if data.root else None
     roots = [str(r) for r in pool.root]
     if pool.source == "labeled":
@@ -41,5 +49,4 @@ def pretraining_data(cfg: Config) -> DataConfig:
     if not roots:
         raise ConfigError("bench.pretrain_data: no pretraining images (source: folder needs "
                           "bench.pretrain_data.root=[FOLDER, ...])")
-    test_files = [str(f) for f in labeled_split(cfg, "test").files]  # images and masks (or annotation files)
     return replace(pool, source="folder", root=roots, exclude=[*test_files, *pool.exclude])
