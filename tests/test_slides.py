@@ -122,3 +122,17 @@ def test_two_processes_killed_and_resumed_give_the_same_losses(slides, tmp_path,
     assert pool["slides"] == 2 and [s["level"] for s in pool["per_slide"]] == [1, 1]
     assert Image.open(tmp_path / "run" / "tissue.png").size[0] > 0
     assert open_slide(root / "a.tif").level_count == 3
+
+
+def test_openslide_reads_the_same_tiles_as_tiffslide(slides, tmp_path):
+    """``data.slide_reader: openslide`` (OpenSlide through openslide-bin): the same tissue, the same tile places and,
+    at level 0, the same pixels (OpenSlide does not read tifffile's SubIFD pyramids: it sees level 0 only)."""
+    pytest.importorskip("openslide")
+    root, _ = slides
+    kw = dict(roots=[str(root / "a.tif")], crop_size=32, mpp=0.5, manifest=str(tmp_path / "m.csv"))
+    by_tiffslide, by_openslide = SlideDataset(**kw), SlideDataset(**kw, reader="openslide")
+    a, b = by_tiffslide.record["per_slide"][0], by_openslide.record["per_slide"][0]
+    assert a == b
+    for item in [(0, 1), (3, 2), (20, 3)]:
+        assert by_tiffslide.tile(*item)[1] == by_openslide.tile(*item)[1]
+        assert torch.equal(by_tiffslide[item][0], by_openslide[item][0])

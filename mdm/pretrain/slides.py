@@ -1,7 +1,9 @@
 """Whole-slide images as a pretraining pool (``data.source: slides``): tiles cut on the fly inside tissue.
 
 Slides are read through tiffslide (SVS, NDPI, SCN, pyramidal TIFF; pure Python on tifffile) or, with
-``data.slide_reader: openslide``, through OpenSlide (``openslide-python`` with ``openslide-bin``). Each slide once at
+``data.slide_reader: openslide``, through OpenSlide (``openslide-python`` with ``openslide-bin``; it does not see
+pyramid levels stored as TIFF SubIFDs, as tifffile and some converters write them, and reads such files from level 0,
+resizing: the same tiles, read more slowly). Each slide once at
 the start:
 
 - **tissue mask**: the slide's thumbnail (longest side ``MASK_SIDE``) is tissue where its saturation
