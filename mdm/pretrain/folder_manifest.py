@@ -72,22 +72,34 @@ def small_thumbnail(image: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(thumbnail(image)[None], THUMBNAIL // SMALL)[0]
 
 
-def read_file(path: Path, color_mode: str) -> FileRecord:
-    """Decode ``path`` once and record it (``error``: the decoder's message when it fails)."""
-    record = FileRecord(os.path.abspath(path), 0, 0, color_mode)
+def read_record(path: Path, mode: str, picture: Callable[[Path], tuple[torch.Tensor, int, int]],
+                what: str = "image") -> FileRecord:
+    """Read ``path`` once and record it: ``picture(path)`` gives ``(image [C, h, w] whose thumbnail is stored,
+    width, height)`` or raises ``DataError`` (recorded in ``error``, as an ``OSError`` is: no permission, removed
+    since the folder was listed); ``mode``: the row's colour mode."""
+    record = FileRecord(os.path.abspath(path), 0, 0, mode)
     try:
         stat = os.stat(path)
         record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
         record.sha1 = file_digest(path)
-        image = load_image(path, color_mode)
-    except (DataError, OSError) as e:  # OSError: no permission, removed since the folder was listed
-        record.error = str(e) if isinstance(e, DataError) else f"{path}: cannot read image ({e.strerror or e})"
+        image, record.width, record.height = picture(path)
+    except (DataError, OSError) as e:
+        record.error = str(e) if isinstance(e, DataError) else f"{path}: cannot read {what} ({e.strerror or e})"
         return record
     stored = ((small_thumbnail(image) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    record.height, record.width = image.shape[1:]
     record.mask_like = looks_like_mask(image)
     record.thumb = bytes(stored.flatten().tolist()).hex()
     return record
+
+
+def read_file(path: Path, color_mode: str) -> FileRecord:
+    """Decode the image ``path`` once and record it (``error``: the decoder's message when it fails)."""
+
+    def picture(p: Path) -> tuple[torch.Tensor, int, int]:
+        image = load_image(p, color_mode)
+        return image, image.shape[2], image.shape[1]
+
+    return read_record(path, color_mode, picture)
 
 
 def manifest_path(setting: str, roots: list[str], color_mode: str) -> Path:

@@ -47,10 +47,10 @@ from PIL import Image, ImageDraw
 from ..common import rng
 from ..common.config import DataConfig
 from ..common.errors import DataError
-from ..common.io import IMAGE_EXTENSIONS, file_digest, write_atomic
+from ..common.io import IMAGE_EXTENSIONS, write_atomic
 from ..common.rng import Stream
 from .crops import crop_or_resize
-from .folder_manifest import FileRecord, small_thumbnail
+from .folder_manifest import FileRecord, read_record
 from .pools import POOLS, excluded_by_content, pool_records
 
 SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".svslide"})
@@ -116,23 +116,17 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def read_slide_record(path: Path, mode: str = SLIDE_MODE, reader: str = "tiffslide") -> FileRecord:
-    """A manifest row for a slide: its size, modification time, content hash, level-0 size and 4 x 4 thumbnail
-    (``error``: why it cannot be read)."""
-    record = FileRecord(os.path.abspath(path), 0, 0, mode)
-    try:
-        stat = os.stat(path)
-        record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
-        record.sha1 = file_digest(path)
-        slide = open_slide(path, reader)
-        with reading(path):
-            record.width, record.height = slide.dimensions
-            small = small_thumbnail(to_tensor(rgb_array(slide.get_thumbnail((64, 64)))))
+    """A manifest row for a slide (``folder_manifest.read_record``): its size, modification time, content hash,
+    level-0 size and the 4 x 4 thumbnail of its thumbnail (``error``: why it cannot be read)."""
+
+    def picture(p: Path) -> tuple[torch.Tensor, int, int]:
+        slide = open_slide(p, reader)
+        with reading(p):
+            thumb, (width, height) = to_tensor(rgb_array(slide.get_thumbnail((64, 64)))), slide.dimensions
             slide.close()
-    except (DataError, OSError) as e:
-        record.error = str(e) if isinstance(e, DataError) else f"{path}: cannot read slide ({e.strerror or e})"
-        return record
-    record.thumb = bytes(((small + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).flatten().tolist()).hex()
-    return record
+        return thumb, width, height
+
+    return read_record(path, mode, picture, "slide")
 
 
 def tissue_mask(thumb: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, float]:
