@@ -113,7 +113,7 @@ def test_l2_image_on_a_two_pixel_case():
     """One block of 1 channel at the tile's own 2x2 size holding 3 and 4 on its diagonal: the tile's feature tensor
     has norm 5, so its two non-zero pixels get 0.6 and 0.8."""
     ex = FeatureExtractor.__new__(FeatureExtractor)
-    ex.timesteps, ex.blocks, ex.device, ex.tile_norm = [50], [0], CPU, "l2_image"
+    ex.timesteps, ex.blocks, ex.device, ex.tile_norm, ex.context = [50], [0], CPU, "l2_image", "none"
     blocks = {"t50_b0": torch.tensor([[[3.0, 0.0], [0.0, 4.0]]]).half(), "sq_t50_b0": torch.tensor(25.0)}
     assert ex.pixel_features(blocks, 2).flatten().tolist() == pytest.approx([0.6, 0.0, 0.0, 0.8])
     ex.tile_norm = "rms_image"  # the same times sqrt(4 pixels x 1 channel)

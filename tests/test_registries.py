@@ -17,7 +17,6 @@ from mdm.common.errors import ConfigError
 from mdm.common.rng import Stream
 from mdm.pretrain.objectives import OBJECTIVES, ObjectiveOutput, ObjectiveSpec, Reconstruction
 from mdm.segment.finetune import NETWORKS, Network
-from mdm.segment.pixel_mlp import PixelEnsemble
 from mdm.study.methods import METHODS, Method
 
 
@@ -145,42 +144,28 @@ def test_a_toy_loss_and_a_toy_head_are_one_registration_each():
         HEADS.unregister("nearest-mean")
 
 
-class LinearPixels(PixelEnsemble):
-    """A toy pixel head: one linear layer per member, with the ensemble's interface (member states, normalisation)."""
-
-    def __init__(self, dim: int, num_classes: int, members: int, seed: int = 0):
-        nn.Module.__init__(self)
-        self.dim, self.num_classes, self.num_members = dim, num_classes, members
-        g = torch.Generator().manual_seed(seed)
-        self.w = nn.Parameter(torch.randn(members, dim, num_classes, generator=g) * 0.02)
-        self.b = nn.Parameter(torch.zeros(members, num_classes))
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("std", torch.ones(dim))
-
-    def forward(self, x):
-        return torch.baddbmm(self.b.unsqueeze(1), x.expand(self.num_members, -1, -1), self.w)
-
-
-def test_a_toy_pixel_head_chooses_blocks_trains_saves_and_reloads(pretrained_export, tmp_path, configs_dir):
-    """``seg.head`` names a registered pixel head: the block selection's probes and the ensemble are that head, and
-    a saved segmenter rebuilds it."""
+def test_another_pixel_head_and_tile_context_choose_blocks_train_save_and_reload(pretrained_export, tmp_path,
+                                                                                 configs_dir):
+    """``seg.head`` names a registered pixel head (here ``pixel-linear``): the block selection's probes and the
+    ensemble are that head, and a saved segmenter rebuilds it; ``seg.context: tile`` doubles the features (each
+    part's tile mean beside the pixel's own), in selection, training and the reloaded segmenter alike."""
     from mdm.pretrain.export import open_export
-    from mdm.segment.pixel_heads import PIXEL_HEADS, PixelHead
+    from mdm.segment.pixel_heads import PixelLinear
     from mdm.segment.run import run_segmentation
     from mdm.segment.segmenter import load_segmenter
 
-    PIXEL_HEADS.register("linear-toy", PixelHead(LinearPixels))
-    try:
-        cfg = load(os.path.join(configs_dir, "seg_synthetic.yaml"),
-                   ["seg.head=linear-toy", "seg.ensemble_size=2", "seg.max_epochs=3", "seg.patience=1",
-                    "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[0]", "seg.probe_steps=4"])
-        result = run_segmentation(cfg.seg, cfg.data, open_export(pretrained_export), tmp_path / "run",
-                                  device=torch.device("cpu"), progress=False)
-        assert len(result["selection"]["scores"][0]) > 1 and 0 <= result["dice"] <= 1
-        segmenter = load_segmenter(tmp_path / "run" / "segmenter", torch.device("cpu"))
-        assert isinstance(segmenter.ensemble, LinearPixels) and segmenter.ensemble.w.shape[0] == 2
-        image = torch.rand(3, 32, 32) * 2 - 1
-        labels, _, probs = segmenter.predict("new", image)
-        assert probs.shape[0] == 2 and labels.shape == (32, 32)
-    finally:
-        PIXEL_HEADS.unregister("linear-toy")
+    cfg = load(os.path.join(configs_dir, "seg_synthetic.yaml"),
+               ["seg.head=pixel-linear", "seg.context=tile", "seg.ensemble_size=2", "seg.max_epochs=3",
+                "seg.patience=1", "seg.blocks=auto", "seg.timesteps=auto", "seg.auto_timesteps=[0]",
+                "seg.probe_steps=4"])
+    result = run_segmentation(cfg.seg, cfg.data, open_export(pretrained_export), tmp_path / "run",
+                              device=torch.device("cpu"), progress=False)
+    assert len(result["selection"]["scores"][0]) > 1 and 0 <= result["dice"] <= 1
+    segmenter = load_segmenter(tmp_path / "run" / "segmenter", torch.device("cpu"))
+    ex = segmenter.extractor
+    assert isinstance(segmenter.ensemble, PixelLinear) and segmenter.ensemble.w1.shape[0] == 2
+    assert segmenter.ensemble.dim == ex.feature_dim == 2 * sum(ex.model.decoder_blocks()[i].channels
+                                                               for i in ex.blocks)
+    image = torch.rand(3, 32, 32) * 2 - 1
+    labels, _, probs = segmenter.predict("new", image)
+    assert probs.shape[0] == 2 and labels.shape == (32, 32)

@@ -144,7 +144,7 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
 def test_pixel_features_equal_upsampling_the_blocks():
     """Sampling selected pixels gives exactly what upsampling each block to the tile size would give there."""
     ex = FeatureExtractor.__new__(FeatureExtractor)
-    ex.timesteps, ex.blocks, ex.device, ex.tile_norm = [50], [0, 1], torch.device("cpu"), "none"
+    ex.timesteps, ex.blocks, ex.device, ex.tile_norm, ex.context = [50], [0, 1], torch.device("cpu"), "none", "none"
     blocks = {"t50_b0": torch.randn(4, 8, 8).half(), "t50_b1": torch.randn(2, 16, 16).half()}
     full = torch.cat([torch.nn.functional.interpolate(blocks[k][None].float(), size=(32, 32), mode="bilinear",
                                                       align_corners=False)[0] for k in ("t50_b0", "t50_b1")])
@@ -152,6 +152,21 @@ def test_pixel_features_equal_upsampling_the_blocks():
     expected = full.flatten(1).T[index]
     assert torch.allclose(ex.pixel_features(blocks, 32, index), expected, atol=1e-5)
     assert ex.pixel_features(blocks, 32).shape == (32 * 32, 6)
+    ex.context = "tile"  # each row then ends with every block's mean over the tile
+    pooled = torch.cat([blocks[k].float().mean((1, 2)) for k in ("t50_b0", "t50_b1")])
+    assert torch.allclose(ex.pixel_features(blocks, 32, index), torch.cat([expected, pooled.expand(4, 6)], 1),
+                          atol=1e-5)
+
+
+def test_balanced_pixels_split_a_tile_share_between_its_classes():
+    from mdm.segment.pixel_stream import balanced_draw
+
+    keep, labels = torch.arange(100), (torch.arange(100) >= 90).long()  # 90 of class 0, 10 of class 1
+    g = torch.Generator().manual_seed(0)
+    assert torch.bincount(labels[balanced_draw(keep, labels, 20, g)]).tolist() == [10, 10]
+    assert torch.bincount(labels[balanced_draw(keep, labels, 40, g)]).tolist() == [20, 10]  # class 1 whole
+    drawn = balanced_draw(keep, labels, 40, g)
+    assert drawn.unique().numel() == drawn.numel() and bool((drawn[1:] > drawn[:-1]).all())
 
 
 def test_dihedral_crops_keep_image_and_label_aligned():

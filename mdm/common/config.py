@@ -202,6 +202,8 @@ class SegConfig:
                              "stored", not_negative=True)
     seed: int = key(0, "classifier init, pixel order, extraction masks and validation pixels")
     head: str = key("pixel-mlp", "the pixel classifier of `mode: frozen`", registries=("pixel heads",))
+    context: str = key("none", "`tile`: each pixel's features followed by their mean over its tile (the image probe's "
+                               "pooled view beside the pixel's own; twice the features)", choices=("none", "tile"))
     ensemble_size: int = key(10, "pixel classifiers in the ensemble", positive=True)
     combine: str = key("vote", "`vote`, `mean_prob` or `individual` (each member scored alone: the paper's GlaS "
                                "protocol)", choices=("vote", "mean_prob", "individual"))
@@ -213,6 +215,8 @@ class SegConfig:
     lr: float = key(1e-3, "Adam learning rate of the pixel MLPs", positive=True)
     batch_pixels: int = key(4096, "pixels per MLP batch", positive=True)
     pixels_per_tile: int = key(2048, "training pixels drawn per tile and epoch (0: all)", not_negative=True)
+    balanced_pixels: bool = key(False, "draw a tile's training pixels class by class (as many of each class present "
+                                       "as the tile's share allows, rarer classes whole) instead of uniformly")
     min_class_pixels: int = key(0, "ignore a class in an image where it has fewer pixels (FFHQ-34: 20)",
         not_negative=True)
     tile_size: int = key(0, "sliding-window tile (0: the export's `data.crop_size`)", not_negative=True)

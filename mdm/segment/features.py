@@ -61,9 +61,9 @@ class FeatureExtractor:
 
     def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
                  cache_dir: str | Path | None = None, fingerprint: str = "", device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, tile_norm: str = "none"):
+                 dtype: torch.dtype | None = None, tile_norm: str = "none", context: str = "none"):
         device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.seed, self.device, self.dtype, self.tile_norm = seed, device, dtype, tile_norm
+        self.seed, self.device, self.dtype, self.tile_norm, self.context = seed, device, dtype, tile_norm, context
         self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
         self.timesteps = list(timesteps)
         self.unet = FrozenUNet(model, objective, [f"d{i}" for i in self.blocks], device, dtype)
@@ -72,7 +72,7 @@ class FeatureExtractor:
         self.fingerprint = fingerprint
         self.cache = TensorCache(self.cache_dir)  # in memory when there is no cache folder
         self._settings = dict(seed=seed, cache_dir=cache_dir, fingerprint=fingerprint, device=device, dtype=dtype,
-                              tile_norm=tile_norm)
+                              tile_norm=tile_norm, context=context)
 
     def narrowed(self, blocks: list[int], timesteps: list[int]) -> FeatureExtractor:
         """An extractor of ``blocks`` at ``timesteps`` on the same U-Net (no second load from the export), with this
@@ -85,8 +85,9 @@ class FeatureExtractor:
         return [(t, i) for t in self.timesteps for i in self.blocks]
 
     def parts_dim(self, parts: list[tuple[int, int]] | None = None) -> int:
+        """The width of the pixel features of ``parts`` (twice the channels with ``context: tile``)."""
         info = self.model.decoder_blocks()
-        return sum(info[i].channels for _, i in (parts or self.parts))
+        return sum(info[i].channels for _, i in (parts or self.parts)) * (2 if self.context == "tile" else 1)
 
     @property
     def feature_dim(self) -> int:
@@ -170,7 +171,8 @@ class FeatureExtractor:
         ``size^2 x D``. ``parts`` (default: all, see ``parts``) picks ``(timestep, block)`` parts to form. ``blocks``
         may be fp16 on the CPU (as extracted or cached) or already ``on_device``. With ``tile_norm`` every row is
         divided by the L2 norm (``l2_image``) or the root mean square (``rms_image``) of the tile's whole feature
-        tensor of those parts."""
+        tensor of those parts. With ``context: tile`` each row is followed by the tile's mean of every part (the same
+        for every pixel of the tile: what the image probe's average pooling sees), normalised alike."""
         dev = self.device
         parts = parts or self.parts
         index = torch.arange(size * size, device=dev) if index is None else index.to(dev)
@@ -181,6 +183,9 @@ class FeatureExtractor:
         feats = torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
                                          padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs],
                           dim=1)
+        if self.context == "tile":
+            pooled = torch.cat([o.to(dev, torch.float32).mean((1, 2)) for o in outputs])
+            feats = torch.cat([feats, pooled.expand(feats.shape[0], -1)], dim=1)
         if self.tile_norm in ("l2_image", "rms_image"):
             squares = sum(float(blocks[f"sq_t{t}_b{i}"]) for t, i in parts)
             if self.tile_norm == "rms_image":
@@ -193,8 +198,8 @@ def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> Fea
     """The export's U-Net (weights ``seg.weights``, loaded strictly) wrapped in a ``FeatureExtractor`` for
     ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's own objective, on ``device``
     under the autocast of ``seg.mixed_precision``, normalising per tile when ``seg.normalize`` is ``l2_image`` or
-    ``rms_image``."""
+    ``rms_image``, with each part's tile mean beside the pixel's features when ``seg.context`` is ``tile``."""
     return FeatureExtractor(export.load_model(), build_objective(export.config.diffusion), seg.blocks, seg.timesteps,
                             seed=seg.seed, cache_dir=seg.cache_dir or None, fingerprint=export.fingerprint(),
                             device=device, dtype=autocast_dtype(seg.mixed_precision, device),
-                            tile_norm=seg.normalize)
+                            tile_norm=seg.normalize, context=seg.context)

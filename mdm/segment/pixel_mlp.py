@@ -28,51 +28,26 @@ from ..stage2.early_stopping import EarlyStopping, StoppingGroup
 from ..stage2.training import fit_epochs, optimizer_step
 
 
-class PixelEnsemble(nn.Module):
-    """``members`` pixel MLPs with stacked weights, plus the feature normalisation (``mean``/``std`` ``[d]``).
+class StackedPixelHead(nn.Module):
+    """``members`` pixel classifiers with stacked weights (``[M, ...]`` each), plus the feature normalisation
+    (``mean``/``std`` ``[d]``): what every registered pixel head shares (``pixel_heads``). A subclass makes its
+    parameters and ``forward(x [N, d])`` (already normalised) -> logits ``[M, N, C]``."""
 
-    Parameters per layer ``i``: ``w{i} [M, d_in, d_out]``, ``b{i} [M, d_out]``; after layers 1 and 2 a BatchNorm per
-    member: ``bn{i}_weight``, ``bn{i}_bias`` and the buffers ``bn{i}_mean``, ``bn{i}_var`` ``[M, d_out]``.
-    ``forward(x [N, d])`` (already normalised) -> logits ``[M, N, C]``.
-    """
-
-    def __init__(self, dim: int, num_classes: int, members: int, seed: int = 0):
+    def __init__(self, dim: int, num_classes: int, members: int):
         super().__init__()
         self.dim, self.num_classes, self.num_members = dim, num_classes, members
-        widths = [dim, *((128, 32) if num_classes < 30 else (256, 128)), num_classes]
-        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):  # layers 1, 2, 3
-            w = torch.empty(members, d_in, d_out)
-            for m in range(members):
-                g = torch.Generator().manual_seed(rng.make_key(seed, m, i))
-                w[m].normal_(0.0, 0.02, generator=g)
-            self.register_parameter(f"w{i}", nn.Parameter(w))
-            self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(members, d_out)))
-            if i < 3:
-                self.register_parameter(f"bn{i}_weight", nn.Parameter(torch.ones(members, d_out)))
-                self.register_parameter(f"bn{i}_bias", nn.Parameter(torch.zeros(members, d_out)))
-                self.register_buffer(f"bn{i}_mean", torch.zeros(members, d_out))
-                self.register_buffer(f"bn{i}_var", torch.ones(members, d_out))
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
+    def seeded_weight(self, name: str, d_in: int, d_out: int, seed: int, layer: int) -> None:
+        """Parameter ``name`` ``[M, d_in, d_out]`` drawn from N(0, 0.02), member ``m`` from ``(seed, m, layer)``."""
+        w = torch.empty(self.num_members, d_in, d_out)
+        for m in range(self.num_members):
+            w[m].normal_(0.0, 0.02, generator=torch.Generator().manual_seed(rng.make_key(seed, m, layer)))
+        self.register_parameter(name, nn.Parameter(w))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m, n = self.num_members, x.shape[0]
-        # layer 1 for all members as one [N, d] x [d, M * h1] product; BatchNorm works on that [N, M * h] layout
-        h = torch.addmm(self.b1.reshape(-1), x, self.w1.permute(1, 0, 2).reshape(self.dim, -1))
-        h = self._batch_norm(F.relu(h), 1).reshape(n, m, -1).transpose(0, 1)  # [M, N, h1]
-        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2))  # [M, N, h2]
-        h = self._batch_norm(h.transpose(0, 1).reshape(n, -1), 2).reshape(n, m, -1).transpose(0, 1)
-        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3)  # [M, N, C]
-
-    def _batch_norm(self, h: torch.Tensor, i: int) -> torch.Tensor:
-        """Per-member BatchNorm1d of ``[N, M * c]`` (member-major features): one ``batch_norm`` over the ``M * c``
-        features, whose running statistics update the ``[M, c]`` buffers in place through views."""
-        return F.batch_norm(h, getattr(self, f"bn{i}_mean").view(-1), getattr(self, f"bn{i}_var").view(-1),
-                            getattr(self, f"bn{i}_weight").view(-1), getattr(self, f"bn{i}_bias").view(-1),
-                            self.training, 0.1, 1e-5)
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s weights and statistics (copies)."""
@@ -89,6 +64,43 @@ class PixelEnsemble(nn.Module):
         """``[N, d]`` -> ``[M, N, C]`` softmax probabilities of every member (eval mode)."""
         self.eval()
         return F.softmax(self(self.normalize(features)), dim=-1)
+
+
+class PixelEnsemble(StackedPixelHead):
+    """``members`` pixel MLPs (DDPM-segmentation's: d -> 128 -> 32 -> C, 256 -> 128 for 30 classes or more).
+
+    Parameters per layer ``i``: ``w{i} [M, d_in, d_out]``, ``b{i} [M, d_out]``; after layers 1 and 2 a BatchNorm per
+    member: ``bn{i}_weight``, ``bn{i}_bias`` and the buffers ``bn{i}_mean``, ``bn{i}_var`` ``[M, d_out]``.
+    ``forward(x [N, d])`` (already normalised) -> logits ``[M, N, C]``.
+    """
+
+    def __init__(self, dim: int, num_classes: int, members: int, seed: int = 0):
+        super().__init__(dim, num_classes, members)
+        widths = [dim, *((128, 32) if num_classes < 30 else (256, 128)), num_classes]
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):  # layers 1, 2, 3
+            self.seeded_weight(f"w{i}", d_in, d_out, seed, i)
+            self.register_parameter(f"b{i}", nn.Parameter(torch.zeros(members, d_out)))
+            if i < 3:
+                self.register_parameter(f"bn{i}_weight", nn.Parameter(torch.ones(members, d_out)))
+                self.register_parameter(f"bn{i}_bias", nn.Parameter(torch.zeros(members, d_out)))
+                self.register_buffer(f"bn{i}_mean", torch.zeros(members, d_out))
+                self.register_buffer(f"bn{i}_var", torch.ones(members, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, n = self.num_members, x.shape[0]
+        # layer 1 for all members as one [N, d] x [d, M * h1] product; BatchNorm works on that [N, M * h] layout
+        h = torch.addmm(self.b1.reshape(-1), x, self.w1.permute(1, 0, 2).reshape(self.dim, -1))
+        h = self._batch_norm(F.relu(h), 1).reshape(n, m, -1).transpose(0, 1)  # [M, N, h1]
+        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2))  # [M, N, h2]
+        h = self._batch_norm(h.transpose(0, 1).reshape(n, -1), 2).reshape(n, m, -1).transpose(0, 1)
+        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3)  # [M, N, C]
+
+    def _batch_norm(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        """Per-member BatchNorm1d of ``[N, M * c]`` (member-major features): one ``batch_norm`` over the ``M * c``
+        features, whose running statistics update the ``[M, c]`` buffers in place through views."""
+        return F.batch_norm(h, getattr(self, f"bn{i}_mean").view(-1), getattr(self, f"bn{i}_var").view(-1),
+                            getattr(self, f"bn{i}_weight").view(-1), getattr(self, f"bn{i}_bias").view(-1),
+                            self.training, 0.1, 1e-5)
 
 
 def combine(member_probs: torch.Tensor, how: str) -> torch.Tensor:
@@ -115,7 +127,8 @@ def _member_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return per_pixel.sum(1), int((labels != IGNORE_INDEX).sum())
 
 
-def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+def fit_ensemble(ensemble: StackedPixelHead,
+                 train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                  val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], max_epochs: int = 50,
                  patience: int = 5, lr: float = 1e-3, progress=None, min_epochs: int = 0) -> list[dict]:
     """Train every member; returns a per-member history ``[{"best_epoch", "best_val_loss", "epochs"}]``.
@@ -155,7 +168,7 @@ def fit_ensemble(ensemble: PixelEnsemble, train_batches: Callable[[int], Iterabl
 
 
 @torch.no_grad()
-def _val_losses(ensemble: PixelEnsemble, val_batches) -> list[float]:
+def _val_losses(ensemble: StackedPixelHead, val_batches) -> list[float]:
     ensemble.eval()
     totals = torch.zeros(ensemble.num_members, dtype=torch.float64, device=ensemble.mean.device)
     count = 0

@@ -3,7 +3,9 @@ feature extractor's device.
 
 Each labeled image is cut into tiles; an epoch visits the tiles in a seeded order and takes up to
 ``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them into batches
-of about ``batch_pixels``. Validation batches hold every validation pixel, in tile order.
+of about ``batch_pixels``. With ``balanced`` a tile's share is split evenly between the classes present in it
+(``ceil(share / classes)`` pixels of each, a rarer class's every pixel when it has fewer), so a thin class is not
+outnumbered by the tile's background. Validation batches hold every validation pixel, in tile order.
 
 Extraction masks (``mask_draws``): ``None`` (``seg.extract_masks: fixed``) extracts every tile through its one fixed
 draw; a number (``per_epoch``) gives the training tiles of epoch ``e`` draw ``e % mask_draws`` (``e`` itself when
@@ -33,6 +35,15 @@ from .splits import split_labels
 VALIDATION_CACHE_BYTES = 256 * 2 ** 20  # validation features kept between epochs up to this size (fp32)
 
 
+def balanced_draw(keep: torch.Tensor, labels: torch.Tensor, share: int, g: torch.Generator) -> torch.Tensor:
+    """Of the pixels ``keep`` (flat indices ``[N]``, classes ``labels [N]``), up to ``ceil(share / k)`` of each of
+    the ``k`` classes present, drawn with ``g``; ascending."""
+    classes = labels.unique()
+    quota = math.ceil(share / len(classes))
+    picked = [keep[labels == c] for c in classes]
+    return torch.cat([p[torch.randperm(p.numel(), generator=g)[:quota]] for p in picked]).sort().values
+
+
 @dataclass
 class TrainTile:
     image_index: int
@@ -44,8 +55,8 @@ class PixelStream:
 
     def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int, overlap: float,
                  val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int,
-                 roles: dict[str, str] | None = None, mask_draws: int | None = None):
-        self.extractor, self.images, self.tile_size = extractor, images, tile_size
+                 roles: dict[str, str] | None = None, mask_draws: int | None = None, balanced: bool = False):
+        self.extractor, self.images, self.tile_size, self.balanced = extractor, images, tile_size, balanced
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
         self.mask_draws = mask_draws
         self.tiles: list[TrainTile] = []
@@ -128,7 +139,7 @@ class PixelStream:
         std = (s2 / max(n, 1) - mean ** 2).clamp_min(0).sqrt()
         return mean.float(), std.float().clamp_min(1e-4)
 
-    def _batches(self, which, order, cap, epoch, draw=0):
+    def _batches(self, which, order, cap, epoch, draw=0, balanced=False):
         buf_x, buf_y, size = [], [], 0
         for i in order:
             t = self.tiles[i]
@@ -136,8 +147,10 @@ class PixelStream:
             keep = (y != IGNORE_INDEX).nonzero().squeeze(1)
             if keep.numel() == 0:
                 continue
-            if cap and keep.numel() > cap:
-                g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
+            g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
+            if balanced:
+                keep = balanced_draw(keep, y[keep], cap or keep.numel(), g)
+            elif cap and keep.numel() > cap:
                 keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
             buf_x.append(self.tile_features(i, keep, draw))
             buf_y.append(y[keep])
@@ -151,7 +164,7 @@ class PixelStream:
     def train_batches(self, epoch: int):
         g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))
         order = torch.randperm(len(self.tiles), generator=g).tolist()
-        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch, self.draw(epoch))
+        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch, self.draw(epoch), self.balanced)
 
     def train_batches_per_epoch(self) -> int:
         """About how many batches ``train_batches`` yields per epoch (at least 1): the capped training pixels of every

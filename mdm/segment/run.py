@@ -158,7 +158,7 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
     def fit(progress: bool):
         stream = PixelStream(extractor, splits.train_images, tile, seg.overlap, data.val_fraction, seg.seed,
                              seg.min_class_pixels, seg.batch_pixels, seg.pixels_per_tile, splits.roles,
-                             seg.mask_draws if seg.extract_masks == "per_epoch" else None)
+                             seg.mask_draws if seg.extract_masks == "per_epoch" else None, seg.balanced_pixels)
         stream.prefetch(progress)
         selection, chosen_cfg = None, cfg
         if auto:
