@@ -3,6 +3,7 @@ index read once, test images excluded by content, each process and loader worker
 resumed stream (or run) seeing the very same images."""
 
 import io
+import json
 import os
 
 import numpy as np
@@ -137,3 +138,38 @@ def test_a_study_pretrains_on_slides_or_shards_without_its_test_images(shards, t
         else:
             assert str(where) in recorded
             assert ShardPool(pool.root, 32, exclude=pool.exclude).record["excluded_files"] == [f"{where}:t.png"]
+
+
+def test_the_image_of_a_sample_is_its_plain_image_member_and_a_changed_layout_is_warned_about(tmp_path):
+    from mdm.common.config import DataConfig
+    from mdm.pretrain.shards import stream_layout
+
+    with wds.TarWriter(str(tmp_path / "s.tar")) as sink:  # members in name order: mask.png would come first
+        sink.write({"__key__": "a", "mask.png": png(1), "png": png(2)})
+        sink.write({"__key__": "b", "input.jpg": png(3), "json": {"k": 1}})
+        sink.write({"__key__": "c", "txt": "no image"})
+    pool = ShardPool([str(tmp_path / "s.tar")], 16)
+    assert list(pool.shards[0].names) == ["a.png", "b.input.jpg"] and pool.record["samples_without_image"] == 1
+    record = tmp_path / "pool.json"
+    record.write_text('{"streams": ' + json.dumps(stream_layout(record, 0, DataConfig(), 2, 1)) + "}")
+    assert stream_layout(record, 5, DataConfig(), 2, 1) == {"processes": 2, "num_workers": 0, "grad_accum_steps": 1}
+    with pytest.warns(UserWarning, match="the shard streams are cut otherwise"):
+        stream_layout(record, 5, DataConfig(num_workers=2), 2, 1)
+
+
+def test_open_files_are_kept_to_a_limit():
+    from mdm.common.io import OpenHandles
+
+    closed = []
+
+    class Handle:
+        def __init__(self, path):
+            self.path = path
+
+        def close(self):
+            closed.append(self.path)
+
+    handles = OpenHandles(Handle, limit=2)
+    first = handles("a")
+    handles("b"), handles("a"), handles("c")  # "b" is the least recently used when "c" opens
+    assert closed == ["b"] and handles("a") is first

@@ -136,3 +136,24 @@ def test_openslide_reads_the_same_tiles_as_tiffslide(slides, tmp_path):
     for item in [(0, 1), (3, 2), (20, 3)]:
         assert by_tiffslide.tile(*item)[1] == by_openslide.tile(*item)[1]
         assert torch.equal(by_tiffslide[item][0], by_openslide[item][0])
+
+
+def test_an_unreadable_tile_in_training_is_named_or_stood_in_for_and_an_epoch_is_capped(slides, tmp_path, monkeypatch):
+    from mdm.pretrain import slides as slide_pool
+
+    root, _ = slides
+    ds = SlideDataset([str(root / "a.tif"), str(root / "b.tif")], 32, level=1, manifest=str(tmp_path / "m.csv"))
+    first = ds[(0, 9)][0]
+    broken = ds._slide(str(root / "a.tif"))
+    monkeypatch.setattr(broken, "read_region", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad JPEG tile")))
+    with pytest.raises(DataError, match=r"a\.tif: cannot be read at .* bad JPEG tile"):
+        ds[(0, 9)]
+    ds.skip_unreadable = True
+    with pytest.warns(UserWarning, match="skipping an unreadable tile"):
+        stand_in = ds[(0, 9)][0]
+    assert ds.skipped_in_training == 1 and not torch.equal(stand_in, first)
+    b_index = len(ds) - 1  # the same key's tile of the next slide
+    assert torch.equal(stand_in, ds[(b_index, 9)][0])
+    monkeypatch.setattr(slide_pool, "EPOCH_CAP", 10)
+    capped = SlideDataset([str(root / "a.tif"), str(root / "b.tif")], 32, level=1, manifest=str(tmp_path / "m.csv"))
+    assert len(capped) == 10 and capped.ends[0] == 5  # two slides of about the same tissue: half each

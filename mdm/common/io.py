@@ -113,6 +113,30 @@ def load_image(path: Path | BinaryIO, color_mode: str = "RGB", name: str = "") -
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+class OpenHandles:
+    """At most ``limit`` files kept open by ``opener(path)`` (least recently used closed first, by its ``close``),
+    per process: a forked loader worker opens its own (the parent's handles are not shared) and a pickled copy
+    starts with none. A pool of thousands of slides or shards so never holds thousands of files open."""
+
+    def __init__(self, opener: Callable[[str], object], limit: int = 32):
+        self.opener, self.limit = opener, limit
+        self._open: dict[str, object] = {}
+        self._pid = os.getpid()
+
+    def __call__(self, path: str):
+        if self._pid != os.getpid():
+            self._open, self._pid = {}, os.getpid()
+        handle = self._open.pop(path, None) or self.opener(path)
+        self._open[path] = handle  # now the most recently used (dicts keep insertion order)
+        while len(self._open) > self.limit:
+            oldest = next(iter(self._open))
+            self._open.pop(oldest).close()
+        return handle
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_open": {}}
+
+
 # ---- atomic writes ---------------------------------------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ def manifest_path(setting: str, roots: list[str], color_mode: str) -> Path:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``path`` (waiting for another holder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(f".{path.name}.lock"), "w") as lock:
@@ -158,7 +158,7 @@ def update_manifest(path: Path, files: list[Path], color_mode: str, roots: list[
     of files under ``roots`` that are no longer there are dropped, rows of other folders kept (a manifest may serve
     several pools). The manifest is rewritten when anything was decoded or dropped. Returns the records and how
     many files were decoded."""
-    with _locked(path):
+    with locked(path):
         known = read_manifest(path)
         records, fresh = [], []
         for f in files:

@@ -55,3 +55,10 @@ class StepBatchSampler:
 
     def __len__(self) -> int:
         return (self.max_steps - self.start_step) * self.accum
+
+
+def first_items(n: int, num_items: int, global_batch: int, seed: int, max_steps: int) -> list[tuple[int, int]]:
+    """The ``(index, key)`` of the first ``n`` samples of a run (over all its processes), step by step."""
+    whole = StepBatchSampler(num_items, global_batch, 1, 1, 0, seed, 0, max_steps)
+    steps = range(min(max_steps, -(-n // global_batch)))
+    return [item for step in steps for item in whole.micro_batch(step, 0)][:n]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import math
 import os
 import tarfile
@@ -44,9 +45,10 @@ from tqdm.auto import tqdm
 
 from ..common.config import DataConfig
 from ..common.errors import DataError
-from ..common.io import file_digest, list_images, load_image, write_atomic
+from ..common.io import OpenHandles, file_digest, list_images, load_image, write_atomic
 from ..common.rng import Tag, make_key
 from .crops import crop_or_resize
+from .folder_manifest import locked
 from .pools import POOLS, list_pool
 from .sampler import micro_batch_keys
 
@@ -78,18 +80,30 @@ def sample_key(member: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), suffix.lower()
 
 
+def image_member(members: list[tarfile.TarInfo]) -> tarfile.TarInfo | None:
+    """The image of one sample's members: the first whose whole suffix is an image extension (``0001.png``), else
+    the first whose last extension is one (``0001.input.jpg``); ``None`` when none is."""
+    suffixes = [sample_key(m.name)[1] for m in members]
+    for whole in (True, False):
+        for member, suffix in zip(members, suffixes):
+            if (suffix if whole else suffix.rpartition(".")[2]) in IMAGE_SUFFIXES:
+                return member
+    return None
+
+
 def scan_shard(path: Path) -> ShardIndex:
-    """Read the tar headers of ``path`` and hash each sample's image bytes (``DataError`` naming the shard when it
-    is not a tar file or is cut short)."""
-    offsets, sizes, names, digests, keys = [], [], [], [], set()
+    """Read the tar headers of ``path``, group its members into samples by key and hash each sample's image bytes
+    (``DataError`` naming the shard when it is not a tar file or is cut short)."""
+    offsets, sizes, names, digests = [], [], [], []
+    samples: dict[str, list[tarfile.TarInfo]] = {}
     try:
         with tarfile.open(path, "r:") as tar, open(path, "rb") as raw:
             for member in tar:
-                if not member.isfile():
-                    continue
-                key, suffix = sample_key(member.name)
-                keys.add(key)
-                if suffix.rpartition(".")[2] not in IMAGE_SUFFIXES or (names and sample_key(names[-1])[0] == key):
+                if member.isfile():
+                    samples.setdefault(sample_key(member.name)[0], []).append(member)
+            for members in samples.values():
+                member = image_member(members)
+                if member is None:
                     continue
                 raw.seek(member.offset_data)
                 data = raw.read(member.size)
@@ -102,7 +116,7 @@ def scan_shard(path: Path) -> ShardIndex:
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable tar shard ({type(e).__name__}: {e})") from None
     return ShardIndex(str(path), np.array(offsets, np.int64), np.array(sizes, np.int64), np.array(names, dtype=str),
-                      np.array(digests, np.uint8).reshape(-1, 20), len(keys) - len(names))
+                      np.array(digests, np.uint8).reshape(-1, 20), len(samples) - len(names))
 
 
 def index_cache(path: Path) -> Path:
@@ -113,20 +127,31 @@ def index_cache(path: Path) -> Path:
 
 def load_index(path: Path) -> tuple[ShardIndex, bool]:
     """The index of the shard ``path``, from its cache when the shard's size and modification time are those it
-    was scanned at, else scanned and cached; and whether it was scanned."""
+    was scanned at, else scanned and cached (under a file lock: the processes of a run scan a shard once); and
+    whether it was scanned."""
     stat = os.stat(path)
     where = index_cache(path)
     stamp = np.array([stat.st_size, stat.st_mtime_ns], np.int64)
-    try:
-        with np.load(where) as cached:
-            if np.array_equal(cached["stamp"], stamp):
-                return ShardIndex(str(path), cached["offsets"], cached["sizes"], cached["names"], cached["digests"],
-                                  int(cached["without_image"])), False
-    except (OSError, KeyError, ValueError):
-        pass  # no cache yet, or a damaged one: scanned again
-    index = scan_shard(path)
-    where.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(where, lambda tmp: tmp.write_bytes(_npz(index, stamp)))
+
+    def cached() -> ShardIndex | None:
+        try:
+            with np.load(where) as saved:
+                if np.array_equal(saved["stamp"], stamp):
+                    return ShardIndex(str(path), saved["offsets"], saved["sizes"], saved["names"], saved["digests"],
+                                      int(saved["without_image"]))
+        except Exception:  # no cache yet, or a damaged one (a cut zip, an empty file): scanned again
+            return None
+        return None
+
+    index = cached()
+    if index is not None:
+        return index, False
+    with locked(where):
+        index = cached()  # another process may have scanned it while this one waited
+        if index is not None:
+            return index, False
+        index = scan_shard(path)
+        write_atomic(where, lambda tmp: tmp.write_bytes(_npz(index, stamp)))
     return index, True
 
 
@@ -190,8 +215,7 @@ class ShardPool:
         if not self.ends[-1]:
             raise DataError(f"{', '.join(map(str, roots[:3]))}: no images in the shards"
                             + (" that data.exclude does not exclude" if excluded else ""))
-        self._files: dict[str, object] = {}
-        self._pid = os.getpid()
+        self._file = OpenHandles(lambda path: open(path, "rb"), limit=4)
         self.record = {"shards": len(files), "images": int(self.ends[-1]), "excluded": len(excluded),
                        "samples_without_image": bare, "shards_scanned": scanned,
                        "per_shard": {s.path: len(s) for s in self.shards}, "excluded_files": excluded}
@@ -199,18 +223,17 @@ class ShardPool:
     def __len__(self) -> int:
         return int(self.ends[-1])
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_files": {}}
-
     def read(self, shard: int, sample: int, key: int) -> torch.Tensor:
         """Sample ``sample`` of shard ``shard``, cropped and flipped by ``key``: ``[C, S, S]``."""
         index = self.shards[shard]
-        if self._pid != os.getpid():  # a forked worker: file handles of the parent are not shared
-            self._files, self._pid = {}, os.getpid()
-        handle = self._files.get(index.path) or self._files.setdefault(index.path, open(index.path, "rb"))
-        handle.seek(int(index.offsets[sample]))
         name = f"{index.path}:{index.names[sample]}"
-        image = load_image(io.BytesIO(handle.read(int(index.sizes[sample]))), self.color_mode, name=name)
+        try:
+            handle = self._file(index.path)
+            handle.seek(int(index.offsets[sample]))
+            data = handle.read(int(index.sizes[sample]))
+        except OSError as e:
+            raise DataError(f"{name}: cannot read it ({e.strerror or e})") from None
+        image = load_image(io.BytesIO(data), self.color_mode, name=name)
         return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=name)
 
     def take(self, shard: int, sample: int, key: int) -> tuple[torch.Tensor, int]:
@@ -244,6 +267,22 @@ class ShardPool:
     def stream(self, seed: int, start_step: int, max_steps: int, micro: int, accum: int, world: int,
                rank: int) -> ShardStream:
         return ShardStream(self, seed, start_step, max_steps, micro, accum, world, rank)
+
+
+def stream_layout(pool_json: Path, step: int, data: DataConfig, processes: int, accum: int) -> dict:
+    """What cuts a shard run's streams (processes, ``data.num_workers``, ``train.grad_accum_steps``), for its
+    ``pool.json``; a resume (``step`` > 0) whose layout differs from the one ``pool_json`` recorded is warned about:
+    its steps then see other images than the run would have (see the module)."""
+    layout = {"processes": processes, "num_workers": data.num_workers, "grad_accum_steps": accum}
+    try:
+        before = json.loads(pool_json.read_text()).get("streams") if step and pool_json.is_file() else None
+    except (ValueError, OSError):
+        before = None
+    if before and before != layout:
+        warnings.warn(f"{pool_json.parent}: resumed at step {step} with {layout}, the run had {before}: the shard "
+                      f"streams are cut otherwise, so from here the steps see other images than an uninterrupted "
+                      f"run would (the losses will not replay)", stacklevel=2)
+    return layout
 
 
 class ShardStream(torch.utils.data.IterableDataset):

@@ -17,23 +17,26 @@ the start:
 - **tiles available**: the slide's tissue area over one tile's area, the number of tiles that would tile its tissue.
 
 An item is requested as ``(index, key)`` and returned as ``(image [3, S, S] in [-1, 1], key)``: the index picks the
-slide (an epoch, ``len``, is every slide's tiles available, so a slide is seen in proportion to its tissue), the key
+slide (an epoch, ``len``, is every slide's tiles available, at most ``EPOCH_CAP``, so a slide is seen in proportion to
+its tissue), the key
 picks the tile's start (a tissue cell, ``Stream.SLIDE_POSITION``, and a place in it, ``Stream.SLIDE_OFFSET``) and
 its flip, so a resumed run reads the very same tiles, in any number of processes or workers.
 
 What the pool knows of each file (size, modification time, content hash, level-0 size, a read error) is kept in the
-pool's manifest (``folder_manifest``, colour mode ``slide``): slides are hashed once, and a slide with the content of
-a file ``data.exclude`` names is left out, as test images are. An unreadable slide stops the run before it starts
-(or is skipped with a warning with ``data.skip_unreadable``); so does a slide without tissue. ``record`` (written to
-the run's ``pool.json``) holds per slide the level read, the tissue share and area and the tiles available;
-``save_preview`` draws the tissue masks with the tiles a run samples (``tissue.png``).
+pool's manifest (``folder_manifest``, colour mode ``slide``): slides are hashed once, and a slide with the content
+of a file ``data.exclude`` names is left out, as test images are. An unreadable slide stops the run before it starts
+(or is skipped with a warning with ``data.skip_unreadable``); a slide without a tile of enough tissue is left out
+with a warning (the run stops when no slide is left). A tile that fails to read during training stops the run, or
+with ``data.skip_unreadable`` the same key's tile of the next slide stands in (counted for the run's log).
+``record`` (written to the run's ``pool.json``) holds per slide the level read, the tissue share and area and the
+tiles available; ``save_preview`` draws the tissue masks with the tiles a run samples (``tissue.png``).
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +50,7 @@ from PIL import Image, ImageDraw
 from ..common import rng
 from ..common.config import DataConfig
 from ..common.errors import DataError
-from ..common.io import IMAGE_EXTENSIONS, write_atomic
+from ..common.io import IMAGE_EXTENSIONS, OpenHandles, write_atomic
 from ..common.rng import Stream
 from .crops import crop_or_resize
 from .folder_manifest import FileRecord, read_record
@@ -55,6 +58,8 @@ from .pools import POOLS, excluded_by_content, pool_records
 
 SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".svslide"})
 MASK_SIDE = 1024  # the longest side of the thumbnail a tissue mask is computed on
+EPOCH_CAP = 2 ** 20  # an epoch holds at most this many samples (slides keep their shares)
+LEVEL_SLACK = 0.02  # a level counts as fine enough when its downsample is within 2% of the one asked for
 SLIDE_MODE = "slide"  # the manifest's colour mode of slide rows (rows of a folder pool over the same files differ)
 
 
@@ -71,9 +76,10 @@ def open_slide(path: str | Path, reader: str = "tiffslide"):
 
         with reading(path):
             return tiffslide.TiffSlide(path)
-    except ImportError as e:
-        raise DataError(f"data.slide_reader={reader}: cannot import it ({e}); pip install openslide-python "
-                        f"openslide-bin, or use data.slide_reader=tiffslide") from None
+    except (ImportError, OSError) as e:  # OSError: openslide-python without the OpenSlide library
+        advice = ("pip install openslide-python openslide-bin, or use data.slide_reader=tiffslide"
+                  if reader == "openslide" else "pip install tiffslide")
+        raise DataError(f"data.slide_reader={reader}: cannot load it ({e}); {advice}") from None
 
 
 @contextmanager
@@ -154,7 +160,7 @@ def tile_starts(mask: np.ndarray, window: tuple[int, int], least: float) -> np.n
     return held >= least * wy * wx - 1e-9
 
 
-@dataclass
+@dataclass(eq=False)
 class SlidePlan:
     """How tiles are cut from one slide: read at ``level`` (``downsample`` level-0 px a pixel) a square of
     ``read_side`` px covering ``footprint`` level-0 px, starting in a thumbnail cell of ``cell`` (x, y) level-0 px
@@ -221,7 +227,7 @@ def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, thresho
         scale = mpp / base  # level-0 px per tile px
         if scale < 1 - 1e-6:
             raise DataError(f"{path}: data.mpp={mpp} is finer than the slide's {base:.4g} microns per pixel")
-        level = max(i for i, d in enumerate(downsamples) if d <= scale * (1 + 1e-6))
+        level = max(i for i, d in enumerate(downsamples) if d <= scale * (1 + LEVEL_SLACK))
     else:
         if level >= len(downsamples):
             raise DataError(f"{path}: data.slide_level={level}, but the slide has {len(downsamples)} level(s)")
@@ -261,6 +267,7 @@ class SlideDataset(torch.utils.data.Dataset):
                  skip_unreadable: bool = False, manifest: str = "", mpp: float = 0.0, level: int = 0,
                  tissue_threshold: float = 0.0, tissue_min: float = 0.5, reader: str = "tiffslide"):
         self.crop_size, self.hflip, self.reader = crop_size, hflip, reader
+        self.skip_unreadable, self.skipped_in_training = skip_unreadable, 0
         where, files, records, read = slide_records(roots, manifest, reader)
         banned = excluded_by_content(records, list(exclude), SLIDE_EXTENSIONS | IMAGE_EXTENSIONS)
         self.plans, skipped, bare = [], [], []
@@ -292,9 +299,11 @@ class SlideDataset(torch.utils.data.Dataset):
             raise DataError(f"{', '.join(map(str, roots[:3]))}: no slide gives tiles"
                             + (" (every slide is excluded by data.exclude)" if len(banned) == len(files) else
                                f" ({len(bare)} without tissue, {len(skipped)} unreadable, {len(banned)} excluded)"))
-        self.ends = np.cumsum([max(1, p.tiles_available) for p in self.plans]).tolist()
-        self._handles: dict[str, object] = {}
-        self._pid = os.getpid()
+        tiles = np.array([max(1, p.tiles_available) for p in self.plans], dtype=np.float64)
+        if tiles.sum() > EPOCH_CAP:  # the sampler permutes an epoch's indices: keep that list small
+            tiles = np.maximum(1, np.round(tiles * EPOCH_CAP / tiles.sum()))
+        self.ends = np.cumsum(tiles).astype(np.int64).tolist()
+        self._slide = OpenHandles(functools.partial(open_slide, reader=reader))
         self.record = {"slides": len(self.plans), "images": self.ends[-1], "excluded": len(banned),
                        "unreadable_skipped": len(skipped), "without_tissue": len(bare),
                        "tile": {"crop_size": crop_size, "mpp": mpp or None, "level": None if mpp else level,
@@ -306,28 +315,32 @@ class SlideDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.ends[-1]
 
-    def _slide(self, path: str):
-        if self._pid != os.getpid():  # a forked worker: handles of the parent are not shared
-            self._handles, self._pid = {}, os.getpid()
-        if path not in self._handles:
-            self._handles[path] = open_slide(path, self.reader)
-        return self._handles[path]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": {}}
+    def slide_of(self, index: int) -> int:
+        """The number of the slide (in ``plans``) that sample ``index`` falls in."""
+        return bisect.bisect_right(self.ends, index % self.ends[-1])
 
     def tile(self, index: int, key: int) -> tuple[SlidePlan, tuple[int, int]]:
         """The slide ``index`` falls in and the level-0 (x, y) of the tile ``key`` draws there."""
-        plan = self.plans[bisect.bisect_right(self.ends, index % self.ends[-1])]
+        plan = self.plans[self.slide_of(index)]
         return plan, plan.start(key)
 
     def __getitem__(self, item: tuple[int, int]):
         index, key = item
-        plan, (x, y) = self.tile(index, key)
-        with reading(plan.path, f"read at ({x}, {y}), level {plan.level}"):
-            region = self._slide(plan.path).read_region((x, y), plan.level, (plan.read_side, plan.read_side))
-        image = to_tensor(rgb_array(region))
-        return crop_or_resize(image, key, self.crop_size, "resize", self.hflip, name=plan.path), key
+        for shift in range(len(self.plans)):
+            plan = self.plans[(self.slide_of(index) + shift) % len(self.plans)]
+            x, y = plan.start(key)
+            try:
+                with reading(plan.path, f"read at ({x}, {y}), level {plan.level}"):
+                    region = self._slide(plan.path).read_region((x, y), plan.level, (plan.read_side,) * 2)
+            except DataError as e:
+                if not self.skip_unreadable:
+                    raise DataError(f"{e} (set data.skip_unreadable=true to skip such tiles)") from None
+                warnings.warn(f"skipping an unreadable tile: {e}", stacklevel=2)
+                self.skipped_in_training += 1
+                continue
+            image = to_tensor(rgb_array(region))
+            return crop_or_resize(image, key, self.crop_size, "resize", self.hflip, name=plan.path), key
+        raise DataError(f"{', '.join(p.path for p in self.plans[:3])}: no slide of the pool reads any more")
 
     def save_preview(self, path: Path, items: list[tuple[int, int]], per_row: int = 4, side: int = 256) -> None:
         """A PNG of up to 16 slides' thumbnails (longest side ``side``), tissue (by each slide's threshold) shown as it

@@ -56,7 +56,8 @@ from .pools import CountingSkips, build_pretrain_dataset
 from .previews import colour_check, save_reconstruction_grid
 from .run_lock import run_lock
 from .run_log import RunLog, truncate_log
-from .sampler import StepBatchSampler
+from .sampler import StepBatchSampler, first_items
+from .shards import stream_layout
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -230,13 +231,6 @@ class Trainer:
         return torch.utils.data.DataLoader(CountingSkips(self.dataset), batch_sampler=sampler, num_workers=workers,
                                            persistent_workers=workers > 0)
 
-    def first_items(self, n: int) -> list[tuple[int, int]]:
-        """The ``(index, key)`` of the first ``n`` samples of the run (over all processes), step by step."""
-        tc = self.cfg.train
-        whole = StepBatchSampler(len(self.dataset), tc.batch_size, 1, 1, 0, tc.seed, 0, tc.max_steps)
-        steps = range(min(tc.max_steps, -(-n // tc.batch_size)))
-        return [item for step in steps for item in whole.micro_batch(step, 0)][:n]
-
     def preview_batch(self, n: int = 8):
         """A fixed set of images and timesteps spread over the whole range, for the reconstruction grids."""
         items = [self.dataset[(i % len(self.dataset), Tag.PREVIEW + i)] for i in range(n)]
@@ -309,10 +303,15 @@ class Trainer:
         excluded and why) and the log without the steps after ``self.step`` (a start or a resume replays them)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump(self.cfg, self.run_dir / "config.yaml")
-        if hasattr(self.dataset, "record"):
-            write_text_atomic(self.run_dir / "pool.json", json.dumps(self.dataset.record, indent=1))
+        tc, record = self.cfg.train, getattr(self.dataset, "record", None)
+        if hasattr(self.dataset, "stream"):  # what a resume of a shard stream keeps (pretrain.shards)
+            record = {**record, "streams": stream_layout(self.run_dir / "pool.json", self.step, self.cfg.data,
+                                                         self.accelerator.num_processes, tc.grad_accum_steps)}
+        if record is not None:
+            write_text_atomic(self.run_dir / "pool.json", json.dumps(record, indent=1))
         if hasattr(self.dataset, "save_preview"):
-            self.dataset.save_preview(self.run_dir / "tissue.png", self.first_items(64))
+            self.dataset.save_preview(self.run_dir / "tissue.png",
+                                      first_items(64, len(self.dataset), tc.batch_size, tc.seed, tc.max_steps))
         truncate_log(self.run_dir, self.step)
 
     def _train_step(self, images: torch.Tensor, keys: torch.Tensor):

@@ -183,15 +183,17 @@ class FeatureExtractor:
         feats = torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
                                          padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs],
                           dim=1)
-        if self.context == "tile":
-            pooled = torch.cat([o.to(dev, torch.float32).mean((1, 2)) for o in outputs])
-            feats = torch.cat([feats, pooled.expand(feats.shape[0], -1)], dim=1)
         if self.tile_norm in ("l2_image", "rms_image"):
             squares = sum(float(blocks[f"sq_t{t}_b{i}"]) for t, i in parts)
             if self.tile_norm == "rms_image":
                 squares /= size * size * feats.shape[1]
-            feats = feats / max(squares ** 0.5, 1e-12)
-        return feats
+            scale = max(squares ** 0.5, 1e-12)
+        else:
+            scale = 1.0
+        if self.context == "tile":
+            pooled = torch.cat([o.to(dev, torch.float32).mean((1, 2)) for o in outputs])
+            feats = torch.cat([feats, pooled.expand(feats.shape[0], -1)], dim=1)
+        return feats / scale if scale != 1.0 else feats
 
 
 def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> FeatureExtractor:

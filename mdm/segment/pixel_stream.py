@@ -167,12 +167,18 @@ class PixelStream:
         return self._batches(self.train_labels, order, self.pixels_per_tile, epoch, self.draw(epoch), self.balanced)
 
     def train_batches_per_epoch(self) -> int:
-        """About how many batches ``train_batches`` yields per epoch (at least 1): the capped training pixels of every
-        tile over ``batch_pixels`` (batches are packed tile by tile, so the last one of an epoch may be short)."""
+        """About how many batches ``train_batches`` yields per epoch (at least 1): the capped (or class-balanced)
+        training pixels of every tile over ``batch_pixels`` (batches are packed tile by tile, so the last one of an
+        epoch may be short)."""
         total = 0
         for t in self.tiles:
-            n = int((self._labels(t, self.train_labels) != IGNORE_INDEX).sum())
-            total += min(n, self.pixels_per_tile) if self.pixels_per_tile else n
+            y = self._labels(t, self.train_labels)
+            y = y[y != IGNORE_INDEX]
+            share = min(y.numel(), self.pixels_per_tile) if self.pixels_per_tile else y.numel()
+            if self.balanced and y.numel():  # each class present up to ceil(share / classes) pixels
+                counts = torch.bincount(y)
+                share = int(counts[counts > 0].clamp(max=math.ceil(share / int((counts > 0).sum()))).sum())
+            total += share
         return max(1, math.ceil(total / self.batch_pixels))
 
     def val_batches(self):
