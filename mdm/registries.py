@@ -17,10 +17,12 @@ from .segment.pixel_heads import PIXEL_HEADS
 from .segment.task import SEGMENTATION
 from .stage2.tasks import TASKS
 from .study.methods import CLASS_METHODS, METHODS
+from .study.windows import window_split
 
 ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, PIXEL_HEADS, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS,
        CLASS_METHODS)
 TASK_RECORDS = (SEGMENTATION, CLASSIFICATION)
 
 __all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "LOSSES", "METHODS", "NETWORKS",
-           "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "ShardPool", "SlideDataset", "TASKS", "TASK_RECORDS"]
+           "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "ShardPool", "SlideDataset", "TASKS", "TASK_RECORDS",
+           "window_split"]

@@ -17,7 +17,7 @@ from mdm.classify.features import ImageFeatures
 from mdm.classify.heads import fit_head, fit_module
 from mdm.classify.metrics import binary_auc, classification_metrics
 from mdm.classify.pooling import AttentionPool, pool, token_map
-from mdm.classify.run import run_classification
+from mdm.classify.run import open_split, run_classification
 from mdm.classify.select import select_part
 from mdm.classify.splits import class_subset, validation_images
 from mdm.cli import probe_main
@@ -271,3 +271,27 @@ def test_a_miniature_classification_study(tmp_path, configs_dir, monkeypatch):
     assert {b["pretrain_steps"] for b in result["budget"]} == {0, 2}
     with pytest.raises(ConfigError, match="bench.methods: 'mdm' is not a classification method"):
         load(None, ["bench.task=classification", "bench.methods=[mdm]", "bench.metric=accuracy"])
+
+
+def test_a_segmentation_source_gives_windows_labeled_by_their_majority_class(pretrained_export, tmp_path):
+    """``<source>-windows`` (``study.windows``): windows of ``data.crop_size`` px, each labeled by the class covering
+    more than half of it, grouped by image (validation holds out whole images); one export then probes both levels."""
+    from mdm.common.labels import IGNORE_INDEX
+    from mdm.segment.datasets import load_split
+
+    data = load(None, ["data.source=synthetic-windows", "data.crop_size=16", "data.label_fraction=0.25"]).data
+    train = open_split(data, "train")
+    images = load_split("synthetic", None, "train")
+    assert train.class_names == images.class_names
+    assert set(train.groups) == {im.slide or im.name for im in images}  # the synthetic source knows each slide
+    for k in (0, len(train) // 2, len(train) - 1):
+        name, top, left = train.names[k].rsplit("_", 2)
+        i = images.names.index(name)
+        cut = images[i].label[int(top):int(top) + 16, int(left):int(left) + 16]
+        cut = cut[cut != IGNORE_INDEX]
+        assert (cut == train.labels[k]).float().mean() > 0.5
+        assert torch.equal(train.image(k), images[i].image[:, int(top):int(top) + 16, int(left):int(left) + 16])
+    probe = ProbeConfig(image_size=32, sweep_timesteps=[0], sweep_blocks=["mid"], max_epochs=5)
+    result = run_classification(probe, data, open_export(pretrained_export), tmp_path / "run",
+                                device=torch.device("cpu"), progress=False)
+    assert 0 <= result["balanced_accuracy"] <= 1

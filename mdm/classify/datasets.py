@@ -188,10 +188,12 @@ def _synthetic(root: Path | None, split: str, seed: int, size: int) -> ClassData
 
 @dataclass(frozen=True)
 class ClassSource:
-    """A registered source of image labels: ``open(root, split, synthetic_seed, synthetic_size)``."""
+    """A registered source of image labels: ``open(root, split, synthetic_seed, synthetic_size)``; a ``windowed``
+    one (windows of a segmentation source, ``study.windows``) also takes ``window=`` (px) and ``num_classes=``."""
 
     open: Callable[..., ClassDataset]
     needs_root: bool = True
+    windowed: bool = False
 
 
 CLASS_SOURCES: Registry[ClassSource] = Registry("image-label sources", "data.source", "image-label source")
@@ -201,8 +203,12 @@ CLASS_SOURCES.register("synthetic", ClassSource(_synthetic, needs_root=False))
 
 
 def open_class_split(source: str, root: str | None, split: str, *, synthetic_seed: int = 0,
-                     synthetic_size: int = 64) -> ClassDataset:
-    """One split (``train`` / ``test``) of the image-label source ``source`` (see the module docstring)."""
+                     synthetic_size: int = 64, window: int = 32, num_classes: int = 0) -> ClassDataset:
+    """One split (``train`` / ``test``) of the image-label source ``source`` (see the module docstring);
+    ``window`` and ``num_classes`` reach a windowed source only."""
     spec = CLASS_SOURCES[source]
     check_split(split)
-    return spec.open(source_root(source, root, spec.needs_root), split, synthetic_seed, synthetic_size)
+    where = source_root(source, root, spec.needs_root)
+    if spec.windowed:
+        return spec.open(where, split, synthetic_seed, synthetic_size, window=window, num_classes=num_classes)
+    return spec.open(where, split, synthetic_seed, synthetic_size)

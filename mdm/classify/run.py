@@ -138,7 +138,8 @@ PATHS = {"frozen": _frozen, "finetune": _finetune, "classical": _classical}  # p
 def open_split(data: DataConfig, split: str) -> ClassDataset:
     """One split (``train`` / ``test``) of ``data``'s source of image labels."""
     return open_class_split(data.source, data.root[0] if data.root else None, split,
-                            synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size)
+                            synthetic_seed=data.synthetic_seed, synthetic_size=data.synthetic_image_size,
+                            window=data.crop_size, num_classes=data.num_classes)
 
 
 def run_classification(probe: ProbeConfig, data: DataConfig, export: Export | None, out: str | Path, *,
