@@ -51,11 +51,14 @@ class ClassDataset:
     image_files: list[Path] = field(default_factory=list)
     label_files: list[Path] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)  # [i]: image i's patient or slide, where the source knows it
+    read_files: list[Path] = field(default_factory=list)  # every file in the source's own order, where it has one
 
     @property
     def files(self) -> list[Path]:
-        """Every file the split reads (a study records their content)."""
-        return [*self.image_files, *self.label_files]
+        """Every file the split reads (a study records their content and excludes them from its pool): in the
+        source's own order where it gives one (``read_files``; windows: the segmentation split's, so a study of
+        windows and one of masks exclude the same list)."""
+        return self.read_files or list(dict.fromkeys([*self.image_files, *self.label_files]))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -68,7 +71,7 @@ class ClassDataset:
         return ClassDataset(self.source, self.split, [self.names[i] for i in indices],
                             [self.labels[i] for i in indices], self.class_names, lambda k: self.load(indices[k]),
                             [self.image_files[i] for i in indices] if self.image_files else [], self.label_files,
-                            [self.groups[i] for i in indices] if self.groups else [])
+                            [self.groups[i] for i in indices] if self.groups else [], self.read_files)
 
 
 NOT_IMAGES = {"masks", "mask", "labels", "annotations", "ground_truth", "gt"}  # subfolders a class must not read

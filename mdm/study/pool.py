@@ -42,7 +42,7 @@ def pretraining_data(cfg: Config) -> DataConfig:
     root = data.root[0] if data.root else None
     roots = [str(r) for r in pool.root]
     if pool.source == "labeled":
-        roots = [str(f) for f in labeled_split(cfg, "train").image_files] + roots
+        roots = list(dict.fromkeys(str(f) for f in labeled_split(cfg, "train").image_files)) + roots  # windows: once
         unlabeled = Path(root) / "unlabeled" if root else None
         if unlabeled is not None and unlabeled.is_dir():
             roots.append(str(unlabeled))

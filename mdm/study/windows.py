@@ -65,7 +65,7 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
     image_files = [files[i] for i, _, _ in places] if len(files) == len(ds) else []
     masks = [f for f in ds.files if f not in set(files)]
     return ClassDataset(f"{source}-windows", split, names, labels, list(ds.class_names), load, image_files, masks,
-                        groups)
+                        groups, list(ds.files))
 
 
 for _name, _spec in SOURCES.items():
