@@ -17,7 +17,7 @@ from helpers import TINY_OVERRIDES, read_log, write_slide
 from mdm.common.config_io import load
 from mdm.common.errors import DataError
 from mdm.pretrain.checkpoints import FILES
-from mdm.pretrain.slides import SlideDataset, open_slide
+from mdm.pretrain.slides import SlideDataset
 from mdm.pretrain.trainer import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,8 @@ def test_tiles_come_from_tissue_at_the_asked_resolution_and_replay(slides, tmp_p
     # 1.5 microns per pixel on a 0.5-mpp slide: 3 level-0 px a tile px, read from level 1 (2x) and resized
     assert (first["level"], first["downsample"], first["read_side"]) == (1, 2.0, 48)
     assert 0.3 < first["tissue_share"] < 0.45  # the ellipse holds ~0.39 of the slide; Otsu finds it
-    assert first["tiles_available"] == int(first["tissue_level0_px"] / 96 ** 2)
+    area = int(tissue["a.tif"].sum())  # the ellipse the fixture painted, in level-0 px
+    assert abs(first["tissue_level0_px"] - area) < 0.15 * area and abs(first["tiles_available"] - area / 96 ** 2) <= 2
     assert len(ds) == sum(s["tiles_available"] for s in ds.record["per_slide"])
     for index, key in [(0, 11), (5, 12), (len(ds) - 1, 13), (40, 14)]:
         plan, (x, y) = ds.tile(index, key)
@@ -121,7 +122,6 @@ def test_two_processes_killed_and_resumed_give_the_same_losses(slides, tmp_path,
     pool = json.loads((tmp_path / "run" / "pool.json").read_text())
     assert pool["slides"] == 2 and [s["level"] for s in pool["per_slide"]] == [1, 1]
     assert Image.open(tmp_path / "run" / "tissue.png").size[0] > 0
-    assert open_slide(root / "a.tif").level_count == 3
 
 
 def test_openslide_reads_the_same_tiles_as_tiffslide(slides, tmp_path):

@@ -113,6 +113,11 @@ def load_image(path: Path | BinaryIO, color_mode: str = "RGB", name: str = "") -
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/mdm`` (or ``~/.cache/mdm``): where pool manifests and shard indexes are kept."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mdm"
+
+
 class OpenHandles:
     """At most ``limit`` files kept open by ``opener(path)`` (least recently used closed first, by its ``close``),
     per process: a forked loader worker opens its own (the parent's handles are not shared) and a pickled copy

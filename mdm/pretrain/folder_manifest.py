@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..common.errors import DataError
-from ..common.io import file_digest, load_image, write_atomic
+from ..common.io import cache_root, file_digest, load_image, write_atomic
 from ..common.pictures import SAME_PICTURE, THUMBNAIL, looks_like_mask, thumbnail
 
 SMALL = 4  # the side of the stored thumbnail
@@ -81,8 +81,8 @@ def read_record(path: Path, mode: str, picture: Callable[[Path], tuple[torch.Ten
     try:
         stat = os.stat(path)
         record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
-        record.sha1 = file_digest(path)
         image, record.width, record.height = picture(path)
+        record.sha1 = file_digest(path)  # after the read: an unreadable file, read again at every start, is not hashed
     except (DataError, OSError) as e:
         record.error = str(e) if isinstance(e, DataError) else f"{path}: cannot read {what} ({e.strerror or e})"
         return record
@@ -109,8 +109,7 @@ def manifest_path(setting: str, roots: list[str], color_mode: str) -> Path:
     if setting:
         return Path(setting)
     named = "\n".join([color_mode, *sorted(str(Path(r).resolve()) for r in roots)])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "mdm" / "pools" / f"{hashlib.sha1(named.encode()).hexdigest()[:16]}.csv"
+    return cache_root() / "pools" / f"{hashlib.sha1(named.encode()).hexdigest()[:16]}.csv"
 
 
 @contextmanager

@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ..common.config import DataConfig
 from ..common.errors import DataError
-from ..common.io import OpenHandles, file_digest, list_images, load_image, write_atomic
+from ..common.io import IMAGE_EXTENSIONS, OpenHandles, cache_root, file_digest, list_images, load_image, write_atomic
 from ..common.rng import Tag, make_key
 from .crops import crop_or_resize
 from .folder_manifest import locked
@@ -53,7 +53,7 @@ from .pools import POOLS, list_pool
 from .sampler import micro_batch_keys
 
 SHARD_EXTENSIONS = frozenset({".tar"})
-IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "ppm")
+IMAGE_SUFFIXES = {e[1:] for e in IMAGE_EXTENSIONS} | {"webp", "ppm"}
 BUFFER_BLOCK = 4096  # the shuffle buffer's draws are made this many at a time
 
 
@@ -121,8 +121,7 @@ def scan_shard(path: Path) -> ShardIndex:
 
 def index_cache(path: Path) -> Path:
     """Where the index of the shard ``path`` is kept: ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/mdm/shards/``."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "mdm" / "shards" / f"{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]}.npz"
+    return cache_root() / "shards" / f"{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]}.npz"
 
 
 def load_index(path: Path) -> tuple[ShardIndex, bool]:
@@ -310,13 +309,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         for b in mine:
             step, a = divmod(b, self.accum)
             for key in micro_batch_keys(self.seed, step, a, self.world, self.rank, self.micro):
-                image, skipped = self._next_image(stream, key)
+                image, skipped = self.pool.take(*next(stream), key)  # a stand-in is read out of turn
                 yield image, key, skipped
 
-    def _next_image(self, stream, key: int) -> tuple[torch.Tensor, int]:
-        """The stream's next image and how many samples were skipped for it (``ShardPool.take``): a stand-in is
-        read out of turn, so the stream's position (what a resume skips) stays one sample an image."""
-        return self.pool.take(*next(stream), key)
 
 
 POOLS.register("shards", lambda d: ShardPool(d.root, d.crop_size, d.crop, d.hflip, d.color_mode, d.exclude,

@@ -235,13 +235,13 @@ def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, thresho
     footprint = crop_size * scale
     read_side = max(crop_size, math.ceil(footprint / downsamples[level] - 1e-6))
     width, height = slide.dimensions
+    if footprint > min(width, height):
+        raise DataError(f"{path}: {width}x{height} at level 0 is smaller than one tile ({footprint:.0f} level-0 px)")
     with reading(path):
         thumb = rgb_array(slide.get_thumbnail((MASK_SIDE, MASK_SIDE)))
     mask, used = tissue_mask(thumb, threshold)
     cell = (width / mask.shape[1], height / mask.shape[0])
     window = (max(1, round(footprint / cell[1])), max(1, round(footprint / cell[0])))
-    if footprint > min(width, height):
-        raise DataError(f"{path}: {width}x{height} at level 0 is smaller than one tile ({footprint:.0f} level-0 px)")
     starts = tile_starts(mask, window, least)
     return SlidePlan(path, (width, height), base, level, downsamples[level], read_side, footprint, cell,
                      np.packbits(starts, axis=1), starts.shape[1], np.cumsum(starts.sum(1)), int(mask.sum()),
@@ -344,19 +344,18 @@ class SlideDataset(torch.utils.data.Dataset):
 
     def save_preview(self, path: Path, items: list[tuple[int, int]], per_row: int = 4, side: int = 256) -> None:
         """A PNG of up to 16 slides' thumbnails (longest side ``side``), tissue (by each slide's threshold) shown as it
-        is and the rest dimmed,
-        with the tiles of ``items`` (``(index, key)``, e.g. the run's first steps) outlined in red."""
-        shown = self.plans[:16]
+        is and the rest dimmed, with the tiles of ``items`` (``(index, key)``, e.g. the run's first steps) outlined in
+        red."""
+        tiles = [self.tile(index, key) for index, key in items]
         panels = []
-        for plan in shown:
+        for plan in self.plans[:16]:
             thumb = rgb_array(self._slide(plan.path).get_thumbnail((side, side)))
             mask = tissue_mask(thumb, plan.threshold)[0]
             dimmed = np.where(mask[..., None], thumb, (thumb * 0.35 + 255 * 0.2).astype(np.uint8))
             panel = Image.fromarray(dimmed.astype(np.uint8))
             draw = ImageDraw.Draw(panel)
             sx, sy = thumb.shape[1] / plan.size[0], thumb.shape[0] / plan.size[1]
-            for index, key in items:
-                where, (x, y) = self.tile(index, key)
+            for where, (x, y) in tiles:
                 if where is plan:
                     reach = plan.footprint
                     draw.rectangle([x * sx, y * sy, (x + reach) * sx, (y + reach) * sy], outline=(220, 0, 0))

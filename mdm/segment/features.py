@@ -179,10 +179,9 @@ class FeatureExtractor:
         ys, xs = torch.div(index, size, rounding_mode="floor"), index % size
         grid = torch.stack([(2 * xs + 1) / size - 1, (2 * ys + 1) / size - 1], dim=-1).float()  # [N, 2] as (x, y)
         grid = grid.reshape(1, 1, -1, 2)
-        outputs = [blocks[f"t{t}_b{i}"] for t, i in parts]
-        feats = torch.cat([F.grid_sample(o[None].to(dev, torch.float32, non_blocking=True), grid, mode="bilinear",
-                                         padding_mode="border", align_corners=False)[0, :, 0].T for o in outputs],
-                          dim=1)
+        outputs = [blocks[f"t{t}_b{i}"].to(dev, torch.float32, non_blocking=True) for t, i in parts]
+        feats = torch.cat([F.grid_sample(o[None], grid, mode="bilinear", padding_mode="border",
+                                         align_corners=False)[0, :, 0].T for o in outputs], dim=1)
         if self.tile_norm in ("l2_image", "rms_image"):
             squares = sum(float(blocks[f"sq_t{t}_b{i}"]) for t, i in parts)
             if self.tile_norm == "rms_image":
@@ -191,7 +190,7 @@ class FeatureExtractor:
         else:
             scale = 1.0
         if self.context == "tile":
-            pooled = torch.cat([o.to(dev, torch.float32).mean((1, 2)) for o in outputs])
+            pooled = torch.cat([o.mean((1, 2)) for o in outputs])
             feats = torch.cat([feats, pooled.expand(feats.shape[0], -1)], dim=1)
         return feats / scale if scale != 1.0 else feats
 

@@ -35,11 +35,16 @@ from .splits import split_labels
 VALIDATION_CACHE_BYTES = 256 * 2 ** 20  # validation features kept between epochs up to this size (fp32)
 
 
+def balanced_quota(labels: torch.Tensor, share: int) -> int:
+    """How many pixels of each class present in ``labels`` a class-balanced draw of ``share`` takes at most:
+    ``ceil(share / k)`` for ``k`` classes present."""
+    return math.ceil(share / int(labels.unique().numel()))
+
+
 def balanced_draw(keep: torch.Tensor, labels: torch.Tensor, share: int, g: torch.Generator) -> torch.Tensor:
-    """Of the pixels ``keep`` (flat indices ``[N]``, classes ``labels [N]``), up to ``ceil(share / k)`` of each of
-    the ``k`` classes present, drawn with ``g``; ascending."""
-    classes = labels.unique()
-    quota = math.ceil(share / len(classes))
+    """Of the pixels ``keep`` (flat indices ``[N]``, classes ``labels [N]``), up to ``balanced_quota`` of each class
+    present, drawn with ``g``; ascending."""
+    classes, quota = labels.unique(), balanced_quota(labels, share)
     picked = [keep[labels == c] for c in classes]
     return torch.cat([p[torch.randperm(p.numel(), generator=g)[:quota]] for p in picked]).sort().values
 
@@ -147,11 +152,10 @@ class PixelStream:
             keep = (y != IGNORE_INDEX).nonzero().squeeze(1)
             if keep.numel() == 0:
                 continue
-            g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
-            if balanced:
-                keep = balanced_draw(keep, y[keep], cap or keep.numel(), g)
-            elif cap and keep.numel() > cap:
-                keep = keep[torch.randperm(keep.numel(), generator=g)[:cap]]
+            if balanced or (cap and keep.numel() > cap):
+                g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, i))
+                keep = (balanced_draw(keep, y[keep], cap or keep.numel(), g) if balanced
+                        else keep[torch.randperm(keep.numel(), generator=g)[:cap]])
             buf_x.append(self.tile_features(i, keep, draw))
             buf_y.append(y[keep])
             size += keep.numel()
@@ -174,11 +178,11 @@ class PixelStream:
         for t in self.tiles:
             y = self._labels(t, self.train_labels)
             y = y[y != IGNORE_INDEX]
-            share = min(y.numel(), self.pixels_per_tile) if self.pixels_per_tile else y.numel()
-            if self.balanced and y.numel():  # each class present up to ceil(share / classes) pixels
+            if self.balanced and y.numel():  # as balanced_draw takes them
                 counts = torch.bincount(y)
-                share = int(counts[counts > 0].clamp(max=math.ceil(share / int((counts > 0).sum()))).sum())
-            total += share
+                total += int(counts[counts > 0].clamp(max=balanced_quota(y, self.pixels_per_tile or y.numel())).sum())
+            else:
+                total += min(y.numel(), self.pixels_per_tile) if self.pixels_per_tile else y.numel()
         return max(1, math.ceil(total / self.batch_pixels))
 
     def val_batches(self):

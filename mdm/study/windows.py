@@ -63,8 +63,7 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
 
     files = ds.image_files  # [i]: image i's file, for a source of files
     image_files = [files[i] for i, _, _ in places] if len(files) == len(ds) else []
-    masks = [f for f in ds.files if f not in set(files)]
-    return ClassDataset(f"{source}-windows", split, names, labels, list(ds.class_names), load, image_files, masks,
+    return ClassDataset(f"{source}-windows", split, names, labels, list(ds.class_names), load, image_files, [],
                         groups, list(ds.files))
 
 
