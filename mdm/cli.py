@@ -30,7 +30,7 @@ from .common.config import Config
 from .common.config_io import load
 from .common.devices import resolve_device
 from .common.errors import ConfigError, DataError, MdmError
-from .common.io import list_images, load_image, refuse_foreign
+from .common.io import check_out, list_images, load_image
 
 EXPECTED = (MdmError, OSError)
 MESSAGE_LIMIT = 600  # characters of an error message shown
@@ -83,17 +83,6 @@ def _load(args, first: list[str] = ()) -> Config:
     from . import registries  # noqa: F401 - deferred: --help need not import torch's stages
 
     return load(args.config, [*first, *args.overrides])
-
-
-def check_out(path: str | Path, what: str = "--out") -> Path:
-    """Refuse an output path that is an existing file or a symbolic link before any work is done: runs replace their
-    folder as a whole, and would rename away what the user put there."""
-    p = Path(path)
-    if p.is_symlink():
-        raise DataError(f"{what} {p}: is a symbolic link; give the folder it points to, or a new folder")
-    if p.exists() and not p.is_dir():
-        raise DataError(f"{what} {p}: is a file, not a folder; give a new folder")
-    return p
 
 
 # ---- pretraining ---------------------------------------------------------------------------------------------------
@@ -178,7 +167,7 @@ def _segment(argv: list[str]) -> int:
 
 def _predict(argv: list[str]) -> int:
     from .segment.segmenter import load_segmenter
-    from .segment.visualize import save_prediction_images
+    from .segment.visualize import check_predict_out, output_names, save_prediction_images
 
     p = argparse.ArgumentParser(prog="finetune_seg.py predict", description="Segment a folder of images with a saved "
                                 "segmentation run.")
@@ -201,33 +190,6 @@ def _predict(argv: list[str]) -> int:
         save_prediction_images(out, name, image, labels, unc, segmenter.num_classes)
     print(f"segmented {len(files)} images into {out}")
     return 0
-
-
-PREDICT_FOLDERS = {"predictions", "uncertainty", "overlays"}  # what save_prediction_images writes
-
-
-def check_predict_out(out: Path, images: Path, model: Path) -> None:
-    """``predict --out`` must be a folder of its own: not inside ``--images`` (the next predict would segment its own
-    outputs) and not inside the run folder (a rerun replaces it, and its test predictions live there)."""
-    check_out(out)
-    refuse_foreign(out, PREDICT_FOLDERS, "predict", "give a new or empty --out folder (predict writes "
-                   "predictions/, uncertainty/ and overlays/ there, replacing same-named files)")
-    o, images, model = out.resolve(), images.resolve(), model.resolve()
-    run = model.parent if model.name == "segmenter" else model
-    if images.is_dir() and (o == images or images in o.parents):
-        raise DataError(f"--out {out}: is inside --images {images}; a later predict would segment these outputs too: "
-                        f"give a folder outside it")
-    if o == run or run in o.parents:
-        raise DataError(f"--out {out}: is inside the run folder {run}, which holds the run's own test predictions and "
-                        f"is replaced as a whole by a rerun: give a folder outside it")
-
-
-def output_names(files: list[Path], root: Path) -> list[str]:
-    """Output names that keep the images' folders (``a/x.png`` -> ``a/x``), so equal file names in different folders
-    never overwrite each other; files that would still collide (``x.png``, ``x.jpg``) keep their extension."""
-    rel = [f.relative_to(root).as_posix() if root.is_dir() else f.name for f in files]
-    stems = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
-    return [s if stems.count(s) == 1 else r for s, r in zip(stems, rel)]
 
 
 def seg_main(argv: list[str] | None = None) -> int:

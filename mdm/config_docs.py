@@ -14,8 +14,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .common.config import ANY_TASK_METHODS, TASK_METHODS, Config
+from .common.config import Config
 from .common.config_checks import method_registries
+from .common.config_keys import ANY_TASK_METHODS, TASK_METHODS
 from .common.io import write_text_atomic
 from .common.registry import registry
 from .registries import ALL  # noqa: F401 - every registry filled

@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mdm.nn.unet import _attention  # noqa: E402
+from mdm.nn.unet_blocks import _attention  # noqa: E402
 from mdm.pretrain.cpu_memory import keep_freed_memory  # noqa: E402
 
 

@@ -49,7 +49,7 @@ from mdm.nn.unet import (
 )
 from mdm.pretrain.cpu_memory import keep_freed_memory  # noqa: E402
 from mdm.pretrain.objectives import build_objective  # noqa: E402
-from mdm.pretrain.trainer import make_optimizer  # noqa: E402
+from mdm.pretrain.run_setup import make_optimizer  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -250,7 +250,7 @@ def count_block_graphs(cfg, limit: int, size: int = 64) -> dict:
     eager backend (no code generation, so it runs in seconds on a CPU) and ``limit`` recompiles per function."""
     from torch._dynamo.utils import counters
 
-    from mdm.nn.unet import AttentionBlock, ResBlock
+    from mdm.nn.unet_blocks import AttentionBlock, ResBlock
 
     torch._dynamo.reset()
     counters.clear()

@@ -7,17 +7,13 @@ import pytest
 import torch
 
 from mdm.segment.metrics import (
-    aji,
     binary_dice_iou,
     confusion_matrix,
-    connected_components,
     dice_to_iou,
     miou_from_confusion,
-    object_dice,
-    object_f1,
-    object_hausdorff,
     pool_per_image,
 )
+from mdm.segment.object_metrics import aji, connected_components, object_dice, object_f1, object_hausdorff
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Confusion matrix / dataset-level mIoU

@@ -64,7 +64,7 @@ def test_non_divisible_size_says_which_sizes_work():
 def test_attention_matches_guided_diffusion_legacy_qkv_attention():
     """AttentionBlock gives what guided-diffusion's Conv1d + QKVAttentionLegacy compute with the same weights, for
     channels-last and NCHW inputs (the published checkpoints rely on this channel order)."""
-    from mdm.nn.unet import AttentionBlock
+    from mdm.nn.unet_blocks import AttentionBlock
 
     torch.manual_seed(0)
     block = AttentionBlock(64, num_head_channels=16)
@@ -91,7 +91,7 @@ def test_attention_matches_guided_diffusion_legacy_qkv_attention():
 def test_new_attention_order_matches_guided_diffusion_qkv_attention():
     """With use_new_attention_order, the block computes guided-diffusion's QKVAttention: q, k, v split first (each
     [B, heads * ch, T]), then the heads; the same weights give another result than the legacy order."""
-    from mdm.nn.unet import AttentionBlock
+    from mdm.nn.unet_blocks import AttentionBlock
 
     torch.manual_seed(0)
     block = AttentionBlock(64, num_head_channels=16, use_new_attention_order=True)

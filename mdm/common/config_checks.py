@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .config import ANY_TASK_METHODS, TASK_METHODS, Config, check_crop
+from .config import Config, check_crop
+from .config_keys import ANY_TASK_METHODS, TASK_METHODS
 from .errors import ConfigError
 from .registry import registry
 

@@ -304,3 +304,14 @@ def load_tensors(path: str | Path, device: str | None = None) -> dict[str, torch
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable safetensors file, truncated or damaged "
                               f"({type(e).__name__}: {str(e).strip()[:120]})") from None
+
+
+def check_out(path: str | Path, what: str = "--out") -> Path:
+    """Refuse an output path that is an existing file or a symbolic link before any work is done: runs replace their
+    folder as a whole, and would rename away what the user put there."""
+    p = Path(path)
+    if p.is_symlink():
+        raise DataError(f"{what} {p}: is a symbolic link; give the folder it points to, or a new folder")
+    if p.exists() and not p.is_dir():
+        raise DataError(f"{what} {p}: is a file, not a folder; give a new folder")
+    return p

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..common.labels import IGNORE_INDEX
 from ..stage2.scores import Score, mean_score, miou_score
-from . import metrics
+from . import metrics, object_metrics
 from .visualize import save_prediction_images
 
 POOLED = ["dice", "iou", "object_f1", "object_dice", "object_hausdorff", "aji"]
@@ -46,12 +46,12 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
             for k in range(m):
                 member_dice[k].append(metrics.binary_dice_iou(probs[k].argmax(0).eq(1) & valid, gt)[0])
             if item.instances is not None:
-                pred_inst = metrics.connected_components(labels.eq(1).numpy())
+                pred_inst = object_metrics.connected_components(labels.eq(1).numpy())
                 gt_inst = item.instances.numpy()
-                row["object_f1"] = metrics.object_f1(pred_inst, gt_inst)["f1"]
-                row["object_dice"] = metrics.object_dice(pred_inst, gt_inst)
-                row["object_hausdorff"] = metrics.object_hausdorff(pred_inst, gt_inst)
-                row["aji"] = metrics.aji(pred_inst, gt_inst)
+                row["object_f1"] = object_metrics.object_f1(pred_inst, gt_inst)["f1"]
+                row["object_dice"] = object_metrics.object_dice(pred_inst, gt_inst)
+                row["object_hausdorff"] = object_metrics.object_hausdorff(pred_inst, gt_inst)
+                row["aji"] = object_metrics.aji(pred_inst, gt_inst)
         inter = np.diag(image_cm)  # per class: the image's share of the dataset-level IoU's sums
         row.update({f"inter_{k}": int(v) for k, v in enumerate(inter)})
         row.update({f"union_{k}": int(v) for k, v in enumerate(image_cm.sum(0) + image_cm.sum(1) - inter)})

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ..common.io import write_atomic
+from ..common.errors import DataError
+from ..common.io import check_out, refuse_foreign, write_atomic
 from ..common.labels import IGNORE_INDEX
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -96,3 +97,30 @@ def save_prediction_images(out: Path, name: str, image: torch.Tensor, labels: to
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp, picture=picture: picture.save(tmp, format="PNG"))  # explicit format: a name
         # like '..' has no extension PIL can read, nor has the temporary file
+
+
+PREDICT_FOLDERS = {"predictions", "uncertainty", "overlays"}  # what save_prediction_images writes
+
+
+def check_predict_out(out: Path, images: Path, model: Path) -> None:
+    """``predict --out`` must be a folder of its own: not inside ``--images`` (the next predict would segment its own
+    outputs) and not inside the run folder (a rerun replaces it, and its test predictions live there)."""
+    check_out(out)
+    refuse_foreign(out, PREDICT_FOLDERS, "predict", "give a new or empty --out folder (predict writes "
+                   "predictions/, uncertainty/ and overlays/ there, replacing same-named files)")
+    o, images, model = out.resolve(), images.resolve(), model.resolve()
+    run = model.parent if model.name == "segmenter" else model
+    if images.is_dir() and (o == images or images in o.parents):
+        raise DataError(f"--out {out}: is inside --images {images}; a later predict would segment these outputs too: "
+                        f"give a folder outside it")
+    if o == run or run in o.parents:
+        raise DataError(f"--out {out}: is inside the run folder {run}, which holds the run's own test predictions and "
+                        f"is replaced as a whole by a rerun: give a folder outside it")
+
+
+def output_names(files: list[Path], root: Path) -> list[str]:
+    """Output names that keep the images' folders (``a/x.png`` -> ``a/x``), so equal file names in different folders
+    never overwrite each other; files that would still collide (``x.png``, ``x.jpg``) keep their extension."""
+    rel = [f.relative_to(root).as_posix() if root.is_dir() else f.name for f in files]
+    stems = [r[: -len(Path(r).suffix)] if Path(r).suffix else r for r in rel]
+    return [s if stems.count(s) == 1 else r for s, r in zip(stems, rel)]
