@@ -9,9 +9,10 @@
 ``python -m mdm.convert``              a published checkpoint -> an export folder
 =====================================  ===================================================================
 
-Shared flags: ``--config``, ``--set KEY=VALUE`` (repeatable), ``--out``, ``--device`` (``auto``: CUDA when present,
-else the CPU) and ``--debug``. An expected failure (``MdmError``: bad config, data, checkpoint, diverged run; or an
-``OSError`` such as a permission problem) is one line on stderr and exit code 2; ``--debug`` shows the traceback.
+Shared flags: ``--config``, ``--set KEY=VALUE`` (repeatable), ``--out``, ``--device`` (``auto``:
+CUDA when present, else the CPU) and ``--debug``. An expected failure (``MdmError``: bad config,
+data, checkpoint, diverged run; or an ``OSError`` such as a permission problem) is one line on
+stderr and exit code 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ EXPECTED = (MdmError, OSError)
 MESSAGE_LIMIT = 600  # characters of an error message shown
 
 
-def _parser(prog: str, description: str, config_example: str, out_help: str) -> argparse.ArgumentParser:
+def _parser(prog: str, description: str,
+            config_example: str, out_help: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--config", required=True, help=f"YAML config, e.g. {config_example}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -47,14 +49,15 @@ def _parser(prog: str, description: str, config_example: str, out_help: str) -> 
 
 
 def _add_runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (default: the "
+    p.add_argument("--device",
+                   help="auto (CUDA when present, else the CPU), cpu, cuda or cuda:N (default: the "
                    "config's device of the stage: train.device, seg.device or probe.device; auto)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def _run(main, argv: list[str] | None) -> int:
-    """Call ``main(argv)``; an expected failure becomes one line on stderr and exit code 2 (with ``--debug``, after
-    its traceback)."""
+    """Call ``main(argv)``; an expected failure becomes one line on stderr and exit code 2 (with
+    ``--debug``, after its traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return main(argv) or 0
@@ -64,12 +67,14 @@ def _run(main, argv: list[str] | None) -> int:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)  # what was written is whole: every run folder appears by a rename
+        # what was written is whole: every run folder appears by a rename
+        print("interrupted", file=sys.stderr)
         return 130
 
 
 def one_line(message: str, limit: int = MESSAGE_LIMIT) -> str:
-    """An error message as one line of at most ``limit`` characters (a message that echoes a file can be huge)."""
+    """An error message as one line of at most ``limit`` characters (a message that echoes a file
+    can be huge)."""
     text = " ".join(message.split())
     if len(text) <= limit:
         return text
@@ -85,7 +90,7 @@ def _load(args, first: list[str] = ()) -> Config:
     return load(args.config, [*first, *args.overrides])
 
 
-# ---- pretraining ---------------------------------------------------------------------------------------------------
+# ---- pretraining ---------------------------------------------------------------------------------
 
 
 def _dry_run(cfg: Config) -> None:
@@ -101,17 +106,20 @@ def _dry_run(cfg: Config) -> None:
     print(f"decoder blocks at {size}x{size} (block: channels @ resolution):")
     for b in model.decoder_blocks(size, size):
         print(f"  {b.index:2d}: {b.channels:4d} @ {b.resolution[0]}x{b.resolution[1]}")
-    if cfg.data.source in ("folder", "slides", "shards") and not all(Path(r).exists() for r in cfg.data.root):
+    if cfg.data.source in ("folder",
+                           "slides", "shards") and not all(Path(r).exists() for r in cfg.data.root):
         print(f"data: {', '.join(cfg.data.root)} not found here; data pipeline not built")
     else:
         print(f"data: {cfg.data.source}, {len(build_pretrain_dataset(cfg.data))} images, crops {size}x{size}")
 
 
 def _train(argv: list[str]) -> int:
-    p = _parser("train.py", "Pretrain a U-Net with MDM (or the DDPM or MAE baseline).", "configs/tiny.yaml",
-                "run folder (default: train.out_dir)")
-    p.add_argument("--resume", help="'latest' (newest checkpoint in the run folder) or a checkpoint folder")
-    p.add_argument("--dry-run", action="store_true", help="build the model and data, print a summary, exit")
+    p = _parser("train.py", "Pretrain a U-Net with MDM (or the DDPM or MAE baseline).",
+                "configs/tiny.yaml", "run folder (default: train.out_dir)")
+    p.add_argument("--resume",
+                   help="'latest' (newest checkpoint in the run folder) or a checkpoint folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model and data, print a summary, exit")
     args = p.parse_args(argv)
     cfg = _load(args)
     if args.out:
@@ -120,7 +128,8 @@ def _train(argv: list[str]) -> int:
     if args.dry_run:
         _dry_run(cfg)
         return 0
-    from .pretrain.trainer import train  # deferred: Accelerate's import costs seconds that --dry-run does not need
+    # deferred: Accelerate's import costs seconds that --dry-run does not need
+    from .pretrain.trainer import train
 
     train(cfg, resume=args.resume, device=resolve_device(args.device or cfg.train.device))
     return 0
@@ -130,14 +139,16 @@ def train_main(argv: list[str] | None = None) -> int:
     return _run(_train, argv)
 
 
-# ---- segmentation --------------------------------------------------------------------------------------------------
+# ---- segmentation --------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ["dice", "iou", "miou", "member_dice_mean", "member_dice_std", "object_f1", "object_dice", "aji"]
+SUMMARY_KEYS = ["dice", "iou", "miou", "member_dice_mean", "member_dice_std", "object_f1",
+                "object_dice", "aji"]
 
 
 def _stage_two(args, section: str) -> tuple[Config, Path, torch.device, object]:
-    """What a stage-2 command (config section ``section``: ``seg`` or ``probe``) starts from: the config, the run
-    folder (``--out`` or ``<section>.out_dir``), the device and the export of ``--checkpoint`` (``None`` without)."""
+    """What a stage-2 command (config section ``section``: ``seg`` or ``probe``) starts from: the
+    config, the run folder (``--out`` or ``<section>.out_dir``), the device and the export of
+    ``--checkpoint`` (``None`` without)."""
     from .pretrain.export import open_export
 
     cfg = _load(args)
@@ -151,12 +162,14 @@ def _stage_two(args, section: str) -> tuple[Config, Path, torch.device, object]:
 def _segment(argv: list[str]) -> int:
     from .segment.run import run_segmentation
 
-    p = _parser("finetune_seg.py", "The segmentation stage: train on the labeled images of a dataset, evaluate on its "
+    p = _parser("finetune_seg.py",
+                "The segmentation stage: train on the labeled images of a dataset, evaluate on its "
                 "test images and save the segmenter. By default (seg.mode=frozen) the pretrained U-Net stays frozen "
                 "and small pixel classifiers learn from its decoder features; seg.mode=finetune trains a whole "
                 "network end to end instead. 'finetune_seg.py predict --help' segments new images with a saved run.",
                 "configs/seg_glas.yaml", "run folder (default: seg.out_dir)")
-    p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
+    p.add_argument("--checkpoint",
+                   help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
                    "seg.mode=finetune with seg.arch=smp)")
     cfg, out, device, export = _stage_two(p.parse_args(argv), "seg")
     result = run_segmentation(cfg.seg, cfg.data, export, out, device=device)
@@ -169,10 +182,12 @@ def _predict(argv: list[str]) -> int:
     from .segment.segmenter import load_segmenter
     from .segment.visualize import check_predict_out, output_names, save_prediction_images
 
-    p = argparse.ArgumentParser(prog="finetune_seg.py predict", description="Segment a folder of images with a saved "
+    p = argparse.ArgumentParser(prog="finetune_seg.py predict",
+                                description="Segment a folder of images with a saved "
                                 "segmentation run.")
     p.add_argument("--model", required=True, help="a segmentation run folder (or its segmenter/)")
-    p.add_argument("--images", required=True, help="a folder of images (searched recursively) or one image")
+    p.add_argument("--images", required=True,
+                   help="a folder of images (searched recursively) or one image")
     p.add_argument("--out", required=True, help="where masks, overlays and uncertainty maps go")
     _add_runtime_flags(p)
     args = p.parse_args(argv)
@@ -199,24 +214,27 @@ def seg_main(argv: list[str] | None = None) -> int:
     return _run(_segment, argv)
 
 
-# ---- classification ------------------------------------------------------------------------------------------------
+# ---- classification ------------------------------------------------------------------------------
 
 
 def _probe(argv: list[str]) -> int:
     from .classify.run import run_classification
 
-    p = _parser("python -m mdm.probe", "Image classification with few labels: by default (probe.mode=frozen) a head "
+    p = _parser("python -m mdm.probe",
+                "Image classification with few labels: by default (probe.mode=frozen) a head "
                 "(probe.head: linear, knn or attention) on pooled features of frozen U-Net blocks, the block and "
                 "timestep chosen by a sweep on validation images; probe.mode=finetune trains a whole network.",
                 "configs/probe_synthetic.yaml", "run folder (default: probe.out_dir)")
-    p.add_argument("--checkpoint", help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
+    p.add_argument("--checkpoint",
+                   help="a pretraining export folder, e.g. runs/tiny/export (not needed for "
                    "probe.mode=finetune with probe.network=resnet18)")
     cfg, out, device, export = _stage_two(p.parse_args(argv), "probe")
     result = run_classification(cfg.probe, cfg.data, export, out, device=device)
     if "selection" in result:
         chosen = result["selection"]
         print(f"sweep: block {chosen['blocks'][0]} at t={chosen['timestep']} (block_selection.png)")
-    print(json.dumps({k: round(result[k], 4) for k in ("accuracy", "balanced_accuracy", "roc_auc")}))
+    print(json.dumps({k: round(result[k], 4) for k in ("accuracy",
+                                                       "balanced_accuracy", "roc_auc")}))
     print(f"results in {out}")
     return 0
 
@@ -225,13 +243,13 @@ def probe_main(argv: list[str] | None = None) -> int:
     return _run(_probe, argv)
 
 
-# ---- the study -----------------------------------------------------------------------------------------------------
+# ---- the study -----------------------------------------------------------------------------------
 
 
 def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, dict]:
-    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task`` ``task`` when given;
-    ``--shard`` / ``--report`` where the parser has them) and print its table; returns the config, the study folder,
-    the stage-2 device and ``run_benchmark``'s result."""
+    """Run the study of ``--config`` / ``--set`` / ``--out`` / ``--device`` (of ``bench.task``
+    ``task`` when given; ``--shard`` / ``--report`` where the parser has them) and print its table;
+    returns the config, the study folder, the stage-2 device and ``run_benchmark``'s result."""
     from .stage2.tasks import TASKS
     from .study.shards import Shard
     from .study.sweep import run_benchmark
@@ -248,7 +266,8 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
     train_device, seg_device = (resolve_device(args.device or d) for d in (cfg.train.device, stage_two))
     print(f"devices: pretraining {train_device}, {cfg.bench.task} {seg_device}")
     shard = Shard.parse(args.shard) if getattr(args, "shard", None) else None
-    result = run_benchmark(cfg, train_device, seg_device, shard=shard, report=getattr(args, "report", False))
+    result = run_benchmark(cfg, train_device, seg_device, shard=shard,
+                           report=getattr(args, "report", False))
     if shard is not None:
         return cfg, out, seg_device, result
     print(f"\n{cfg.bench.metric}, mean ± sample std (ddof 1) over seeds {cfg.bench.seeds}:\n{result['table']}")
@@ -259,12 +278,16 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
 
 
 def _bench(argv: list[str]) -> int:
-    p = _parser("python -m mdm.benchmark", "The label-efficiency study: pretrain, then label fractions x seeds x "
-                "methods, a table and plots.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
+    p = _parser("python -m mdm.benchmark",
+                "The label-efficiency study: pretrain, then label fractions x seeds x "
+                "methods, a table and plots.", "configs/bench_demo.yaml",
+                "output folder (default: bench.out_dir)")
     spread = p.add_mutually_exclusive_group()
-    spread.add_argument("--shard", metavar="K/N", help="run only the K-th of N slices of the study's runs (1 <= K <= "
+    spread.add_argument("--shard", metavar="K/N",
+                        help="run only the K-th of N slices of the study's runs (1 <= K <= "
                         "N; README: a SLURM array, several GPUs); then --report")
-    spread.add_argument("--report", action="store_true", help="write the tables, plots and verdicts of a study "
+    spread.add_argument("--report", action="store_true",
+                        help="write the tables, plots and verdicts of a study "
                         "whose runs the shards have all finished; trains nothing")
     cfg, out, _, result = _study(p.parse_args(argv))
     if "shard" in result:
@@ -281,17 +304,19 @@ def bench_main(argv: list[str] | None = None) -> int:
 def _demo(argv: list[str]) -> int:
     from .common.synthetic import save_examples
 
-    p = _parser("python -m mdm.demo", "The whole story on built-in synthetic histology: the study of the config, then "
+    p = _parser("python -m mdm.demo",
+                "The whole story on built-in synthetic histology: the study of the config, then "
                 "its first method's segmenter (lowest label fraction, first seed) on three new images; prints the "
-                "time of each phase.", "configs/bench_demo.yaml", "output folder (default: bench.out_dir)")
+                "time of each phase.", "configs/bench_demo.yaml",
+                "output folder (default: bench.out_dir)")
     cfg, out, seg_device, result = _study(p.parse_args(argv), "segmentation")
     bc = cfg.bench
     print()
     started = time.perf_counter()
     model = out / "runs" / bc.methods[0] / f"f{min(bc.fractions):g}_s{bc.seeds[0]}"
     save_examples(str(out / "new_images"), 3)
-    _predict(["--model", str(model), "--images", str(out / "new_images"), "--out", str(out / "predict"),
-              "--device", str(seg_device)])
+    _predict(["--model", str(model), "--images", str(out / "new_images"), "--out",
+              str(out / "predict"), "--device", str(seg_device)])
     phases = {**result["phases"], f"predict ({model.relative_to(out)} on 3 new images)":
               time.perf_counter() - started}
     print("\ntime per phase (installation aside):")
@@ -306,22 +331,26 @@ def demo_main(argv: list[str] | None = None) -> int:
     return _run(_demo, argv)
 
 
-# ---- conversion ----------------------------------------------------------------------------------------------------
+# ---- conversion ----------------------------------------------------------------------------------
 
 
 def _convert(argv: list[str]) -> int:
     from .pretrain.convert import convert, count_parameters, flags_to_overrides, read_flags, unconfirmed_warning
 
-    p = argparse.ArgumentParser(prog="python -m mdm.convert", description="Convert a guided-diffusion / MDM / "
+    p = argparse.ArgumentParser(prog="python -m mdm.convert",
+                                description="Convert a guided-diffusion / MDM / "
                                 "DDPM-segmentation checkpoint (a state dict in .pt/.pth) into an export folder for "
                                 "finetune_seg.py (config.yaml, unet.safetensors, unet_raw.safetensors).")
     p.add_argument("--checkpoint", required=True, help="the .pt/.pth file (downloaded by you)")
-    p.add_argument("--config", required=True, help="the preset describing its architecture, e.g. configs/paper.yaml")
+    p.add_argument("--config", required=True,
+                   help="the preset describing its architecture, e.g. configs/paper.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. model.out_channels=6 (repeatable)")
-    p.add_argument("--flags", help="the release's training flags (a file of --name value pairs, e.g. its MODEL_FLAGS "
+    p.add_argument("--flags",
+                   help="the release's training flags (a file of --name value pairs, e.g. its MODEL_FLAGS "
                    "line, or an args.json): the architecture, attention layout and order come from them")
-    p.add_argument("--key", help="the entry holding the state dict when the file wraps several (e.g. ema)")
+    p.add_argument("--key",
+                   help="the entry holding the state dict when the file wraps several (e.g. ema)")
     p.add_argument("--out", required=True, help="the export folder to write, e.g. exports/mdm_glas")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)

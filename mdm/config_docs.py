@@ -3,9 +3,9 @@
     python -m mdm.config_docs            # print the table
     python -m mdm.config_docs --write    # replace the table in README.md (between the markers)
 
-Each key's line is the ``help`` it is declared with (``config.key``), followed for a key that names registered
-things by the names of its registries (``mdm.registries``); a test checks that the README's table is the one this
-prints.
+Each key's line is the ``help`` it is declared with (``config.key``), followed for a key that names
+registered things by the names of its registries (``mdm.registries``); a test checks that the
+README's table is the one this prints.
 """
 
 from __future__ import annotations
@@ -36,25 +36,30 @@ SECTIONS = {
 
 
 def keys() -> list[tuple[str, object, str]]:
-    """Every ``section.key`` with its default and help, in declaration order (a nested section is one key)."""
+    """Every ``section.key`` with its default and help, in declaration order (a nested section is
+    one key)."""
     cfg = Config()
     out = []
     for section in dataclasses.fields(cfg):
         for f in dataclasses.fields(getattr(cfg, section.name)):
             value = getattr(getattr(cfg, section.name), f.name)
-            out.append((f"{section.name}.{f.name}", f"source: {value.source}" if dataclasses.is_dataclass(value)
+            out.append((f"{section.name}.{f.name}",
+                        f"source: {value.source}" if dataclasses.is_dataclass(value)
                         else value, f.metadata["help"] + _names(f.metadata.get("registries", ()))))
     return out
 
 
 def _names(registries: tuple[str, ...]) -> str:
-    """``: `a` (what a is), `b` ...`` for one registry, or ``: pools `a`, `b`; sources `c` `` for several."""
+    """``: `a` (what a is), `b` ...`` for one registry, or ``: pools `a`, `b`; sources `c` `` for
+    several."""
     parts = []
-    registries = tuple(dict.fromkeys(r for name in registries for r in method_registries(  # every task's methods
+    # every task's methods
+    registries = tuple(dict.fromkeys(r for name in registries for r in method_registries(
         ANY_TASK_METHODS if name == TASK_METHODS else name, "")))
     for name in registries:
         reg = registry(name)
-        listed = ", ".join(f"`{k}`" + (f" ({rec.help})" if getattr(rec, "help", "") else "") for k, rec in reg.items())
+        listed = ", ".join(f"`{k}`" + (f" ({rec.help})" if getattr(rec, "help", "") else "") for k,
+                           rec in reg.items())
         parts.append(f"{name} {listed}" if len(registries) > 1 else listed)
     return (": " + "; ".join(parts)) if parts else ""
 

@@ -1,4 +1,5 @@
-"""``python -m mdm.convert``: a published U-Net checkpoint -> an export folder (see ``mdm.pretrain.convert``)."""
+"""``python -m mdm.convert``: a published U-Net checkpoint -> an export folder (see
+``mdm.pretrain.convert``)."""
 
 from .cli import convert_main as main
 

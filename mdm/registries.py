@@ -1,6 +1,6 @@
-"""Every registry filled (``common.registry``): importing this imports the module that owns each kind. Entry points
-import it, so a config is checked against every registered name as it loads; so do the README's config table
-(``mdm.config_docs``) and the tests."""
+"""Every registry filled (``common.registry``): importing this imports the module that owns each
+kind. Entry points import it, so a config is checked against every registered name as it loads; so
+do the README's config table (``mdm.config_docs``) and the tests."""
 
 from .classify.datasets import CLASS_SOURCES
 from .classify.finetune import CLASS_NETWORKS
@@ -19,10 +19,10 @@ from .stage2.tasks import TASKS
 from .study.methods import CLASS_METHODS, METHODS
 from .study.windows import window_split
 
-ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, PIXEL_HEADS, NETWORKS, METHODS, CLASS_SOURCES, HEADS, CLASS_NETWORKS,
-       CLASS_METHODS)
+ALL = (OBJECTIVES, LOSSES, POOLS, TASKS, SOURCES, PIXEL_HEADS, NETWORKS, METHODS, CLASS_SOURCES,
+       HEADS, CLASS_NETWORKS, CLASS_METHODS)
 TASK_RECORDS = (SEGMENTATION, CLASSIFICATION)
 
-__all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "LOSSES", "METHODS", "NETWORKS",
-           "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "ShardPool", "SlideDataset", "TASKS", "TASK_RECORDS",
-           "window_split"]
+__all__ = ["ALL", "CLASS_METHODS", "CLASS_NETWORKS", "CLASS_SOURCES", "HEADS", "LOSSES", "METHODS",
+           "NETWORKS", "OBJECTIVES", "PIXEL_HEADS", "POOLS", "SOURCES", "ShardPool", "SlideDataset",
+           "TASKS", "TASK_RECORDS", "window_split"]

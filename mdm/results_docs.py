@@ -27,8 +27,10 @@ FIGURES = ("label_efficiency.png", "pretrain_budget.png", "block_selection.png",
 _BLOCK = re.compile(r"<!-- results:(?P<name>[\w.-]+) -->\n.*?<!-- /results:(?P=name) -->", re.S)
 
 
-def publish(name: str, study: Path, command: str, docs: Path = ROOT / "docs", note: str = "") -> Path:
-    """Write ``docs/results/<name>.md`` from the study folder ``study`` and copy its figures; returns the file."""
+def publish(name: str, study: Path, command: str,
+            docs: Path = ROOT / "docs", note: str = "") -> Path:
+    """Write ``docs/results/<name>.md`` from the study folder ``study`` and copy its figures;
+    returns the file."""
     results = study / "results.md"
     if not results.is_file():
         raise ConfigError(f"{results}: not found (a finished study folder holds it)")
@@ -48,7 +50,8 @@ def publish(name: str, study: Path, command: str, docs: Path = ROOT / "docs", no
 
 def embedded(name: str, text: str) -> str:
     """The README block of results file ``name``: its markdown, headings four levels down."""
-    body = re.sub(r"^(#+) ", lambda m: "#" * min(6, len(m.group(1)) + 3) + " ", text.strip(), flags=re.M)
+    body = re.sub(r"^(#+) ", lambda m: "#" * min(6, len(m.group(1)) + 3) + " ",
+                  text.strip(), flags=re.M)
     return f"<!-- results:{name} -->\n{body}\n<!-- /results:{name} -->"
 
 
@@ -72,10 +75,13 @@ def rewrite(readme: str, results: Path = RESULTS) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mdm.results_docs", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mdm.results_docs",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--publish", nargs=2, metavar=("NAME", "STUDY_FOLDER"))
-    p.add_argument("--command", default="", help="the command that ran the study (written above its tables)")
-    p.add_argument("--note", default="", help="a line written under the command (e.g. the study's time and machine)")
+    p.add_argument("--command", default="",
+                   help="the command that ran the study (written above its tables)")
+    p.add_argument("--note", default="",
+                   help="a line written under the command (e.g. the study's time and machine)")
     p.add_argument("--write", action="store_true", help="embed docs/results/*.md into README.md")
     args = p.parse_args(argv)
     if args.publish:

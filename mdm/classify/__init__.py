@@ -1,1 +1,2 @@
-"""Stage 2, image level: classification heads on frozen U-Net features, and fine-tuned classifiers."""
+"""Stage 2, image level: classification heads on frozen U-Net features, and fine-tuned
+classifiers."""

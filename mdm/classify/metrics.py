@@ -1,7 +1,7 @@
-"""Image-level metrics: accuracy, balanced accuracy (the mean recall over the classes present in the ground truth)
-and ROC AUC (binary: of the positive class's probability; more classes: the mean of one-vs-rest AUCs over the
-classes that have both positive and negative images). AUC is the Mann-Whitney statistic, ties counted half, as
-scikit-learn's ``roc_auc_score`` computes it."""
+"""Image-level metrics: accuracy, balanced accuracy (the mean recall over the classes present in the
+ground truth) and ROC AUC (binary: of the positive class's probability; more classes: the mean of
+one-vs-rest AUCs over the classes that have both positive and negative images). AUC is the
+Mann-Whitney statistic, ties counted half, as scikit-learn's ``roc_auc_score`` computes it."""
 
 from __future__ import annotations
 
@@ -15,21 +15,23 @@ from ..stage2.scores import Score, auc_score, balanced_score, mean_score
 
 
 def binary_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """The probability that a positive scores above a negative (ties: one half); NaN without both."""
+    """The probability that a positive scores above a negative (ties: one half); NaN without
+    both."""
     scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     n1, n0 = int(positive.sum()), int((~positive).sum())
     if n1 == 0 or n0 == 0:
         return math.nan
     _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based, tied scores share their mean rank
+    # 1-based, tied scores share their mean rank
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
-    """``labels [N]`` in 0 .. K-1, ``probs [N, K]`` -> ``{"accuracy", "balanced_accuracy", "roc_auc",
-    "per_class_recall": {class: recall}, "modal_share"}`` (the prediction is the most probable class, the lower on a
-    tie; ``modal_share``: the share of test images given the most common prediction, 1.0 for a classifier that
-    predicts a constant)."""
+    """``labels [N]`` in 0 .. K-1, ``probs [N, K]`` -> ``{"accuracy", "balanced_accuracy",
+    "roc_auc", "per_class_recall": {class: recall}, "modal_share"}`` (the prediction is the most
+    probable class, the lower on a tie; ``modal_share``: the share of test images given the most
+    common prediction, 1.0 for a classifier that predicts a constant)."""
     y, probs = np.asarray(labels), np.asarray(probs, dtype=float)
     pred = probs.argmax(1)
     recalls = {int(c): float((pred[y == c] == c).mean()) for c in np.unique(y)}
@@ -39,14 +41,15 @@ def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
         aucs = [binary_auc(probs[:, c], y == c) for c in range(probs.shape[1])]
         aucs = [a for a in aucs if not math.isnan(a)]
         auc = float(np.mean(aucs)) if aucs else math.nan
-    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(np.mean(list(recalls.values()))),
-            "roc_auc": auc, "per_class_recall": recalls,
+    return {"accuracy": float((pred == y).mean()),
+            "balanced_accuracy": float(np.mean(list(recalls.values()))), "roc_auc": auc,
+            "per_class_recall": recalls,
             "modal_share": float(np.bincount(pred, minlength=probs.shape[1]).max() / len(pred))}
 
 
 def prediction_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
-    """The test images of a finished run folder and the per-image score of ``metric`` from its ``predictions.csv``,
-    for the verdicts' bootstrap."""
+    """The test images of a finished run folder and the per-image score of ``metric`` from its
+    ``predictions.csv``, for the verdicts' bootstrap."""
     with (run / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     images = tuple(r["image"] for r in rows)
@@ -59,5 +62,6 @@ def prediction_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | 
     if metric == "balanced_accuracy":
         return images, balanced_score(labels, correct, len(names))
     if metric == "roc_auc":
-        return images, auc_score(labels, np.array([[float(r[f"p_{n}"]) for n in names] for r in rows]))
+        return images, auc_score(labels,
+                                 np.array([[float(r[f"p_{n}"]) for n in names] for r in rows]))
     return images, None

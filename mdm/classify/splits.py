@@ -1,10 +1,12 @@
 """Which training images are labeled, and which of those only validate, for image-level labels.
 
-- ``class_subset``: ``max(1, floor(fraction * N))`` images, the first of a seeded order that starts with one image of
-  every class (so every class is labeled once there are as many images as classes) and then follows a seeded
-  permutation: for one seed, a smaller fraction's set lies inside a larger one's.
-- ``validation_images``: about ``fraction`` of the labeled images (at least one when there are two or more), drawn in
-  a seeded order, never the last training image of its class; whole patients or slides where the source knows them.
+- ``class_subset``: ``max(1, floor(fraction * N))`` images, the first of a seeded order that starts
+  with one image of every class (so every class is labeled once there are as many images as classes)
+  and then follows a seeded permutation: for one seed, a smaller fraction's set lies inside a larger
+  one's.
+- ``validation_images``: about ``fraction`` of the labeled images (at least one when there are two
+  or more), drawn in a seeded order, never the last training image of its class; whole patients or
+  slides where the source knows them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ def class_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
     if not labels:
         raise DataError("cannot take a label subset of 0 training images")
     perm = _order(len(labels), seed)
-    firsts = list({labels[i]: i for i in reversed(perm)}.values())  # each class's first image in the permutation
+    # each class's first image in the permutation
+    firsts = list({labels[i]: i for i in reversed(perm)}.values())
     firsts.sort(key=perm.index)
     order = firsts + [i for i in perm if i not in set(firsts)]
     count = max(1, math.floor(fraction * len(labels) + 1e-9))
@@ -41,10 +44,12 @@ def class_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
     return sorted(order[:count])
 
 
-def validation_images(labels: list[int], fraction: float, seed: int, groups: list[str] | None = None) -> list[int]:
-    """Positions (into ``labels``, the labeled images) that validate, sorted (see the module docstring). With
-    ``groups`` (the patient or slide of each image), whole groups validate, drawn in a seeded order until about
-    ``fraction`` of the images: no validation image shares its patient with a training image."""
+def validation_images(labels: list[int], fraction: float, seed: int,
+                      groups: list[str] | None = None) -> list[int]:
+    """Positions (into ``labels``, the labeled images) that validate, sorted (see the module
+    docstring). With ``groups`` (the patient or slide of each image), whole groups validate, drawn
+    in a seeded order until about ``fraction`` of the images: no validation image shares its patient
+    with a training image."""
     if len(labels) < 2 or fraction <= 0:
         return []
     target = min(len(labels) - 1, max(1, round(fraction * len(labels))))

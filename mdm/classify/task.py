@@ -1,5 +1,6 @@
-"""The image-classification task, registered in ``stage2.tasks.TASKS`` (``bench.task: classification``): runs of the
-``probe`` section on a source of image labels (``classify.datasets``), scored per test image in ``predictions.csv``."""
+"""The image-classification task, registered in ``stage2.tasks.TASKS``
+(``bench.task: classification``): runs of the ``probe`` section on a source of image labels
+(``classify.datasets``), scored per test image in ``predictions.csv``."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ METRICS = ("accuracy", "balanced_accuracy", "roc_auc")
 
 
 def configure(probe: ProbeConfig, method, seed: int) -> ProbeConfig:
-    """``probe`` for one study run of ``method``: its mode, its head (frozen) or network (fine-tuned), the seed."""
-    which = {"frozen": {"head": method.arch}, "finetune": {"network": method.arch}}.get(method.mode, {})
+    """``probe`` for one study run of ``method``: its mode, its head (frozen) or network
+    (fine-tuned), the seed."""
+    which = {"frozen": {"head": method.arch},
+             "finetune": {"network": method.arch}}.get(method.mode, {})
     return replace(probe, mode=method.mode, seed=seed, **which)
 
 
@@ -30,6 +33,6 @@ def known(method) -> bool:
 
 CLASSIFICATION = TASKS.register("classification", Task(
     section="probe", noun="classification", methods="classification methods", metrics=METRICS,
-    columns=(*METRICS, "modal_share", "seconds"), run=run_classification, configure=configure, known=known,
-    open_split=open_split, scores=prediction_scores, probe="one-block linear probes",
+    columns=(*METRICS, "modal_share", "seconds"), run=run_classification, configure=configure,
+    known=known, open_split=open_split, scores=prediction_scores, probe="one-block linear probes",
     help="the `probe` section on image labels"))

@@ -1,1 +1,2 @@
-"""Pieces every stage uses: config, errors, keyed randomness, file I/O, tiling, label conventions, synthetic data."""
+"""Pieces every stage uses: config, errors, keyed randomness, file I/O, tiling, label conventions,
+synthetic data."""

@@ -1,8 +1,10 @@
-"""``validate``: the checks of a config's values that its types cannot express, each error naming the key.
+"""``validate``: the checks of a config's values that its types cannot express, each error naming
+the key.
 
-Choices, registries and ranges come from each key's declaration (``config.key``); the checks between keys are
-written here. A key that names registered things (``common.registry``) is checked once the registries' owners are
-imported (every entry point imports them: ``mdm.registries``); a lookup checks it in any case.
+Choices, registries and ranges come from each key's declaration (``config.key``); the checks between
+keys are written here. A key that names registered things (``common.registry``) is checked once the
+registries' owners are imported (every entry point imports them: ``mdm.registries``); a lookup
+checks it in any case.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from .config_keys import ANY_TASK_METHODS, TASK_METHODS
 from .errors import ConfigError
 from .registry import registry
 
-# bench.pretrain_data.source: what a study knows how to keep apart from its test images (``study.pool``)
+# bench.pretrain_data.source: what a study knows how to keep apart from its test images
+# (``study.pool``)
 STUDY_POOLS = ("labeled", "folder", "synthetic", "slides", "shards")
 
 
 def method_registries(name: str, task: str) -> tuple[str | None, ...]:
-    """The registries a key's ``registries`` entry ``name`` stands for: ``TASK_METHODS``, the registry of ``task``'s
-    study methods (``stage2.tasks``; ``None`` while unknown); ``ANY_TASK_METHODS``, every task's; else ``name``."""
+    """The registries a key's ``registries`` entry ``name`` stands for: ``TASK_METHODS``, the
+    registry of ``task``'s study methods (``stage2.tasks``; ``None`` while unknown);
+    ``ANY_TASK_METHODS``, every task's; else ``name``."""
     tasks = registry("tasks")
     if name == TASK_METHODS:
         return (tasks[task].methods if tasks is not None and task in tasks else None,)
@@ -31,8 +35,8 @@ def method_registries(name: str, task: str) -> tuple[str | None, ...]:
 
 
 def _registered(value, names: tuple[str, ...], key: str, task: str) -> None:
-    """``value`` (a name, or a list of names) against the union of the registries ``names`` (``TASK_METHODS``: the
-    methods of ``task``; see ``method_registries``), when all are loaded."""
+    """``value`` (a name, or a list of names) against the union of the registries ``names``
+    (``TASK_METHODS``: the methods of ``task``; see ``method_registries``), when all are loaded."""
     of_task, of_any = TASK_METHODS in names, ANY_TASK_METHODS in names
     names = tuple(r for n in names for r in method_registries(n, task))
     found = [registry(n) if n else None for n in names]
@@ -44,20 +48,22 @@ def _registered(value, names: tuple[str, ...], key: str, task: str) -> None:
             raise ConfigError(f"{key}: {v!r} is not a {task} method (bench.task: {task}; known: {', '.join(known)})")
         if v not in known:
             what = "method" if of_any else found[0].what
-            raise ConfigError(f"{key}: unknown {what} {v!r} (known: {', '.join(dict.fromkeys(known))})")
+            raise ConfigError(
+                f"{key}: unknown {what} {v!r} (known: {', '.join(dict.fromkeys(known))})")
 
 
 def _declared(section, prefix: str, task: str) -> None:
-    """Every key of ``section`` (and of a section inside it) against its declared choices and range (``task``: the
-    study's task, whose methods the method keys name)."""
+    """Every key of ``section`` (and of a section inside it) against its declared choices and range
+    (``task``: the study's task, whose methods the method keys name)."""
     for f in dataclasses.fields(section):
         value, name = getattr(section, f.name), f"{prefix}.{f.name}"
         if dataclasses.is_dataclass(value):
             _declared(value, name, task)
             continue
         if name == "bench.pretrain_data.source" and value not in STUDY_POOLS:
-            raise ConfigError(f"{name}: a study pretrains on {', '.join(STUDY_POOLS)} images, not {value!r} "
-                              f"(pretrain on it with train.py; give the export to finetune_seg.py)")
+            raise ConfigError(
+                f"{name}: a study pretrains on {', '.join(STUDY_POOLS)} images, not {value!r} "
+                f"(pretrain on it with train.py; give the export to finetune_seg.py)")
         if name != "bench.pretrain_data.source":
             _registered(value, f.metadata.get("registries", ()), name, task)
         allowed = f.metadata.get("choices")
@@ -71,27 +77,31 @@ def _declared(section, prefix: str, task: str) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Check ``cfg``'s values; raise ``ConfigError`` naming the key. Returns ``cfg`` (``seg.normalize`` of an older
-    save, a bool, becomes its name)."""
+    """Check ``cfg``'s values; raise ``ConfigError`` naming the key. Returns ``cfg``
+    (``seg.normalize`` of an older save, a bool, becomes its name)."""
     if isinstance(cfg.seg.normalize, bool):  # written before the key took names
         cfg.seg.normalize = "zscore" if cfg.seg.normalize else "none"
     bc = cfg.bench
-    _registered(bc.task, ("tasks",), "bench.task", bc.task)  # first: the metric and the method keys depend on it
+    # first: the metric and the method keys depend on it
+    _registered(bc.task, ("tasks",), "bench.task", bc.task)
     tasks = registry("tasks")
     metrics = tasks[bc.task].metrics if tasks is not None else None
     if metrics is not None and bc.metric not in metrics:
-        raise ConfigError(f"bench.metric: a {bc.task} study reports {', '.join(metrics)}, not {bc.metric!r}")
+        raise ConfigError(
+            f"bench.metric: a {bc.task} study reports {', '.join(metrics)}, not {bc.metric!r}")
     for section in dataclasses.fields(cfg):
         _declared(getattr(cfg, section.name), section.name, cfg.bench.task)
     d, sc, bc = cfg.data, cfg.seg, cfg.bench
     pc = cfg.probe
     for key, values in {"seg.timesteps": sc.timesteps, "seg.auto_timesteps": sc.auto_timesteps,
-                        "probe.timesteps": pc.timesteps, "probe.sweep_timesteps": pc.sweep_timesteps}.items():
+                        "probe.timesteps": pc.timesteps,
+                        "probe.sweep_timesteps": pc.sweep_timesteps}.items():
         bad = [v for v in (values if isinstance(values, list) else []) if not 0 <= v < cfg.diffusion.timesteps]
         if bad:
             raise ConfigError(f"{key}: {bad[0]} is not a timestep of diffusion.timesteps = "
                               f"{cfg.diffusion.timesteps} (0 .. {cfg.diffusion.timesteps - 1})")
-    for key, values in {"bench.fractions": bc.fractions, "bench.seeds": bc.seeds, "bench.methods": bc.methods}.items():
+    for key, values in {"bench.fractions": bc.fractions, "bench.seeds": bc.seeds,
+                        "bench.methods": bc.methods}.items():
         if not values:
             raise ConfigError(f"{key}: must not be empty")
     bad = [f for f in bc.fractions if not 0.0 < f <= 1.0]
@@ -103,7 +113,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
     if not 0.0 <= sc.overlap < 1.0:
         raise ConfigError(f"seg.overlap: must be in [0, 1), got {sc.overlap}")
-    for key, value in {"seg.blocks": sc.blocks, "seg.timesteps": sc.timesteps, "probe.timesteps": pc.timesteps}.items():
+    for key, value in {"seg.blocks": sc.blocks, "seg.timesteps": sc.timesteps,
+                       "probe.timesteps": pc.timesteps}.items():
         if isinstance(value, str) and value != "auto":
             raise ConfigError(f"{key}: {value!r} is not a list of numbers or auto")
     if not sc.timesteps or not sc.blocks:
@@ -117,7 +128,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("probe.blocks / probe.timesteps: the sweep chooses one block at one timestep, so both are "
                           "auto or neither is (a list keeps every block and timestep it names)")
     if not pc.blocks or not pc.timesteps or not pc.sweep_timesteps:
-        raise ConfigError("probe.blocks, probe.timesteps and probe.sweep_timesteps must not be empty")
+        raise ConfigError(
+            "probe.blocks, probe.timesteps and probe.sweep_timesteps must not be empty")
     absent = [m for m in bc.references if m not in bc.methods]
     if absent:
         raise ConfigError(f"bench.references: {absent[0]!r} is not among bench.methods ({', '.join(bc.methods)}): a "
@@ -127,27 +139,34 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"bench.variants: every variant needs a name of its own, got {names}")
     odd = [n for n in names if n in (".", "..") or any(c in n for c in "/\\")]
     if odd:
-        raise ConfigError(f"bench.variants: {odd[0]!r} cannot name a folder (no / or \\, not . or ..)")
+        raise ConfigError(
+            f"bench.variants: {odd[0]!r} cannot name a folder (no / or \\, not . or ..)")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
     if cfg.diffusion.ssim_win_size % 2 == 0:
-        raise ConfigError(f"diffusion.ssim_win_size: must be odd, got {cfg.diffusion.ssim_win_size}")
+        raise ConfigError(
+            f"diffusion.ssim_win_size: must be odd, got {cfg.diffusion.ssim_win_size}")
     if not 0.0 < cfg.diffusion.mae_mask_ratio < 1.0:
-        raise ConfigError(f"diffusion.mae_mask_ratio: must be in (0, 1), got {cfg.diffusion.mae_mask_ratio}")
+        raise ConfigError(
+            f"diffusion.mae_mask_ratio: must be in (0, 1), got {cfg.diffusion.mae_mask_ratio}")
     objectives = registry("objectives")
     if objectives and cfg.diffusion.objective in objectives and objectives[cfg.diffusion.objective].masks:
-        check_crop("data.crop_size", d.crop_size, cfg.diffusion.patch_size)  # whole patches (a study checks its pool)
+        # whole patches (a study checks its pool)
+        check_crop("data.crop_size", d.crop_size, cfg.diffusion.patch_size)
     if d.color_mode == "L":
-        raise ConfigError("data.color_mode: L would pretrain a one-channel U-Net that stage 2 (which reads RGB) "
-                          "cannot use; keep RGB: grayscale images are then read as three equal channels")
+        raise ConfigError(
+            "data.color_mode: L would pretrain a one-channel U-Net that stage 2 (which reads RGB) "
+            "cannot use; keep RGB: grayscale images are then read as three equal channels")
     pools = registry("pretraining pools")
     if pools and d.source not in pools and len(d.root) > 1:
         raise ConfigError(f"data.root: the {d.source} source reads one folder, got {len(d.root)} "
                           f"({', '.join(d.root)}); unlabeled folders for pretraining go in bench.pretrain_data.root")
     if d.source in ("folder", "slides", "shards") and not d.root:
-        raise ConfigError(f"data.root: data.source is '{d.source}' but no folder is given (--set data.root=DIR)")
+        raise ConfigError(
+            f"data.root: data.source is '{d.source}' but no folder is given (--set data.root=DIR)")
     if d.tissue_threshold >= 1:
-        raise ConfigError(f"data.tissue_threshold: a saturation in [0, 1), got {d.tissue_threshold}")
+        raise ConfigError(
+            f"data.tissue_threshold: a saturation in [0, 1), got {d.tissue_threshold}")
     if d.tissue_min > 1:
         raise ConfigError(f"data.tissue_min: a share in (0, 1], got {d.tissue_min}")
     return cfg

@@ -1,6 +1,7 @@
-"""Reading and writing configs: YAML files and ``--set a.b=value`` overrides mapped onto the dataclasses of
-``config``. Loading rejects unknown keys and values of the wrong type with a ``ConfigError`` that names the key;
-``dump`` writes YAML that ``load`` reads back into an equal object.
+"""Reading and writing configs: YAML files and ``--set a.b=value`` overrides mapped onto the
+dataclasses of ``config``. Loading rejects unknown keys and values of the wrong type with a
+``ConfigError`` that names the key; ``dump`` writes YAML that ``load`` reads back into an equal
+object.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _check_type(key: str, value, tp):
             pass
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    if tp is str and isinstance(value, bool):  # YAML 1.1 reads no / off as false: mixed_precision=no is meant
+    # YAML 1.1 reads no / off as false: mixed_precision=no is meant
+    if tp is str and isinstance(value, bool):
         return "no" if not value else "yes"
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
@@ -78,7 +80,8 @@ def _build(cls, data: dict, prefix: str):
 
 
 def from_dict(data: dict) -> Config:
-    """Build and validate a ``Config`` from nested dicts; missing keys take the dataclass defaults."""
+    """Build and validate a ``Config`` from nested dicts; missing keys take the dataclass
+    defaults."""
     return validate(_build(Config, data or {}, ""))
 
 
@@ -93,7 +96,8 @@ def set_nested(data: dict, dotted: str, value) -> None:
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """``"a.b=value"`` -> ``("a.b", parsed value)``; values are read as YAML (``3``, ``1e-4``, ``[1,2]``, ``true``)."""
+    """``"a.b=value"`` -> ``("a.b", parsed value)``; values are read as YAML (``3``, ``1e-4``,
+    ``[1,2]``, ``true``)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.max_steps=100")
     key, raw = text.split("=", 1)
@@ -104,9 +108,10 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def load(path: str | Path | None = None, overrides: list[str] = (), sections: tuple[str, ...] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides; with
-    ``sections``, only those top-level sections are read (the others take their defaults)."""
+def load(path: str | Path | None = None, overrides: list[str] = (),
+         sections: tuple[str, ...] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides;
+    with ``sections``, only those top-level sections are read (the others take their defaults)."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -115,8 +120,9 @@ def load(path: str | Path | None = None, overrides: list[str] = (), sections: tu
         try:
             text = path.read_text()
             if not text.strip():
-                raise ConfigError(f"{path}: empty (a YAML config was expected; a run killed while writing its "
-                                  f"config leaves it so: write it again or start a new run)")
+                raise ConfigError(
+                    f"{path}: empty (a YAML config was expected; a run killed while writing its "
+                    f"config leaves it so: write it again or start a new run)")
             data = yaml.safe_load(text) or {}
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file (a YAML config was expected)") from None
@@ -125,8 +131,9 @@ def load(path: str | Path | None = None, overrides: list[str] = (), sections: tu
             at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
             raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or 'unreadable'}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, ...), got a "
-                              f"{type(data).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (model:, train:, ...), got a "
+                f"{type(data).__name__}")
     data = {k: v for k, v in data.items() if k in sections} if sections else data
     for text in overrides:
         key, value = parse_override(text)
@@ -139,5 +146,6 @@ def to_dict(cfg) -> dict:
 
 
 def dump(cfg, path: str | Path) -> None:
-    """Write the resolved config as YAML (readable by ``load``), atomically: a kill leaves the old file or none."""
+    """Write the resolved config as YAML (readable by ``load``), atomically: a kill leaves the old
+    file or none."""
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

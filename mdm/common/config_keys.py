@@ -9,8 +9,9 @@ import copy
 import dataclasses
 from dataclasses import field
 
-# in a key's ``registries``: the registry of the study methods of ``bench.task``'s task (its ``Task.methods``), or
-# those of every task (a key whose names outside the task are left out rather than refused)
+# in a key's ``registries``: the registry of the study methods of ``bench.task``'s task (its
+# ``Task.methods``), or those of every task (a key whose names outside the task are left out rather
+# than refused)
 TASK_METHODS, ANY_TASK_METHODS = "task methods", "methods of any task"
 
 ROLES = {  # what a key may be besides its value, declared beside it (``key(..., roles=...)``)
@@ -24,15 +25,16 @@ ROLES = {  # what a key may be besides its value, declared beside it (``key(...,
 
 def key(default, help: str, *, choices: tuple = (), registries: tuple = (), positive: bool = False,
         not_negative: bool = False, roles: tuple[str, ...] = ()):
-    """A config key: ``default`` (lists and sections are copied for every instance), ``help`` (its line in the
-    README's table), ``choices`` (the values it may take, when it takes names), ``registries`` (or: the
-    ``common.registry`` registries whose names it takes; a list key takes several), ``positive`` / ``not_negative``
-    (a finite number above 0 / at least 0), ``roles`` (what else the key is, from ``ROLES``: read by
-    ``keys_with_role``)."""
+    """A config key: ``default`` (lists and sections are copied for every instance), ``help`` (its
+    line in the README's table), ``choices`` (the values it may take, when it takes names),
+    ``registries`` (or: the ``common.registry`` registries whose names it takes; a list key takes
+    several), ``positive`` / ``not_negative`` (a finite number above 0 / at least 0), ``roles``
+    (what else the key is, from ``ROLES``: read by ``keys_with_role``)."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown key roles {sorted(unknown)} (known: {', '.join(ROLES)})")
-    meta = {"help": help, "choices": tuple(choices), "registries": tuple(registries), "roles": tuple(roles),
+    meta = {"help": help, "choices": tuple(choices), "registries": tuple(registries),
+            "roles": tuple(roles),
             "range": "positive" if positive else "not_negative" if not_negative else None}
     if isinstance(default, list) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)

@@ -1,4 +1,5 @@
-"""The expected failures. Entry points print any ``MdmError`` as one line on stderr and exit with code 2.
+"""The expected failures. Entry points print any ``MdmError`` as one line on stderr and exit with
+code 2.
 
 Each message names what is wrong and, where there is one, the file or key and how to fix it.
 """
@@ -19,7 +20,8 @@ class DataError(MdmError):
 
 
 class CheckpointError(MdmError):
-    """A missing, corrupt or mismatched export, checkpoint or segmenter; the message names the file."""
+    """A missing, corrupt or mismatched export, checkpoint or segmenter; the message names the
+    file."""
 
 
 class TrainingError(MdmError):

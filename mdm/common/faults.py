@@ -1,9 +1,10 @@
-"""Named points where a test can interrupt a run, to check that a rerun recovers (``tests/test_faults.py``).
+"""Named points where a test can interrupt a run, to check that a rerun recovers
+(``tests/test_faults.py``).
 
-``reached(name)`` calls ``hook(name)``, which does nothing; a test replaces ``hook`` with one that raises at the
-point it wants to kill the run at. A test of several processes (``torchrun``), which it cannot patch, sets
-``MDM_KILL_AT=<name>:<n>`` instead: the process that reaches ``name`` the ``n``-th time kills itself with SIGKILL,
-as a node failure or an out-of-memory kill would.
+``reached(name)`` calls ``hook(name)``, which does nothing; a test replaces ``hook`` with one that
+raises at the point it wants to kill the run at. A test of several processes (``torchrun``), which
+it cannot patch, sets ``MDM_KILL_AT=<name>:<n>`` instead: the process that reaches ``name`` the
+``n``-th time kills itself with SIGKILL, as a node failure or an out-of-memory kill would.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Telling pictures apart by what they show rather than by their files: the same pixels saved again (another PNG
-compression, metadata added, a JPEG re-save at the usual qualities) are the same picture, and an image of a handful of
-values is a label mask, not a picture.
+"""Telling pictures apart by what they show rather than by their files: the same pixels saved again
+(another PNG compression, metadata added, a JPEG re-save at the usual qualities) are the same
+picture, and an image of a handful of values is a label mask, not a picture.
 
-Two images are the same picture when they have the same shape and their 16 x 16 thumbnails (the mean of each cell)
-differ by less than ``SAME_PICTURE`` on average (the [-1, 1] scale of ``load_image``). Measured on the 64 px tiles of
-scikit-image's immunohistochemistry photograph: a JPEG re-save moves a thumbnail by at most 0.006 (quality 95), 0.015
-(75) and 0.023 (50); two different tiles of the same slide differ by at least 0.0996. A blank tile matches every other
-blank tile of its size: excluding one from pretraining costs nothing.
+Two images are the same picture when they have the same shape and their 16 x 16 thumbnails (the mean
+of each cell) differ by less than ``SAME_PICTURE`` on average (the [-1, 1] scale of ``load_image``).
+Measured on the 64 px tiles of scikit-image's immunohistochemistry photograph: a JPEG re-save moves
+a thumbnail by at most 0.006 (quality 95), 0.015 (75) and 0.023 (50); two different tiles of the
+same slide differ by at least 0.0996. A blank tile matches every other blank tile of its size:
+excluding one from pretraining costs nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .io import file_key, load_image
 
 THUMBNAIL = 16
 SAME_PICTURE = 0.03
-MASK_VALUES = 8  # at most this many distinct values: a label mask (class ids, 0/255), not a photograph
+# at most this many distinct values: a label mask (class ids, 0/255), not a photograph
+MASK_VALUES = 8
 
 
 def thumbnail(image: torch.Tensor) -> torch.Tensor:
@@ -32,8 +34,9 @@ def thumbnail(image: torch.Tensor) -> torch.Tensor:
 
 
 def looks_like_mask(image: torch.Tensor) -> bool:
-    """Whether ``image [C, H, W]`` holds at most ``MASK_VALUES`` distinct values (read on every 4th row and column:
-    a mask's subsample has no more values than the mask, a photograph's has hundreds)."""
+    """Whether ``image [C, H, W]`` holds at most ``MASK_VALUES`` distinct values (read on every 4th
+    row and column: a mask's subsample has no more values than the mask, a photograph's has
+    hundreds)."""
     return torch.unique(image[:, ::4, ::4]).numel() <= MASK_VALUES
 
 
@@ -45,8 +48,8 @@ def picture(image: torch.Tensor) -> Picture:
 
 
 def file_picture(path: Path) -> Picture:
-    """The picture of the RGB image file ``path``, remembered for the process by path, size and modification time (a
-    study's runs compare the same files again and again)."""
+    """The picture of the RGB image file ``path``, remembered for the process by path, size and
+    modification time (a study's runs compare the same files again and again)."""
     key = file_key(path)
     if key not in _FILE_PICTURES:
         _FILE_PICTURES[key] = picture(load_image(path))
@@ -57,8 +60,8 @@ _FILE_PICTURES: dict[tuple[str, int, int], Picture] = {}
 
 
 class PictureIndex:
-    """The pictures of some named images (``add`` or the constructor's ``(name, image [C, H, W])`` pairs);
-    ``match(image)`` names the first that ``image`` is the same picture as."""
+    """The pictures of some named images (``add`` or the constructor's ``(name, image [C, H, W])``
+    pairs); ``match(image)`` names the first that ``image`` is the same picture as."""
 
     def __init__(self, named: Iterable[tuple[str, torch.Tensor]] = ()):
         self._by_shape: dict[tuple[int, ...], list[tuple[str, torch.Tensor]]] = defaultdict(list)
@@ -76,7 +79,8 @@ class PictureIndex:
         self._by_shape[shape].append((name, small))
 
     def match(self, image: torch.Tensor) -> str | None:
-        return self.match_picture(picture(image)) if self._by_shape.get(tuple(image.shape)) else None
+        return self.match_picture(
+            picture(image)) if self._by_shape.get(tuple(image.shape)) else None
 
     def match_picture(self, pic: Picture) -> str | None:
         shape, small = pic
@@ -87,8 +91,8 @@ class PictureIndex:
 
 
 def warn_if_trained_on(index: PictureIndex, name: str, pic: Picture, task: str) -> None:
-    """Warn when the test image ``name`` is the same picture as a labeled training image of ``index``: its score
-    measures memory, not ``task``."""
+    """Warn when the test image ``name`` is the same picture as a labeled training image of
+    ``index``: its score measures memory, not ``task``."""
     same = index.match_picture(pic)
     if same is not None:
         warnings.warn(f"test image {name!r} is the same picture as the labeled training image {same!r} (the same "

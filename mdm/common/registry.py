@@ -1,14 +1,16 @@
-"""Registries: the named things of one kind that a config key chooses between (pretraining objectives, pretraining
-pools, labeled sources, fine-tuning networks, study methods). Each registry is created and filled by the module that
-owns its kind, next to the code it names, so a new one is one file plus one ``register`` call:
+"""Registries: the named things of one kind that a config key chooses between (pretraining
+objectives, pretraining pools, labeled sources, fine-tuning networks, study methods). Each registry
+is created and filled by the module that owns its kind, next to the code it names, so a new one is
+one file plus one ``register`` call:
 
     OBJECTIVES = Registry("objectives", "diffusion.objective", "objective")
     OBJECTIVES.register("mdm", ObjectiveSpec(...))
 
 A config key that names registered things declares the registries it draws from (``config.key(...,
-registries=("objectives",))``); ``config_checks.validate`` checks its value against them once their owners have been
-imported (every entry point imports them all: ``mdm.registries``), and a lookup (``OBJECTIVES[name]``) always
-refuses an unknown name with a ``ConfigError`` that names the key and the known names.
+registries=("objectives",))``); ``config_checks.validate`` checks its value against them once their
+owners have been imported (every entry point imports them all: ``mdm.registries``), and a lookup
+(``OBJECTIVES[name]``) always refuses an unknown name with a ``ConfigError`` that names the key and
+the known names.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ _BY_NAME: dict[str, Registry] = {}
 
 
 class Registry(Generic[T]):
-    """``name -> record`` in registration order. ``name``: the registry's own name (what config keys refer to);
-    ``key``: the config key that chooses from it (named in errors); ``what``: a word for one record."""
+    """``name -> record`` in registration order. ``name``: the registry's own name (what config keys
+    refer to); ``key``: the config key that chooses from it (named in errors); ``what``: a word for
+    one record."""
 
     def __init__(self, name: str, key: str, what: str):
         if name in _BY_NAME:
@@ -49,7 +52,8 @@ class Registry(Generic[T]):
         try:
             return self._records[name]
         except (KeyError, TypeError):
-            raise ConfigError(f"{self.key}: unknown {self.what} {name!r} (known: {', '.join(self)})") from None
+            raise ConfigError(
+                f"{self.key}: unknown {self.what} {name!r} (known: {', '.join(self)})") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._records

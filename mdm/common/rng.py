@@ -1,14 +1,14 @@
 """Stateless, counter-based randomness: each draw is a hash of (key, stream, position).
 
-Training draws every sample's timestep, mask, noise and crop from a key built from (seed, step, rank, sample
-index), not from a generator's hidden state, so a resumed run replays the very same numbers and the draws of one
-sample do not depend on batch size or on how many numbers other samples used. Everything is vectorised int64
-arithmetic on the keys' device.
+Training draws every sample's timestep, mask, noise and crop from a key built from (seed, step,
+rank, sample index), not from a generator's hidden state, so a resumed run replays the very same
+numbers and the draws of one sample do not depend on batch size or on how many numbers other samples
+used. Everything is vectorised int64 arithmetic on the keys' device.
 
-Every use of randomness in the package has its number in ``Stream`` (for ``random_bits``, ``uniform``, ``normal``
-and ``randint``) or ``Tag`` (folded into a key with ``make_key`` to seed a ``torch.Generator``): one table, so no
-two uses can share a number by accident. The values are part of the results (changing one changes every run that
-uses it), so they only ever get added to.
+Every use of randomness in the package has its number in ``Stream`` (for ``random_bits``,
+``uniform``, ``normal`` and ``randint``) or ``Tag`` (folded into a key with ``make_key`` to seed a
+``torch.Generator``): one table, so no two uses can share a number by accident. The values are part
+of the results (changing one changes every run that uses it), so they only ever get added to.
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ class Stream(IntEnum):
 
 @unique
 class Tag(IntEnum):
-    """Domain tags folded into ``make_key`` (or added to a key) so that different uses of one seed differ."""
+    """Domain tags folded into ``make_key`` (or added to a key) so that different uses of one seed
+    differ."""
 
     EPOCH_PERMUTATION = 0xE90C  # pretraining sampler: the image order of an epoch
     PREVIEW = 0x5EED  # pretraining: the fixed preview samples (key = PREVIEW + i)
     TILE_ORDER = 0x7A1  # pixel MLPs: the training tile order of an epoch
     VALIDATION_TILES = 0x7A2  # fine-tuning: which validation tiles are scored
     VALIDATION_IMAGES = 0x7A3  # segmentation: which labeled images (or slides) validate
-    MASK_DRAW = 0x7A4  # segmentation: a training tile's extraction masks after the first (seg.extract_masks)
+    # segmentation: a training tile's extraction masks after the first (seg.extract_masks)
+    MASK_DRAW = 0x7A4
     SLIDE_STYLE = 0xC01  # synthetic data: a slide's stain and optics
     SLIDE_IMAGE = 0x1A6E  # synthetic data: one image's content
     BOOTSTRAP = 0xB007  # studies: the resamples of a verdict's hierarchical bootstrap
@@ -85,7 +87,8 @@ def sample_keys(seed: int, step: int, rank: int, batch_size: int, device=None) -
 
 
 def random_bits(keys: torch.Tensor, stream: int, n: int) -> torch.Tensor:
-    """``[B] keys`` -> ``[B, n]`` int64 of 32 random bits each; ``stream`` separates independent uses."""
+    """``[B] keys`` -> ``[B, n]`` int64 of 32 random bits each; ``stream`` separates independent
+    uses."""
     keys = keys.to(torch.int64).reshape(-1, 1)
     pos = torch.arange(n, dtype=torch.int64, device=keys.device).reshape(1, -1)
     s = _mix32(keys ^ ((stream * 0x68E31DA4 + 0x1B56C4E9) & _M32))
@@ -115,9 +118,10 @@ def randint(keys: torch.Tensor, stream: int, low: int, high: int) -> torch.Tenso
 
 @contextmanager
 def seeded_init(seed: int) -> Iterator[None]:
-    """Build modules whose constructors draw from torch's default CPU generator (``nn.Linear``'s init, the encoders
-    of segmentation-models-pytorch: they take no generator) as if that generator had been seeded with ``seed``; the
-    caller's random state is restored afterwards, so nothing outside the block sees a reseeded global RNG."""
+    """Build modules whose constructors draw from torch's default CPU generator (``nn.Linear``'s
+    init, the encoders of segmentation-models-pytorch: they take no generator) as if that generator
+    had been seeded with ``seed``; the caller's random state is restored afterwards, so nothing
+    outside the block sees a reseeded global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(seed))
         yield

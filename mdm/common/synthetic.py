@@ -1,20 +1,22 @@
 """A built-in, deterministic, histology-like data source (no download needed).
 
-Images look like H&E-stained colon tissue: glands (an epithelial ring dense with dark nuclei around a pale lumen)
-on a fibrous pink stroma that also holds scattered nuclei, inflammatory clusters (dark, like epithelium) and white
-spaces (bright, like lumens). Colours follow Beer-Lambert mixing of two stain vectors.
+Images look like H&E-stained colon tissue: glands (an epithelial ring dense with dark nuclei around
+a pale lumen) on a fibrous pink stroma that also holds scattered nuclei, inflammatory clusters
+(dark, like epithelium) and white spaces (bright, like lumens). Colours follow Beer-Lambert mixing
+of two stain vectors.
 
-Collections vary from slide to slide, so the generator models **slides**: each slide draws its own stain vectors,
-stain strength, contrast, blur and noise, and every image ``(slide, index)`` belongs to one slide. Everything is a
-pure function of ``(seed, slide, index, size)``.
+Collections vary from slide to slide, so the generator models **slides**: each slide draws its own
+stain vectors, stain strength, contrast, blur and noise, and every image ``(slide, index)`` belongs
+to one slide. Everything is a pure function of ``(seed, slide, index, size)``.
 
 ``SyntheticHistology`` hands out the three sets a label-efficiency study needs:
 - ``labeled_ids()``: the training images, from the first ``label_slides`` slides;
 - ``test_ids()``: images from ``test_slides`` other slides, which no labeled image comes from;
-- ``unlabeled_ids(n)``: a pool drawn from all slides (labeled, test and extra ones) with image indices that never
-  coincide with a labeled or test image.
+- ``unlabeled_ids(n)``: a pool drawn from all slides (labeled, test and extra ones) with image
+  indices that never coincide with a labeled or test image.
 
-Images are ``[3, H, W]`` float32 in [-1, 1]; instance maps ``[H, W]`` int64 with 0 = background and 1..K glands.
+Images are ``[3, H, W]`` float32 in [-1, 1]; instance maps ``[H, W]`` int64 with 0 = background and
+1..K glands.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from PIL import Image
 from .labels import consecutive_ids
 from .rng import Tag, make_key
 
-POOL_INDEX_OFFSET = 1_000_000  # unlabeled-pool images use indices from here on: never a labeled or test image
+# unlabeled-pool images use indices from here on: never a labeled or test image
+POOL_INDEX_OFFSET = 1_000_000
 
 
 def _gen(*parts: int) -> torch.Generator:
@@ -42,8 +45,10 @@ def _u(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=g))
 
 
-def smooth_noise(g: torch.Generator, h: int, w: int, scale: float, aniso: float = 1.0) -> torch.Tensor:
-    """Zero-mean, unit-std noise ``[H, W]`` with correlation length ~``scale`` px (``aniso`` stretches x)."""
+def smooth_noise(g: torch.Generator, h: int, w: int, scale: float,
+                 aniso: float = 1.0) -> torch.Tensor:
+    """Zero-mean, unit-std noise ``[H, W]`` with correlation length ~``scale`` px (``aniso``
+    stretches x)."""
     gh, gw = max(2, math.ceil(h / scale) + 1), max(2, math.ceil(w / (scale * aniso)) + 1)
     n = torch.randn(1, 1, gh, gw, generator=g)
     n = F.interpolate(n, size=(h, w), mode="bicubic", align_corners=True)[0, 0]
@@ -51,7 +56,8 @@ def smooth_noise(g: torch.Generator, h: int, w: int, scale: float, aniso: float 
 
 
 def spots(g: torch.Generator, h: int, w: int, radius: float, density: float) -> torch.Tensor:
-    """Soft dark dots (nuclei) ``[H, W]`` in [0, 1]; ``density`` in [0, 1] is roughly the covered fraction."""
+    """Soft dark dots (nuclei) ``[H, W]`` in [0, 1]; ``density`` in [0, 1] is roughly the covered
+    fraction."""
     n = smooth_noise(g, h, w, max(radius, 1.0))
     thr = torch.quantile(n.flatten(), 1.0 - density) if 0 < density < 1 else n.max() + 1
     return torch.sigmoid((n - thr) * 6.0)
@@ -101,14 +107,16 @@ def slide_style(seed: int, slide: int) -> SlideStyle:
     )
 
 
-# gland shapes of the image-level labels (``render(..., shape=)``): (aspect range, wobble amplitude range per harmonic)
+# gland shapes of the image-level labels (``render(..., shape=)``): (aspect range, wobble amplitude
+# range per harmonic)
 SHAPES = {"regular": ((0.85, 1.0), (0.0, 0.02)), "irregular": ((0.45, 0.65), (0.12, 0.22))}
 
 
 def _gland_field(g, yy, xx, cy, cx, radius, shape: str | None = None):
-    """Normalised distance ``[H, W]`` (< 1 inside) of a wobbly, rotated ellipse centred at (cy, cx). ``shape``
-    (``SHAPES``) narrows the aspect and the wobble to round, smooth glands or elongated, ragged ones, at the area
-    of a circle of ``radius`` (so that the two differ in shape, not in how much of the image is gland)."""
+    """Normalised distance ``[H, W]`` (< 1 inside) of a wobbly, rotated ellipse centred at (cy, cx).
+    ``shape`` (``SHAPES``) narrows the aspect and the wobble to round, smooth glands or elongated,
+    ragged ones, at the area of a circle of ``radius`` (so that the two differ in shape, not in how
+    much of the image is gland)."""
     angle = _u(g, 0, math.pi)
     (a_lo, a_hi), (w_lo, w_hi) = SHAPES[shape] if shape else ((0.55, 1.0), (0.0, 0.12))
     aspect = _u(g, a_lo, a_hi)
@@ -124,26 +132,30 @@ def _gland_field(g, yy, xx, cy, cx, radius, shape: str | None = None):
     return torch.sqrt((ry / aspect) ** 2 + rx ** 2) / (radius * wobble)
 
 
-def render(seed: int, slide: int, index: int, height: int, width: int | None = None, shape: str | None = None):
-    """Render image ``(slide, index)`` at ``height x width``: ``(image [3, H, W] in [-1, 1], instances [H, W])``;
-    ``shape`` (``SHAPES``: ``regular`` / ``irregular``) gives every gland of the image that shape."""
+def render(seed: int, slide: int, index: int, height: int, width: int | None = None,
+           shape: str | None = None):
+    """Render image ``(slide, index)`` at ``height x width``: ``(image [3, H, W] in [-1, 1],
+    instances [H, W])``; ``shape`` (``SHAPES``: ``regular`` / ``irregular``) gives every gland of
+    the image that shape."""
     width = width or height
     style = slide_style(seed, slide)
     g = _gen(seed, slide, index, Tag.SLIDE_IMAGE)
     h, w = height, width
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                            torch.arange(w, dtype=torch.float32), indexing="ij")
 
     # place non-overlapping glands by rejection sampling
     instances = torch.zeros(h, w, dtype=torch.int64)
     lumen = torch.zeros(h, w)
     ring = torch.zeros(h, w)  # 0 outside glands, rising to 1 at the basal edge of the epithelium
     placed: list[tuple[float, float, float]] = []
-    target = max(1, round(_u(g, 0.6, 1.6) * h * w / (math.pi * (style.gland_scale * 64 * 1.7) ** 2)))
+    target = max(1,
+                 round(_u(g, 0.6, 1.6) * h * w / (math.pi * (style.gland_scale * 64 * 1.7) ** 2)))
     for _ in range(target * 8):
         if len(placed) >= target:
             break
-        radius = style.gland_scale * 64 * _u(g, 0.6, 1.4)  # in px: the magnification is fixed, as in a scanner
+        # in px: the magnification is fixed, as in a scanner
+        radius = style.gland_scale * 64 * _u(g, 0.6, 1.4)
         cy, cx = _u(g, -0.1, 1.1) * h, _u(g, -0.1, 1.1) * w
         if any(math.hypot(cy - py, cx - px) < (radius + pr) * 1.1 for py, px, pr in placed):
             continue
@@ -189,12 +201,13 @@ def render(seed: int, slide: int, index: int, height: int, width: int | None = N
 class SyntheticHistology:
     """The three sets of a label-efficiency study, as ``(slide, index)`` ids rendered on demand.
 
-    Slides ``0 .. label_slides-1`` give the labeled images (``images_per_slide`` each), the next ``test_slides``
-    slides give the test images, and ``pool_slides`` further slides only feed the unlabeled pool.
+    Slides ``0 .. label_slides-1`` give the labeled images (``images_per_slide`` each), the next
+    ``test_slides`` slides give the test images, and ``pool_slides`` further slides only feed the
+    unlabeled pool.
     """
 
-    def __init__(self, seed: int = 0, image_size: int = 64, label_slides: int = 4, test_slides: int = 4,
-                 images_per_slide: int = 5, pool_slides: int = 8):
+    def __init__(self, seed: int = 0, image_size: int = 64, label_slides: int = 4,
+                 test_slides: int = 4, images_per_slide: int = 5, pool_slides: int = 8):
         self.seed, self.image_size = seed, image_size
         self.label_slides, self.test_slides = label_slides, test_slides
         self.images_per_slide, self.pool_slides = images_per_slide, pool_slides
@@ -218,8 +231,8 @@ class SyntheticHistology:
 
 
 def save_examples(folder: str, count: int, seed: int = 99) -> list[str]:
-    """Write ``count`` new synthetic images of varied, odd sizes (from slides no split uses) as PNG files, for
-    trying ``finetune_seg.py predict``; returns their paths."""
+    """Write ``count`` new synthetic images of varied, odd sizes (from slides no split uses) as PNG
+    files, for trying ``finetune_seg.py predict``; returns their paths."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -227,6 +240,7 @@ def save_examples(folder: str, count: int, seed: int = 99) -> list[str]:
         h, w = 48 + 17 * k, 80 + 9 * k
         image, _ = render(seed, 500 + k, 0, h, w)
         path = out / f"new_{k}.png"
-        Image.fromarray(((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(path)
+        Image.fromarray(
+            ((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(path)
         paths.append(str(path))
     return paths

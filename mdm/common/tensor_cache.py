@@ -1,6 +1,7 @@
-"""A cache of small tensor dicts by key (feature extraction's): fp16 safetensors files under a folder, written by a
-rename (a killed run never leaves half a file, and two processes may fill one folder), or a dict in memory when there
-is no folder. A damaged file reads as absent, so it is computed again."""
+"""A cache of small tensor dicts by key (feature extraction's): fp16 safetensors files under a
+folder, written by a rename (a killed run never leaves half a file, and two processes may fill one
+folder), or a dict in memory when there is no folder. A damaged file reads as absent, so it is
+computed again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .io import load_tensors, save_tensors
 
 
 class TensorCache:
-    """``get(key)`` / ``put(key, entry)`` of ``{name: tensor}`` entries; ``folder`` ``None``: in memory."""
+    """``get(key)`` / ``put(key, entry)`` of ``{name: tensor}`` entries; ``folder`` ``None``: in
+    memory."""
 
     def __init__(self, folder: str | Path | None):
         self.folder = Path(folder) if folder else None

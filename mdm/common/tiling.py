@@ -1,8 +1,9 @@
-"""Sliding windows over images of any size: the tile grid, padding to a tile, and Gaussian blending of per-tile
-predictions.
+"""Sliding windows over images of any size: the tile grid, padding to a tile, and Gaussian blending
+of per-tile predictions.
 
-An image ``[C, H, W]`` is cut into ``tile x tile`` windows; neighbours share an ``overlap`` fraction and the last window
-is flush with the border. Images smaller than a tile are reflect-padded at the bottom/right first.
+An image ``[C, H, W]`` is cut into ``tile x tile`` windows; neighbours share an ``overlap`` fraction
+and the last window is flush with the border. Images smaller than a tile are reflect-padded at the
+bottom/right first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Window start offsets along one axis: stride ``tile * (1 - overlap)``, the last window flush with the end."""
+    """Window start offsets along one axis: stride ``tile * (1 - overlap)``, the last window flush
+    with the end."""
     if length <= tile:
         return [0]
     stride = max(1, int(tile * (1 - overlap)))
@@ -26,7 +28,8 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
 
 @dataclass(frozen=True)
 class Tile:
-    """A window ``[top:top+tile, left:left+tile]`` of an image padded to at least ``tile`` on each side."""
+    """A window ``[top:top+tile, left:left+tile]`` of an image padded to at least ``tile`` on each
+    side."""
 
     top: int
     left: int
@@ -38,7 +41,8 @@ def tile_grid(height: int, width: int, tile: int, overlap: float) -> list[Tile]:
 
 
 def pad_to_tile(x: torch.Tensor, tile: int) -> torch.Tensor:
-    """Reflect-pad (replicate where too small to reflect) ``[..., H, W]`` at the bottom/right to at least ``tile``."""
+    """Reflect-pad (replicate where too small to reflect) ``[..., H, W]`` at the bottom/right to at
+    least ``tile``."""
     h, w = x.shape[-2:]
     ph, pw = max(0, tile - h), max(0, tile - w)
     if not (ph or pw):
@@ -61,13 +65,15 @@ def gaussian_weight(tile: int, sigma_scale: float = 1 / 8) -> torch.Tensor:
 def blend_tiles(height: int, width: int, tile: int, tile_probs) -> torch.Tensor:
     """Blend per-tile predictions into a whole image with Gaussian weights.
 
-    ``tile_probs`` yields ``(Tile, probs [M, C, tile, tile])`` for windows of the image padded to at least ``tile``
-    (see ``tile_grid``); returns ``[M, C, height, width]`` on the device of the tile predictions.
+    ``tile_probs`` yields ``(Tile, probs [M, C, tile, tile])`` for windows of the image padded to at
+    least ``tile`` (see ``tile_grid``); returns ``[M, C, height, width]`` on the device of the tile
+    predictions.
     """
     acc = norm = weight = None
     for t, probs in tile_probs:
         if acc is None:
-            acc = torch.zeros(*probs.shape[:2], max(height, tile), max(width, tile), device=probs.device)
+            acc = torch.zeros(*probs.shape[:2], max(height, tile), max(width, tile),
+                              device=probs.device)
             norm = torch.zeros(acc.shape[-2:], device=probs.device)
             weight = gaussian_weight(tile).to(probs.device)
         acc[:, :, t.top:t.top + tile, t.left:t.left + tile] += probs * weight

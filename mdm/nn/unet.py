@@ -1,12 +1,15 @@
 """A guided-diffusion style U-Net, as a pure ``nn.Module``.
 
-Module layout and parameter names follow guided-diffusion (``time_embed``, ``input_blocks``, ``middle_block``,
-``output_blocks``, ``out``), so guided-diffusion / MDM state dicts load without renaming and decoder block numbers
-mean what they mean in the papers: ``output_blocks[i]`` for ``i`` in ``0 .. len(channel_mult) * (num_res_blocks + 1)
-- 1``, coarsest level first; each level holds ``num_res_blocks + 1`` blocks and its last one carries the upsample.
+Module layout and parameter names follow guided-diffusion (``time_embed``, ``input_blocks``,
+``middle_block``, ``output_blocks``, ``out``), so guided-diffusion / MDM state dicts load without
+renaming and decoder block numbers mean what they mean in the papers: ``output_blocks[i]`` for ``i``
+in ``0 .. len(channel_mult) * (num_res_blocks + 1)
+- 1``, coarsest level first; each level holds ``num_res_blocks + 1`` blocks and its last one carries
+  the upsample.
 
-Conventions: images are ``[B, in_channels, H, W]`` in [-1, 1]; timesteps are ``[B]`` (int or float, 0..T); the output
-is ``[B, out_channels, H, W]``. ``H`` and ``W`` must be divisible by ``2 ** (len(channel_mult) - 1)``.
+Conventions: images are ``[B, in_channels, H, W]`` in [-1, 1]; timesteps are ``[B]`` (int or float,
+0..T); the output is ``[B, out_channels, H, W]``. ``H`` and ``W`` must be divisible by
+``2 ** (len(channel_mult) - 1)``.
 """
 
 from __future__ import annotations
@@ -32,21 +35,23 @@ from .unet_blocks import (
 
 
 def num_decoder_blocks(channel_mult, num_res_blocks: int) -> int:
-    """How many ``output_blocks`` a U-Net of these levels has (each level holds ``num_res_blocks + 1``)."""
+    """How many ``output_blocks`` a U-Net of these levels has (each level holds
+    ``num_res_blocks + 1``)."""
     return len(channel_mult) * (num_res_blocks + 1)
 
 
 def compile_unet(model: nn.Module, mode: str) -> None:
-    """Compile ``model`` in place with ``torch.compile``: ``regional`` compiles each ResBlock and AttentionBlock (a
-    short compile that fuses the norms, activations and scale-shifts around the convolutions), ``full`` the whole
-    forward pass, ``none`` nothing. Parameter names stay as they are."""
+    """Compile ``model`` in place with ``torch.compile``: ``regional`` compiles each ResBlock and
+    AttentionBlock (a short compile that fuses the norms, activations and scale-shifts around the
+    convolutions), ``full`` the whole forward pass, ``none`` nothing. Parameter names stay as they
+    are."""
     if mode == "full":
         model.compile()
     elif mode == "regional":
-        # every ResBlock shares one forward, and torch compiles one function for at most 8 input shapes
-        # (torch._dynamo.config.recompile_limit, warned about once); the blocks of the other shapes run eagerly.
-        # Measured on an H200 at the paper preset, that is what gained speed (README); raising the limit made the
-        # warm-up outlast 150 s
+        # every ResBlock shares one forward, and torch compiles one function for at most 8 input
+        # shapes (torch._dynamo.config.recompile_limit, warned about once); the blocks of the other
+        # shapes run eagerly. Measured on an H200 at the paper preset, that is what gained speed
+        # (README); raising the limit made the warm-up outlast 150 s
         for block in model.modules():
             if isinstance(block, (ResBlock, AttentionBlock)):
                 block.compile()
@@ -56,7 +61,8 @@ def compile_unet(model: nn.Module, mode: str) -> None:
 
 @dataclass(frozen=True)
 class BlockInfo:
-    """Output of one decoder block for a given input size: ``channels`` and spatial ``resolution`` (H, W)."""
+    """Output of one decoder block for a given input size: ``channels`` and spatial ``resolution``
+    (H, W)."""
 
     index: int
     channels: int
@@ -75,10 +81,11 @@ class UNetModel(nn.Module):
         use_checkpoint: gradient checkpointing in every ResBlock and AttentionBlock (less memory, ~30% slower).
     """
 
-    def __init__(self, image_size=64, in_channels=3, model_channels=64, out_channels=3, num_res_blocks=2,
-                 attention_resolutions=(16, 8), dropout=0.0, channel_mult=(1, 2, 2, 4), conv_resample=True,
-                 num_heads=1, num_head_channels=-1, use_scale_shift_norm=True, resblock_updown=True,
-                 use_checkpoint=False, norm_groups=32, use_new_attention_order=False):
+    def __init__(self, image_size=64, in_channels=3, model_channels=64, out_channels=3,
+                 num_res_blocks=2, attention_resolutions=(16, 8), dropout=0.0,
+                 channel_mult=(1, 2, 2, 4), conv_resample=True, num_heads=1, num_head_channels=-1,
+                 use_scale_shift_norm=True, resblock_updown=True, use_checkpoint=False,
+                 norm_groups=32, use_new_attention_order=False):
         super().__init__()
         self.image_size = image_size
         self.in_channels = in_channels
@@ -88,7 +95,8 @@ class UNetModel(nn.Module):
         self.channel_mult = tuple(channel_mult)
         for c in {model_channels * m for m in channel_mult}:
             if c % norm_groups:
-                raise ConfigError(f"model.norm_groups: level width {c} is not divisible by {norm_groups}")
+                raise ConfigError(
+                    f"model.norm_groups: level width {c} is not divisible by {norm_groups}")
         attention_ds = {image_size // int(r) for r in attention_resolutions}
         block_kw = dict(use_checkpoint=use_checkpoint, norm_groups=norm_groups)
         res_kw = dict(use_scale_shift_norm=use_scale_shift_norm, **block_kw)
@@ -100,12 +108,14 @@ class UNetModel(nn.Module):
                                         nn.Linear(time_embed_dim, time_embed_dim))
 
         ch = model_channels * channel_mult[0]
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(in_channels,
+                                                                             ch, 3, padding=1))])
         skip_chans = [ch]
         ds = 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers = [ResBlock(ch, time_embed_dim, dropout, out_channels=model_channels * mult, **res_kw)]
+                layers = [ResBlock(ch, time_embed_dim, dropout,
+                                   out_channels=model_channels * mult, **res_kw)]
                 ch = model_channels * mult
                 if ds in attention_ds:
                     layers.append(AttentionBlock(ch, **attn_kw))
@@ -125,17 +135,19 @@ class UNetModel(nn.Module):
         )
 
         self.output_blocks = nn.ModuleList()
-        self._decoder_layout: list[tuple[int, int]] = []  # (channels, upsampling factor of ds after the block)
+        # (channels, upsampling factor of ds after the block)
+        self._decoder_layout: list[tuple[int, int]] = []
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
                 skip = skip_chans.pop()
-                layers = [ResBlock(ch + skip, time_embed_dim, dropout, out_channels=model_channels * mult,
-                                   **res_kw)]
+                layers = [ResBlock(ch + skip, time_embed_dim, dropout,
+                                   out_channels=model_channels * mult, **res_kw)]
                 ch = model_channels * mult
                 if ds in attention_ds:
                     layers.append(AttentionBlock(ch, **attn_kw))
                 if level and i == num_res_blocks:
-                    layers.append(ResBlock(ch, time_embed_dim, dropout, out_channels=ch, up=True, **res_kw)
+                    layers.append(ResBlock(ch, time_embed_dim, dropout, out_channels=ch,
+                                           up=True, **res_kw)
                                   if resblock_updown else Upsample(ch, conv_resample))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
@@ -150,26 +162,30 @@ class UNetModel(nn.Module):
         return 2 ** (len(self.channel_mult) - 1)
 
     def check_input_size(self, height: int, width: int) -> None:
-        """Raise ``ShapeError`` naming the sizes that work when ``height``/``width`` are not multiples of the
-        total downsampling."""
+        """Raise ``ShapeError`` naming the sizes that work when ``height``/``width`` are not
+        multiples of the total downsampling."""
         f = self.downsample_factor
         for name, size in (("height", height), ("width", width)):
             if size % f or size <= 0:
                 lo, hi = max(f, size // f * f), (size // f + 1) * f
-                raise ShapeError(f"image {name} {size} is not divisible by {f} (the U-Net downsamples "
-                                 f"{len(self.channel_mult) - 1} times); use a multiple of {f}, e.g. {lo} or {hi}")
+                raise ShapeError(
+                    f"image {name} {size} is not divisible by {f} (the U-Net downsamples "
+                    f"{len(self.channel_mult) - 1} times); use a multiple of {f}, e.g. {lo} or {hi}")
 
-    def decoder_blocks(self, height: int | None = None, width: int | None = None) -> list[BlockInfo]:
-        """Each decoder block's output channels and resolution for a ``height x width`` input (default: the
-        nominal ``image_size``). Stage 2 derives feature widths from this."""
+    def decoder_blocks(self, height: int | None = None,
+                       width: int | None = None) -> list[BlockInfo]:
+        """Each decoder block's output channels and resolution for a ``height x width`` input
+        (default: the nominal ``image_size``). Stage 2 derives feature widths from this."""
         height = height or self.image_size
         width = width or height
         self.check_input_size(height, width)
-        return [BlockInfo(i, c, (height // ds, width // ds)) for i, (c, ds) in enumerate(self._decoder_layout)]
+        return [BlockInfo(i, c, (height // ds, width // ds)) for i,
+                (c, ds) in enumerate(self._decoder_layout)]
 
     def taps(self) -> dict[str, nn.Module]:
-        """Every block stage 2 can take features from, by name: ``e0 .. e<n-1>`` (``input_blocks``), ``mid`` (the
-        middle block), ``d0 .. d<m-1>`` (``output_blocks``, guided-diffusion's numbering of decoder blocks)."""
+        """Every block stage 2 can take features from, by name: ``e0 .. e<n-1>`` (``input_blocks``),
+        ``mid`` (the middle block), ``d0 .. d<m-1>`` (``output_blocks``, guided-diffusion's
+        numbering of decoder blocks)."""
         blocks = {f"e{i}": b for i, b in enumerate(self.input_blocks)}
         blocks["mid"] = self.middle_block
         blocks.update({f"d{i}": b for i, b in enumerate(self.output_blocks)})
@@ -177,22 +193,25 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """``x [B, C_in, H, W]``, ``timesteps [B]`` -> ``[B, C_out, H, W]``."""
-        return self.out[2](group_norm_act(self.out[0], self.decode(x, timesteps)))  # out = (norm, SiLU, conv)
+        # out = (norm, SiLU, conv)
+        return self.out[2](group_norm_act(self.out[0], self.decode(x, timesteps)))
 
     def decode(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The last decoder block's output ``[B, model_channels * channel_mult[0], H, W]`` (before ``out``)."""
+        """The last decoder block's output ``[B, model_channels * channel_mult[0], H, W]`` (before
+        ``out``)."""
         h, hs, emb = self._encode(x, timesteps)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb)
         return h
 
     def encode(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The middle block's output ``[B, model_channels * channel_mult[-1], H / f, W / f]`` (``f``:
-        ``downsample_factor``): the encoder alone, for image-level heads."""
+        """The middle block's output ``[B, model_channels * channel_mult[-1], H / f, W / f]``
+        (``f``: ``downsample_factor``): the encoder alone, for image-level heads."""
         return self._encode(x, timesteps)[0]
 
     def _encode(self, x: torch.Tensor, timesteps: torch.Tensor):
-        """``(middle block output, every encoder block's output (the skips), timestep embedding)``."""
+        """``(middle block output, every encoder block's output (the skips), timestep
+        embedding)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(f"expected input [B, {self.in_channels}, H, W], got {list(x.shape)}")
         self.check_input_size(x.shape[-2], x.shape[-1])
@@ -206,5 +225,6 @@ class UNetModel(nn.Module):
 
 
 def build_unet(model_cfg) -> UNetModel:
-    """The U-Net described by a ``ModelConfig`` (a dataclass whose fields are the constructor's arguments)."""
+    """The U-Net described by a ``ModelConfig`` (a dataclass whose fields are the constructor's
+    arguments)."""
     return UNetModel(**dataclasses.asdict(model_cfg))

@@ -20,9 +20,11 @@ from .group_norm_act import group_norm_act
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding: ``t [B]`` -> ``[B, dim]`` (cosines first, then sines, as in guided-diffusion)."""
+    """Sinusoidal embedding: ``t [B]`` -> ``[B, dim]`` (cosines first, then sines, as in
+    guided-diffusion)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                           device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -87,13 +89,15 @@ class Downsample(nn.Module):
 
 
 class ResBlock(TimestepBlock):
-    """Residual block conditioned on the timestep embedding, optionally resampling (``up``/``down``).
+    """Residual block conditioned on the timestep embedding, optionally resampling
+    (``up``/``down``).
 
-    With ``use_scale_shift_norm`` the embedding gives a scale and shift applied after the second GroupNorm
-    (``h = norm(h) * (1 + scale) + shift``); otherwise it is added before it.
+    With ``use_scale_shift_norm`` the embedding gives a scale and shift applied after the second
+    GroupNorm (``h = norm(h) * (1 + scale) + shift``); otherwise it is added before it.
     """
 
-    def __init__(self, channels, emb_channels, dropout, out_channels=None, use_scale_shift_norm=False,
+    def __init__(self, channels, emb_channels, dropout, out_channels=None,
+                 use_scale_shift_norm=False,
                  use_checkpoint=False, up=False, down=False, norm_groups=32):
         super().__init__()
         out_channels = out_channels or channels
@@ -109,9 +113,12 @@ class ResBlock(TimestepBlock):
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels))
-        self.out_layers = nn.Sequential(GroupNorm32(norm_groups, out_channels), nn.SiLU(), nn.Dropout(p=dropout),
-                                        zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)))
+            nn.SiLU(), nn.Linear(emb_channels,
+                                 2 * out_channels if use_scale_shift_norm else out_channels))
+        self.out_layers = nn.Sequential(GroupNorm32(norm_groups, out_channels), nn.SiLU(),
+                                        nn.Dropout(p=dropout),
+                                        zero_module(nn.Conv2d(out_channels,
+                                                              out_channels, 3, padding=1)))
         self.skip_connection = (nn.Identity() if out_channels == channels
                                 else nn.Conv2d(channels, out_channels, 1))
 
@@ -121,8 +128,9 @@ class ResBlock(TimestepBlock):
         return self._forward(x, emb)
 
     def _forward(self, x, emb):
-        # in_layers = (norm, SiLU, conv) and out_layers = (norm, SiLU, dropout, conv): each norm + SiLU pair runs
-        # as one group_norm_act call (fused on CPU), the modules keep guided-diffusion's parameter names
+        # in_layers = (norm, SiLU, conv) and out_layers = (norm, SiLU, dropout, conv): each norm +
+        # SiLU pair runs as one group_norm_act call (fused on CPU), the modules keep
+        # guided-diffusion's parameter names
         h = self.in_layers[2](self.h_upd(group_norm_act(self.in_layers[0], x)))
         x = self.x_upd(x)
         emb_out = self.emb_layers(emb).type(h.dtype)[..., None, None]
@@ -136,24 +144,27 @@ class ResBlock(TimestepBlock):
 
 
 class AttentionBlock(nn.Module):
-    """Spatial self-attention over all ``H*W`` positions, with either of guided-diffusion's qkv layouts.
+    """Spatial self-attention over all ``H*W`` positions, with either of guided-diffusion's qkv
+    layouts.
 
-    ``qkv`` is a 1x1 Conv1d (its weights ``[3 * C, C, 1]``, applied as a linear layer). Its output channels are
-    ordered head-major, q, k, v inside each head (guided-diffusion's legacy ``QKVAttentionLegacy``, what most
-    published checkpoints hold), or with ``use_new_attention_order`` q, k, v first and the heads inside each
-    (``QKVAttention``). The weights have the same shape either way: only the training flags tell.
+    ``qkv`` is a 1x1 Conv1d (its weights ``[3 * C, C, 1]``, applied as a linear layer). Its output
+    channels are ordered head-major, q, k, v inside each head (guided-diffusion's legacy
+    ``QKVAttentionLegacy``, what most published checkpoints hold), or with
+    ``use_new_attention_order`` q, k, v first and the heads inside each (``QKVAttention``). The
+    weights have the same shape either way: only the training flags tell.
     """
 
-    def __init__(self, channels, num_heads=1, num_head_channels=-1, use_checkpoint=False, norm_groups=32,
-                 use_new_attention_order=False):
+    def __init__(self, channels, num_heads=1, num_head_channels=-1, use_checkpoint=False,
+                 norm_groups=32, use_new_attention_order=False):
         super().__init__()
         self.new_order = use_new_attention_order
         if num_head_channels == -1:
             self.num_heads = num_heads
         else:
             if channels % num_head_channels:
-                raise ConfigError(f"model.num_head_channels: {channels} channels are not divisible by "
-                                  f"{num_head_channels}")
+                raise ConfigError(
+                    f"model.num_head_channels: {channels} channels are not divisible by "
+                    f"{num_head_channels}")
             self.num_heads = channels // num_head_channels
         self.use_checkpoint = use_checkpoint
         self.norm = GroupNorm32(norm_groups, channels)
@@ -168,28 +179,31 @@ class AttentionBlock(nn.Module):
     def _forward(self, x):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
-        # tokens [B, T, C]: a view when x is channels-last. The 1x1 convolutions run as linear layers on them, so
-        # q, k, v come out with unit stride along channels, as fused attention kernels need
+        # tokens [B, T, C]: a view when x is channels-last. The 1x1 convolutions run as linear
+        # layers on them, so q, k, v come out with unit stride along channels, as fused attention
+        # kernels need
         tokens = group_norm_act(self.norm, x, act=False).transpose(1, 2)
         qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # [B, T, heads*3*ch]
         heads, ch = self.num_heads, c // self.num_heads
         if self.new_order:  # [B, T, 3, heads, ch]
             q, k, v = (t.transpose(1, 2) for t in qkv.unflatten(-1, (3, heads, ch)).unbind(2))
         else:  # [B, T, heads, 3 * ch]
-            q, k, v = qkv.unflatten(-1, (heads, 3 * ch)).transpose(1, 2).split(ch, dim=-1)  # each [B, heads, T, ch]
+            # each [B, heads, T, ch]
+            q, k, v = qkv.unflatten(-1, (heads, 3 * ch)).transpose(1, 2).split(ch, dim=-1)
         h = _attention(q, k, v).transpose(1, 2).flatten(2)  # [B, T, C]
-        out = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias).transpose(1, 2)  # [B, C, T]
+        # [B, C, T]
+        out = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias).transpose(1, 2)
         return (x + out).reshape(b, c, *spatial)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Softmax attention of ``[B, heads, T, ch]`` tensors.
 
-    bf16 on CPU: two bf16 matmuls around a softmax that computes in fp32 and stores bf16, the precision of
-    guided-diffusion's legacy attention under fp16. On this CPU that is 2.7x faster than torch's fused CPU kernel
-    in bf16 (forward + backward, 256 tokens, 4 heads of 32: 5.6 vs 15.1 ms) and 8x faster at 64 tokens, with a
-    larger rounding error (max 0.009 vs 0.002 against fp32); see ``perf/attention_cpu.py``. Elsewhere (fp32,
-    CUDA): ``scaled_dot_product_attention``.
+    bf16 on CPU: two bf16 matmuls around a softmax that computes in fp32 and stores bf16, the
+    precision of guided-diffusion's legacy attention under fp16. On this CPU that is 2.7x faster
+    than torch's fused CPU kernel in bf16 (forward + backward, 256 tokens, 4 heads of 32: 5.6 vs
+    15.1 ms) and 8x faster at 64 tokens, with a larger rounding error (max 0.009 vs 0.002 against
+    fp32); see ``perf/attention_cpu.py``. Elsewhere (fp32, CUDA): ``scaled_dot_product_attention``.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         weights = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # [B, heads, T, T]

@@ -1,1 +1,2 @@
-"""Stage 1: self-supervised pretraining (objectives, pools, sampler, the Accelerate trainer, exports, converter)."""
+"""Stage 1: self-supervised pretraining (objectives, pools, sampler, the Accelerate trainer,
+exports, converter)."""

@@ -8,9 +8,10 @@
     optimizer.json         its hyper-parameters (``param_groups``) and any state that is not a tensor
     trainer_state.json     ``{"step": N, "format": 1}``
 
-A checkpoint is written into a temporary folder and made visible by a rename. Nothing is ever unpickled, so a
-checkpoint folder cannot run code; a folder in Accelerate's own format (whose ``.pkl`` / ``.bin`` files would be
-unpickled) is refused. Randomness needs no state: every draw is keyed by (seed, step, sample).
+A checkpoint is written into a temporary folder and made visible by a rename. Nothing is ever
+unpickled, so a checkpoint folder cannot run code; a folder in Accelerate's own format (whose
+``.pkl`` / ``.bin`` files would be unpickled) is refused. Randomness needs no state: every draw is
+keyed by (seed, step, sample).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from .export import load_state_strict
 
 FORMAT = 1
 CHECKPOINT_RE = re.compile(r"^step_(\d+)$")
-FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json", "trainer_state.json")
+FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json",
+         "trainer_state.json")
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -41,11 +43,13 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def find_resume(run_dir: Path, resume: str) -> Path:
-    """The checkpoint folder ``--resume`` names: ``latest`` (the newest in the run folder) or a path."""
+    """The checkpoint folder ``--resume`` names: ``latest`` (the newest in the run folder) or a
+    path."""
     if resume == "latest":
         ckpts = list_checkpoints(run_dir)
         if not ckpts:
-            raise CheckpointError(f"--resume latest: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+            raise CheckpointError(
+                f"--resume latest: no checkpoint in {Path(run_dir) / 'checkpoints'}")
         return ckpts[-1][1]
     path = Path(resume)
     if not (path / "trainer_state.json").is_file():
@@ -95,16 +99,19 @@ def _previous_intact(path: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module, optimizer) -> int:
-    """Load a checkpoint into the live objects (strictly); returns its step. A damaged file is a one-line error that
-    names it and, where there is one, the previous intact checkpoint to resume from instead."""
+    """Load a checkpoint into the live objects (strictly); returns its step. A damaged file is a
+    one-line error that names it and, where there is one, the previous intact checkpoint to resume
+    from instead."""
     path = Path(path)
     if not (path / "model.safetensors").is_file() and any(path.glob("*.pkl")):
-        raise CheckpointError(f"{path}: a checkpoint in Accelerate's pickle format, which this version does not "
-                              f"read (loading it could run code); resume from a checkpoint written by this version")
+        raise CheckpointError(
+            f"{path}: a checkpoint in Accelerate's pickle format, which this version does not "
+            f"read (loading it could run code); resume from a checkpoint written by this version")
     try:
         state = _read_json(path / "trainer_state.json")
         if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path / 'trainer_state.json'}: unknown checkpoint format {state.get('format')!r}")
+            raise CheckpointError(
+                f"{path / 'trainer_state.json'}: unknown checkpoint format {state.get('format')!r}")
         model_state = load_tensors(path / "model.safetensors")
         ema_state = load_tensors(path / "ema.safetensors")
         opt_tensors = load_tensors(path / "optimizer.safetensors")
@@ -121,14 +128,17 @@ def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module, optimizer) -> 
     for key, value in opt_tensors.items():
         index, name = key.split(".", 1)
         param = params[int(index)] if int(index) < len(params) else None
-        if param is not None and value.shape == param.shape:  # e.g. channels-last moments of channels-last weights
+        # e.g. channels-last moments of channels-last weights
+        if param is not None and value.shape == param.shape:
             value = torch.empty_like(param, dtype=value.dtype, device=value.device).copy_(value)
         opt_state.setdefault(int(index), {})[name] = value
     for index, values in opt_meta["state"].items():
         opt_state.setdefault(int(index), {}).update(values)
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in opt_meta["param_groups"]]
+    groups = [{**g,
+               "betas": tuple(g["betas"])} if "betas" in g else g for g in opt_meta["param_groups"]]
     try:
         optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path / 'optimizer.json'}: does not fit this model's optimizer ({e})") from None
+        raise CheckpointError(
+            f"{path / 'optimizer.json'}: does not fit this model's optimizer ({e})") from None
     return int(state["step"])

@@ -1,9 +1,10 @@
 """Exports: what pretraining hands to stage 2, independent of Accelerate's state folders.
 
-An export folder holds ``unet.safetensors`` (EMA weights), ``unet_raw.safetensors`` (raw weights) and ``config.yaml``
-(the resolved config, architecture included). ``open_export`` reads and checks the config only; ``Export.load_model``
-rebuilds the U-Net from the stored architecture and loads the weights strictly: a mismatch names the missing and
-unexpected keys. Writes are atomic (a temporary folder renamed into place).
+An export folder holds ``unet.safetensors`` (EMA weights), ``unet_raw.safetensors`` (raw weights)
+and ``config.yaml`` (the resolved config, architecture included). ``open_export`` reads and checks
+the config only; ``Export.load_model`` rebuilds the U-Net from the stored architecture and loads the
+weights strictly: a mismatch names the missing and unexpected keys. Writes are atomic (a temporary
+folder renamed into place).
 """
 
 from __future__ import annotations
@@ -26,17 +27,20 @@ WEIGHTS = {"ema": "unet.safetensors", "raw": "unet_raw.safetensors"}
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k,
+            v in model.state_dict().items()}
 
 
-def write_export(folder: Path, cfg: Config, ema_model: torch.nn.Module, raw_model: torch.nn.Module) -> None:
+def write_export(folder: Path, cfg: Config, ema_model: torch.nn.Module,
+                 raw_model: torch.nn.Module) -> None:
     """Write the export files into an existing (temporary) folder."""
     save_tensors(_state(ema_model), str(folder / WEIGHTS["ema"]))
     save_tensors(_state(raw_model), str(folder / WEIGHTS["raw"]))
     dump(cfg, folder / "config.yaml")
 
 
-def save_export(out_dir: str | Path, cfg: Config, ema_model: torch.nn.Module, raw_model: torch.nn.Module) -> Path:
+def save_export(out_dir: str | Path, cfg: Config, ema_model: torch.nn.Module,
+                raw_model: torch.nn.Module) -> Path:
     """Write an export folder atomically; returns its path."""
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
@@ -45,9 +49,10 @@ def save_export(out_dir: str | Path, cfg: Config, ema_model: torch.nn.Module, ra
 
 
 def file_fingerprint(path: str | Path, whole: bool = True) -> str:
-    """A short content hash of a weights file (SHA-1 of all its bytes, ``file_digest``), to key caches of what it
-    computes and to tell two exports apart: one changed tensor anywhere in the file changes it. ``whole=False``: the
-    size and the first and last MiB only, what segmenters saved before the whole-file hash recorded (checked so)."""
+    """A short content hash of a weights file (SHA-1 of all its bytes, ``file_digest``), to key
+    caches of what it computes and to tell two exports apart: one changed tensor anywhere in the
+    file changes it. ``whole=False``: the size and the first and last MiB only, what segmenters
+    saved before the whole-file hash recorded (checked so)."""
     if whole:
         return file_digest(Path(path))[:16]
     path, chunk = Path(path), 1 << 20
@@ -61,7 +66,8 @@ def file_fingerprint(path: str | Path, whole: bool = True) -> str:
 
 
 def export_is_current(run_dir: Path, step: int) -> bool:
-    """Whether ``run_dir/exports/step_<step>`` exists and ``run_dir/export`` holds the same files."""
+    """Whether ``run_dir/exports/step_<step>`` exists and ``run_dir/export`` holds the same
+    files."""
     ours, latest = run_dir / "exports" / f"step_{step}", run_dir / "export"
     files = [*WEIGHTS.values(), "config.yaml"]
     if not all((ours / f).is_file() and (latest / f).is_file() for f in files):
@@ -70,15 +76,16 @@ def export_is_current(run_dir: Path, step: int) -> bool:
 
 
 def publish_export(run_dir: Path, step: int) -> None:
-    """``run_dir/export`` replaced (atomically) by a copy of ``run_dir/exports/step_<step>``: the export stage 2
-    reads by default is the run's newest."""
+    """``run_dir/export`` replaced (atomically) by a copy of ``run_dir/exports/step_<step>``: the
+    export stage 2 reads by default is the run's newest."""
     with atomic_dir(run_dir / "export") as tmp:
         shutil.copytree(run_dir / "exports" / f"step_{step}", tmp, dirs_exist_ok=True)
 
 
 @dataclass(frozen=True)
 class Export:
-    """An export folder whose config has been read and checked; ``weights`` is ``ema`` or ``raw``."""
+    """An export folder whose config has been read and checked; ``weights`` is ``ema`` or
+    ``raw``."""
 
     folder: Path
     config: Config
@@ -89,10 +96,13 @@ class Export:
         return self.folder / WEIGHTS[self.weights]
 
     def fingerprint(self, whole: bool = True) -> str:
-        """Identifies what the export computes: its weights (``file_fingerprint``) and its model and objective
-        settings (two objectives' step-0 exports hold the same weights but corrupt their inputs differently)."""
-        settings = json.dumps([asdict(self.config.model), asdict(self.config.diffusion)], sort_keys=True)
-        return hashlib.sha1(f"{file_fingerprint(self.weights_path, whole)}|{settings}".encode()).hexdigest()[:16]
+        """Identifies what the export computes: its weights (``file_fingerprint``) and its model and
+        objective settings (two objectives' step-0 exports hold the same weights but corrupt their
+        inputs differently)."""
+        settings = json.dumps([asdict(self.config.model),
+                               asdict(self.config.diffusion)], sort_keys=True)
+        return hashlib.sha1(
+            f"{file_fingerprint(self.weights_path, whole)}|{settings}".encode()).hexdigest()[:16]
 
     def load_model(self) -> UNetModel:
         """The U-Net with the export's weights (strict), on the CPU in fp32."""
@@ -105,14 +115,18 @@ EXPORT_SECTIONS = ("model", "diffusion", "data", "train")
 
 
 def open_export(export_dir: str | Path, weights: str = "ema") -> Export:
-    """Read an export's ``config.yaml`` and check that its weights file is there (not loaded yet)."""
+    """Read an export's ``config.yaml`` and check that its weights file is there (not loaded
+    yet)."""
     export_dir = Path(export_dir)
     cfg_path, w_path = export_dir / "config.yaml", export_dir / WEIGHTS[weights]
     for p in (cfg_path, w_path):
         if not p.is_file():
-            raise CheckpointError(f"{p}: not found (an export folder holds config.yaml, unet.safetensors and "
-                                  f"unet_raw.safetensors)")
-    try:  # the sections that describe the network: stage 2's and the study's keys may change between versions
+            raise CheckpointError(
+                f"{p}: not found (an export folder holds config.yaml, unet.safetensors and "
+                f"unet_raw.safetensors)")
+    # the sections that describe the network: stage 2's and the study's keys may change between
+    # versions
+    try:
         cfg = load(cfg_path, sections=EXPORT_SECTIONS)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path}: {e}") from None
@@ -126,8 +140,8 @@ def load_export(export_dir: str | Path, weights: str = "ema") -> tuple[UNetModel
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict(strict=True)`` whose error names the file, the missing and unexpected keys and shape
-    mismatches."""
+    """``load_state_dict(strict=True)`` whose error names the file, the missing and unexpected keys
+    and shape mismatches."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -140,5 +154,6 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], so
         parts = [f"missing keys: {few(missing)}" if missing else "",
                  f"unexpected keys: {few(unexpected)}" if unexpected else "",
                  f"shape mismatches: {few(shapes)}" if shapes else ""]
-        raise CheckpointError(f"{source}: weights do not match the architecture; " + "; ".join(p for p in parts if p))
+        raise CheckpointError(
+            f"{source}: weights do not match the architecture; " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=True)

@@ -1,14 +1,15 @@
-"""Unlabeled pretraining pools: image folders and the synthetic source's pool, registered in ``POOLS`` (a builder
-``DataConfig -> Dataset`` per ``data.source``). ``build_pretrain_dataset(cfg.data)`` gives the one a config asks
-for.
+"""Unlabeled pretraining pools: image folders and the synthetic source's pool, registered in
+``POOLS`` (a builder ``DataConfig -> Dataset`` per ``data.source``).
+``build_pretrain_dataset(cfg.data)`` gives the one a config asks for.
 
-Items are requested as ``(index, key)`` (see ``sampler.StepBatchSampler``) and returned as ``(image [C, S, S], key)``:
-the key drives the crop and flip, so a resumed run sees the very same pixels.
+Items are requested as ``(index, key)`` (see ``sampler.StepBatchSampler``) and returned as
+``(image [C, S, S], key)``: the key drives the crop and flip, so a resumed run sees the very same
+pixels.
 
-Folders are searched recursively for png, jpg, jpeg, bmp, tif and tiff files. Files listed in ``exclude`` (files,
-or folders of files: a study's test images and masks) are removed by resolved path, by content hash **and** by what
-they show (``common.pictures``), so a copy of a test image elsewhere in the pool never leaks into pretraining, however
-it was saved again.
+Folders are searched recursively for png, jpg, jpeg, bmp, tif and tiff files. Files listed in
+``exclude`` (files, or folders of files: a study's test images and masks) are removed by resolved
+path, by content hash **and** by what they show (``common.pictures``), so a copy of a test image
+elsewhere in the pool never leaks into pretraining, however it was saved again.
 """
 
 from __future__ import annotations
@@ -29,24 +30,28 @@ from .crops import crop_or_resize
 from .folder_manifest import FileRecord, candidates, manifest_path, read_file, update_manifest
 
 
-def list_pool(roots: list[str], extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> list[Path]:
-    """The files with one of ``extensions`` (image files by default) under every root, each once, in order; a root
-    without any is named."""
+def list_pool(roots: list[str],
+              extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """The files with one of ``extensions`` (image files by default) under every root, each once, in
+    order; a root without any is named."""
     files: list[Path] = []
     for root in roots:
         found = list_images(root, extensions)
         if not found:
-            raise DataError(f"{root}: no {'images' if extensions == IMAGE_EXTENSIONS else 'files'} found "
-                            f"(looked for {', '.join(sorted(extensions))})")
+            raise DataError(
+                f"{root}: no {'images' if extensions == IMAGE_EXTENSIONS else 'files'} found "
+                f"(looked for {', '.join(sorted(extensions))})")
         files += found
     return list(dict.fromkeys(files))
 
 
 def pool_records(roots: list[str], color_mode: str, manifest: str,
                  extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS,
-                 read: Callable[[Path, str], FileRecord] = read_file) -> tuple[Path, list[Path], list[FileRecord], int]:
-    """The manifest's file, the files under ``roots`` (image files by default) and their manifest records (new or
-    changed files read into it by ``read`` first), and how many files were read for it."""
+                 read: Callable[[Path, str], FileRecord] = read_file) -> tuple[Path, list[Path],
+                                                                               list[FileRecord], int]:
+    """The manifest's file, the files under ``roots`` (image files by default) and their manifest
+    records (new or changed files read into it by ``read`` first), and how many files were read for
+    it."""
     files = list_pool(roots, extensions)
     where = manifest_path(manifest, roots, color_mode)
     records, decoded = update_manifest(where, files, color_mode, roots, read)
@@ -55,24 +60,25 @@ def pool_records(roots: list[str], color_mode: str, manifest: str,
 
 def excluded_by_content(records: list[FileRecord], exclude: list[str],
                         extensions: frozenset[str] | set[str] = IMAGE_EXTENSIONS) -> set[int]:
-    """The indices of ``records`` with the content of a file ``exclude`` names: by path and by content at once, since
-    a file at an excluded path has that file's hash (no path of the pool is resolved: a million resolves cost a
-    minute)."""
+    """The indices of ``records`` with the content of a file ``exclude`` names: by path and by
+    content at once, since a file at an excluded path has that file's hash (no path of the pool is
+    resolved: a million resolves cost a minute)."""
     digests = {file_digest(p) for e in exclude for p in list_images(e, extensions)}
     return {i for i, r in enumerate(records) if r.sha1 in digests}
 
 
 def pool_digests(pool: DataConfig) -> dict[str, str]:
-    """``{file: content hash}`` of the images of the folder pool ``pool`` that no excluded file matches by content,
-    read from the pool's manifest: a study records them without hashing a million files at every start."""
+    """``{file: content hash}`` of the images of the folder pool ``pool`` that no excluded file
+    matches by content, read from the pool's manifest: a study records them without hashing a
+    million files at every start."""
     _, files, records, _ = pool_records(pool.root, pool.color_mode, pool.manifest)
     banned = excluded_by_content(records, pool.exclude)
     return {str(f): r.sha1 for i, (f, r) in enumerate(zip(files, records)) if i not in banned}
 
 
 def _readable(exclude: list[str], color_mode: str):
-    """``(name, image)`` of every readable image ``exclude`` names (files or folders); an unreadable one is left to
-    the stage that reads it to report."""
+    """``(name, image)`` of every readable image ``exclude`` names (files or folders); an unreadable
+    one is left to the stage that reads it to report."""
     for entry in exclude:
         for f in list_images(entry):
             try:
@@ -82,15 +88,17 @@ def _readable(exclude: list[str], color_mode: str):
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """Unlabeled images; an item is requested as ``(index, key)`` and returned as ``(image [C, S, S], key)``.
+    """Unlabeled images; an item is requested as ``(index, key)`` and returned as
+    ``(image [C, S, S], key)``.
 
-    What the pool knows of each file comes from its manifest (``folder_manifest``: built once by decoding every
-    file, then read and brought up to date by decoding only new or changed files), so a truncated, unreadable or
-    NaN-holding file stops the run before it starts (or is skipped with a warning when ``skip_unreadable``), never
-    halfway through, without decoding a million files at every start. An image that is the same picture as an
-    excluded one (``exclude``: the test split's images and masks) is excluded whatever its file
-    (``common.pictures``: re-compressed, re-saved as JPEG, metadata added); images that look like label masks are
-    counted and warned about. ``manifest``: the manifest's file (empty: the user's cache folder, ``manifest_path``).
+    What the pool knows of each file comes from its manifest (``folder_manifest``: built once by
+    decoding every file, then read and brought up to date by decoding only new or changed files), so
+    a truncated, unreadable or NaN-holding file stops the run before it starts (or is skipped with a
+    warning when ``skip_unreadable``), never halfway through, without decoding a million files at
+    every start. An image that is the same picture as an excluded one (``exclude``: the test split's
+    images and masks) is excluded whatever its file (``common.pictures``: re-compressed, re-saved as
+    JPEG, metadata added); images that look like label masks are counted and warned about.
+    ``manifest``: the manifest's file (empty: the user's cache folder, ``manifest_path``).
     """
 
     def __init__(self, roots: list[str], crop_size: int, crop: str = "random", hflip: bool = True,
@@ -115,8 +123,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                 skipped.append(f)
                 continue
             if crop == "random" and min(r.height, r.width) < crop_size:
-                raise DataError(f"{f}: {r.width}x{r.height} is smaller than the crop size {crop_size}; use "
-                                f"data.crop=resize or a smaller data.crop_size")
+                raise DataError(
+                    f"{f}: {r.width}x{r.height} is smaller than the crop size {crop_size}; use "
+                    f"data.crop=resize or a smaller data.crop_size")
             masks += [f] if r.mask_like else []
             kept.append(f)
         excluded = [files[i] for i in sorted(by_file | same)]
@@ -130,19 +139,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                           f"values), e.g. {masks[0]}: pretraining on masks teaches nothing of the images; move them "
                           f"out of the pool's folders", stacklevel=2)
         self.files = kept
-        self.record = {"images": len(kept), "excluded": len(excluded), "unreadable_skipped": len(skipped),
-                       "excluded_same_picture": len(same), "mask_like": len(masks),
-                       "manifest": str(where), "manifest_decoded": decoded,
-                       "excluded_files": [str(f) for f in excluded], "skipped_files": [str(f) for f in skipped],
+        self.record = {"images": len(kept), "excluded": len(excluded),
+                       "unreadable_skipped": len(skipped), "excluded_same_picture": len(same),
+                       "mask_like": len(masks), "manifest": str(where), "manifest_decoded": decoded,
+                       "excluded_files": [str(f) for f in excluded],
+                       "skipped_files": [str(f) for f in skipped],
                        "mask_like_files": [str(f) for f in masks]}
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item: tuple[int, int]):
-        """A file that no longer decodes (it changed after its manifest row was written) stops the run, naming it;
-        with ``skip_unreadable`` it is skipped with a warning and the next file in the pool's order stands in (the
-        same one on every resume)."""
+        """A file that no longer decodes (it changed after its manifest row was written) stops the
+        run, naming it; with ``skip_unreadable`` it is skipped with a warning and the next file in
+        the pool's order stands in (the same one on every resume)."""
         index, key = item
         for shift in range(len(self.files)):
             path = self.files[(index + shift) % len(self.files)]
@@ -153,21 +163,24 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     raise DataError(f"{e} (it changed after the pool's manifest was written; set "
                                     f"data.skip_unreadable=true to skip such files)") from None
                 if path not in self.unreadable_in_training:
-                    warnings.warn(f"skipping unreadable image {path} (read during training)", stacklevel=2)
+                    warnings.warn(
+                        f"skipping unreadable image {path} (read during training)", stacklevel=2)
                     self.unreadable_in_training.add(path)
                 self.skipped_in_training += 1
                 continue
-            return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=str(path)), key
-        raise DataError(f"{', '.join(map(str, self.files[:3]))}: no image of the pool decodes any more")
+            return crop_or_resize(image, key, self.crop_size, self.crop,
+                                  self.hflip, name=str(path)), key
+        raise DataError(
+            f"{', '.join(map(str, self.files[:3]))}: no image of the pool decodes any more")
 
 
 class SyntheticPoolDataset(torch.utils.data.Dataset):
-    """``num_images`` pool images (never a labeled or test image) rendered at ``image_size`` and cropped or resized
-    to ``crop_size``; an item is ``(index, key)`` -> ``(image [3, S, S], key)``. Rendered images are cached in
-    memory (each process or worker renders an image once)."""
+    """``num_images`` pool images (never a labeled or test image) rendered at ``image_size`` and
+    cropped or resized to ``crop_size``; an item is ``(index, key)`` -> ``(image [3, S, S], key)``.
+    Rendered images are cached in memory (each process or worker renders an image once)."""
 
-    def __init__(self, num_images: int, image_size: int, crop_size: int, crop: str = "random", hflip: bool = True,
-                 seed: int = 0):
+    def __init__(self, num_images: int, image_size: int, crop_size: int, crop: str = "random",
+                 hflip: bool = True, seed: int = 0):
         self.source = SyntheticHistology(seed=seed, image_size=image_size)
         self.ids = self.source.unlabeled_ids(num_images)
         self.crop_size, self.crop, self.hflip = crop_size, crop, hflip
@@ -185,8 +198,9 @@ class SyntheticPoolDataset(torch.utils.data.Dataset):
 
 
 class CountingSkips(torch.utils.data.Dataset):
-    """``pool`` whose items are ``(image, key, skipped)``: ``skipped``, how many unreadable files the pool skipped
-    (``skipped_in_training``, counted in each process or loader worker) to give that item, for the run's log."""
+    """``pool`` whose items are ``(image, key, skipped)``: ``skipped``, how many unreadable files
+    the pool skipped (``skipped_in_training``, counted in each process or loader worker) to give
+    that item, for the run's log."""
 
     def __init__(self, pool: torch.utils.data.Dataset):
         self.pool = pool
@@ -200,11 +214,14 @@ class CountingSkips(torch.utils.data.Dataset):
         return image, key, getattr(self.pool, "skipped_in_training", 0) - before
 
 
-POOLS: Registry[Callable[[DataConfig], torch.utils.data.Dataset]] = Registry("pretraining pools", "data.source",
+POOLS: Registry[Callable[[DataConfig],
+                         torch.utils.data.Dataset]] = Registry("pretraining pools", "data.source",
                                                                           "pretraining pool")
-POOLS.register("folder", lambda d: ImageFolderDataset(d.root, d.crop_size, d.crop, d.hflip, d.color_mode, d.exclude,
+POOLS.register("folder", lambda d: ImageFolderDataset(d.root, d.crop_size, d.crop, d.hflip,
+                                                      d.color_mode, d.exclude,
                                                       d.skip_unreadable, d.manifest))
-POOLS.register("synthetic", lambda d: SyntheticPoolDataset(d.synthetic_images, d.synthetic_image_size, d.crop_size,
+POOLS.register("synthetic", lambda d: SyntheticPoolDataset(d.synthetic_images,
+                                                           d.synthetic_image_size, d.crop_size,
                                                            d.crop, d.hflip, d.synthetic_seed))
 
 

@@ -1,6 +1,7 @@
-"""One writer per pretraining run folder: the main process holds the folder's lock (``common.io.writing_lock``) for
-the whole run, so a second ``train.py`` into the same ``train.out_dir`` is refused instead of interleaving its
-checkpoints and log rows with the first's. Every process learns the main process's answer, so all stop together."""
+"""One writer per pretraining run folder: the main process holds the folder's lock
+(``common.io.writing_lock``) for the whole run, so a second ``train.py`` into the same
+``train.out_dir`` is refused instead of interleaving its checkpoints and log rows with the first's.
+Every process learns the main process's answer, so all stop together."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from ..common.io import writing_lock
 
 @contextmanager
 def run_lock(run_dir: Path, accelerator: Accelerator) -> Iterator[None]:
-    """Hold ``run_dir``'s lock on the main process while the block runs; raise the same ``DataError`` on every
-    process when another writer holds it."""
+    """Hold ``run_dir``'s lock on the main process while the block runs; raise the same
+    ``DataError`` on every process when another writer holds it."""
     held, refusal = ExitStack(), [None]
     if accelerator.is_main_process:
         try:

@@ -1,10 +1,11 @@
-"""The pretraining run's log: ``log.jsonl`` (one JSON object per logged step) and TensorBoard where it is installed.
+"""The pretraining run's log: ``log.jsonl`` (one JSON object per logged step) and TensorBoard where
+it is installed.
 
-Between two log steps the per-sample losses and timesteps of every micro-batch are kept (``add``); at a log step they
-become one row (``row``): the step, the mean loss and the loss by mask-ratio (timestep) quartile, the learning rate
-and the images per second since the last row, and ``unreadable_skipped``: how many unreadable files the pool skipped
-(``data.skip_unreadable``) in all processes since the last row. Only the main process writes; the others still
-gather.
+Between two log steps the per-sample losses and timesteps of every micro-batch are kept (``add``);
+at a log step they become one row (``row``): the step, the mean loss and the loss by mask-ratio
+(timestep) quartile, the learning rate and the images per second since the last row, and
+``unreadable_skipped``: how many unreadable files the pool skipped (``data.skip_unreadable``) in all
+processes since the last row. Only the main process writes; the others still gather.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ class RunLog:
         self._losses, self._timesteps, self._images, self._started = [], [], 0, time.perf_counter()
         self._skipped = 0
 
-    def add(self, losses: torch.Tensor, timesteps: torch.Tensor, images: int, skipped: int = 0) -> None:
-        """One micro-batch: per-sample ``losses [B]`` and ``timesteps [B]``; ``images`` seen over all processes;
-        ``skipped``: unreadable files this process skipped for it."""
+    def add(self, losses: torch.Tensor, timesteps: torch.Tensor, images: int,
+            skipped: int = 0) -> None:
+        """One micro-batch: per-sample ``losses [B]`` and ``timesteps [B]``; ``images`` seen over
+        all processes; ``skipped``: unreadable files this process skipped for it."""
         self._losses.append(losses.detach())
         self._timesteps.append(timesteps.detach())
         self._images += images
         self._skipped += skipped
 
     def row(self, step: int, lr: float, gather: Callable[[torch.Tensor], torch.Tensor]) -> dict:
-        """The row of ``step`` from the window since the last row (``gather`` joins the processes' samples); starts a
-        new window."""
+        """The row of ``step`` from the window since the last row (``gather`` joins the processes'
+        samples); starts a new window."""
         losses, ts = gather(torch.cat(self._losses)), gather(torch.cat(self._timesteps))
         skipped = gather(losses.new_tensor([self._skipped], dtype=torch.int64))
         record = {"step": step, "loss": float(losses.mean()), "lr": lr,
@@ -72,7 +74,8 @@ class RunLog:
 
 
 def truncate_log(run_dir: Path, step: int) -> None:
-    """Drop the rows of ``log.jsonl`` after ``step`` (a resume replays them) and a row a kill cut short."""
+    """Drop the rows of ``log.jsonl`` after ``step`` (a resume replays them) and a row a kill cut
+    short."""
     log = Path(run_dir) / "log.jsonl"
     if log.is_file():
         rows = [r for r in log.read_text(errors="replace").splitlines()
@@ -81,7 +84,8 @@ def truncate_log(run_dir: Path, step: int) -> None:
 
 
 def _row_step(row: str) -> int | None:
-    """The step of a ``log.jsonl`` row, or ``None`` for a row that is not whole (cut by a kill while written)."""
+    """The step of a ``log.jsonl`` row, or ``None`` for a row that is not whole (cut by a kill while
+    written)."""
     try:
         return int(json.loads(row)["step"])
     except (ValueError, KeyError, TypeError):

@@ -15,8 +15,8 @@ from ..common.errors import ConfigError
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """The precision actually used. ``auto``: bf16 where the device computes it natively, else fp16 on a GPU and
-    fp32 on a CPU; fp16 needs a GPU (Accelerate would silently run fp32 on a CPU)."""
+    """The precision actually used. ``auto``: bf16 where the device computes it natively, else fp16
+    on a GPU and fp32 on a CPU; fp16 needs a GPU (Accelerate would silently run fp32 on a CPU)."""
     if requested == "auto":
         return "bf16" if native_bf16(device) else "fp16" if device.type == "cuda" else "no"
     if requested == "fp16" and device.type != "cuda":
@@ -29,26 +29,26 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 
 def fresh_accelerator_state() -> None:
-    """Accelerate keeps one state per process and refuses a second ``Accelerator`` with another precision or device;
-    a process that trains more than once (the study pretrains both objectives; tests) starts each run afresh. A
-    distributed setup (the process group) is kept."""
+    """Accelerate keeps one state per process and refuses a second ``Accelerator`` with another
+    precision or device; a process that trains more than once (the study pretrains both objectives;
+    tests) starts each run afresh. A distributed setup (the process group) is kept."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     AcceleratorState._reset_state(reset_partial_state=not distributed)
     GradientState._reset_state()
 
 
 def resolve_compile(requested: str, device: torch.device) -> str:
-    """``auto``: the ResBlocks and attention blocks compiled on a GPU (``regional``), nothing on a CPU (where
-    compiling took minutes and lost speed in fp32)."""
+    """``auto``: the ResBlocks and attention blocks compiled on a GPU (``regional``), nothing on a
+    CPU (where compiling took minutes and lost speed in fp32)."""
     if requested == "auto":
         return "regional" if device.type == "cuda" else "none"
     return requested
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
-    """AdamW, run as one fused kernel over all parameters on CPU and CUDA: the same update up to rounding, and
-    about half the time of the per-parameter loop on this CPU (``perf/pretrain_throughput.py --profile`` shows
-    ``aten::_fused_adamw_``)."""
+    """AdamW, run as one fused kernel over all parameters on CPU and CUDA: the same update up to
+    rounding, and about half the time of the per-parameter loop on this CPU
+    (``perf/pretrain_throughput.py --profile`` shows ``aten::_fused_adamw_``)."""
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay,
                              fused=torch.device(device).type in ("cpu", "cuda"))
 

@@ -21,12 +21,13 @@ from ..common.errors import DataError
 from ..common.rng import Stream
 
 MASK_SIDE = 1024  # the longest side of the thumbnail a tissue mask is computed on
-LEVEL_SLACK = 0.02  # a level counts as fine enough when its downsample is within 2% of the one asked for
+# a level counts as fine enough when its downsample is within 2% of the one asked for
+LEVEL_SLACK = 0.02
 
 
 def open_slide(path: str | Path, reader: str = "tiffslide"):
-    """The slide at ``path`` opened by ``reader`` (``tiffslide`` or ``openslide``; both give OpenSlide's API), or a
-    ``DataError`` naming the file."""
+    """The slide at ``path`` opened by ``reader`` (``tiffslide`` or ``openslide``; both give
+    OpenSlide's API), or a ``DataError`` naming the file."""
     try:
         if reader == "openslide":
             import openslide  # deferred: optional, needs the OpenSlide library (openslide-bin)
@@ -45,8 +46,8 @@ def open_slide(path: str | Path, reader: str = "tiffslide"):
 
 @contextmanager
 def reading(path: str | Path, what: str = "read as a slide") -> Iterator[None]:
-    """Turn any error the reader raises (tifffile, zarr, imagecodecs, OpenSlide each have their own) into a
-    ``DataError`` naming ``path``."""
+    """Turn any error the reader raises (tifffile, zarr, imagecodecs, OpenSlide each have their own)
+    into a ``DataError`` naming ``path``."""
     try:
         yield
     except DataError:
@@ -56,7 +57,8 @@ def reading(path: str | Path, what: str = "read as a slide") -> Iterator[None]:
 
 
 def slide_mpp(slide) -> float:
-    """The slide's microns per pixel at level 0 (the mean of x and y), 0.0 when its metadata has none."""
+    """The slide's microns per pixel at level 0 (the mean of x and y), 0.0 when its metadata has
+    none."""
     props = slide.properties
     values = []
     for axis in ("x", "y"):
@@ -67,8 +69,8 @@ def slide_mpp(slide) -> float:
 
 
 def rgb_array(region: Image.Image | np.ndarray) -> np.ndarray:
-    """A region as read (PIL RGB or RGBA, or an array ``[H, W, C]``) -> ``[H, W, 3]`` uint8; transparent pixels
-    (outside a scanned area) read as white glass."""
+    """A region as read (PIL RGB or RGBA, or an array ``[H, W, C]``) -> ``[H, W, 3]`` uint8;
+    transparent pixels (outside a scanned area) read as white glass."""
     if isinstance(region, np.ndarray):
         region = Image.fromarray(region)
     if region.mode == "RGBA":
@@ -78,8 +80,9 @@ def rgb_array(region: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def tissue_mask(thumb: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, float]:
-    """``thumb [h, w, 3]`` uint8 -> (tissue mask ``[h, w]`` bool, the saturation threshold used): saturation above
-    ``threshold``, or above Otsu's threshold of the thumbnail's saturations when ``threshold`` is 0."""
+    """``thumb [h, w, 3]`` uint8 -> (tissue mask ``[h, w]`` bool, the saturation threshold used):
+    saturation above ``threshold``, or above Otsu's threshold of the thumbnail's saturations when
+    ``threshold`` is 0."""
     from skimage.filters import threshold_otsu  # deferred: scikit-image is slow to import
 
     rgb = thumb.astype(np.float32)
@@ -91,8 +94,9 @@ def tissue_mask(thumb: np.ndarray, threshold: float = 0.0) -> tuple[np.ndarray, 
 
 
 def tile_starts(mask: np.ndarray, window: tuple[int, int], least: float) -> np.ndarray:
-    """``[h - wy + 1, w - wx + 1]`` bool: whether a ``window`` (``wy`` rows, ``wx`` columns) starting at that mask
-    pixel holds at least ``least`` tissue (an integral image; empty when the window is larger than the mask)."""
+    """``[h - wy + 1, w - wx + 1]`` bool: whether a ``window`` (``wy`` rows, ``wx`` columns)
+    starting at that mask pixel holds at least ``least`` tissue (an integral image; empty when the
+    window is larger than the mask)."""
     wy, wx = window
     h, w = mask.shape
     if wy > h or wx > w:
@@ -104,10 +108,11 @@ def tile_starts(mask: np.ndarray, window: tuple[int, int], least: float) -> np.n
 
 @dataclass(eq=False)
 class SlidePlan:
-    """How tiles are cut from one slide: read at ``level`` (``downsample`` level-0 px a pixel) a square of
-    ``read_side`` px covering ``footprint`` level-0 px, starting in a thumbnail cell of ``cell`` (x, y) level-0 px
-    where ``starts`` (``tile_starts``, packed 8 cells a byte along rows: about 90 KB for a 1024 x 700 thumbnail)
-    holds; ``row_ends[r]``: how many starts rows ``0..r`` hold."""
+    """How tiles are cut from one slide: read at ``level`` (``downsample`` level-0 px a pixel) a
+    square of ``read_side`` px covering ``footprint`` level-0 px, starting in a thumbnail cell of
+    ``cell`` (x, y) level-0 px where ``starts`` (``tile_starts``, packed 8 cells a byte along rows:
+    about 90 KB for a 1024 x 700 thumbnail) holds; ``row_ends[r]``: how many starts rows ``0..r``
+    hold."""
 
     path: str
     size: tuple[int, int]  # level-0 width, height
@@ -149,17 +154,20 @@ class SlidePlan:
 
     def describe(self) -> dict:
         area = self.tissue_cells * self.cell[0] * self.cell[1]
-        return {"slide": self.path, "width": self.size[0], "height": self.size[1], "mpp": self.mpp or None,
-                "level": self.level, "downsample": round(self.downsample, 4), "read_side": self.read_side,
+        return {"slide": self.path, "width": self.size[0], "height": self.size[1],
+                "mpp": self.mpp or None, "level": self.level,
+                "downsample": round(self.downsample, 4), "read_side": self.read_side,
                 "tissue_threshold": round(self.threshold, 4),
                 "tissue_share": round(self.tissue_cells / self.mask_cells, 4),
                 "tissue_mm2": round(area * self.mpp ** 2 / 1e6, 4) if self.mpp else None,
-                "tissue_level0_px": int(area), "tile_starts": self.count, "tiles_available": self.tiles_available}
+                "tissue_level0_px": int(area), "tile_starts": self.count,
+                "tiles_available": self.tiles_available}
 
 
-def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, threshold: float, least: float) -> SlidePlan:
-    """Where and how tiles of ``crop_size`` px are cut from ``slide`` (see the module's docstring); a
-    ``DataError`` names the slide when it cannot give them."""
+def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int,
+               threshold: float, least: float) -> SlidePlan:
+    """Where and how tiles of ``crop_size`` px are cut from ``slide`` (see the module's docstring);
+    a ``DataError`` names the slide when it cannot give them."""
     base = slide_mpp(slide)
     downsamples = [float(d) for d in slide.level_downsamples]
     if mpp:
@@ -168,11 +176,13 @@ def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, thresho
                             f"with data.slide_level")
         scale = mpp / base  # level-0 px per tile px
         if scale < 1 - 1e-6:
-            raise DataError(f"{path}: data.mpp={mpp} is finer than the slide's {base:.4g} microns per pixel")
+            raise DataError(
+                f"{path}: data.mpp={mpp} is finer than the slide's {base:.4g} microns per pixel")
         level = max(i for i, d in enumerate(downsamples) if d <= scale * (1 + LEVEL_SLACK))
     else:
         if level >= len(downsamples):
-            raise DataError(f"{path}: data.slide_level={level}, but the slide has {len(downsamples)} level(s)")
+            raise DataError(
+                f"{path}: data.slide_level={level}, but the slide has {len(downsamples)} level(s)")
         scale = downsamples[level]
     footprint = crop_size * scale
     read_side = max(crop_size, math.ceil(footprint / downsamples[level] - 1e-6))
@@ -185,6 +195,6 @@ def plan_slide(path: str, slide, crop_size: int, mpp: float, level: int, thresho
     cell = (width / mask.shape[1], height / mask.shape[0])
     window = (max(1, round(footprint / cell[1])), max(1, round(footprint / cell[0])))
     starts = tile_starts(mask, window, least)
-    return SlidePlan(path, (width, height), base, level, downsamples[level], read_side, footprint, cell,
-                     np.packbits(starts, axis=1), starts.shape[1], np.cumsum(starts.sum(1)), int(mask.sum()),
-                     mask.size, used)
+    return SlidePlan(path, (width, height), base, level, downsamples[level], read_side, footprint,
+                     cell, np.packbits(starts, axis=1), starts.shape[1], np.cumsum(starts.sum(1)),
+                     int(mask.sum()), mask.size, used)

@@ -1,1 +1,2 @@
-"""Stage 2: segmentation with few labels (datasets, splits, features, pixel MLPs, fine-tuning, evaluation)."""
+"""Stage 2: segmentation with few labels (datasets, splits, features, pixel MLPs, fine-tuning,
+evaluation)."""

@@ -1,11 +1,13 @@
-"""Evaluation of a trained segmenter on a test split: the metrics of docs/metrics.md, per image and pooled.
+"""Evaluation of a trained segmenter on a test split: the metrics of docs/metrics.md, per image and
+pooled.
 
-Writes the pictures of ``visualize`` under the run folder and ``per_image.csv`` (per test image: its metrics and,
-per class ``k``, ``inter_k`` / ``union_k``, the pixel counts whose sums over images give the dataset-level IoU, so a
-study can recompute mIoU on resampled images), and returns the pooled metrics: ``miou`` and ``per_class_iou``
-(dataset level) for every task; for binary tasks also per-image ``dice`` / ``iou``, GlaS object metrics and AJI
-where the ground truth has instances, each member's Dice (``member_dice_mean`` / ``_std``: the paper's protocol of
-individual classifiers), ``iou_from_dice``, and the same per group (GlaS testA / testB).
+Writes the pictures of ``visualize`` under the run folder and ``per_image.csv`` (per test image: its
+metrics and, per class ``k``, ``inter_k`` / ``union_k``, the pixel counts whose sums over images
+give the dataset-level IoU, so a study can recompute mIoU on resampled images), and returns the
+pooled metrics: ``miou`` and ``per_class_iou`` (dataset level) for every task; for binary tasks also
+per-image ``dice`` / ``iou``, GlaS object metrics and AJI where the ground truth has instances, each
+member's Dice (``member_dice_mean`` / ``_std``: the paper's protocol of individual classifiers),
+``iou_from_dice``, and the same per group (GlaS testA / testB).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
     cm = np.zeros((c, c), dtype=np.int64)
     member_dice: list[list[float]] = [[] for _ in range(m)]
     rows = []
-    for i in tqdm(range(len(test_ds)), desc="test", disable=None if progress else True, leave=False):
+    for i in tqdm(range(len(test_ds)), desc="test",
+                  disable=None if progress else True, leave=False):
         item = test_ds[i]
         labels, unc, probs = segmenter.predict(item.name, item.image)
         image_cm = metrics.confusion_matrix(labels, item.label, c, IGNORE_INDEX)
@@ -54,12 +57,14 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
                 row["aji"] = object_metrics.aji(pred_inst, gt_inst)
         inter = np.diag(image_cm)  # per class: the image's share of the dataset-level IoU's sums
         row.update({f"inter_{k}": int(v) for k, v in enumerate(inter)})
-        row.update({f"union_{k}": int(v) for k, v in enumerate(image_cm.sum(0) + image_cm.sum(1) - inter)})
+        row.update({f"union_{k}": int(v) for k,
+                    v in enumerate(image_cm.sum(0) + image_cm.sum(1) - inter)})
         rows.append(row)
         save_prediction_images(out, item.name, item.image, labels, unc, c, item.label, class_names)
     miou, per_class = metrics.miou_from_confusion(cm, segmenter.cfg.seg.miou_absent)
     result: dict = {"num_test_images": len(rows), "miou": miou,
-                    "per_class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(class_names, per_class)}}
+                    "per_class_iou": {n: (None if math.isnan(v) else float(v)) for n,
+                                      v in zip(class_names, per_class)}}
     if binary:
         result.update(_pool(rows, POOLED))
         per_member = [float(np.mean(d)) for d in member_dice]
@@ -83,13 +88,15 @@ def _pool(rows: list[dict], keys: list[str]) -> dict:
 
 
 def per_image_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
-    """The test images of a finished run folder and the per-image score of ``metric`` from its ``per_image.csv``
-    (``None`` for a metric without one, such as GlaS's per-group columns), for the verdicts' bootstrap."""
+    """The test images of a finished run folder and the per-image score of ``metric`` from its
+    ``per_image.csv`` (``None`` for a metric without one, such as GlaS's per-group columns), for the
+    verdicts' bootstrap."""
     with (run / "per_image.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     images = tuple(r["name"] for r in rows)
     if metric in POOLED and rows and metric in rows[0]:
-        return images, mean_score(np.array([float(r[metric]) if r[metric] != "" else math.nan for r in rows]))
+        return images, mean_score(
+            np.array([float(r[metric]) if r[metric] != "" else math.nan for r in rows]))
     if metric == "miou" and rows and "inter_0" in rows[0]:
         c = sum(k.startswith("inter_") for k in rows[0])
         inter = np.array([[float(r[f"inter_{j}"]) for j in range(c)] for r in rows])

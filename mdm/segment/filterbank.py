@@ -1,11 +1,11 @@
-"""The classical baseline a user with few labels would pick instead of deep pretraining (ilastik's pixel
-classifier): per-pixel multi-scale filter features (Gaussian-smoothed intensity, edges and texture of each channel
-at sigmas from 0.5 to ``sigma_max``: ``stage2.filters``) and a random forest
+"""The classical baseline a user with few labels would pick instead of deep pretraining (ilastik's
+pixel classifier): per-pixel multi-scale filter features (Gaussian-smoothed intensity, edges and
+texture of each channel at sigmas from 0.5 to ``sigma_max``: ``stage2.filters``) and a random forest
 (scikit-learn) trained on the labeled pixels.
 
-The fitted forest is kept as plain arrays (``Forest``: every tree's nodes in one table), so a saved segmenter is
-tensors and YAML like every other (no pickle), and prediction is a vectorised walk down all trees at once that
-gives scikit-learn's ``predict_proba`` (tests/test_verdicts.py checks it).
+The fitted forest is kept as plain arrays (``Forest``: every tree's nodes in one table), so a saved
+segmenter is tensors and YAML like every other (no pickle), and prediction is a vectorised walk down
+all trees at once that gives scikit-learn's ``predict_proba`` (tests/test_verdicts.py checks it).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ PREDICT_CHUNK = 65536  # pixels walked down the trees at once
 
 @dataclass
 class Forest:
-    """A fitted forest as arrays; nodes of all trees in one table, indices absolute (``left == -1``: a leaf).
+    """A fitted forest as arrays; nodes of all trees in one table, indices absolute (``left == -1``:
+    a leaf).
 
-    ``roots [T]``, ``left`` / ``right`` / ``feature [nodes]`` int64, ``threshold [nodes]`` float64 (a sample goes
-    left where ``x[feature] <= threshold``, on float32 features as scikit-learn compares), ``value [nodes, C]`` the
-    class probabilities of each leaf."""
+    ``roots [T]``, ``left`` / ``right`` / ``feature [nodes]`` int64, ``threshold [nodes]`` float64
+    (a sample goes left where ``x[feature] <= threshold``, on float32 features as scikit-learn
+    compares), ``value [nodes, C]`` the class probabilities of each leaf."""
 
     roots: np.ndarray
     left: np.ndarray
@@ -45,16 +46,19 @@ class Forest:
             value = np.zeros((tree.node_count, num_classes))
             value[:, forest.classes_] = tree.value[:, 0, :]
             value /= np.maximum(value.sum(1, keepdims=True), 1e-12)
-            left, right = (np.where(a >= 0, a + offset, -1) for a in (tree.children_left, tree.children_right))
+            left, right = (np.where(a >= 0, a + offset, -1) for a in (tree.children_left,
+                                                                      tree.children_right))
             parts.append((left, right, tree.feature, tree.threshold, value))
             roots.append(offset)
             offset += tree.node_count
         left, right, feature, threshold, value = (np.concatenate(a) for a in zip(*parts))
-        return cls(np.array(roots), left.astype(np.int64), right.astype(np.int64), np.maximum(feature, 0)
+        return cls(np.array(roots), left.astype(np.int64), right.astype(np.int64),
+                   np.maximum(feature, 0)
                    .astype(np.int64), threshold.astype(np.float64), value.astype(np.float32))
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """``x [N, F]`` -> ``[N, C]``: the trees' leaf probabilities averaged (scikit-learn's ``predict_proba``)."""
+        """``x [N, F]`` -> ``[N, C]``: the trees' leaf probabilities averaged (scikit-learn's
+        ``predict_proba``)."""
         x = np.asarray(x, dtype=np.float32)
         out = []
         for start in range(0, len(x), PREDICT_CHUNK):
@@ -77,10 +81,11 @@ class Forest:
         return cls(**{k: tensors[k].numpy() for k in cls.__dataclass_fields__})
 
 
-def fit_forest(images: list, num_classes: int, sigma_max: float, trees: int, pixels_per_image: int, seed: int,
-               threads: int = 1) -> Forest:
-    """Train the forest on ``images`` (``LabeledImage``: ``image [3, H, W]``, ``label [H, W]``): up to
-    ``pixels_per_image`` labeled pixels of each, drawn with a keyed generator (``seed``, the image's place)."""
+def fit_forest(images: list, num_classes: int, sigma_max: float, trees: int, pixels_per_image: int,
+               seed: int, threads: int = 1) -> Forest:
+    """Train the forest on ``images`` (``LabeledImage``: ``image [3, H, W]``, ``label [H, W]``): up
+    to ``pixels_per_image`` labeled pixels of each, drawn with a keyed generator (``seed``, the
+    image's place)."""
     xs, ys = [], []
     for i, im in enumerate(images):
         label = im.label.numpy().reshape(-1)
@@ -99,4 +104,5 @@ def segment_probs(forest: Forest, image: torch.Tensor, sigma_max: float) -> torc
     """``image [3, H, W]`` -> class probabilities ``[C, H, W]``."""
     feats = filter_features(image, sigma_max)
     h, w, f = feats.shape
-    return torch.from_numpy(forest.predict_proba(feats.reshape(h * w, f))).reshape(h, w, -1).permute(2, 0, 1)
+    return torch.from_numpy(
+        forest.predict_proba(feats.reshape(h * w, f))).reshape(h, w, -1).permute(2, 0, 1)

@@ -1,14 +1,15 @@
-"""End-to-end supervised segmentation (``seg.mode: finetune``): every weight trained on the labeled images.
+"""End-to-end supervised segmentation (``seg.mode: finetune``): every weight trained on the labeled
+images.
 
-The networks, registered in ``NETWORKS`` (``seg.arch``), share one recipe (random ``tile`` crops with
-``seg.augment`` flips / rotations, Adam, cross-entropy with the ignore label, early stopping on the held-out
-validation pixels, sliding-window inference with Gaussian blending):
+The networks, registered in ``NETWORKS`` (``seg.arch``), share one recipe (random ``tile`` crops
+with ``seg.augment`` flips / rotations, Adam, cross-entropy with the ignore label, early stopping on
+the held-out validation pixels, sliding-window inference with Gaussian blending):
 
-- ``seg.arch: unet``: the pretraining U-Net (from an export: the pretrained weights, or ``exports/step_0`` for the
-  same network at its random initialisation) with a 1x1 convolution head on its last decoder block; the timestep
-  input is fixed to 0 and the image is not corrupted.
-- ``seg.arch: smp``: a segmentation-models-pytorch U-Net (``seg.smp_encoder``, ``encoder_weights=None``: nothing is
-  downloaded), trained from scratch.
+- ``seg.arch: unet``: the pretraining U-Net (from an export: the pretrained weights, or
+  ``exports/step_0`` for the same network at its random initialisation) with a 1x1 convolution head
+  on its last decoder block; the timestep input is fixed to 0 and the image is not corrupted.
+- ``seg.arch: smp``: a segmentation-models-pytorch U-Net (``seg.smp_encoder``,
+  ``encoder_weights=None``: nothing is downloaded), trained from scratch.
 
 The network trains on the device its weights are on.
 """
@@ -41,8 +42,8 @@ from .splits import split_labels
 
 
 class UNetWithHead(nn.Module):
-    """``[B, 3, H, W]`` -> ``[B, C, H, W]`` logits: the U-Net's last decoder features, its pretrained output norm,
-    SiLU, and a new 1x1 convolution."""
+    """``[B, 3, H, W]`` -> ``[B, C, H, W]`` logits: the U-Net's last decoder features, its
+    pretrained output norm, SiLU, and a new 1x1 convolution."""
 
     def __init__(self, unet: UNetModel, num_classes: int):
         super().__init__()
@@ -55,9 +56,11 @@ class UNetWithHead(nn.Module):
 
 
 def _smp_unet(seg: SegConfig, num_classes: int, export: None) -> nn.Module:
-    import segmentation_models_pytorch as smp  # deferred: a second of start-up that only this network needs
+    # deferred: a second of start-up that only this network needs
+    import segmentation_models_pytorch as smp
 
-    return smp.Unet(encoder_name=seg.smp_encoder, encoder_weights=None, in_channels=3, classes=num_classes)
+    return smp.Unet(encoder_name=seg.smp_encoder, encoder_weights=None, in_channels=3,
+                    classes=num_classes)
 
 
 def _multiple_of_32(model: nn.Module, tile: int) -> None:
@@ -67,22 +70,26 @@ def _multiple_of_32(model: nn.Module, tile: int) -> None:
 
 NETWORKS: Registry[Network] = Registry("fine-tuning networks", "seg.arch", "network")
 NETWORKS.register("unet", Network(
-    lambda seg, num_classes, export: UNetWithHead(export.load_model(), num_classes), needs_export=True,
-    check_tile=lambda model, tile: model.unet.check_input_size(tile, tile), unet=lambda model: model.unet,
-    help="the export's U-Net + a 1x1 head"))
+    lambda seg, num_classes, export: UNetWithHead(export.load_model(), num_classes),
+    needs_export=True,
+    check_tile=lambda model, tile: model.unet.check_input_size(tile, tile),
+    unet=lambda model: model.unet, help="the export's U-Net + a 1x1 head"))
 NETWORKS.register("smp", Network(_smp_unet, needs_export=False, check_tile=_multiple_of_32,
                                  help="a segmentation-models-pytorch U-Net (`seg.smp_encoder`), from scratch"))
 
 
 def build_network(seg: SegConfig, num_classes: int, export: Export | None) -> nn.Module:
-    """The network ``seg.arch`` names (``NETWORKS``), seeded from ``seg.seed`` (``stage2.networks``)."""
-    return build_seeded(NETWORKS[seg.arch], f"seg.arch={seg.arch}", seg, num_classes, export, seg.seed)
+    """The network ``seg.arch`` names (``NETWORKS``), seeded from ``seg.seed``
+    (``stage2.networks``)."""
+    return build_seeded(NETWORKS[seg.arch], f"seg.arch={seg.arch}", seg, num_classes,
+                        export, seg.seed)
 
 
-def crop_batch(images: list[torch.Tensor], labels: list[torch.Tensor], tile: int, batch: int, key: int,
-               augment: str = "hflip") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x [B, 3, tile, tile], y [B, tile, tile])``: random crops, each with a random horizontal flip (``hflip``)
-    and also a random multiple of 90 degrees rotation (``dihedral``: all 8 symmetries of the square), from ``key``."""
+def crop_batch(images: list[torch.Tensor], labels: list[torch.Tensor], tile: int, batch: int,
+               key: int, augment: str = "hflip") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [B, 3, tile, tile], y [B, tile, tile])``: random crops, each with a random horizontal
+    flip (``hflip``) and also a random multiple of 90 degrees rotation (``dihedral``: all 8
+    symmetries of the square), from ``key``."""
     keys = rng.sample_keys(key, 0, 0, batch)
     which = rng.randint(keys, Stream.TUNE_CROP_IMAGE, 0, len(images)).tolist()
     xs, ys = [], []
@@ -107,7 +114,8 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _logits(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """``model(x)`` in the device's memory format (channels-last on the CPU) under ``dtype`` autocast, as fp32."""
+    """``model(x)`` in the device's memory format (channels-last on the CPU) under ``dtype``
+    autocast, as fp32."""
     device = _device(model)
     with autocast(dtype, device):
         return model(x.to(device).contiguous(memory_format=memory_format("auto", device))).float()
@@ -116,8 +124,8 @@ def _logits(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> tor
 @torch.no_grad()
 def predict_probs(model: nn.Module, image: torch.Tensor, tile: int, overlap: float,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``image [3, H, W]`` -> ``[1, C, H, W]`` softmax probabilities (on the CPU), sliding window with Gaussian
-    blending, computed on the model's device."""
+    """``image [3, H, W]`` -> ``[1, C, H, W]`` softmax probabilities (on the CPU), sliding window
+    with Gaussian blending, computed on the model's device."""
     model.eval()
     _, h, w = image.shape
     padded = pad_to_tile(image, tile)
@@ -133,11 +141,11 @@ def predict_probs(model: nn.Module, image: torch.Tensor, tile: int, overlap: flo
     return blend_tiles(h, w, tile, per_tile()).cpu()
 
 
-def validation_tiles(images: list[torch.Tensor], val_labels: list[torch.Tensor], tile: int, seed: int,
-                     limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x [T, 3, tile, tile], y [T, tile, tile])``: the tiles of a non-overlapping grid over the (padded) labeled
-    images that hold validation pixels; at most ``limit`` of them, a seeded choice (0: all). Scored every epoch,
-    one batched pass instead of a sliding window over every image."""
+def validation_tiles(images: list[torch.Tensor], val_labels: list[torch.Tensor], tile: int,
+                     seed: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x [T, 3, tile, tile], y [T, tile, tile])``: the tiles of a non-overlapping grid over the
+    (padded) labeled images that hold validation pixels; at most ``limit`` of them, a seeded choice
+    (0: all). Scored every epoch, one batched pass instead of a sliding window over every image."""
     xs, ys = [], []
     for img, labels in zip(images, val_labels):
         for t in tile_grid(*labels.shape, tile, 0.0):
@@ -157,23 +165,26 @@ def validation_tiles(images: list[torch.Tensor], val_labels: list[torch.Tensor],
 @torch.no_grad()
 def validation_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None,
                     batch: int = 32) -> float:
-    """Mean cross-entropy over the labeled pixels of the validation tiles (``inf`` when there are none)."""
+    """Mean cross-entropy over the labeled pixels of the validation tiles (``inf`` when there are
+    none)."""
     model.eval()
     total, count = 0.0, int((y != IGNORE_INDEX).sum())
     for i in range(0, x.shape[0], batch):
         logits = _logits(model, x[i:i + batch], dtype)
-        total += float(F.cross_entropy(logits, y[i:i + batch].to(logits.device), ignore_index=IGNORE_INDEX,
-                                       reduction="sum"))
+        total += float(F.cross_entropy(logits, y[i:i + batch].to(logits.device),
+                                       ignore_index=IGNORE_INDEX, reduction="sum"))
     return total / count if count else math.inf
 
 
-def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfig, val_fraction: float, tile: int,
-                     roles: dict[str, str] | None = None, progress: bool = True) -> dict:
-    """Train ``model`` (on its device; channels-last on the CPU; autocast per ``seg.mixed_precision``) on random
-    crops of the labeled images; early stopping on the validation pixels of ``splits.split_labels`` (``roles``: the
-    images' parts, see ``splits.validation_roles``; default: pixel blocks of every image), scored on
-    ``validation_tiles``, or on the epoch's mean training loss where no pixel is held out (``data.val_split: none``).
-    Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
+def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfig,
+                     val_fraction: float, tile: int, roles: dict[str, str] | None = None,
+                     progress: bool = True) -> dict:
+    """Train ``model`` (on its device; channels-last on the CPU; autocast per
+    ``seg.mixed_precision``) on random crops of the labeled images; early stopping on the validation
+    pixels of ``splits.split_labels`` (``roles``: the images' parts, see
+    ``splits.validation_roles``; default: pixel blocks of every image), scored on
+    ``validation_tiles``, or on the epoch's mean training loss where no pixel is held out
+    (``data.val_split: none``). Returns ``{"best_epoch", "best_val_loss", "epochs"}``."""
     padded = [pad_to_tile(im.image, tile) for im in images]
     splits = [split_labels(im, tile, val_fraction, seg.seed, seg.min_class_pixels,
                            roles[im.name] if roles else "pixels") for im in images]
@@ -185,24 +196,28 @@ def train_supervised(model: nn.Module, images: list[LabeledImage], seg: SegConfi
     dtype = autocast_dtype(seg.mixed_precision, device)
     model.to(memory_format=memory_format("auto", device))
     val_x, val_y = validation_tiles(padded, val_lab, tile, seg.seed, seg.val_tiles)
-    opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr, fused=device.type in ("cpu", "cuda"))
+    opt = torch.optim.Adam(model.parameters(), lr=seg.finetune_lr,
+                           fused=device.type in ("cpu", "cuda"))
     steps = max(1, seg.crops_per_epoch // seg.batch_size)
 
     def run_epoch(epoch: int) -> float:
         model.train()
         train_losses = []
         for b in range(steps):
-            x, y = crop_batch(imgs, train_lab, tile, seg.batch_size, rng.make_key(seg.seed, epoch, b), seg.augment)
+            x, y = crop_batch(imgs, train_lab, tile, seg.batch_size,
+                              rng.make_key(seg.seed, epoch, b), seg.augment)
             if (y == IGNORE_INDEX).all():
                 continue
-            loss = F.cross_entropy(_logits(model, x, dtype), y.to(device), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(_logits(model, x, dtype), y.to(device),
+                                   ignore_index=IGNORE_INDEX)
             optimizer_step(opt, loss)
             train_losses.append(loss.detach())
         return watched(validation_loss(model, val_x, val_y, dtype),
                        float(torch.stack(train_losses).mean()) if train_losses else None)
 
-    bar = tqdm(total=seg.max_epochs, desc="fine-tune", disable=None if progress else True, leave=False)
-    kept = fit_epochs(run_epoch, EarlyStopping.of_module(model, seg.patience, seg.min_epochs), seg.max_epochs,
-                      lambda epoch, loss: bar.update(1))
+    bar = tqdm(total=seg.max_epochs, desc="fine-tune",
+               disable=None if progress else True, leave=False)
+    kept = fit_epochs(run_epoch, EarlyStopping.of_module(model, seg.patience, seg.min_epochs),
+                      seg.max_epochs, lambda epoch, loss: bar.update(1))
     bar.close()
     return kept

@@ -24,16 +24,17 @@ from .metrics import to_numpy
 __all__ = ["connected_components", "object_f1", "object_dice", "object_hausdorff", "aji"]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Instance maps: helpers
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def connected_components(binary: Any) -> np.ndarray:
-    """Instance map of the connected components of a binary mask (foreground = ``value > 0``), full connectivity.
+    """Instance map of the connected components of a binary mask (foreground = ``value > 0``), full
+    connectivity.
 
-    For a 2-D mask this is 8-connectivity (diagonal neighbours join). Output: int64 array of the input's shape,
-    0 = background, components numbered ``1..K`` (scipy's raster order).
+    For a 2-D mask this is 8-connectivity (diagonal neighbours join). Output: int64 array of the
+    input's shape, 0 = background, components numbered ``1..K`` (scipy's raster order).
     """
     b = to_numpy(binary) > 0
     structure = ndimage.generate_binary_structure(b.ndim, b.ndim)
@@ -42,7 +43,8 @@ def connected_components(binary: Any) -> np.ndarray:
 
 
 class _Overlaps(NamedTuple):
-    """Both maps relabelled 1..K, and their overlaps: ``inter [K_g, K_p]`` pixel counts, object areas ``[K]``."""
+    """Both maps relabelled 1..K, and their overlaps: ``inter [K_g, K_p]`` pixel counts, object
+    areas ``[K]``."""
 
     p: np.ndarray
     kp: int
@@ -54,7 +56,8 @@ class _Overlaps(NamedTuple):
 
 
 def _prepare(pred_inst: Any, gt_inst: Any) -> _Overlaps:
-    """Relabel both maps and count overlaps with one contingency table ``[K_g + 1, K_p + 1]`` (0 = background)."""
+    """Relabel both maps and count overlaps with one contingency table ``[K_g + 1, K_p + 1]`` (0 =
+    background)."""
     p = to_numpy(pred_inst)
     g = to_numpy(gt_inst)
     if p.shape != g.shape:
@@ -62,22 +65,29 @@ def _prepare(pred_inst: Any, gt_inst: Any) -> _Overlaps:
     if not (np.issubdtype(p.dtype, np.integer) or p.dtype == bool) or not (
         np.issubdtype(g.dtype, np.integer) or g.dtype == bool
     ):
-        raise ValueError("instance maps must be integer arrays (use connected_components on a binary mask)")
+        raise ValueError(
+            "instance maps must be integer arrays (use connected_components on a binary mask)")
     p, kp = consecutive_ids(p)
     g, kg = consecutive_ids(g)
-    table = np.bincount((g * (kp + 1) + p).ravel(), minlength=(kg + 1) * (kp + 1)).reshape(kg + 1, kp + 1)
-    return _Overlaps(p, kp, g, kg, table[1:, 1:].astype(np.float64), table[1:, :].sum(axis=1).astype(np.float64),
+    table = np.bincount((g * (kp + 1) + p).ravel(),
+                        minlength=(kg + 1) * (kp + 1)).reshape(kg + 1, kp + 1)
+    return _Overlaps(p, kp, g, kg, table[1:, 1:].astype(np.float64),
+                     table[1:, :].sum(axis=1).astype(np.float64),
                      table[:, 1:].sum(axis=0).astype(np.float64))
 
 
-def _hausdorff_pair(a_map: np.ndarray, a_id: int, a_slice, b_map: np.ndarray, b_id: int, b_slice) -> float:
-    """Symmetric Hausdorff distance (pixels) between object ``a_id`` of ``a_map`` and ``b_id`` of ``b_map``.
+def _hausdorff_pair(a_map: np.ndarray, a_id: int, a_slice, b_map: np.ndarray,
+                    b_id: int, b_slice) -> float:
+    """Symmetric Hausdorff distance (pixels) between object ``a_id`` of ``a_map`` and ``b_id`` of
+    ``b_map``.
 
-    Works on the union bounding box of the two objects: the Euclidean distance from any pixel to the nearest pixel of
-    an object lying entirely inside the crop does not depend on the crop, so the result is exact. Distances come from
-    ``distance_transform_edt`` of the complement of each object (distance to its nearest pixel), not pairwise loops.
+    Works on the union bounding box of the two objects: the Euclidean distance from any pixel to the
+    nearest pixel of an object lying entirely inside the crop does not depend on the crop, so the
+    result is exact. Distances come from ``distance_transform_edt`` of the complement of each object
+    (distance to its nearest pixel), not pairwise loops.
     """
-    box = tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop)) for sa, sb in zip(a_slice, b_slice))
+    box = tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop)) for sa,
+                sb in zip(a_slice, b_slice))
     a = a_map[box] == a_id
     b = b_map[box] == b_id
     d_to_b = ndimage.distance_transform_edt(~b)
@@ -85,23 +95,24 @@ def _hausdorff_pair(a_map: np.ndarray, a_id: int, a_slice, b_map: np.ndarray, b_
     return float(max(d_to_b[a].max(), d_to_a[b].max()))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GlaS object-level metrics and AJI
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def object_f1(pred_inst: Any, gt_inst: Any) -> dict[str, float]:
     """GlaS object-level detection F1 of one image (instance maps ``[H, W]``, 0 = background).
 
-    GlaS rule: each predicted object ``S`` is paired with the ground-truth object ``G`` it overlaps most (ties: lowest
-    id); ``S`` is a true positive if ``|S ∩ G| / |G| > 0.5`` (strictly more than half of that *ground-truth* object's
-    area), otherwise a false positive (also when it overlaps no ground truth). Because predicted objects are
-    disjoint, at most one of them can cover more than half of a given ``G``, so each ``G`` is matched at most once.
-    ``fp = #pred - tp``, ``fn = #gt - tp``; ``precision = tp / (tp + fp)``, ``recall = tp / (tp + fn)``,
+    GlaS rule: each predicted object ``S`` is paired with the ground-truth object ``G`` it overlaps
+    most (ties: lowest id); ``S`` is a true positive if ``|S ∩ G| / |G| > 0.5`` (strictly more than
+    half of that *ground-truth* object's area), otherwise a false positive (also when it overlaps no
+    ground truth). Because predicted objects are disjoint, at most one of them can cover more than
+    half of a given ``G``, so each ``G`` is matched at most once. ``fp = #pred - tp``,
+    ``fn = #gt - tp``; ``precision = tp / (tp + fp)``, ``recall = tp / (tp + fn)``,
     ``f1 = 2 tp / (2 tp + fp + fn)``.
 
-    Empty cases: no gt and no predicted objects -> f1 = precision = recall = 1.0 (nothing to find, nothing wrongly
-    found); exactly one side empty -> f1 = precision = recall = 0.0.
+    Empty cases: no gt and no predicted objects -> f1 = precision = recall = 1.0 (nothing to find,
+    nothing wrongly found); exactly one side empty -> f1 = precision = recall = 0.0.
 
     Returns ``dict(f1, precision, recall, tp, fp, fn)`` (counts as ints, the rest as floats).
     """
@@ -127,9 +138,10 @@ def object_f1(pred_inst: Any, gt_inst: Any) -> dict[str, float]:
 def object_dice(pred_inst: Any, gt_inst: Any) -> float:
     """GlaS object-level Dice of one image (instance maps ``[H, W]``, 0 = background).
 
-    ``0.5 * [ sum_i w_i Dice(G_i, S*(G_i)) + sum_j w~_j Dice(G*(S_j), S_j) ]`` with ``w_i = |G_i| / sum_k |G_k|`` and
-    ``w~_j = |S_j| / sum_k |S_k|``. ``S*(G_i)`` is the predicted object with the largest overlap with ``G_i`` (ties:
-    lowest id); if ``G_i`` overlaps no predicted object its Dice is 0. ``G*(S_j)`` likewise.
+    ``0.5 * [ sum_i w_i Dice(G_i, S*(G_i)) + sum_j w~_j Dice(G*(S_j), S_j) ]`` with
+    ``w_i = |G_i| / sum_k |G_k|`` and ``w~_j = |S_j| / sum_k |S_k|``. ``S*(G_i)`` is the predicted
+    object with the largest overlap with ``G_i`` (ties: lowest id); if ``G_i`` overlaps no predicted
+    object its Dice is 0. ``G*(S_j)`` likewise.
 
     Empty cases: both maps without objects -> 1.0; exactly one side without objects -> 0.0.
     """
@@ -154,18 +166,20 @@ def object_dice(pred_inst: Any, gt_inst: Any) -> float:
 
 
 def object_hausdorff(pred_inst: Any, gt_inst: Any) -> float:
-    """GlaS object-level Hausdorff distance of one image, in pixels (instance maps ``[H, W]``, 0 = background).
+    """GlaS object-level Hausdorff distance of one image, in pixels (instance maps ``[H, W]``, 0 =
+    background).
 
     ``0.5 * [ sum_i w_i H(G_i, S*(G_i)) + sum_j w~_j H(G*(S_j), S_j) ]`` with the area weights of
-    :func:`object_dice` and ``H`` the symmetric Hausdorff distance between pixel sets (pixel centres, unit spacing).
-    ``S*(G_i)`` is the predicted object with the largest overlap with ``G_i`` (ties: lowest id); if ``G_i`` overlaps
-    no predicted object, ``S*(G_i)`` is the predicted object with the minimum Hausdorff distance to ``G_i`` (GlaS
-    definition). ``G*(S_j)`` likewise. Distances use ``scipy.ndimage.distance_transform_edt`` on the pair's bounding
-    box (no O(N^2) pixel loops).
+    :func:`object_dice` and ``H`` the symmetric Hausdorff distance between pixel sets (pixel
+    centres, unit spacing). ``S*(G_i)`` is the predicted object with the largest overlap with
+    ``G_i`` (ties: lowest id); if ``G_i`` overlaps no predicted object, ``S*(G_i)`` is the predicted
+    object with the minimum Hausdorff distance to ``G_i`` (GlaS definition). ``G*(S_j)`` likewise.
+    Distances use ``scipy.ndimage.distance_transform_edt`` on the pair's bounding box (no O(N^2)
+    pixel loops).
 
-    Empty cases: both maps without objects -> 0.0; exactly one side without objects -> the image diagonal
-    ``sqrt(H^2 + W^2)`` (a finite stand-in for infinity, so that per-image means stay finite; it bounds every
-    in-image distance).
+    Empty cases: both maps without objects -> 0.0; exactly one side without objects -> the image
+    diagonal ``sqrt(H^2 + W^2)`` (a finite stand-in for infinity, so that per-image means stay
+    finite; it bounds every in-image distance).
     """
     p, kp, g, kg, inter, gt_area, pr_area = _prepare(pred_inst, gt_inst)
     if kp == 0 and kg == 0:
@@ -197,13 +211,15 @@ def object_hausdorff(pred_inst: Any, gt_inst: Any) -> float:
 
 
 def aji(pred_inst: Any, gt_inst: Any) -> float:
-    """Aggregated Jaccard Index of one image (Kumar et al. 2017, the MoNuSeg metric); instance maps, 0 = background.
+    """Aggregated Jaccard Index of one image (Kumar et al. 2017, the MoNuSeg metric); instance maps,
+    0 = background.
 
-    For each ground-truth object ``G_i``: pick the predicted object ``S_j`` with the largest IoU among those that
-    overlap it (ties: lowest id); add ``|G_i ∩ S_j|`` to ``C`` and ``|G_i ∪ S_j|`` to ``U`` and mark ``S_j`` used. If
-    ``G_i`` overlaps no predicted object, only ``|G_i|`` is added to ``U``. Finally the areas of all unused predicted
-    objects are added to ``U``; ``AJI = C / U``. As in the original definition, a predicted object may be picked by
-    several ground-truth objects (its area then enters ``U`` once per pick).
+    For each ground-truth object ``G_i``: pick the predicted object ``S_j`` with the largest IoU
+    among those that overlap it (ties: lowest id); add ``|G_i ∩ S_j|`` to ``C`` and ``|G_i ∪ S_j|``
+    to ``U`` and mark ``S_j`` used. If ``G_i`` overlaps no predicted object, only ``|G_i|`` is added
+    to ``U``. Finally the areas of all unused predicted objects are added to ``U``; ``AJI = C / U``.
+    As in the original definition, a predicted object may be picked by several ground-truth objects
+    (its area then enters ``U`` once per pick).
 
     Empty cases: both maps without objects -> 1.0; exactly one side without objects -> 0.0.
     """

@@ -1,16 +1,20 @@
-"""The pixel classifier ensemble of DDPM-segmentation / MDM: small MLPs over per-pixel features, all members at once.
+"""The pixel classifier ensemble of DDPM-segmentation / MDM: small MLPs over per-pixel features, all
+members at once.
 
-Each member is ``d -> 128 -> 32 -> C`` with ReLU + BatchNorm1d for fewer than 30 classes, ``d -> 256 -> 128 -> C``
-otherwise; weights N(0, 0.02) drawn from the member's own seed, biases 0. The members' weights are stacked
-(``[M, d_in, d_out]``), so a forward pass is one batched matmul per layer for the whole ensemble, on the CPU or the
-GPU. They train in lockstep on the same streamed pixel batches, each on its own cross-entropy (with the ignore
-label), with Adam (lr 1e-3, elementwise, so stacking changes nothing), and each keeps its best-validation weights and
-stops counting after ``patience`` epochs without improvement (never before ``min_epochs``). Where no pixel is held out
-(``data.val_split: none``, the reference's rule) each member watches its own mean training loss of the epoch.
+Each member is ``d -> 128 -> 32 -> C`` with ReLU + BatchNorm1d for fewer than 30 classes,
+``d -> 256 -> 128 -> C`` otherwise; weights N(0, 0.02) drawn from the member's own seed, biases 0.
+The members' weights are stacked (``[M, d_in, d_out]``), so a forward pass is one batched matmul per
+layer for the whole ensemble, on the CPU or the GPU. They train in lockstep on the same streamed
+pixel batches, each on its own cross-entropy (with the ignore label), with Adam (lr 1e-3,
+elementwise, so stacking changes nothing), and each keeps its best-validation weights and stops
+counting after ``patience`` epochs without improvement (never before ``min_epochs``). Where no pixel
+is held out (``data.val_split: none``, the reference's rule) each member watches its own mean
+training loss of the epoch.
 
-Combining (``combine``): ``vote`` (per-pixel majority of the members' labels, ties to the lowest class id: the FFHQ-34
-protocol), ``mean_prob`` (argmax of the mean softmax), or ``individual`` (each member scored alone; the caller
-reports mean ± std: the paper's GlaS / MoNuSeg protocol). ``entropy`` of the mean softmax is the uncertainty map.
+Combining (``combine``): ``vote`` (per-pixel majority of the members' labels, ties to the lowest
+class id: the FFHQ-34 protocol), ``mean_prob`` (argmax of the mean softmax), or ``individual`` (each
+member scored alone; the caller reports mean ± std: the paper's GlaS / MoNuSeg protocol).
+``entropy`` of the mean softmax is the uncertainty map.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from ..stage2.training import fit_epochs, optimizer_step
 
 
 class StackedPixelHead(nn.Module):
-    """``members`` pixel classifiers with stacked weights (``[M, ...]`` each), plus the feature normalisation
-    (``mean``/``std`` ``[d]``): what every registered pixel head shares (``pixel_heads``). A subclass makes its
-    parameters and ``forward(x [N, d])`` (already normalised) -> logits ``[M, N, C]``."""
+    """``members`` pixel classifiers with stacked weights (``[M, ...]`` each), plus the feature
+    normalisation (``mean``/``std`` ``[d]``): what every registered pixel head shares
+    (``pixel_heads``). A subclass makes its parameters and ``forward(x [N, d])`` (already
+    normalised) -> logits ``[M, N, C]``."""
 
     def __init__(self, dim: int, num_classes: int, members: int):
         super().__init__()
@@ -40,10 +45,12 @@ class StackedPixelHead(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def seeded_weight(self, name: str, d_in: int, d_out: int, seed: int, layer: int) -> None:
-        """Parameter ``name`` ``[M, d_in, d_out]`` drawn from N(0, 0.02), member ``m`` from ``(seed, m, layer)``."""
+        """Parameter ``name`` ``[M, d_in, d_out]`` drawn from N(0, 0.02), member ``m`` from
+        ``(seed, m, layer)``."""
         w = torch.empty(self.num_members, d_in, d_out)
         for m in range(self.num_members):
-            w[m].normal_(0.0, 0.02, generator=torch.Generator().manual_seed(rng.make_key(seed, m, layer)))
+            w[m].normal_(0.0, 0.02,
+                         generator=torch.Generator().manual_seed(rng.make_key(seed, m, layer)))
         self.register_parameter(name, nn.Parameter(w))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +58,8 @@ class StackedPixelHead(nn.Module):
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s weights and statistics (copies)."""
-        return {name: t[k].clone() for name, t in self.state_dict().items() if name not in ("mean", "std")}
+        return {name: t[k].clone() for name,
+                t in self.state_dict().items() if name not in ("mean", "std")}
 
     def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
         own = self.state_dict()
@@ -67,11 +75,13 @@ class StackedPixelHead(nn.Module):
 
 
 class PixelEnsemble(StackedPixelHead):
-    """``members`` pixel MLPs (DDPM-segmentation's: d -> 128 -> 32 -> C, 256 -> 128 for 30 classes or more).
+    """``members`` pixel MLPs (DDPM-segmentation's: d -> 128 -> 32 -> C, 256 -> 128 for 30 classes
+    or more).
 
-    Parameters per layer ``i``: ``w{i} [M, d_in, d_out]``, ``b{i} [M, d_out]``; after layers 1 and 2 a BatchNorm per
-    member: ``bn{i}_weight``, ``bn{i}_bias`` and the buffers ``bn{i}_mean``, ``bn{i}_var`` ``[M, d_out]``.
-    ``forward(x [N, d])`` (already normalised) -> logits ``[M, N, C]``.
+    Parameters per layer ``i``: ``w{i} [M, d_in, d_out]``, ``b{i} [M, d_out]``; after layers 1 and 2
+    a BatchNorm per member: ``bn{i}_weight``, ``bn{i}_bias`` and the buffers ``bn{i}_mean``,
+    ``bn{i}_var`` ``[M, d_out]``. ``forward(x [N, d])`` (already normalised) -> logits
+    ``[M, N, C]``.
     """
 
     def __init__(self, dim: int, num_classes: int, members: int, seed: int = 0):
@@ -88,7 +98,8 @@ class PixelEnsemble(StackedPixelHead):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m, n = self.num_members, x.shape[0]
-        # layer 1 for all members as one [N, d] x [d, M * h1] product; BatchNorm works on that [N, M * h] layout
+        # layer 1 for all members as one [N, d] x [d, M * h1] product; BatchNorm works on that [N, M
+        # * h] layout
         h = torch.addmm(self.b1.reshape(-1), x, self.w1.permute(1, 0, 2).reshape(self.dim, -1))
         h = self._batch_norm(F.relu(h), 1).reshape(n, m, -1).transpose(0, 1)  # [M, N, h1]
         h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2))  # [M, N, h2]
@@ -96,16 +107,18 @@ class PixelEnsemble(StackedPixelHead):
         return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3)  # [M, N, C]
 
     def _batch_norm(self, h: torch.Tensor, i: int) -> torch.Tensor:
-        """Per-member BatchNorm1d of ``[N, M * c]`` (member-major features): one ``batch_norm`` over the ``M * c``
-        features, whose running statistics update the ``[M, c]`` buffers in place through views."""
-        return F.batch_norm(h, getattr(self, f"bn{i}_mean").view(-1), getattr(self, f"bn{i}_var").view(-1),
-                            getattr(self, f"bn{i}_weight").view(-1), getattr(self, f"bn{i}_bias").view(-1),
-                            self.training, 0.1, 1e-5)
+        """Per-member BatchNorm1d of ``[N, M * c]`` (member-major features): one ``batch_norm`` over
+        the ``M * c`` features, whose running statistics update the ``[M, c]`` buffers in place
+        through views."""
+        return F.batch_norm(h, getattr(self, f"bn{i}_mean").view(-1),
+                            getattr(self, f"bn{i}_var").view(-1),
+                            getattr(self, f"bn{i}_weight").view(-1),
+                            getattr(self, f"bn{i}_bias").view(-1), self.training, 0.1, 1e-5)
 
 
 def combine(member_probs: torch.Tensor, how: str) -> torch.Tensor:
-    """``[M, ..., C]`` member probabilities -> ``[..., C]`` combined scores (``vote``: vote fractions,
-    ``mean_prob``: mean probabilities). Take ``argmax(-1)`` for labels."""
+    """``[M, ..., C]`` member probabilities -> ``[..., C]`` combined scores (``vote``: vote
+    fractions, ``mean_prob``: mean probabilities). Take ``argmax(-1)`` for labels."""
     if how == "mean_prob":
         return member_probs.mean(0)
     if how == "vote":
@@ -115,37 +128,43 @@ def combine(member_probs: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Per-pixel entropy (nats) of ``[..., C]`` probabilities -> ``[...]``; 0 = certain, log(C) = uniform."""
+    """Per-pixel entropy (nats) of ``[..., C]`` probabilities -> ``[...]``; 0 = certain, log(C) =
+    uniform."""
     return -(probs.clamp_min(1e-12).log() * probs).sum(-1)
 
 
 def _member_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy per member ``[M]`` over the labeled pixels, and their count."""
     m, n, c = logits.shape
-    per_pixel = F.cross_entropy(logits.reshape(m * n, c).float(), labels.repeat(m), ignore_index=IGNORE_INDEX,
-                                reduction="none").reshape(m, n)
+    per_pixel = F.cross_entropy(logits.reshape(m * n, c).float(), labels.repeat(m),
+                                ignore_index=IGNORE_INDEX, reduction="none").reshape(m, n)
     return per_pixel.sum(1), int((labels != IGNORE_INDEX).sum())
 
 
 def fit_ensemble(ensemble: StackedPixelHead,
                  train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-                 val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], max_epochs: int = 50,
-                 patience: int = 5, lr: float = 1e-3, progress=None, min_epochs: int = 0) -> list[dict]:
-    """Train every member; returns a per-member history ``[{"best_epoch", "best_val_loss", "epochs"}]``.
+                 val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                 max_epochs: int = 50, patience: int = 5, lr: float = 1e-3, progress=None,
+                 min_epochs: int = 0) -> list[dict]:
+    """Train every member; returns a per-member history ``[{"best_epoch", "best_val_loss",
+    "epochs"}]``.
 
-    ``train_batches(epoch)`` yields ``(features [N, d], labels [N])`` on the ensemble's device (raw features:
-    normalisation happens here); ``val_batches()`` likewise for the validation pixels (none: the training loss is
-    watched). Labels use ``IGNORE_INDEX`` for pixels to skip. A member that has stopped keeps training with the others
-    (one batched pass costs the same); at the end every member gets its best weights back.
+    ``train_batches(epoch)`` yields ``(features [N, d], labels [N])`` on the ensemble's device (raw
+    features: normalisation happens here); ``val_batches()`` likewise for the validation pixels
+    (none: the training loss is watched). Labels use ``IGNORE_INDEX`` for pixels to skip. A member
+    that has stopped keeps training with the others (one batched pass costs the same); at the end
+    every member gets its best weights back.
     """
     opt = torch.optim.Adam(ensemble.parameters(), lr=lr)
     group = StoppingGroup([EarlyStopping(lambda k=k: ensemble.member_state(k),
-                                         lambda s, k=k: ensemble.load_member_state(k, s), patience, min_epochs)
+                                         lambda s, k=k: ensemble.load_member_state(k, s),
+                                         patience, min_epochs)
                            for k in range(ensemble.num_members)])
 
     def run_epoch(epoch: int) -> list[float]:
         ensemble.train()
-        train_total = torch.zeros(ensemble.num_members, dtype=torch.float64, device=ensemble.mean.device)
+        train_total = torch.zeros(ensemble.num_members, dtype=torch.float64,
+                                  device=ensemble.mean.device)
         train_count = 0
         for feats, labels in train_batches(epoch):
             if feats.shape[0] < 2:
@@ -153,16 +172,18 @@ def fit_ensemble(ensemble: StackedPixelHead,
             losses, count = _member_losses(ensemble(ensemble.normalize(feats)), labels)
             if count == 0:
                 continue  # a batch of ignored pixels only
-            optimizer_step(opt, losses.sum() / count)  # the sum of the members' mean losses: each its own gradient
+            # the sum of the members' mean losses: each its own gradient
+            optimizer_step(opt, losses.sum() / count)
             train_total += losses.detach().double()
             train_count += count
         val = _val_losses(ensemble, val_batches)
-        if all(math.isinf(v) for v in val) and train_count:  # nothing held out: watch the training loss
+        # nothing held out: watch the training loss
+        if all(math.isinf(v) for v in val) and train_count:
             val = (train_total / train_count).tolist()
         return val
 
-    history = fit_epochs(run_epoch, group, max_epochs,
-                         None if progress is None else lambda epoch, val: progress(epoch, val, group.active))
+    history = fit_epochs(run_epoch, group, max_epochs, None if progress is None else lambda epoch,
+                         val: progress(epoch, val, group.active))
     ensemble.eval()
     return history
 

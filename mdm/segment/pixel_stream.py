@@ -1,18 +1,19 @@
-"""Training pixels streamed tile by tile: ``(features [N, d], labels [N])`` batches for the pixel MLPs, on the
-feature extractor's device.
+"""Training pixels streamed tile by tile: ``(features [N, d], labels [N])`` batches for the pixel
+MLPs, on the feature extractor's device.
 
 Each labeled image is cut into tiles; an epoch visits the tiles in a seeded order and takes up to
-``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them into batches
-of about ``batch_pixels``. With ``balanced`` a tile's share is split evenly between the classes present in it
-(``ceil(share / classes)`` pixels of each, a rarer class's every pixel when it has fewer), so a thin class is not
-outnumbered by the tile's background. Validation batches hold every validation pixel, in tile order.
+``pixels_per_tile`` random labeled pixels of each (features are formed only for those), packing them
+into batches of about ``batch_pixels``. With ``balanced`` a tile's share is split evenly between the
+classes present in it (``ceil(share / classes)`` pixels of each, a rarer class's every pixel when it
+has fewer), so a thin class is not outnumbered by the tile's background. Validation batches hold
+every validation pixel, in tile order.
 
-Extraction masks (``mask_draws``): ``None`` (``seg.extract_masks: fixed``) extracts every tile through its one fixed
-draw; a number (``per_epoch``) gives the training tiles of epoch ``e`` draw ``e % mask_draws`` (``e`` itself when
-``mask_draws`` is 0: a new draw every epoch, computed afresh and never stored). Validation pixels and the
-feature statistics always use draw 0, so early stopping compares epochs on the same features; the validation
-batches are therefore the same every epoch, and are kept after the first pass when they fit in
-``VALIDATION_CACHE_BYTES``.
+Extraction masks (``mask_draws``): ``None`` (``seg.extract_masks: fixed``) extracts every tile
+through its one fixed draw; a number (``per_epoch``) gives the training tiles of epoch ``e`` draw
+``e % mask_draws`` (``e`` itself when ``mask_draws`` is 0: a new draw every epoch, computed afresh
+and never stored). Validation pixels and the feature statistics always use draw 0, so early stopping
+compares epochs on the same features; the validation batches are therefore the same every epoch, and
+are kept after the first pass when they fit in ``VALIDATION_CACHE_BYTES``.
 """
 
 from __future__ import annotations
@@ -32,21 +33,24 @@ from .datasets import LabeledImage
 from .features import FeatureExtractor
 from .splits import split_labels
 
-VALIDATION_CACHE_BYTES = 256 * 2 ** 20  # validation features kept between epochs up to this size (fp32)
+# validation features kept between epochs up to this size (fp32)
+VALIDATION_CACHE_BYTES = 256 * 2 ** 20
 
 
 def balanced_quota(labels: torch.Tensor, share: int) -> int:
-    """How many pixels of each class present in ``labels`` a class-balanced draw of ``share`` takes at most:
-    ``ceil(share / k)`` for ``k`` classes present."""
+    """How many pixels of each class present in ``labels`` a class-balanced draw of ``share`` takes
+    at most: ``ceil(share / k)`` for ``k`` classes present."""
     return math.ceil(share / int(labels.unique().numel()))
 
 
-def balanced_draw(keep: torch.Tensor, labels: torch.Tensor, share: int, g: torch.Generator) -> torch.Tensor:
-    """Of the pixels ``keep`` (flat indices ``[N]``, classes ``labels [N]``), up to ``balanced_quota`` of each class
-    present, drawn with ``g``; ascending."""
+def balanced_draw(keep: torch.Tensor, labels: torch.Tensor, share: int,
+                  g: torch.Generator) -> torch.Tensor:
+    """Of the pixels ``keep`` (flat indices ``[N]``, classes ``labels [N]``), up to
+    ``balanced_quota`` of each class present, drawn with ``g``; ascending."""
     classes, quota = labels.unique(), balanced_quota(labels, share)
     picked = [keep[labels == c] for c in classes]
-    return torch.cat([p[torch.randperm(p.numel(), generator=g)[:quota]] for p in picked]).sort().values
+    return torch.cat(
+        [p[torch.randperm(p.numel(), generator=g)[:quota]] for p in picked]).sort().values
 
 
 @dataclass
@@ -56,18 +60,23 @@ class TrainTile:
 
 
 class PixelStream:
-    """Streams ``(features [N, d], labels [N])`` pixel batches from the training tiles, tile by tile."""
+    """Streams ``(features [N, d], labels [N])`` pixel batches from the training tiles, tile by
+    tile."""
 
-    def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int, overlap: float,
-                 val_fraction: float, seed: int, min_class_pixels: int, batch_pixels: int, pixels_per_tile: int,
-                 roles: dict[str, str] | None = None, mask_draws: int | None = None, balanced: bool = False):
+    def __init__(self, extractor: FeatureExtractor, images: list[LabeledImage], tile_size: int,
+                 overlap: float, val_fraction: float, seed: int, min_class_pixels: int,
+                 batch_pixels: int, pixels_per_tile: int, roles: dict[str, str] | None = None,
+                 mask_draws: int | None = None, balanced: bool = False):
         self.extractor, self.images, self.tile_size, self.balanced = extractor, images, tile_size, balanced
         self.batch_pixels, self.pixels_per_tile, self.seed = batch_pixels, pixels_per_tile, seed
         self.mask_draws = mask_draws
         self.tiles: list[TrainTile] = []
-        self._kept: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # (tile, draw) -> block outputs
-        self._validation: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # kept validation batches
-        self.parts: list[tuple[int, int]] | None = None  # the (timestep, block) parts formed; None: all
+        # (tile, draw) -> block outputs
+        self._kept: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        # kept validation batches
+        self._validation: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # the (timestep, block) parts formed; None: all
+        self.parts: list[tuple[int, int]] | None = None
         self.train_labels, self.val_labels = [], []
         for k, im in enumerate(images):
             role = roles[im.name] if roles else "pixels"
@@ -92,13 +101,15 @@ class PixelStream:
         blocks = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [t.tile], draw=draw,
                                             cache=not fresh)[0]
         if self.extractor.cache_dir is None and not fresh:
-            self._kept[i, draw] = blocks  # in memory anyway: keep them by tile instead of looking them up again
+            # in memory anyway: keep them by tile instead of looking them up again
+            self._kept[i, draw] = blocks
         return blocks
 
     def tile_features(self, i: int, index: torch.Tensor, draw: int = 0) -> torch.Tensor:
-        """``[N, D]`` features (on the extractor's device) of tile ``i``'s flat pixel indices ``index``, extracted
-        through mask draw ``draw``."""
-        return self.extractor.pixel_features(self._tile_blocks(i, draw), self.tile_size, index, self.parts)
+        """``[N, D]`` features (on the extractor's device) of tile ``i``'s flat pixel indices
+        ``index``, extracted through mask draw ``draw``."""
+        return self.extractor.pixel_features(self._tile_blocks(i, draw), self.tile_size,
+                                             index, self.parts)
 
     @property
     def feature_dim(self) -> int:
@@ -113,15 +124,19 @@ class PixelStream:
 
     def _labels(self, t: TrainTile, which: list[torch.Tensor]) -> torch.Tensor:
         s = self.tile_size
-        return which[t.image_index][t.tile.top:t.tile.top + s, t.tile.left:t.tile.left + s].reshape(-1)
+        return which[t.image_index][t.tile.top:t.tile.top + s,
+                                    t.tile.left:t.tile.left + s].reshape(-1)
 
     def prefetch(self, progress: bool = True) -> None:
-        """Extract (and cache) every training tile once, through draw 0: an image's tiles go through the U-Net
-        together, several per forward pass."""
-        for k in tqdm(range(len(self.images)), desc="features", disable=None if progress else True, leave=False):
-            todo = [i for i, t in enumerate(self.tiles) if t.image_index == k and (i, 0) not in self._kept]
+        """Extract (and cache) every training tile once, through draw 0: an image's tiles go through
+        the U-Net together, several per forward pass."""
+        for k in tqdm(range(len(self.images)), desc="features",
+                      disable=None if progress else True, leave=False):
+            todo = [i for i,
+                    t in enumerate(self.tiles) if t.image_index == k and (i, 0) not in self._kept]
             im = self.images[k]
-            found = self.extractor.tile_blocks(im.name, im.image, self.tile_size, [self.tiles[i].tile for i in todo])
+            found = self.extractor.tile_blocks(im.name, im.image, self.tile_size,
+                                               [self.tiles[i].tile for i in todo])
             if self.extractor.cache_dir is None:
                 self._kept.update({(i, 0): blocks for i, blocks in zip(todo, found)})
 
@@ -134,7 +149,8 @@ class PixelStream:
             if keep.numel() == 0:
                 continue  # a tile of a validation image
             if keep.numel() > self.pixels_per_tile > 0:
-                keep = keep[torch.randperm(keep.numel(), generator=torch.Generator().manual_seed(0))][
+                keep = keep[torch.randperm(keep.numel(),
+                                           generator=torch.Generator().manual_seed(0))][
                     :self.pixels_per_tile]
             x = self.tile_features(i, keep).double().cpu()
             s1 += x.sum(0)
@@ -168,12 +184,13 @@ class PixelStream:
     def train_batches(self, epoch: int):
         g = torch.Generator().manual_seed(rng.make_key(self.seed, epoch, Tag.TILE_ORDER))
         order = torch.randperm(len(self.tiles), generator=g).tolist()
-        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch, self.draw(epoch), self.balanced)
+        return self._batches(self.train_labels, order, self.pixels_per_tile, epoch,
+                             self.draw(epoch), self.balanced)
 
     def train_batches_per_epoch(self) -> int:
-        """About how many batches ``train_batches`` yields per epoch (at least 1): the capped (or class-balanced)
-        training pixels of every tile over ``batch_pixels`` (batches are packed tile by tile, so the last one of an
-        epoch may be short)."""
+        """About how many batches ``train_batches`` yields per epoch (at least 1): the capped (or
+        class-balanced) training pixels of every tile over ``batch_pixels`` (batches are packed tile
+        by tile, so the last one of an epoch may be short)."""
         total = 0
         for t in self.tiles:
             y = self._labels(t, self.train_labels)
@@ -186,11 +203,12 @@ class PixelStream:
         return max(1, math.ceil(total / self.batch_pixels))
 
     def val_batches(self):
-        """Every validation pixel's ``(features, labels)``, in tile order: the same each call, so kept after the first
-        when they fit in ``VALIDATION_CACHE_BYTES``."""
+        """Every validation pixel's ``(features, labels)``, in tile order: the same each call, so
+        kept after the first when they fit in ``VALIDATION_CACHE_BYTES``."""
         if self._validation is not None:
             return iter(self._validation)
-        pixels = sum(int((self._labels(t, self.val_labels) != IGNORE_INDEX).sum()) for t in self.tiles)
+        pixels = sum(
+            int((self._labels(t, self.val_labels) != IGNORE_INDEX).sum()) for t in self.tiles)
         batches = self._batches(self.val_labels, range(len(self.tiles)), 0, 0)
         if pixels * self.feature_dim * 4 > VALIDATION_CACHE_BYTES:
             return batches

@@ -1,9 +1,12 @@
-"""How the labeled images are split: which images are labeled, and which of their pixels only validate.
+"""How the labeled images are split: which images are labeled, and which of their pixels only
+validate.
 
-- ``label_subset``: a seeded random subset of the training images, nested across fractions for one seed.
-- ``validation_roles`` / ``split_labels``: what early stopping watches: whole held-out labeled images (or slides), or,
-  with a single labeled image, held-out pixel blocks of it (``validation_mask``: 8x8 blocks drawn with a
-  probability, seeded by the image name); the rest trains.
+- ``label_subset``: a seeded random subset of the training images, nested across fractions for one
+  seed.
+- ``validation_roles`` / ``split_labels``: what early stopping watches: whole held-out labeled
+  images (or slides), or, with a single labeled image, held-out pixel blocks of it
+  (``validation_mask``: 8x8 blocks drawn with a probability, seeded by the image name); the rest
+  trains.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from .datasets import LabeledImage
 
 
 def label_subset(num_train: int, fraction: float, seed: int) -> list[int]:
-    """Sorted indices of ``max(1, floor(fraction * num_train))`` labeled images: the first ones of a seeded random
-    permutation, so for one seed a smaller fraction's set lies inside a larger one's. ``fraction`` in (0, 1]."""
+    """Sorted indices of ``max(1, floor(fraction * num_train))`` labeled images: the first ones of a
+    seeded random permutation, so for one seed a smaller fraction's set lies inside a larger one's.
+    ``fraction`` in (0, 1]."""
     if not isinstance(fraction, (int, float)) or math.isnan(fraction) or not 0 < fraction <= 1:
         raise DataError(f"label fraction must be in (0, 1], got {fraction!r}")
     if num_train < 1:
@@ -33,9 +37,11 @@ def label_subset(num_train: int, fraction: float, seed: int) -> list[int]:
     return sorted(perm[:n].tolist())
 
 
-def validation_mask(name: str, height: int, width: int, fraction: float, seed: int, block: int = 8) -> torch.Tensor:
-    """``[H, W]`` bool: held-out validation pixels of a labeled image, as whole ``block x block`` squares drawn with
-    probability ``fraction`` (seeded by image name), so that validation pixels are not all next to training ones."""
+def validation_mask(name: str, height: int, width: int, fraction: float,
+                    seed: int, block: int = 8) -> torch.Tensor:
+    """``[H, W]`` bool: held-out validation pixels of a labeled image, as whole ``block x block``
+    squares drawn with probability ``fraction`` (seeded by image name), so that validation pixels
+    are not all next to training ones."""
     if fraction <= 0:
         return torch.zeros(height, width, dtype=torch.bool)
     gh, gw = math.ceil(height / block), math.ceil(width / block)
@@ -45,7 +51,8 @@ def validation_mask(name: str, height: int, width: int, fraction: float, seed: i
 
 
 def drop_small_classes(label: torch.Tensor, min_pixels: int) -> torch.Tensor:
-    """Set the pixels of classes with fewer than ``min_pixels`` pixels in this image to the ignore label."""
+    """Set the pixels of classes with fewer than ``min_pixels`` pixels in this image to the ignore
+    label."""
     if min_pixels <= 0:
         return label
     ids, counts = label.unique(return_counts=True)
@@ -56,17 +63,19 @@ def drop_small_classes(label: torch.Tensor, min_pixels: int) -> torch.Tensor:
     return label
 
 
-def validation_roles(images: list[LabeledImage], fraction: float, seed: int, split: str = "images") -> dict[str, str]:
+def validation_roles(images: list[LabeledImage], fraction: float, seed: int,
+                     split: str = "images") -> dict[str, str]:
     """Each labeled image's part in early stopping: ``train``, ``validation`` or ``pixels``.
 
-    ``split="images"`` with at least 2 labeled images: a seeded choice of whole images, about ``fraction`` of them
-    (at least one, always leaving one to train on), validates and the rest trains, so early stopping sees the shift
-    from one image to the next. An image is never held out when that would leave a class of the labeled images
-    without a training pixel (the next in the seeded order is taken; when none can go, pixel blocks validate). Where
-    the images carry slide ids and span at least 2 slides, whole slides are held out instead. Otherwise (one labeled
-    image, ``split="pixels"``, ``fraction`` 0) every image is ``pixels``: pixel blocks of each validate
-    (``validation_mask``). ``split="none"`` (the reference's rule): every image is ``train``, nothing is held out,
-    and early stopping watches the training loss."""
+    ``split="images"`` with at least 2 labeled images: a seeded choice of whole images, about
+    ``fraction`` of them (at least one, always leaving one to train on), validates and the rest
+    trains, so early stopping sees the shift from one image to the next. An image is never held out
+    when that would leave a class of the labeled images without a training pixel (the next in the
+    seeded order is taken; when none can go, pixel blocks validate). Where the images carry slide
+    ids and span at least 2 slides, whole slides are held out instead. Otherwise (one labeled image,
+    ``split="pixels"``, ``fraction`` 0) every image is ``pixels``: pixel blocks of each validate
+    (``validation_mask``). ``split="none"`` (the reference's rule): every image is ``train``,
+    nothing is held out, and early stopping watches the training loss."""
     if split == "none":
         return {im.name: "train" for im in images}
     if split == "pixels" or len(images) < 2 or fraction <= 0:
@@ -83,8 +92,10 @@ def validation_roles(images: list[LabeledImage], fraction: float, seed: int, spl
     classes = {im.name: set(im.label.unique().tolist()) - {IGNORE_INDEX} for im in images}
     every = set().union(*classes.values())
     held: set[str] = set()
-    for i in torch.randperm(len(units), generator=g).tolist():  # in the seeded order, skipping a unit whose hold-out
-        if len(held) == count:                                  # would leave a class with no training pixel
+    # in the seeded order, skipping a unit whose hold-out
+    for i in torch.randperm(len(units), generator=g).tolist():
+        # would leave a class with no training pixel
+        if len(held) == count:
             break
         kept = set().union(*(classes[im.name] for im in images if unit(im) not in held | {units[i]}))
         if kept == every:
@@ -94,11 +105,13 @@ def validation_roles(images: list[LabeledImage], fraction: float, seed: int, spl
     return {im.name: "validation" if unit(im) in held else "train" for im in images}
 
 
-def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int, min_class_pixels: int = 0,
+def split_labels(im: LabeledImage, tile: int, val_fraction: float, seed: int,
+                 min_class_pixels: int = 0,
                  role: str = "pixels") -> tuple[torch.Tensor, torch.Tensor]:
-    """Training and validation labels ``[H', W']`` of a labeled image, padded like the image to at least ``tile``
-    (padding is ignored). ``role`` (see ``validation_roles``): ``train`` keeps every label for training,
-    ``validation`` for validation; ``pixels`` holds the pixel blocks of ``validation_mask`` out for validation."""
+    """Training and validation labels ``[H', W']`` of a labeled image, padded like the image to at
+    least ``tile`` (padding is ignored). ``role`` (see ``validation_roles``): ``train`` keeps every
+    label for training, ``validation`` for validation; ``pixels`` holds the pixel blocks of
+    ``validation_mask`` out for validation."""
     h, w = im.label.shape
     lab = drop_small_classes(im.label, min_class_pixels)
     if role == "pixels":

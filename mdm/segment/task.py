@@ -1,5 +1,6 @@
-"""The segmentation task, registered in ``stage2.tasks.TASKS`` (``bench.task: segmentation``): runs of the ``seg``
-section on a labeled source of masks (``segment.datasets``), scored per test image in ``per_image.csv``."""
+"""The segmentation task, registered in ``stage2.tasks.TASKS`` (``bench.task: segmentation``): runs
+of the ``seg`` section on a labeled source of masks (``segment.datasets``), scored per test image in
+``per_image.csv``."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from .evaluate import per_image_scores
 from .finetune import NETWORKS
 from .run import open_split, run_segmentation
 
-COLUMNS = ("dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji", "member_dice_mean",
-           "member_dice_std", "seconds")
+COLUMNS = ("dice", "iou", "miou", "object_f1", "object_dice", "object_hausdorff", "aji",
+           "member_dice_mean", "member_dice_std", "seconds")
 
 
 def configure(seg: SegConfig, method, seed: int) -> SegConfig:
-    """``seg`` for one study run of ``method``: its mode, its network when it fine-tunes, the run's seed."""
-    return replace(seg, mode=method.mode, seed=seed, **({"arch": method.arch} if method.mode == "finetune" else {}))
+    """``seg`` for one study run of ``method``: its mode, its network when it fine-tunes, the run's
+    seed."""
+    return replace(seg, mode=method.mode, seed=seed,
+                   **({"arch": method.arch} if method.mode == "finetune" else {}))
 
 
 def known(method) -> bool:
@@ -28,6 +31,7 @@ def known(method) -> bool:
 
 
 SEGMENTATION = TASKS.register("segmentation", Task(
-    section="seg", noun="segmentation", methods="segmentation methods", metrics=None, columns=COLUMNS,
-    run=run_segmentation, configure=configure, known=known, open_split=open_split, scores=per_image_scores,
-    help="the `seg` section on masks"))
+    section="seg", noun="segmentation", methods="segmentation methods", metrics=None,
+    columns=COLUMNS,
+    run=run_segmentation, configure=configure, known=known, open_split=open_split,
+    scores=per_image_scores, help="the `seg` section on masks"))

@@ -1,5 +1,6 @@
-"""Figures of stage 2 that both tasks draw: the block x timestep heatmap of a selection, the training and validation
-loss curves of a supervised fit, and the atomic PNG writer every matplotlib figure goes through."""
+"""Figures of stage 2 that both tasks draw: the block x timestep heatmap of a selection, the
+training and validation loss curves of a supervised fit, and the atomic PNG writer every matplotlib
+figure goes through."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from ..common.io import write_atomic
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
-    """Lay out the matplotlib figure ``fig``, write it to ``path`` as a PNG atomically (``write_atomic``) and close
-    it."""
+    """Lay out the matplotlib figure ``fig``, write it to ``path`` as a PNG atomically
+    (``write_atomic``) and close it."""
     import matplotlib.pyplot as plt  # deferred: slow to import, and only figures need it
 
     fig.tight_layout()
@@ -23,8 +24,8 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
 
 
 def draw_heatmap(ax, data: np.ndarray, rows: list[str], columns: list[str], fontsize: int = 8):
-    """``data [len(rows), len(columns)]`` on the matplotlib axes ``ax`` as a heatmap, each cell's value written in
-    (NaN cells left blank); returns the image, for a colour bar."""
+    """``data [len(rows), len(columns)]`` on the matplotlib axes ``ax`` as a heatmap, each cell's
+    value written in (NaN cells left blank); returns the image, for a colour bar."""
     image = ax.imshow(data, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks(range(len(rows)), rows)
@@ -51,7 +52,8 @@ def save_heatmap(path: Path, values: list[list[float | None]], rows: list[str], 
 
 
 def save_loss_curves(path: Path, members: list[dict], title: str) -> None:
-    """Each member's per-epoch ``train_loss`` (solid) and ``val_loss`` (dashed) as a PNG, the kept epoch marked."""
+    """Each member's per-epoch ``train_loss`` (solid) and ``val_loss`` (dashed) as a PNG, the kept
+    epoch marked."""
     import matplotlib  # deferred, as above
 
     matplotlib.use("Agg")
@@ -60,7 +62,8 @@ def save_loss_curves(path: Path, members: list[dict], title: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, m in enumerate(members):
         colour = f"C{i % 10}"
-        ax.plot(range(1, len(m["train_loss"]) + 1), m["train_loss"], color=colour, label=f"member {i}: training")
+        ax.plot(range(1, len(m["train_loss"]) + 1), m["train_loss"], color=colour,
+                label=f"member {i}: training")
         if m["val_loss"]:
             ax.plot(range(1, len(m["val_loss"]) + 1), m["val_loss"], "--", color=colour,
                     label=f"member {i}: validation")

@@ -1,7 +1,8 @@
-"""Per-image scores a bootstrap can resample, for every metric a task reports: each builder takes a run's per-image
-values and gives ``score(w)``, the metric recomputed exactly as the run computed it for a batch of resamples, ``w [B,
-N]`` the multiplicity of each of the N test images in each of the B resamples (``study.verdicts`` draws them).
-Each task reads its run folder's per-image file into one of these (``Task.scores``)."""
+"""Per-image scores a bootstrap can resample, for every metric a task reports: each builder takes a
+run's per-image values and gives ``score(w)``, the metric recomputed exactly as the run computed it
+for a batch of resamples, ``w [B, N]`` the multiplicity of each of the N test images in each of the
+B resamples (``study.verdicts`` draws them). Each task reads its run folder's per-image file into
+one of these (``Task.scores``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-Score = Callable[[np.ndarray], np.ndarray]  # image multiplicities [B, N] -> the metric on each resample [B]
+# image multiplicities [B, N] -> the metric on each resample [B]
+Score = Callable[[np.ndarray], np.ndarray]
 
 
 def mean_score(values: np.ndarray) -> Score:
@@ -19,7 +21,8 @@ def mean_score(values: np.ndarray) -> Score:
 
 
 def miou_score(inter: np.ndarray, union: np.ndarray, absent: str) -> Score:
-    """``inter`` / ``union`` ``[N, C]`` per image: mIoU of the summed counts, classes with no union skipped (or 0)."""
+    """``inter`` / ``union`` ``[N, C]`` per image: mIoU of the summed counts, classes with no union
+    skipped (or 0)."""
     def score(w):
         i, u = w @ inter, w @ union
         iou = np.where(u > 0, i / np.maximum(u, 1e-12), np.nan)
@@ -42,8 +45,8 @@ def balanced_score(labels: np.ndarray, correct: np.ndarray, k: int) -> Score:
 
 
 def auc_score(labels: np.ndarray, probs: np.ndarray) -> Score:
-    """Weighted Mann-Whitney AUC: binary of the second class's probability, else the one-vs-rest mean over classes
-    with both positives and negatives in the resample."""
+    """Weighted Mann-Whitney AUC: binary of the second class's probability, else the one-vs-rest
+    mean over classes with both positives and negatives in the resample."""
     k = probs.shape[1]
     classes = [1] if k == 2 else list(range(k))
 
@@ -56,7 +59,8 @@ def auc_score(labels: np.ndarray, probs: np.ndarray) -> Score:
             wp, wn = w[:, pos], w[:, neg]
             denom = wp.sum(1) * wn.sum(1)
             with np.errstate(all="ignore"):
-                aucs.append(np.where(denom > 0, ((wp @ h) * wn).sum(1) / np.maximum(denom, 1e-12), np.nan))
+                aucs.append(np.where(denom > 0,
+                                     ((wp @ h) * wn).sum(1) / np.maximum(denom, 1e-12), np.nan))
         with np.errstate(all="ignore"):
             return np.nanmean(np.stack(aucs, 1), axis=1)
     return score

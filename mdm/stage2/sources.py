@@ -1,5 +1,6 @@
-"""What every labeled source of either task shares: its splits (``train`` / ``test``) and its root folder, checked
-to exist before anything is read, so a wrong path is one clear ``DataError`` naming it."""
+"""What every labeled source of either task shares: its splits (``train`` / ``test``) and its root
+folder, checked to exist before anything is read, so a wrong path is one clear ``DataError`` naming
+it."""
 
 from __future__ import annotations
 

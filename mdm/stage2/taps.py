@@ -1,9 +1,10 @@
-"""Taps on a frozen U-Net, shared by every stage-2 task: which blocks features come from and how an input is
-corrupted before the forward pass.
+"""Taps on a frozen U-Net, shared by every stage-2 task: which blocks features come from and how an
+input is corrupted before the forward pass.
 
-Block names belong to ``nn.unet.UNetModel.taps``: ``e<i>`` (encoder), ``mid``, ``d<i>`` (decoder); segmentation
-numbers decoder blocks by integers (``seg.blocks``), which are aliases of ``d<i>``. ``corrupted`` applies the export's
-objective with a keyed mask or noise, so features are a function of the image, never of the order it came in.
+Block names belong to ``nn.unet.UNetModel.taps``: ``e<i>`` (encoder), ``mid``, ``d<i>`` (decoder);
+segmentation numbers decoder blocks by integers (``seg.blocks``), which are aliases of ``d<i>``.
+``corrupted`` applies the export's objective with a keyed mask or noise, so features are a function
+of the image, never of the order it came in.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from ..common import rng
 from ..common.errors import ConfigError
 
 
-def corrupted(objective, x0: torch.Tensor, t: int, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x0 [B, 3, S, S]`` corrupted by ``objective`` at timestep ``t`` with the seeded mask or noise of ``keys [B]``
-    (one int64 per image or tile, mixed with ``t``): ``(x_t, the timesteps the model takes [B])``. The same keys
-    always give the same corruption, so features are a function of the image, not of the order it came in."""
+def corrupted(objective, x0: torch.Tensor, t: int,
+              keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x0 [B, 3, S, S]`` corrupted by ``objective`` at timestep ``t`` with the seeded mask or
+    noise of ``keys [B]`` (one int64 per image or tile, mixed with ``t``): ``(x_t, the timesteps the
+    model takes [B])``. The same keys always give the same corruption, so features are a function of
+    the image, not of the order it came in."""
     tt = torch.full((x0.shape[0],), t, dtype=torch.int64, device=x0.device)
-    keyed = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64, device=x0.device)
+    keyed = torch.tensor([rng.make_key(int(k), t) for k in keys.tolist()], dtype=torch.int64,
+                         device=x0.device)
     return objective.corrupt(x0, tt, keyed)[0], objective.model_timesteps(tt)
 
 
 def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
-    """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block), validated."""
+    """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block),
+    validated."""
     out = []
     for b in blocks:
         i = b + num_blocks if b < 0 else b
@@ -38,8 +43,9 @@ def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
 
 
 def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> list[str]:
-    """Canonical names of ``names`` (``d-1`` -> ``d<m-1>``; an integer ``i`` is the decoder block ``d<i>``, as
-    ``seg.blocks`` numbers them), checked: an unknown or repeated block is a ``ConfigError`` naming ``key``."""
+    """Canonical names of ``names`` (``d-1`` -> ``d<m-1>``; an integer ``i`` is the decoder block
+    ``d<i>``, as ``seg.blocks`` numbers them), checked: an unknown or repeated block is a
+    ``ConfigError`` naming ``key``."""
     counts = {"e": len(model.input_blocks), "d": len(model.output_blocks)}
     out = []
     for name in names:
@@ -50,9 +56,11 @@ def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> l
             out.append(text)
             continue
         kind, number = text[:1], text[1:]
-        if kind not in counts or not number.lstrip("-").isdigit() or not -counts[kind] <= int(number) < counts[kind]:
-            raise ConfigError(f"{key}: no block {name!r} (the U-Net has e0..e{counts['e'] - 1}, mid, "
-                              f"d0..d{counts['d'] - 1}; negatives count from the end)")
+        if kind not in counts or not number.lstrip(
+            "-").isdigit() or not -counts[kind] <= int(number) < counts[kind]:
+            raise ConfigError(
+                f"{key}: no block {name!r} (the U-Net has e0..e{counts['e'] - 1}, mid, "
+                f"d0..d{counts['d'] - 1}; negatives count from the end)")
         out.append(f"{kind}{int(number) % counts[kind]}")
     if len(set(out)) != len(out):
         raise ConfigError(f"{key}: {names} names a block twice")

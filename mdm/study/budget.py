@@ -1,5 +1,6 @@
-"""The pretraining-budget curve of a study: the metric at the lowest label fraction from every kept export of the
-pretraining runs of ``bench.budget_methods``, against the images seen in pretraining."""
+"""The pretraining-budget curve of a study: the metric at the lowest label fraction from every kept
+export of the pretraining runs of ``bench.budget_methods``, against the images seen in
+pretraining."""
 
 from __future__ import annotations
 
@@ -15,20 +16,21 @@ from .runs import budget_points, budget_runs
 
 
 def budget_steps(steps: int, exports: int, spacing: str) -> list[int]:
-    """The pretraining steps (besides step 0) whose exports the budget curve scores: ``linear``, the multiples
-    of ``steps // exports`` up to ``steps``; ``log``, ``steps / 2^k`` for ``k = exports - 1 .. 0`` (rounded)."""
+    """The pretraining steps (besides step 0) whose exports the budget curve scores: ``linear``, the
+    multiples of ``steps // exports`` up to ``steps``; ``log``, ``steps / 2^k`` for
+    ``k = exports - 1 .. 0`` (rounded)."""
     if spacing == "log":
         return sorted({max(1, round(steps / 2 ** k)) for k in range(exports)})
     every = max(1, steps // exports)
     return sorted({*range(every, steps + 1, every), steps})
 
 
-def budget_curve(cfg: Config, variant: str, results: dict, pretrain: dict[tuple[str, str], Path], out: Path,
-                 device: torch.device, log=print) -> list[dict]:
-    """The budget curve of variant ``variant`` (the first ``bench.budget_seeds`` seeds; ``results``: the sweep's
-    metrics by ``(variant, method, fraction, seed)``, whose runs are the curve's last points); writes
-    ``budget.csv`` and ``pretrain_budget.png`` (against images seen, with the ``random`` method's runs as a
-    reference line when the study has it)."""
+def budget_curve(cfg: Config, variant: str, results: dict, pretrain: dict[tuple[str, str], Path],
+                 out: Path, device: torch.device, log=print) -> list[dict]:
+    """The budget curve of variant ``variant`` (the first ``bench.budget_seeds`` seeds; ``results``:
+    the sweep's metrics by ``(variant, method, fraction, seed)``, whose runs are the curve's last
+    points); writes ``budget.csv`` and ``pretrain_budget.png`` (against images seen, with the
+    ``random`` method's runs as a reference line when the study has it)."""
     bc, methods = cfg.bench, methods_of(cfg.bench.task)
     lowest, seeds = min(bc.fractions), bc.seeds[:bc.budget_seeds]
     scored = {}
@@ -42,8 +44,10 @@ def budget_curve(cfg: Config, variant: str, results: dict, pretrain: dict[tuple[
         budget.append({"pretrain_steps": step, "images_seen": step * cfg.train.batch_size,
                        **result_row(method, lowest, seed, result, bc.task)})
     if budget:
-        write_csv(out / "budget.csv", budget, ["pretrain_steps", "images_seen", *task_columns(bc.task)])
-        # the frozen features of the initial weights (``random``): the line pretraining has to rise above
+        write_csv(out / "budget.csv", budget,
+                  ["pretrain_steps", "images_seen", *task_columns(bc.task)])
+        # the frozen features of the initial weights (``random``): the line pretraining has to rise
+        # above
         initial = [m for m in bc.methods if methods[m].mode == "frozen" and methods[m].export == "exports/step_0"]
         reference = {f"{m} (step 0)": [results[variant, m, lowest, s][bc.metric] for s in seeds
                                        if bc.metric in results[variant, m, lowest, s]] for m in initial[:1]}
@@ -53,5 +57,6 @@ def budget_curve(cfg: Config, variant: str, results: dict, pretrain: dict[tuple[
                         for n in sorted({b["images_seen"] for b in budget}) if n > 0 or not log_x]
                     for m in bc.budget_methods},
                    "images seen in pretraining", bc.metric,
-                   f"Pretraining budget at {lowest:g} labels (seeds {seeds})", log_x=log_x, references=reference)
+                   f"Pretraining budget at {lowest:g} labels (seeds {seeds})", log_x=log_x,
+                   references=reference)
     return budget

@@ -1,8 +1,8 @@
-"""The methods a study compares, one registry per task (``Task.methods``, ``bench.task``): ``METHODS``
-(segmentation) and ``CLASS_METHODS`` (classification), chosen by ``bench.methods``: how each segments (``seg.mode``
-/ ``seg.arch``) or classifies (``probe.mode`` / ``probe.head`` or ``probe.network``) and which pretraining run's
-weights it starts from. A new
-method is one ``register`` call; a new objective or network registers itself where it is defined
+"""The methods a study compares, one registry per task (``Task.methods``, ``bench.task``):
+``METHODS`` (segmentation) and ``CLASS_METHODS`` (classification), chosen by ``bench.methods``: how
+each segments (``seg.mode`` / ``seg.arch``) or classifies (``probe.mode`` / ``probe.head`` or
+``probe.network``) and which pretraining run's weights it starts from. A new method is one
+``register`` call; a new objective or network registers itself where it is defined
 (``pretrain.objectives``, ``segment.finetune``, ``classify.heads``, ``classify.finetune``).
 """
 
@@ -16,10 +16,11 @@ from ..stage2.tasks import TASKS
 
 @dataclass(frozen=True)
 class Method:
-    """What a method runs: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode`` and the head of
-    ``frozen`` or the network of ``finetune``; ``classical``: ``filterbank``, filter features and no network);
-    its U-Net comes from the pretraining run of ``objective`` (``None``: no export), folder ``export`` of that run
-    (``export``: the last; ``exports/step_0``: the random initial weights)."""
+    """What a method runs: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode``
+    and the head of ``frozen`` or the network of ``finetune``; ``classical``: ``filterbank``, filter
+    features and no network); its U-Net comes from the pretraining run of ``objective`` (``None``:
+    no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the random
+    initial weights)."""
 
     mode: str
     arch: str
@@ -43,7 +44,8 @@ METHODS.register("unet-scratch", Method("finetune", "unet", "mdm", "exports/step
 METHODS.register("smp-scratch", Method("finetune", "smp", None, ""))
 METHODS.register("filterbank", Method("classical", "filterbank", None, ""))
 
-CLASS_METHODS: Registry[Method] = Registry("classification methods", "bench.methods", "classification method")
+CLASS_METHODS: Registry[Method] = Registry("classification methods", "bench.methods",
+                                           "classification method")
 CLASS_METHODS.register("mdm-linear", Method("frozen", "linear", "mdm", "export"))
 CLASS_METHODS.register("mdm-attn", Method("frozen", "attention", "mdm", "export"))
 CLASS_METHODS.register("mdm-knn", Method("frozen", "knn", "mdm", "export"))

@@ -1,6 +1,6 @@
-"""Tables and plots of a label-efficiency study: ``results.csv`` rows, markdown tables of mean ± sample std over
-seeds (per method and fraction, or per variant and method), line plots with error bars, the ablation's bars and the
-table of the pretraining runs' colour checks."""
+"""Tables and plots of a label-efficiency study: ``results.csv`` rows, markdown tables of mean ±
+sample std over seeds (per method and fraction, or per variant and method), line plots with error
+bars, the ablation's bars and the table of the pretraining runs' colour checks."""
 
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ RUN_COLUMNS = ["method", "label_fraction", "seed", "labeled_images"]
 
 
 def task_columns(task: str) -> list[str]:
-    """The first columns of ``results.csv`` for ``bench.task``: the run's, then the task's metrics."""
+    """The first columns of ``results.csv`` for ``bench.task``: the run's, then the task's
+    metrics."""
     return RUN_COLUMNS + list(TASKS[task].columns)
 
 
-def result_row(method: str, fraction: float, seed: int, result: dict, task: str = "segmentation") -> dict:
-    """One ``results.csv`` row from a run's metrics; per-group metrics (GlaS testA / testB) as ``<group>_<metric>``."""
+def result_row(method: str, fraction: float, seed: int, result: dict,
+               task: str = "segmentation") -> dict:
+    """One ``results.csv`` row from a run's metrics; per-group metrics (GlaS testA / testB) as
+    ``<group>_<metric>``."""
     row = {"method": method, "label_fraction": fraction, "seed": seed,
            "labeled_images": result.get("labeled_images")}
     for k in TASKS[task].columns:
@@ -53,8 +56,8 @@ def sample_sd(vals: list[float]) -> float:
 
 
 def summarize(rows: list[dict], metric: str, methods: list[str], fractions: list[float]) -> str:
-    """Markdown table: mean ± sample std (``STATS_NOTE``) of ``metric`` with n, one row per method, one column per
-    fraction."""
+    """Markdown table: mean ± sample std (``STATS_NOTE``) of ``metric`` with n, one row per method,
+    one column per fraction."""
     head = "| method | " + " | ".join(f"{f:g} labels" for f in fractions) + " |"
     lines = [head, "|---" * (len(fractions) + 1) + "|"]
     for m in methods:
@@ -71,10 +74,11 @@ def _cell(vals: list[float], change: str = "") -> str:
     return f"{np.mean(vals):.3f}{spread}{change} (n={len(vals)})"
 
 
-def summarize_variants(rows: list[dict], metric: str, variants: list[str], methods: list[str], fraction: float) -> str:
-    """Markdown table at one label fraction: mean ± sample std of ``metric`` over seeds with n, one row per variant,
-    one column per method; from the second variant on, the change of the mean from the first variant's, in points
-    (x100)."""
+def summarize_variants(rows: list[dict], metric: str, variants: list[str], methods: list[str],
+                       fraction: float) -> str:
+    """Markdown table at one label fraction: mean ± sample std of ``metric`` over seeds with n, one
+    row per variant, one column per method; from the second variant on, the change of the mean from
+    the first variant's, in points (x100)."""
     def values(v, m):
         return [r[metric] for r in rows if r.get("variant") == v and r["method"] == m
                 and r["label_fraction"] == fraction and metric in r]
@@ -91,16 +95,19 @@ def summarize_variants(rows: list[dict], metric: str, variants: list[str], metho
 
 
 def pretraining_table(runs: list[Path]) -> str:
-    """Markdown table of pretraining runs: objective, loss, the last logged loss and the colour check of the EMA
-    weights (``previews.colour_check``: mean absolute error and per-channel mean error on the pixels the model saw,
-    at t = 0.05 T, [-1, 1] scale)."""
-    lines = ["| run | objective | loss | steps | last loss | recon error | colour bias (per channel) |",
-             "|---|---|---|---|---|---|---|"]
+    """Markdown table of pretraining runs: objective, loss, the last logged loss and the colour
+    check of the EMA weights (``previews.colour_check``: mean absolute error and per-channel mean
+    error on the pixels the model saw, at t = 0.05 T, [-1, 1] scale)."""
+    lines = [
+        "| run | objective | loss | steps | last loss | recon error | colour bias (per channel) |",
+        "|---|---|---|---|---|---|---|"]
     for run in runs:
-        diffusion = SimpleNamespace(**yaml.safe_load((run / "config.yaml").read_text())["diffusion"])
+        diffusion = SimpleNamespace(
+            **yaml.safe_load((run / "config.yaml").read_text())["diffusion"])
         log = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines() if r.strip()]
         last = log[-1] if log else {}
-        bias = ", ".join(f"{last[k]:+.3f}" for k in sorted(k for k in last if k.startswith("recon_bias_c")))
+        bias = ", ".join(
+            f"{last[k]:+.3f}" for k in sorted(k for k in last if k.startswith("recon_bias_c")))
         objective = diffusion.objective
         loss = OBJECTIVES[objective].loss(diffusion) if objective in OBJECTIVES else "?"
         nan = float("nan")
@@ -109,10 +116,12 @@ def pretraining_table(runs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], xlabel: str, ylabel: str,
-               title: str, log_x: bool = False, references: dict[str, list[float]] | None = None) -> None:
-    """One line per series with mean ± sample std error bars; ``series[name] = [(x, [values over seeds]), ...]``;
-    ``references[name]``: values drawn as a dashed horizontal line at their mean."""
+def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], xlabel: str,
+               ylabel: str, title: str, log_x: bool = False,
+               references: dict[str, list[float]] | None = None) -> None:
+    """One line per series with mean ± sample std error bars; ``series[name] = [(x, [values over
+    seeds]), ...]``; ``references[name]``: values drawn as a dashed horizontal line at their
+    mean."""
     import matplotlib  # deferred: matplotlib takes a second to import and only the report draws
 
     matplotlib.use("Agg")
@@ -124,12 +133,13 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
         if not points:
             continue
         xs = [x for x, _ in points]
-        ax.errorbar(xs, [np.mean(v) for _, v in points], yerr=[sample_sd(v) for _, v in points], marker="o",
-                    capsize=3, label=name)
+        ax.errorbar(xs, [np.mean(v) for _, v in points], yerr=[sample_sd(v) for _, v in points],
+                    marker="o", capsize=3, label=name)
     for name, values in (references or {}).items():
         if values:
             ax.axhline(float(np.mean(values)), color="grey", linestyle="--", label=name)
-    if log_x:  # ticks at the measured points, written out (log axes otherwise label crowded minor ticks)
+    # ticks at the measured points, written out (log axes otherwise label crowded minor ticks)
+    if log_x:
         from matplotlib.ticker import FixedLocator, NullFormatter, StrMethodFormatter
 
         ax.set_xscale("log")
@@ -142,14 +152,15 @@ def plot_lines(path: Path, series: dict[str, list[tuple[float, list[float]]]], x
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)  # beside the plot: never over a line
+    # beside the plot: never over a line
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     save_figure(fig, path, dpi=120)
 
 
-def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str], methods: list[str],
-                  fraction: float) -> None:
-    """Grouped bars at one label fraction: one group per variant, one bar per method (mean ± sample std over
-    seeds)."""
+def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str],
+                  methods: list[str], fraction: float) -> None:
+    """Grouped bars at one label fraction: one group per variant, one bar per method (mean ± sample
+    std over seeds)."""
     import matplotlib  # deferred, as above
 
     matplotlib.use("Agg")
@@ -173,8 +184,8 @@ def plot_ablation(path: Path, rows: list[dict], metric: str, variants: list[str]
 
 
 def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -> None:
-    """One block x timestep heatmap per method: the probes' validation loss averaged over the runs given (the
-    ``selection`` of each run's metrics), the blocks most often chosen outlined."""
+    """One block x timestep heatmap per method: the probes' validation loss averaged over the runs
+    given (the ``selection`` of each run's metrics), the blocks most often chosen outlined."""
     import matplotlib  # deferred, as above
 
     matplotlib.use("Agg")
@@ -187,14 +198,17 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
         runs = [{int(t): {_block(b): v for b, v in row.items()} for t, row in r["scores"].items()}
                 for r in selections[method]]
         timesteps = sorted({t for r in runs for t in r})
-        blocks = list(dict.fromkeys(b for r in runs for row in r.values() for b in row))  # in the order probed
+        # in the order probed
+        blocks = list(dict.fromkeys(b for r in runs for row in r.values() for b in row))
         grid = np.array([[np.mean([r[t][b] for r in runs]) for t in timesteps] for b in blocks])
-        image = draw_heatmap(ax, grid, [f"block {b}" for b in blocks], [f"t={t}" for t in timesteps], fontsize=6)
+        image = draw_heatmap(ax, grid, [f"block {b}" for b in blocks],
+                             [f"t={t}" for t in timesteps], fontsize=6)
         for r in selections[method]:
             j = timesteps.index(int(r["timestep"]))
             for b in r["blocks"]:
-                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(_block(b)) - 0.5), 1, 1, fill=False, lw=1.2,
-                                           edgecolor="red", alpha=len(runs) ** -0.5))
+                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(_block(b)) - 0.5), 1, 1,
+                                           fill=False, lw=1.2, edgecolor="red",
+                                           alpha=len(runs) ** -0.5))
         ax.set_title(method, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(title, fontsize=9)
@@ -202,7 +216,8 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
 
 
 def _block(name) -> int | str:
-    """A block as JSON gave it back: decoder numbers (segmentation) as ints, names (``d3``, ``mid``) as they are."""
+    """A block as JSON gave it back: decoder numbers (segmentation) as ints, names (``d3``, ``mid``)
+    as they are."""
     return int(name) if str(name).lstrip("-").isdigit() else str(name)
 
 

@@ -1,6 +1,7 @@
-"""The stage-2 runs of a study, each a folder that ends with ``metrics.json``: their one fixed order (the sweep's
-runs variant x fraction x seed x method, then the budget curve's), which a study in one process and a study spread
-over shards (``shards``) both walk, and ``run_one``, which runs one of them (or reads it back when finished)."""
+"""The stage-2 runs of a study, each a folder that ends with ``metrics.json``: their one fixed order
+(the sweep's runs variant x fraction x seed x method, then the budget curve's), which a study in one
+process and a study spread over shards (``shards``) both walk, and ``run_one``, which runs one of
+them (or reads it back when finished)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,10 @@ def run_one(cfg: Config, method: str, fraction: float, seed: int, export: Path |
 
 @dataclass(frozen=True)
 class StudyRun:
-    """One stage-2 run of a study: ``method`` at ``fraction`` labels with ``seed`` in variant ``variant`` (config
-    ``cfg``), reading ``export`` (``None``: no U-Net) of the pretraining run folder ``pretraining`` (``None``: none),
-    writing ``folder``; ``step``: the pretraining step of a budget-curve run (``None``: a run of the sweep)."""
+    """One stage-2 run of a study: ``method`` at ``fraction`` labels with ``seed`` in variant
+    ``variant`` (config ``cfg``), reading ``export`` (``None``: no U-Net) of the pretraining run
+    folder ``pretraining`` (``None``: none), writing ``folder``; ``step``: the pretraining step of a
+    budget-curve run (``None``: a run of the sweep)."""
 
     variant: str
     cfg: Config
@@ -50,7 +52,8 @@ class StudyRun:
         return (self.folder / FINISHED).is_file()
 
     def run(self, device: torch.device) -> dict:
-        return run_one(self.cfg, self.method, self.fraction, self.seed, self.export, self.folder, device)
+        return run_one(self.cfg, self.method, self.fraction, self.seed, self.export,
+                       self.folder, device)
 
     @property
     def label(self) -> str:
@@ -60,10 +63,11 @@ class StudyRun:
         return f"{self.variant}: {what}" if self.variant else what
 
 
-def sweep_runs(cfg: Config, studies: list[tuple[str, Config]], pretrain: dict[tuple[str, str], Path],
-               out: Path) -> list[StudyRun]:
-    """The sweep's runs in order: variant x fraction x seed x method of ``cfg.bench`` (``studies``: each variant's
-    name and config; ``pretrain``: the pretraining run folder of each ``(variant, objective)``)."""
+def sweep_runs(cfg: Config, studies: list[tuple[str, Config]],
+               pretrain: dict[tuple[str, str], Path], out: Path) -> list[StudyRun]:
+    """The sweep's runs in order: variant x fraction x seed x method of ``cfg.bench`` (``studies``:
+    each variant's name and config; ``pretrain``: the pretraining run folder of each
+    ``(variant, objective)``)."""
     bc, methods, runs = cfg.bench, methods_of(cfg.bench.task), []
     for name, vcfg in studies:
         for fraction in bc.fractions:
@@ -71,15 +75,18 @@ def sweep_runs(cfg: Config, studies: list[tuple[str, Config]], pretrain: dict[tu
                 for method in bc.methods:
                     m = methods[method]
                     source = pretrain[name, m.objective] if m.objective else None
-                    runs.append(StudyRun(name, vcfg, method, fraction, seed, source / m.export if source else None,
-                                         source, out / "runs" / name / method / f"f{fraction:g}_s{seed}"))
+                    runs.append(StudyRun(name, vcfg, method, fraction, seed,
+                                         source / m.export if source else None, source,
+                                         out / "runs" / name / method / f"f{fraction:g}_s{seed}"))
     return runs
 
 
-def budget_points(cfg: Config, variant: str, pretrain: dict[tuple[str, str], Path]) -> list[tuple[str, int, int]]:
-    """The budget curve's points in order, ``(method, seed, step)``: for each method of ``bench.budget_methods``
-    (pretrained ones in the study), each of the first ``bench.budget_seeds`` seeds, every kept export
-    (``exports/step_N``) of its pretraining run. Read from the pretraining folders: call it once they have finished."""
+def budget_points(cfg: Config, variant: str,
+                  pretrain: dict[tuple[str, str], Path]) -> list[tuple[str, int, int]]:
+    """The budget curve's points in order, ``(method, seed, step)``: for each method of
+    ``bench.budget_methods`` (pretrained ones in the study), each of the first
+    ``bench.budget_seeds`` seeds, every kept export (``exports/step_N``) of its pretraining run.
+    Read from the pretraining folders: call it once they have finished."""
     bc, methods = cfg.bench, methods_of(cfg.bench.task)
     return [(method, seed, step)
             for method in bc.budget_methods if method in bc.methods and methods[method].objective
@@ -87,16 +94,18 @@ def budget_points(cfg: Config, variant: str, pretrain: dict[tuple[str, str], Pat
             for step in export_steps(pretrain[variant, methods[method].objective])]
 
 
-def budget_runs(cfg: Config, variant: str, pretrain: dict[tuple[str, str], Path], out: Path) -> list[StudyRun]:
-    """The runs of the budget curve's points (``budget_points``) but the last step's, which are the sweep's own runs
-    at the lowest fraction."""
+def budget_runs(cfg: Config, variant: str,
+                pretrain: dict[tuple[str, str], Path], out: Path) -> list[StudyRun]:
+    """The runs of the budget curve's points (``budget_points``) but the last step's, which are the
+    sweep's own runs at the lowest fraction."""
     bc, methods = cfg.bench, methods_of(cfg.bench.task)
     runs = []
     for method, seed, step in budget_points(cfg, variant, pretrain):
         if step != bc.pretrain_steps:
             source = pretrain[variant, methods[method].objective]
-            runs.append(StudyRun(variant, cfg, method, min(bc.fractions), seed, source / "exports" / f"step_{step}",
-                                 source, out / "budget" / variant / method / f"step_{step}_s{seed}", step))
+            runs.append(StudyRun(variant, cfg, method, min(bc.fractions), seed,
+                                 source / "exports" / f"step_{step}", source,
+                                 out / "budget" / variant / method / f"step_{step}_s{seed}", step))
     return runs
 
 

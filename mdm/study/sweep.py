@@ -1,14 +1,16 @@
-"""The label-efficiency study: label fractions x seeds x methods, then a table and plots; with ``bench.variants``, an
-ablation: the same study once per variant (see ``variants``). ``bench.task`` says what each run measures, a task
-registered in ``stage2.tasks.TASKS``: segmentation (``segment.run``, methods ``METHODS``) or image classification
-(``classify.run``, ``CLASS_METHODS``).
+"""The label-efficiency study: label fractions x seeds x methods, then a table and plots; with
+``bench.variants``, an ablation: the same study once per variant (see ``variants``). ``bench.task``
+says what each run measures, a task registered in ``stage2.tasks.TASKS``: segmentation
+(``segment.run``, methods ``METHODS``) or image classification (``classify.run``,
+``CLASS_METHODS``).
 
-Every method sees the same labeled subsets (``data.seed`` = the seed), validation pixels and test images. Pretraining
-runs once per objective and is reused by every fraction and seed (and by every variant that does not change it):
-``mdm``, ``ddpm`` and ``mae`` train the same architecture on the same unlabeled pool for ``bench.pretrain_steps``
-steps; ``random`` and ``unet-scratch`` use the MDM run's ``exports/step_0``, i.e. the very same initial weights.
-Finished runs (a ``metrics.json``) are skipped, so an interrupted sweep resumes, and a folder is only resumed by the
-same study on the same data (``check_same_study``, ``manifest``). Output folder::
+Every method sees the same labeled subsets (``data.seed`` = the seed), validation pixels and test
+images. Pretraining runs once per objective and is reused by every fraction and seed (and by every
+variant that does not change it): ``mdm``, ``ddpm`` and ``mae`` train the same architecture on the
+same unlabeled pool for ``bench.pretrain_steps`` steps; ``random`` and ``unet-scratch`` use the MDM
+run's ``exports/step_0``, i.e. the very same initial weights. Finished runs (a ``metrics.json``) are
+skipped, so an interrupted sweep resumes, and a folder is only resumed by the same study on the same
+data (``check_same_study``, ``manifest``). Output folder::
 
     pretrain_mdm/ pretrain_ddpm/        pretraining runs (exports/step_N for the budget curve; pool.json: the
                                         pool's size and the test images kept out of it, see ``pool``);
@@ -64,24 +66,27 @@ from .variants import PretrainFolders, arms
 from .verdicts import Verdict, default_references, judge, run_scores, verdict_sentences, verdict_table, write_verdicts
 
 
-def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path, device: torch.device,
-                       log=print) -> Path:
+def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path,
+                       device: torch.device, log=print) -> Path:
     """Run (or resume) the pretraining of ``objective`` on ``pool`` (``pretraining_data(cfg)``) for
-    ``bench.pretrain_steps`` into ``run``, keeping the exports of ``budget_steps``; returns ``run``."""
+    ``bench.pretrain_steps`` into ``run``, keeping the exports of ``budget_steps``; returns
+    ``run``."""
     bc = cfg.bench
     steps = bc.pretrain_steps
     tc = replace(cfg.train, max_steps=steps, out_dir=str(run), export_every=0,
                  export_at=budget_steps(steps, bc.budget_exports, bc.budget_spacing),
                  checkpoint_every=max(1, steps // 4))
     ours = replace(cfg, data=pool, diffusion=replace(cfg.diffusion, objective=objective), train=tc)
-    if (run / "config.yaml").is_file():  # a run of this study, or one copied in to be reused: the same weights?
+    # a run of this study, or one copied in to be reused: the same weights?
+    if (run / "config.yaml").is_file():
         changed = changed_weight_keys(load(run / "config.yaml"), ours)
         if changed:
             raise ConfigError(f"{run}: was pretrained with {changed}; this study would score weights it did not ask "
                               f"for (another pool, test images among them, another recipe): move the folder away or "
                               f"give another bench.out_dir")
     if (run / "exports" / f"step_{steps}").is_dir():
-        if not export_is_current(run, steps):  # killed after exports/step_N, before export/ was replaced
+        # killed after exports/step_N, before export/ was replaced
+        if not export_is_current(run, steps):
             publish_export(run, steps)
             log(f"{run / 'export'}: replaced by exports/step_{steps} (a kill had left an older export there)")
         return run
@@ -90,9 +95,9 @@ def pretrain_if_needed(cfg: Config, objective: str, pool: DataConfig, run: Path,
     return run
 
 
-# keys that decide which runs a study holds, or where and how fast it runs, but not what a run gives: a folder may
-# be resumed with other values of these (more seeds, another method, another device, more variants); each declares
-# the role beside its declaration
+# keys that decide which runs a study holds, or where and how fast it runs, but not what a run
+# gives: a folder may be resumed with other values of these (more seeds, another method, another
+# device, more variants); each declares the role beside its declaration
 RESUMABLE_KEYS = keys_with_role("resumable")
 
 
@@ -107,9 +112,10 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def check_same_study(cfg: Config, out: Path) -> None:
-    """Refuse to resume ``out`` with a config that would change what its finished runs give: they are skipped on
-    resume, so their results would be mixed with runs of the new config in one table. ``RESUMABLE_KEYS`` may differ;
-    variants may be added or dropped, but a variant that keeps its name keeps its overrides."""
+    """Refuse to resume ``out`` with a config that would change what its finished runs give: they
+    are skipped on resume, so their results would be mixed with runs of the new config in one table.
+    ``RESUMABLE_KEYS`` may differ; variants may be added or dropped, but a variant that keeps its
+    name keeps its overrides."""
     saved = out / "config.yaml"
     if not saved.is_file():
         return
@@ -118,9 +124,10 @@ def check_same_study(cfg: Config, out: Path) -> None:
     changed = [k for k in now if k not in RESUMABLE_KEYS and before.get(k) != now[k]]
     if changed:
         k = changed[0]
-        raise ConfigError(f"{saved}: this folder holds a study with {k} = {before.get(k)!r}, this one has "
-                          f"{now[k]!r}{f' (and {len(changed) - 1} more key(s))' if len(changed) > 1 else ''}; its "
-                          f"finished runs would be mixed into the table: use another bench.out_dir or remove it")
+        raise ConfigError(
+            f"{saved}: this folder holds a study with {k} = {before.get(k)!r}, this one has "
+            f"{now[k]!r}{f' (and {len(changed) - 1} more key(s))' if len(changed) > 1 else ''}; its "
+            f"finished runs would be mixed into the table: use another bench.out_dir or remove it")
     kept = {v.name: v.set for v in old.bench.variants}
     for v in cfg.bench.variants:
         if v.name in kept and kept[v.name] != v.set:
@@ -129,28 +136,30 @@ def check_same_study(cfg: Config, out: Path) -> None:
                               f"another bench.out_dir")
 
 
-STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "results.md", "verdicts.csv",
-               "label_efficiency.png",
-               "ablation.png", "block_selection.png", "budget.csv", "pretrain_budget.png", "runs", "budget",
-               "new_images", "predict"}
+STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "results.md",
+               "verdicts.csv", "label_efficiency.png", "ablation.png", "block_selection.png",
+               "budget.csv", "pretrain_budget.png", "runs", "budget", "new_images", "predict"}
 
 
 def check_study_folder(out: Path, caches: list[str] = ()) -> None:
-    """Refuse a study folder that holds anything a study does not write (``STUDY_FILES``, ``pretrain_*``, hidden
-    temporary files, the feature caches ``caches`` the config puts there), or files but no ``config.yaml`` (a study
-    writes that first), unless they are only pretraining runs (another study's, copied in to be reused): its tables
-    would overwrite the user's files."""
-    if out.is_dir():  # hidden names aside: another shard's temporary files while it writes config.yaml
+    """Refuse a study folder that holds anything a study does not write (``STUDY_FILES``,
+    ``pretrain_*``, hidden temporary files, the feature caches ``caches`` the config puts there), or
+    files but no ``config.yaml`` (a study writes that first), unless they are only pretraining runs
+    (another study's, copied in to be reused): its tables would overwrite the user's files."""
+    # hidden names aside: another shard's temporary files while it writes config.yaml
+    if out.is_dir():
         names = [p.name for p in out.iterdir() if not p.name.startswith(".")]
         inside = [Path(c).resolve() for c in caches if c and Path(c).resolve().is_relative_to(out.resolve())]
         own = {c.relative_to(out.resolve()).parts[0] for c in inside if c != out.resolve()}
-        foreign = sorted(n for n in names if n not in STUDY_FILES | own and not n.startswith("pretrain_"))
+        foreign = sorted(
+            n for n in names if n not in STUDY_FILES | own and not n.startswith("pretrain_"))
         only_pretraining = all(n.startswith("pretrain_") for n in names)
         if not foreign and names and "config.yaml" not in names and not only_pretraining:
             foreign = sorted(names)
         if foreign:
-            raise ConfigError(f"{out}: holds files a study does not write ({', '.join(foreign[:3])}); give a new "
-                              f"bench.out_dir (--out), a study writes its tables there")
+            raise ConfigError(
+                f"{out}: holds files a study does not write ({', '.join(foreign[:3])}); give a new "
+                f"bench.out_dir (--out), a study writes its tables there")
 
 
 def _objectives(cfg: Config) -> list[str]:
@@ -159,11 +168,12 @@ def _objectives(cfg: Config) -> list[str]:
 
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print,
                   shard: Shard | None = None, report: bool = False) -> dict:
-    """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and running stage 2
-    on ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown, "seconds", "phases": {phase:
-    seconds}}`` (each pretraining run, the stage-2 runs of each method, the budget curve). ``shard``: only that
-    slice of the runs, no tables (``shards``); ``report``: the tables of a study whose runs have all finished,
-    nothing trained (a ``ConfigError`` naming the first unfinished run otherwise)."""
+    """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and
+    running stage 2 on ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown,
+    "seconds", "phases": {phase: seconds}}`` (each pretraining run, the stage-2 runs of each method,
+    the budget curve). ``shard``: only that slice of the runs, no tables (``shards``); ``report``:
+    the tables of a study whose runs have all finished, nothing trained (a ``ConfigError`` naming
+    the first unfinished run otherwise)."""
     bc = cfg.bench
     task, methods = TASKS[bc.task], methods_of(bc.task)
     budget_methods = [m for m in bc.budget_methods if m in bc.methods]
@@ -181,17 +191,19 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     for name, vcfg in studies:
         pools[name] = pool = pretraining_data(vcfg)
         if any(OBJECTIVES[obj].masks for obj in _objectives(vcfg)):
-            check_crop("data.crop_size" if pool is vcfg.data else "bench.pretrain_data.crop_size", pool.crop_size,
-                       vcfg.diffusion.patch_size)
+            check_crop("data.crop_size" if pool is vcfg.data else "bench.pretrain_data.crop_size",
+                       pool.crop_size, vcfg.diffusion.patch_size)
     started = time.perf_counter()
     out = Path(bc.out_dir)
-    check_study_folder(out, [c.seg.cache_dir for _, c in studies] + [c.probe.cache_dir for _, c in studies])
+    check_study_folder(
+        out, [c.seg.cache_dir for _, c in studies] + [c.probe.cache_dir for _, c in studies])
     check_same_study(cfg, out)
     manifest = data_manifest(studies)
     check_same_data(out, manifest)
     folders = PretrainFolders(out, cfg, pretraining_data(cfg))
     pretrain: dict[tuple[str, str], Path] = {}  # (variant, objective): its pretraining run folder
-    units: list[tuple[str, Config, str, Path]] = []  # each pretraining run once: variant, config, objective, folder
+    # each pretraining run once: variant, config, objective, folder
+    units: list[tuple[str, Config, str, Path]] = []
     for name, vcfg in studies:
         for obj in _objectives(vcfg):
             pretrain[name, obj] = run = folders.folder(name, vcfg, obj, pools[name])
@@ -199,13 +211,15 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                 units.append((name, vcfg, obj, run))
     name0, cfg0 = studies[0]  # the selection heatmap and the budget curve: the first variant's
     if report:  # trains nothing: every pretraining run and every run must have finished
-        refuse_unfinished(out, [u[3] for u in units if not finished(u[3], u[1].bench.pretrain_steps)])
+        refuse_unfinished(out,
+                          [u[3] for u in units if not finished(u[3], u[1].bench.pretrain_steps)])
         every = sweep_runs(cfg, studies, pretrain, out) + budget_runs(cfg0, name0, pretrain, out)
         refuse_unfinished(out, [r.folder for r in every if not r.done])
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")
     write_manifest(out, manifest)
-    phases: dict[str, float] = {}  # seconds per phase of this call (a run done before counts as what its skip cost)
+    # seconds per phase of this call (a run done before counts as what its skip cost)
+    phases: dict[str, float] = {}
     for name, vcfg, obj, run in shard.mine(units) if shard else units:
         t = time.perf_counter()
         pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
@@ -213,17 +227,20 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         log(f"pretraining {obj} ({run.name}): {seconds:.1f} s")
     if shard is not None:
         t = time.perf_counter()
-        trained = run_when_ready(shard.mine(method_by_method(sweep_runs(cfg, studies, pretrain, out))), seg_device,
-                                 log)
-        wait_for([pretrain[name0, methods[m].objective] for m in budget_methods], cfg0.bench.pretrain_steps, log)
-        trained += run_when_ready(shard.mine(method_by_method(budget_runs(cfg0, name0, pretrain, out))), seg_device,
-                                  log)
+        trained = run_when_ready(
+            shard.mine(method_by_method(sweep_runs(cfg, studies, pretrain, out))), seg_device,
+            log)
+        wait_for([pretrain[name0, methods[m].objective] for m in budget_methods],
+                 cfg0.bench.pretrain_steps, log)
+        trained += run_when_ready(
+            shard.mine(method_by_method(budget_runs(cfg0, name0, pretrain, out))), seg_device,
+            log)
         phases[f"{task.noun} runs of shard {shard}"] = time.perf_counter() - t
         elapsed = time.perf_counter() - started
         log(f"shard {shard}: {trained} run(s) trained in {elapsed:.0f} s; once every shard is done, --report writes "
             f"the tables")
-        return {"rows": [], "budget": [], "table": "", "verdicts": [], "seconds": elapsed, "phases": phases,
-                "shard": str(shard)}
+        return {"rows": [], "budget": [], "table": "", "verdicts": [], "seconds": elapsed,
+                "phases": phases, "shard": str(shard)}
     pretrained = pretraining_table(sorted(set(pretrain.values())))
     write_text_atomic(out / "pretraining.md", pretrained + "\n")
 
@@ -244,8 +261,9 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     lowest = min(bc.fractions)
     if bc.variants:
         names = [n for n, _ in studies]
-        table = "\n\n".join(f"{f:g} labels:\n\n{summarize_variants(rows, bc.metric, names, bc.methods, f)}"
-                             for f in bc.fractions)
+        table = "\n\n".join(
+            f"{f:g} labels:\n\n{summarize_variants(rows, bc.metric, names, bc.methods, f)}"
+             for f in bc.fractions)
         plot_ablation(out / "ablation.png", rows, bc.metric, names, bc.methods, lowest)
     else:
         table = summarize(rows, bc.metric, bc.methods, bc.fractions)
@@ -273,15 +291,16 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     where = (f"Computed on {machine_summary(train_device)}" + (f" (stage 2: {machine_summary(seg_device)})"
              if seg_device.type != train_device.type else "") + f"; this call took {took} (runs finished before it "
              f"count only as their skip: {skipped} of {len(runs)} runs).")
-    write_text_atomic(out / "results.md", results_text(cfg, verdicts, table, pretrained) + f"\n{where}\n")
-    return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts, "seconds": elapsed,
-            "phases": phases}
+    write_text_atomic(out / "results.md",
+                      results_text(cfg, verdicts, table, pretrained) + f"\n{where}\n")
+    return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts,
+            "seconds": elapsed, "phases": phases}
 
 
 def verdicts_of(cfg: Config, out: Path, names: list[str], results: dict) -> list[Verdict]:
-    """The verdict table of the study (``verdicts``): each method against ``bench.references`` (default: the best
-    scratch method and the random features, per fraction); in an ablation, each variant of a method against the
-    first variant of the same method."""
+    """The verdict table of the study (``verdicts``): each method against ``bench.references``
+    (default: the best scratch method and the random features, per fraction); in an ablation, each
+    variant of a method against the first variant of the same method."""
     bc, methods = cfg.bench, methods_of(cfg.bench.task)
     arms = {}
     for (name, m, f, s), result in results.items():

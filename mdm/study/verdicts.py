@@ -1,15 +1,17 @@
-"""Paired verdicts between the methods of a study: is a method better than a reference, worse, or can the study not
-tell? The method is written out in docs/statistics.md.
+"""Paired verdicts between the methods of a study: is a method better than a reference, worse, or
+can the study not tell? The method is written out in docs/statistics.md.
 
-Every method of a study sees the same label draw per seed and the same test images, so two methods are compared on
-their **paired difference**: per seed, metric(method) - metric(reference) on the same test images, averaged over the
-seeds. Its 95% interval comes from a seeded **hierarchical bootstrap**: each replicate draws the seeds with
-replacement, then, for each seed drawn, the test images with replacement (the same images for both methods), and
-recomputes both metrics on that resample exactly as the run computed them (a per-image mean for Dice, summed
-intersections and unions for mIoU, per-class recalls for balanced accuracy, the Mann-Whitney statistic for ROC AUC).
-The interval is the 2.5th to 97.5th percentile of the replicates' mean differences; the verdict is ``better`` or
-``worse`` where it excludes 0, else ``tie``. A run without per-image scores for the metric (a folder written before
-they were saved, GlaS's per-group columns) is resampled over seeds only, and its rows say so.
+Every method of a study sees the same label draw per seed and the same test images, so two methods
+are compared on their **paired difference**: per seed, metric(method) - metric(reference) on the
+same test images, averaged over the seeds. Its 95% interval comes from a seeded **hierarchical
+bootstrap**: each replicate draws the seeds with replacement, then, for each seed drawn, the test
+images with replacement (the same images for both methods), and recomputes both metrics on that
+resample exactly as the run computed them (a per-image mean for Dice, summed intersections and
+unions for mIoU, per-class recalls for balanced accuracy, the Mann-Whitney statistic for ROC AUC).
+The interval is the 2.5th to 97.5th percentile of the replicates' mean differences; the verdict is
+``better`` or ``worse`` where it excludes 0, else ``tie``. A run without per-image scores for the
+metric (a folder written before they were saved, GlaS's per-group columns) is resampled over seeds
+only, and its rows say so.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ LOWER_IS_BETTER = {"object_hausdorff"}
 
 @dataclass(frozen=True)
 class RunScores:
-    """What the bootstrap needs of one run: its test images' names (to check that two runs are paired), the metric
-    as the run reported it, and ``score`` (``None``: no per-image scores, the run counts as one number)."""
+    """What the bootstrap needs of one run: its test images' names (to check that two runs are
+    paired), the metric as the run reported it, and ``score`` (``None``: no per-image scores, the
+    run counts as one number)."""
 
     images: tuple[str, ...]
     value: float
@@ -41,7 +44,8 @@ class RunScores:
 
 
 def run_scores(run: Path, task: str, metric: str, value: float) -> RunScores:
-    """``RunScores`` of the run folder ``run`` (``value``: its reported metric, from ``metrics.json``)."""
+    """``RunScores`` of the run folder ``run`` (``value``: its reported metric, from
+    ``metrics.json``)."""
     try:
         images, score = TASKS[task].scores(run, metric)
     except (OSError, KeyError, ValueError):
@@ -64,13 +68,16 @@ class Verdict:
     images_resampled: bool  # False: some seed had no per-image scores (resampled over seeds only)
 
 
-def paired_bootstrap(pairs: list[tuple[RunScores, RunScores]], replicates: int, seed: int) -> tuple[float, np.ndarray]:
-    """The mean over seeds of ``metric(a) - metric(b)`` (one ``(a, b)`` pair of runs per seed) and ``replicates``
-    hierarchical-bootstrap draws of it (seeds with replacement, then each drawn seed's test images)."""
+def paired_bootstrap(pairs: list[tuple[RunScores, RunScores]],
+                     replicates: int, seed: int) -> tuple[float, np.ndarray]:
+    """The mean over seeds of ``metric(a) - metric(b)`` (one ``(a, b)`` pair of runs per seed) and
+    ``replicates`` hierarchical-bootstrap draws of it (seeds with replacement, then each drawn
+    seed's test images)."""
     rng = np.random.default_rng(seed)
     n = len(pairs)
     point = float(np.mean([a.value - b.value for a, b in pairs]))
-    # per seed and slot: the difference on an independent image resample, for each replicate ([n seeds][B, n slots])
+    # per seed and slot: the difference on an independent image resample, for each replicate ([n
+    # seeds][B, n slots])
     diffs = []
     for a, b in pairs:
         if a.score is None or b.score is None:
@@ -89,20 +96,25 @@ def _stable(*parts) -> int:
     return zlib.crc32(json.dumps(parts).encode())
 
 
-def compare(runs: dict[tuple[str, float, int], RunScores], method: str, reference: str, fraction: float,
+def compare(runs: dict[tuple[str, float, int], RunScores], method: str, reference: str,
+            fraction: float,
             seeds: list[int], metric: str, replicates: int, seed: int) -> Verdict | None:
-    """The verdict of ``method`` against ``reference`` at ``fraction`` over the ``seeds`` both ran (``runs[method,
-    fraction, seed]``); ``None`` where they share no seed or their test images differ."""
+    """The verdict of ``method`` against ``reference`` at ``fraction`` over the ``seeds`` both ran
+    (``runs[method, fraction, seed]``); ``None`` where they share no seed or their test images
+    differ."""
     pairs = [(runs[method, fraction, s], runs[reference, fraction, s]) for s in seeds
              if (method, fraction, s) in runs and (reference, fraction, s) in runs]
     pairs = [(a, b) for a, b in pairs if not (math.isnan(a.value) or math.isnan(b.value))]
     if not pairs:
         return None
-    resampled = all(a.score is not None and b.score is not None and a.images == b.images for a, b in pairs)
+    resampled = all(
+        a.score is not None and b.score is not None and a.images == b.images for a, b in pairs)
     if not resampled:  # unpaired images cannot be resampled together
-        pairs = [(RunScores(a.images, a.value, None), RunScores(b.images, b.value, None)) for a, b in pairs]
+        pairs = [(RunScores(a.images, a.value, None),
+                  RunScores(b.images, b.value, None)) for a, b in pairs]
     point, draws = paired_bootstrap(pairs, replicates, make_key(seed, Tag.BOOTSTRAP,
-                                                               _stable(method, reference, fraction, metric)))
+                                                               _stable(method, reference,
+                                                                       fraction, metric)))
     low, high = (float(v) for v in np.nanpercentile(draws, [2.5, 97.5]))
     higher = low > 0  # the interval lies above 0 (or below it: high < 0)
     verdict = "tie" if low <= 0 <= high else ("better" if higher != (metric in LOWER_IS_BETTER) else "worse")
@@ -110,16 +122,19 @@ def compare(runs: dict[tuple[str, float, int], RunScores], method: str, referenc
 
 
 def default_references(methods: dict, means: dict[str, float]) -> list[str]:
-    """``bench.references`` left empty: the best method trained from scratch (highest ``means[method]``: not frozen,
-    no pretrained weights; the classical baseline counts) and the frozen features of the initial weights."""
-    scratch = [m for m, rec in methods.items() if rec.mode != "frozen" and not rec.pretrained and m in means]
-    random = [m for m, rec in methods.items() if rec.mode == "frozen" and rec.export == "exports/step_0"]
+    """``bench.references`` left empty: the best method trained from scratch (highest
+    ``means[method]``: not frozen, no pretrained weights; the classical baseline counts) and the
+    frozen features of the initial weights."""
+    scratch = [m for m,
+               rec in methods.items() if rec.mode != "frozen" and not rec.pretrained and m in means]
+    random = [m for m,
+              rec in methods.items() if rec.mode == "frozen" and rec.export == "exports/step_0"]
     best = [max(scratch, key=lambda m: means[m])] if scratch else []
     return best + random
 
 
-def judge(arms: dict[tuple[str, float, int], RunScores], pairs: list[tuple[str, str, float]], seeds: list[int],
-          metric: str, replicates: int, seed: int) -> list[Verdict]:
+def judge(arms: dict[tuple[str, float, int], RunScores], pairs: list[tuple[str, str, float]],
+          seeds: list[int], metric: str, replicates: int, seed: int) -> list[Verdict]:
     """``compare`` for each ``(arm, reference arm, fraction)`` of ``pairs`` that shares a seed."""
     found = (compare(arms, a, r, f, seeds, metric, replicates, seed) for a, r, f in pairs)
     return [v for v in found if v is not None]
@@ -131,14 +146,15 @@ def verdict_table(verdicts: list[Verdict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         star = "" if v.images_resampled else " (seeds only)"
-        lines.append(f"| {v.fraction:g} | {v.method} | {v.reference} | {v.seeds} | {v.difference:+.3f} | "
-                     f"[{v.low:+.3f}, {v.high:+.3f}]{star} | **{v.verdict}** |")
+        lines.append(
+            f"| {v.fraction:g} | {v.method} | {v.reference} | {v.seeds} | {v.difference:+.3f} | "
+            f"[{v.low:+.3f}, {v.high:+.3f}]{star} | **{v.verdict}** |")
     return "\n".join(lines)
 
 
 def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
-    """The verdicts in words: one line per label fraction and reference, the methods grouped by verdict, each with
-    its paired difference and 95% interval."""
+    """The verdicts in words: one line per label fraction and reference, the methods grouped by
+    verdict, each with its paired difference and 95% interval."""
     out = []
     for fraction in dict.fromkeys(v.fraction for v in verdicts):
         at = [v for v in verdicts if v.fraction == fraction]

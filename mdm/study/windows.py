@@ -1,16 +1,18 @@
-"""Image labels from a segmentation source, so one export is judged at image and at pixel level on the same images:
-the image-label source ``<source>-windows`` of every labeled source ``<source>`` (``synthetic-windows``,
-``generic-windows``, ``glas-windows``, ...; registered in ``classify.datasets.CLASS_SOURCES``).
+"""Image labels from a segmentation source, so one export is judged at image and at pixel level on
+the same images: the image-label source ``<source>-windows`` of every labeled source ``<source>``
+(``synthetic-windows``, ``generic-windows``, ``glas-windows``, ...; registered in
+``classify.datasets.CLASS_SOURCES``).
 
-Each image of a split is cut into non-overlapping windows of ``data.crop_size`` px (from the top left; a remainder
-at the right and bottom edges is left out); a window's label is its most frequent class when that class covers more
-than ``MAJORITY`` of the window's labeled pixels, and a window without such a class is left out. The windows of one
-image share its group (``ClassDataset.groups``: the image's slide where the source knows it, else its name), so
-validation holds out whole images and no image is cut between training and validation; test windows come from the
-test images only. The classes are the segmentation source's.
+Each image of a split is cut into non-overlapping windows of ``data.crop_size`` px (from the top
+left; a remainder at the right and bottom edges is left out); a window's label is its most frequent
+class when that class covers more than ``MAJORITY`` of the window's labeled pixels, and a window
+without such a class is left out. The windows of one image share its group (``ClassDataset.groups``:
+the image's slide where the source knows it, else its name), so validation holds out whole images
+and no image is cut between training and validation; test windows come from the test images only.
+The classes are the segmentation source's.
 
-It lives in ``study`` because it joins the two tasks' sources, which sit on the same floor (``segment``,
-``classify``) and import neither.
+It lives in ``study`` because it joins the two tasks' sources, which sit on the same floor
+(``segment``, ``classify``) and import neither.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from ..segment.datasets import SOURCES, load_split
 MAJORITY = 0.5  # a window's class must cover more than this share of its labeled pixels
 
 
-def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthetic_size: int = 64, *,
-                 window: int, num_classes: int = 0) -> ClassDataset:
-    """The windows of ``split`` of the labeled source ``source`` as an image-label split (see the module)."""
-    ds = load_split(source, None if root is None else str(root), split, synthetic_seed=synthetic_seed,
-                    synthetic_size=synthetic_size, **({"num_classes": num_classes} if num_classes else {}))
+def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthetic_size: int = 64,
+                 *, window: int, num_classes: int = 0) -> ClassDataset:
+    """The windows of ``split`` of the labeled source ``source`` as an image-label split (see the
+    module)."""
+    ds = load_split(source, None if root is None else str(root), split,
+                    synthetic_seed=synthetic_seed, synthetic_size=synthetic_size,
+                    **({"num_classes": num_classes} if num_classes else {}))
     names, labels, places, groups = [], [], [], []
     for i in range(len(ds)):
         image = ds[i]
@@ -50,8 +54,9 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
                 places.append((i, top, left))
                 groups.append(image.slide or image.name)
     if not names:
-        raise DataError(f"{source}-windows: no window of {window} px in the {split} split has a majority class "
-                        f"(data.crop_size larger than the images?)")
+        raise DataError(
+            f"{source}-windows: no window of {window} px in the {split} split has a majority class "
+            f"(data.crop_size larger than the images?)")
 
     @functools.lru_cache(maxsize=8)
     def image_of(i: int) -> torch.Tensor:
@@ -63,8 +68,8 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
 
     files = ds.image_files  # [i]: image i's file, for a source of files
     image_files = [files[i] for i, _, _ in places] if len(files) == len(ds) else []
-    return ClassDataset(f"{source}-windows", split, names, labels, list(ds.class_names), load, image_files, [],
-                        groups, list(ds.files))
+    return ClassDataset(f"{source}-windows", split, names, labels, list(ds.class_names), load,
+                        image_files, [], groups, list(ds.files))
 
 
 for _name, _spec in SOURCES.items():

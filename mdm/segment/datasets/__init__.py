@@ -1,7 +1,8 @@
 """Labeled segmentation datasets, read from their official layouts: the registry ``SOURCES``.
 
-``load_split(source, root, split)`` gives a ``LabeledDataset`` (see ``base``); one module per source holds its layout:
-``glas``, ``monuseg``, ``class_maps`` (``ffhq34``, ``celeba19``, ``generic``) and ``synthetic`` (built in).
+``load_split(source, root, split)`` gives a ``LabeledDataset`` (see ``base``); one module per source
+holds its layout: ``glas``, ``monuseg``, ``class_maps`` (``ffhq34``, ``celeba19``, ``generic``) and
+``synthetic`` (built in).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from .base import LabeledDataset, LabeledImage
 
 @dataclass(frozen=True)
 class LabeledSource:
-    """A registered labeled source: ``open(root, split, num_classes, class_names, synthetic_seed, synthetic_size)``
-    gives a ``LabeledDataset`` (``root``: a ``Path``, or ``None`` when ``needs_root`` is false); ``classes``: its
-    fixed number of classes (instance sources: 2) or ``None`` (class-id maps: ``num_classes`` sets it)."""
+    """A registered labeled source: ``open(root, split, num_classes, class_names, synthetic_seed,
+    synthetic_size)`` gives a ``LabeledDataset`` (``root``: a ``Path``, or ``None`` when
+    ``needs_root`` is false); ``classes``: its fixed number of classes (instance sources: 2) or
+    ``None`` (class-id maps: ``num_classes`` sets it)."""
 
     open: Callable[..., LabeledDataset]
     classes: int | None = None
@@ -37,8 +39,10 @@ def _rename(dataset: LabeledDataset, class_names: list[str] | None) -> LabeledDa
 
 
 def _instances(open_split) -> Callable[..., LabeledDataset]:
-    """A source of instance masks (2 classes; ``class_names`` renames them) from its ``open_split(root, split)``."""
-    return lambda root, split, num_classes, class_names, seed, size: _rename(open_split(root, split), class_names)
+    """A source of instance masks (2 classes; ``class_names`` renames them) from its
+    ``open_split(root, split)``."""
+    return lambda root, split, num_classes, class_names, seed, size: _rename(
+        open_split(root, split), class_names)
 
 
 def _class_maps(source: str) -> Callable[..., LabeledDataset]:
@@ -52,19 +56,21 @@ SOURCES.register("monuseg", LabeledSource(_instances(monuseg.open_split), classe
 for _name in ("ffhq34", "celeba19", "generic"):
     SOURCES.register(_name, LabeledSource(_class_maps(_name)))
 SOURCES.register("synthetic", LabeledSource(
-    lambda root, split, num_classes, class_names, seed, size: _rename(synthetic.open_split(split, seed, size),
-                                                                      class_names),
+    lambda root, split, num_classes, class_names, seed,
+    size: _rename(synthetic.open_split(split, seed, size),
+                  class_names),
     classes=2, needs_root=False))
 
 
-def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int = 0, synthetic_size: int = 64,
-               num_classes: int | None = None, class_names: list[str] | None = None) -> LabeledDataset:
-    """One split (``"train"`` / ``"test"``) of the labeled source ``source`` (``SOURCES``; see the module docstring
-    for the layouts).
+def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int = 0,
+               synthetic_size: int = 64, num_classes: int | None = None,
+               class_names: list[str] | None = None) -> LabeledDataset:
+    """One split (``"train"`` / ``"test"``) of the labeled source ``source`` (``SOURCES``; see the
+    module docstring for the layouts).
 
-    ``num_classes`` / ``class_names`` set the classes of the class-id map sources (``ffhq34``, ``celeba19``,
-    ``generic``); a source of fixed classes (``glas``, ``monuseg``, ``synthetic``: 2) takes only its own number
-    (``class_names``, if given, renames them).
+    ``num_classes`` / ``class_names`` set the classes of the class-id map sources (``ffhq34``,
+    ``celeba19``, ``generic``); a source of fixed classes (``glas``, ``monuseg``, ``synthetic``: 2)
+    takes only its own number (``class_names``, if given, renames them).
     """
     spec = SOURCES[source]
     check_split(split)
@@ -75,10 +81,11 @@ def load_split(source: str, root: str | None, split: str, *, synthetic_seed: int
     if num_classes is not None and num_classes < 1:
         raise DataError(f"num_classes must be >= 1, got {num_classes}")
     if spec.classes is not None and num_classes not in (None, spec.classes):
-        raise DataError(f"source {source!r} has {spec.classes} classes, not num_classes={num_classes}")
-    return spec.open(source_root(source, root, spec.needs_root), split, num_classes, class_names, synthetic_seed,
-                     synthetic_size)
+        raise DataError(
+            f"source {source!r} has {spec.classes} classes, not num_classes={num_classes}")
+    return spec.open(source_root(source, root, spec.needs_root), split, num_classes, class_names,
+                     synthetic_seed, synthetic_size)
 
 
-__all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "LabeledSource", "check_split", "load_split",
-           "source_root"]
+__all__ = ["SOURCES", "SPLITS", "LabeledDataset", "LabeledImage", "LabeledSource", "check_split",
+           "load_split", "source_root"]

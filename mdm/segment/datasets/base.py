@@ -1,9 +1,11 @@
-"""What every labeled source shares: the item and dataset types, file listing, mask reading and checks.
+"""What every labeled source shares: the item and dataset types, file listing, mask reading and
+checks.
 
-A ``LabeledDataset`` is a lazy list of ``LabeledImage`` (image ``[3, H, W]`` in [-1, 1], label ``[H, W]`` int64 class
-ids with ``IGNORE_INDEX`` = ignore, and an instance map when the ground truth has one). Listing (missing root, no
-images, an image without its mask) is checked when a split is opened; file contents (size mismatch, class ids out of
-range, unreadable files) when an item is loaded. Every problem raises ``DataError`` naming the file or folder.
+A ``LabeledDataset`` is a lazy list of ``LabeledImage`` (image ``[3, H, W]`` in [-1, 1], label
+``[H, W]`` int64 class ids with ``IGNORE_INDEX`` = ignore, and an instance map when the ground truth
+has one). Listing (missing root, no images, an image without its mask) is checked when a split is
+opened; file contents (size mismatch, class ids out of range, unreadable files) when an item is
+loaded. Every problem raises ``DataError`` naming the file or folder.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ class LabeledImage:
     name: str  # file stem, unique within the split
     image: torch.Tensor  # [3, H, W] float32 in [-1, 1]
     label: torch.Tensor  # [H, W] int64 class ids; IGNORE_INDEX = ignore
-    instances: torch.Tensor | None  # [H, W] int64 instance ids (0 = background), when the ground truth has them
+    # [H, W] int64 instance ids (0 = background), when the ground truth has them
+    instances: torch.Tensor | None
     group: str = ""  # subset name, e.g. "testA" / "testB" for GlaS test images
     slide: str = ""  # the slide (or patient) the image comes from, where the source knows it
 
@@ -47,10 +50,11 @@ class Entry:
 
 
 class LabeledDataset:
-    """A lazy list of ``LabeledImage``: the files are listed up front and read in ``__getitem__``."""
+    """A lazy list of ``LabeledImage``: the files are listed up front and read in
+    ``__getitem__``."""
 
-    def __init__(self, entries: list[Entry], loader: Callable[[Entry], LabeledImage], num_classes: int,
-                 class_names: list[str], source: str = "", split: str = ""):
+    def __init__(self, entries: list[Entry], loader: Callable[[Entry], LabeledImage],
+                 num_classes: int, class_names: list[str], source: str = "", split: str = ""):
         self._entries = list(entries)
         self._loader = loader
         self.num_classes = num_classes
@@ -78,7 +82,8 @@ class LabeledDataset:
 
     @property
     def files(self) -> list[Path]:
-        """Every file the items are read from: images and masks (none for a source without files)."""
+        """Every file the items are read from: images and masks (none for a source without
+        files)."""
         return [p for e in self._entries for p in (e.image, e.mask) if isinstance(p, Path)]
 
     @property
@@ -114,7 +119,8 @@ class Listing:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.by_lower = {p.name.lower(): p for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
+        self.by_lower = {
+            p.name.lower(): p for p in folder.iterdir() if p.is_file()} if folder.is_dir() else {}
 
     def find(self, stems: list[str], extensions) -> Path | None:
         """The first existing ``folder/<stem><ext>`` over stems, then extensions."""
@@ -130,18 +136,22 @@ def check_unique(entries: list[Entry], folder: Path) -> None:
     seen: dict[str, Entry] = {}
     for e in entries:
         if e.name in seen:
-            raise DataError(f"{folder}: two images share the name {e.name!r} ({seen[e.name].image}, {e.image})")
+            raise DataError(
+                f"{folder}: two images share the name {e.name!r} ({seen[e.name].image}, {e.image})")
         seen[e.name] = e
 
 
 def read_mask(path: Path, allow_color: bool) -> np.ndarray:
-    """A mask image as an ``[H, W]`` int64 array, EXIF orientation applied. Palette images give their indices. A
-    colour mask is rejected unless ``allow_color`` (instance / binary masks): then grey colour masks give one channel
-    and true colour ones give one integer per colour (black stays 0)."""
+    """A mask image as an ``[H, W]`` int64 array, EXIF orientation applied. Palette images give
+    their indices. A colour mask is rejected unless ``allow_color`` (instance / binary masks): then
+    grey colour masks give one channel and true colour ones give one integer per colour (black stays
+    0)."""
     try:
         with Image.open(path) as im:
-            arr = np.asarray(ImageOps.exif_transpose(im))  # oriented as load_image orients its image
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            # oriented as load_image orients its image
+            arr = np.asarray(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
         raise DataError(f"{path}: cannot read mask ({e.__class__.__name__}: {e})") from None
     if arr.ndim == 3:
         if not allow_color:
@@ -162,11 +172,13 @@ def check_size(mask: np.ndarray, image: torch.Tensor, mask_path: Path, image_pat
                         f"{w}x{h}")
 
 
-def pair_masks(images: Sequence[Path], listing: Listing, names: Callable[[Path], tuple[list[str], Sequence[str]]],
-               what: str, folder: Path, group: Callable[[Path], str] = lambda _: "") -> list[Entry]:
-    """One ``Entry`` per image, with the mask that ``listing`` holds under the first of ``names(image)``
-    (``(stems, extensions)``, tried stem by stem); an image without one is a ``DataError`` naming both files, and so
-    are an empty ``images`` list (``folder`` is named) and two images with one stem."""
+def pair_masks(images: Sequence[Path], listing: Listing,
+               names: Callable[[Path], tuple[list[str], Sequence[str]]], what: str, folder: Path,
+               group: Callable[[Path], str] = lambda _: "") -> list[Entry]:
+    """One ``Entry`` per image, with the mask that ``listing`` holds under the first of
+    ``names(image)`` (``(stems, extensions)``, tried stem by stem); an image without one is a
+    ``DataError`` naming both files, and so are an empty ``images`` list (``folder`` is named) and
+    two images with one stem."""
     entries = []
     for img in images:
         stems, extensions = names(img)
@@ -175,7 +187,8 @@ def pair_masks(images: Sequence[Path], listing: Listing, names: Callable[[Path],
             raise DataError(f"{img}: no {what} {listing.folder / (stems[0] + extensions[0])}")
         entries.append(Entry(img.stem, img, mask, group(img)))
     if not entries:
-        raise DataError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(
+            f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     check_unique(entries, folder)
     return entries
 

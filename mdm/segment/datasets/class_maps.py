@@ -1,9 +1,10 @@
 """Class-id maps: the DDPM-segmentation layout (FFHQ-34, CelebA-19) and the generic layout.
 
-- ``ffhq34`` / ``celeba19``: ``ROOT/real/<split>/<stem>.<ext>`` + ``<stem>.npy`` (an integer label map).
-  ``num_classes`` defaults to 34 / 19 and is never inferred from the data.
-- ``generic``: ``ROOT/<split>/images/<stem>.<ext>`` + ``ROOT/<split>/masks/<stem>.png`` (single-channel class ids,
-  255 = ignore). ``num_classes`` comes from the keyword or from ``ROOT/classes.txt`` (one class name per line).
+- ``ffhq34`` / ``celeba19``: ``ROOT/real/<split>/<stem>.<ext>`` + ``<stem>.npy`` (an integer label
+  map). ``num_classes`` defaults to 34 / 19 and is never inferred from the data.
+- ``generic``: ``ROOT/<split>/images/<stem>.<ext>`` + ``ROOT/<split>/masks/<stem>.png``
+  (single-channel class ids, 255 = ignore). ``num_classes`` comes from the keyword or from
+  ``ROOT/classes.txt`` (one class name per line).
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ DDPM_SEG_CLASSES = {"ffhq34": 34, "celeba19": 19}
 def _ddpm_seg_entries(root: Path, split: str) -> list[Entry]:
     folder = root / "real" / split
     if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder (expected the DDPM-segmentation layout ROOT/real/{split}/)")
-    return pair_masks(images_in(folder), Listing(folder), lambda img: ([img.stem], [".npy"]), "label map", folder)
+        raise DataError(
+            f"{folder}: no such folder (expected the DDPM-segmentation layout ROOT/real/{split}/)")
+    return pair_masks(images_in(folder), Listing(folder), lambda img: ([img.stem], [".npy"]),
+                      "label map", folder)
 
 
 def _generic_entries(root: Path, split: str) -> list[Entry]:
     images = require_dir(root / split / "images")
     masks = require_dir(root / split / "masks")
-    return pair_masks(images_in(images), Listing(masks), lambda img: ([img.stem], LOSSLESS_MASK_EXTENSIONS), "mask",
-                      images)
+    return pair_masks(images_in(images), Listing(masks),
+                      lambda img: ([img.stem], LOSSLESS_MASK_EXTENSIONS), "mask", images)
 
 
 def _read_npy_label(path: Path) -> np.ndarray:
@@ -71,7 +74,8 @@ def _loader(num_classes: int, npy: bool) -> Callable[[Entry], LabeledImage]:
         label = _read_npy_label(entry.mask) if npy else read_mask(entry.mask, allow_color=False)
         check_size(label, image, entry.mask, entry.image)
         check_classes(label, num_classes, entry.mask)
-        return LabeledImage(entry.name, image, torch.from_numpy(np.ascontiguousarray(label)), None, entry.group)
+        return LabeledImage(entry.name, image, torch.from_numpy(np.ascontiguousarray(label)),
+                            None, entry.group)
 
     return load
 
@@ -88,7 +92,8 @@ def _generic_classes(root: Path, num_classes: int | None, class_names: list[str]
         if not listed:
             raise DataError(f"{classes_txt}: no class names")
         if num_classes is not None and num_classes != len(listed):
-            raise DataError(f"{classes_txt}: lists {len(listed)} classes but num_classes={num_classes}")
+            raise DataError(
+                f"{classes_txt}: lists {len(listed)} classes but num_classes={num_classes}")
         class_names = listed
     if num_classes is None and class_names is None:
         raise DataError(f"{root}: the generic layout needs num_classes= or {classes_txt} (one class name per line)")
@@ -111,4 +116,5 @@ def open_split(source: str, root: Path, split: str, num_classes: int | None,
             num_classes = len(class_names)
     if class_names is None:
         class_names = [f"class_{k}" for k in range(num_classes)]
-    return LabeledDataset(entries, _loader(num_classes, npy), num_classes, class_names, source, split)
+    return LabeledDataset(entries, _loader(num_classes, npy), num_classes,
+                          class_names, source, split)

@@ -1,14 +1,16 @@
 """GlaS (Warwick-QU), binary gland segmentation with instance maps.
 
-The release is one folder of ``train_1.bmp`` + ``train_1_anno.bmp``, ..., ``testA_1.bmp`` / ``testB_1.bmp`` + their
-``_anno`` files (other files such as ``Grade.csv`` are ignored); a single sub-folder named ``Warwick QU Dataset*``
-below ``root`` is also found. The anno is an instance map (each gland its own grey value, 0 background): label =
-anno > 0, instances = anno relabelled to 1..K in increasing grey value. ``train`` -> ``train_*``; ``test`` ->
-``testA_*`` then ``testB_*`` (group ``"testA"`` / ``"testB"``), numerically sorted.
+The release is one folder of ``train_1.bmp`` + ``train_1_anno.bmp``, ..., ``testA_1.bmp`` /
+``testB_1.bmp`` + their ``_anno`` files (other files such as ``Grade.csv`` are ignored); a single
+sub-folder named ``Warwick QU Dataset*`` below ``root`` is also found. The anno is an instance map
+(each gland its own grey value, 0 background): label = anno > 0, instances = anno relabelled to 1..K
+in increasing grey value. ``train`` -> ``train_*``; ``test`` -> ``testA_*`` then ``testB_*`` (group
+``"testA"`` / ``"testB"``), numerically sorted.
 
-The alternative flat layout ``ROOT/{train,test}/img/<stem>.<ext>`` + ``ROOT/{train,test}/labelcol/<stem>_anno.<ext>``
-is used when ``ROOT/<split>/img`` exists; there a mask with a single non-zero value is taken as binary (instances =
-its 4-connected components), otherwise as an instance map; the group comes from a ``testA`` / ``testB`` stem prefix.
+The alternative flat layout ``ROOT/{train,test}/img/<stem>.<ext>`` +
+``ROOT/{train,test}/labelcol/<stem>_anno.<ext>`` is used when ``ROOT/<split>/img`` exists; there a
+mask with a single non-zero value is taken as binary (instances = its 4-connected components),
+otherwise as an instance map; the group comes from a ``testA`` / ``testB`` stem prefix.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ def _entries(root: Path, split: str) -> tuple[list[Entry], bool]:
     flat = root / split / "img"
     if flat.is_dir():
         labels = require_dir(root / split / "labelcol")
-        return pair_masks(images_in(flat), Listing(labels), lambda img: ([img.stem + "_anno", img.stem],
-                                                                          LOSSLESS_MASK_EXTENSIONS),
+        return pair_masks(images_in(flat), Listing(labels),
+                          lambda img: ([img.stem + "_anno", img.stem],
+                                        LOSSLESS_MASK_EXTENSIONS),
                           "mask", flat, _test_group), True
 
     folder, images = release_images(root, split)
     return pair_masks(images, Listing(folder), lambda img: ([img.stem + "_anno"],
-                                                             [img.suffix, *LOSSLESS_MASK_EXTENSIONS]),
-                      "annotation", folder, lambda img: "" if split == "train" else img.stem.split("_")[0]), False
+                                                             [img.suffix,
+                                                              *LOSSLESS_MASK_EXTENSIONS]),
+                      "annotation", folder,
+                      lambda img: "" if split == "train" else img.stem.split("_")[0]), False
 
 
 def open_split(root: Path, split: str) -> LabeledDataset:

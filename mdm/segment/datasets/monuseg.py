@@ -1,11 +1,13 @@
 """MoNuSeg, binary nucleus segmentation with instance maps.
 
-The split folder is ``ROOT/train`` or ``ROOT/MoNuSeg 2018 Training Data`` (``ROOT/test`` or ``ROOT/MoNuSegTestData``
-for ``test``); inside it, images are either in ``Tissue Images/`` with XML in ``Annotations/``, or ``.tif`` and
-``.xml`` side by side. Each XML ``Region`` is one nucleus polygon, rasterised in file order with ids 1..K (a later
-polygon overwrites an earlier one where they overlap; ids are made consecutive again if a polygon vanishes). In the
-flat layout ``ROOT/<split>/img/<stem>.<ext>`` + ``ROOT/<split>/labelcol/<stem>.png`` the mask is binary (> 0 =
-nucleus) and the instances are its 4-connected components (``scipy.ndimage.label``), which merges touching nuclei.
+The split folder is ``ROOT/train`` or ``ROOT/MoNuSeg 2018 Training Data`` (``ROOT/test`` or
+``ROOT/MoNuSegTestData`` for ``test``); inside it, images are either in ``Tissue Images/`` with XML
+in ``Annotations/``, or ``.tif`` and ``.xml`` side by side. Each XML ``Region`` is one nucleus
+polygon, rasterised in file order with ids 1..K (a later polygon overwrites an earlier one where
+they overlap; ids are made consecutive again if a polygon vanishes). In the flat layout
+``ROOT/<split>/img/<stem>.<ext>`` + ``ROOT/<split>/labelcol/<stem>.png`` the mask is binary (> 0 =
+nucleus) and the instances are its 4-connected components (``scipy.ndimage.label``), which merges
+touching nuclei.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def _entries(root: Path, split: str) -> tuple[list[Entry], bool]:
     else:
         images, labels, flat = folder, folder, False
     extensions = LOSSLESS_MASK_EXTENSIONS if flat else [".xml"]
-    return pair_masks(images_in(images), Listing(labels), lambda img: ([img.stem], extensions), "annotation",
-                      images), flat
+    return pair_masks(images_in(images), Listing(labels), lambda img: ([img.stem], extensions),
+                      "annotation", images), flat
 
 
 def read_monuseg_polygons(path: Path) -> list[list[tuple[float, float]]]:
-    """The ``(x, y)`` vertex lists of every ``Region`` of a MoNuSeg XML annotation, in file order."""
+    """The ``(x, y)`` vertex lists of every ``Region`` of a MoNuSeg XML annotation, in file
+    order."""
     try:
         tree = ET.parse(path)
     except (ET.ParseError, OSError) as e:
@@ -71,15 +74,17 @@ def read_monuseg_polygons(path: Path) -> list[list[tuple[float, float]]]:
             try:
                 points.append((float(vertex.attrib["X"]), float(vertex.attrib["Y"])))
             except (KeyError, ValueError):
-                raise DataError(f"{path}: Region {region.get('Id', '?')} has a Vertex without numeric X and Y "
-                                f"({vertex.attrib})") from None
+                raise DataError(
+                    f"{path}: Region {region.get('Id', '?')} has a Vertex without numeric X and Y "
+                    f"({vertex.attrib})") from None
         polygons.append(points)
     return polygons
 
 
-def rasterize_polygons(polygons: list[list[tuple[float, float]]], height: int, width: int) -> np.ndarray:
-    """Instance map ``[H, W]`` int64: polygon k (1-based, in order; < 3 vertices skipped) filled with id k, later
-    ones on top; ids made consecutive afterwards."""
+def rasterize_polygons(polygons: list[list[tuple[float, float]]],
+                       height: int, width: int) -> np.ndarray:
+    """Instance map ``[H, W]`` int64: polygon k (1-based, in order; < 3 vertices skipped) filled
+    with id k, later ones on top; ids made consecutive afterwards."""
     canvas = Image.new("I", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     k = 0

@@ -1,5 +1,6 @@
-"""The built-in synthetic histology as a labeled source: ``train`` -> ``labeled_ids()``, ``test`` -> ``test_ids()``
-of ``SyntheticHistology(seed, image_size)``; names ``s03_i002`` (slide 3, image 2); no files."""
+"""The built-in synthetic histology as a labeled source: ``train`` -> ``labeled_ids()``, ``test`` ->
+``test_ids()`` of ``SyntheticHistology(seed, image_size)``; names ``s03_i002`` (slide 3, image 2);
+no files."""
 
 from __future__ import annotations
 
