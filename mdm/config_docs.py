@@ -58,8 +58,7 @@ def _names(registries: tuple[str, ...]) -> str:
         ANY_TASK_METHODS if name == TASK_METHODS else name, "")))
     for name in registries:
         reg = registry(name)
-        listed = ", ".join(f"`{k}`" + (f" ({rec.help})" if getattr(rec, "help", "") else "") for k,
-                           rec in reg.items())
+        listed = ", ".join(f"`{k}`" + (f" ({rec.help})" if getattr(rec, "help", "") else "") for k, rec in reg.items())
         parts.append(f"{name} {listed}" if len(registries) > 1 else listed)
     return (": " + "; ".join(parts)) if parts else ""
 

@@ -159,8 +159,7 @@ def read_glas_table(path: Path) -> dict[str, tuple[int, str]]:
     (the patient ``""`` where the table has no such column)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [{(k or "").strip(): (v or "").strip() for k,
-                     v in row.items()} for row in csv.DictReader(f)]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in csv.DictReader(f)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{path}: cannot read the grades ({e.__class__.__name__}: {e})") from None
     if not rows or "name" not in rows[0] or "grade (GlaS)" not in rows[0]:
@@ -188,7 +187,8 @@ def _glas(root: Path, split: str, seed: int, size: int) -> ClassDataset:
                                                                   else ""))
     patients = [rows[p.stem][1] for p in images]
     return ClassDataset("glas", split, [p.stem for p in images], [rows[p.stem][0] for p in images],
-                        GLAS_GRADES, lambda i: load_image(images[i]), images, [table],
+                        GLAS_GRADES,
+                        lambda i: load_image(images[i]), images, [table],
                         patients if all(patients) else [])
 
 

@@ -179,8 +179,7 @@ class UNetModel(nn.Module):
         height = height or self.image_size
         width = width or height
         self.check_input_size(height, width)
-        return [BlockInfo(i, c, (height // ds, width // ds)) for i,
-                (c, ds) in enumerate(self._decoder_layout)]
+        return [BlockInfo(i, c, (height // ds, width // ds)) for i, (c, ds) in enumerate(self._decoder_layout)]
 
     def taps(self) -> dict[str, nn.Module]:
         """Every block stage 2 can take features from, by name: ``e0 .. e<n-1>`` (``input_blocks``),

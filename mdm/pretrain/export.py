@@ -27,8 +27,8 @@ WEIGHTS = {"ema": "unet.safetensors", "raw": "unet_raw.safetensors"}
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k,
-            v in model.state_dict().items()}
+    return {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
 
 
 def write_export(folder: Path, cfg: Config, ema_model: torch.nn.Module,

@@ -188,8 +188,7 @@ def update_manifest(path: Path, files: list[Path], color_mode: str, roots: list[
                       disable=None, leave=False):
             records[i] = read(files[i], color_mode)
         under = tuple(os.path.abspath(r) for r in roots)
-        others = [r for p,
-                  r in known.items() if not any(p == u or p.startswith(u + os.sep) for u in under)]
+        others = [r for p, r in known.items() if not any(p == u or p.startswith(u + os.sep) for u in under)]
         if fresh or len(others) != len(known):
             _write(path, records + others)
     return records, len(fresh)

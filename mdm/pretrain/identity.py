@@ -42,13 +42,13 @@ def weight_keys(cfg: Config, objective: str | None = None,
     spec = OBJECTIVES[objective]
     out = {f"model.{k}": v for k, v in to_dict(cfg.model).items()}
     for k, v in to_dict(cfg.diffusion).items():
-        others = k not in spec.keys and any(k in s.keys for name,
-                                            s in OBJECTIVES.items() if name != objective)
+        others = k not in spec.keys and any(
+            k in s.keys for name, s in OBJECTIVES.items() if name != objective)
         if not others and not (not spec.masks and k in UNMASKED_IGNORES):
             out[f"diffusion.{k}"] = objective if k == "objective" else v
     out.update({f"data.{k}": v for k, v in to_dict(cfg.data).items() if k not in STAGE_2_DATA})
-    out.update({f"train.{k}": v for k,
-                v in to_dict(cfg.train).items() if k not in CADENCE | set(free)})
+    out.update(
+        {f"train.{k}": v for k, v in to_dict(cfg.train).items() if k not in CADENCE | set(free)})
     return out
 
 

@@ -157,8 +157,8 @@ LOSSES.register("ssim_ref", ReconstructionLoss(
     lambda p, t, m, w, s: ssim_ref_loss(p, t, w, s),
     help="the reference code's: zero padding, range-1 constants on [-1, 1], `mean(clamp(1 - map, 0, 1)) / 2`; "
          "keeps colour"))
-LOSSES.register("ssim_masked", ReconstructionLoss(lambda p, t, m, w,
-                                                  s: masked_ssim_loss(p, t, m, w, s), masked=True,
-                                                  help="masked pixels only"))
+LOSSES.register("ssim_masked",
+                ReconstructionLoss(lambda p, t, m, w, s: masked_ssim_loss(p, t, m, w, s),
+                                   masked=True, help="masked pixels only"))
 LOSSES.register("mse", ReconstructionLoss(lambda p, t, m, w, s: mse_loss(p, t)))
 LOSSES.register("l1", ReconstructionLoss(lambda p, t, m, w, s: l1_loss(p, t)))

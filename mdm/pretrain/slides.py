@@ -88,8 +88,8 @@ def read_slide_record(path: Path, mode: str = SLIDE_MODE, reader: str = "tiffsli
 def slide_records(roots: list[str], manifest: str, reader: str):
     """``pools.pool_records`` of the slides under ``roots`` (each slide read once into the
     manifest)."""
-    return pool_records(roots, SLIDE_MODE, manifest, SLIDE_EXTENSIONS, lambda p,
-                        m: read_slide_record(p, m, reader))
+    return pool_records(roots, SLIDE_MODE, manifest, SLIDE_EXTENSIONS,
+                        lambda p, m: read_slide_record(p, m, reader))
 
 
 def slide_digests(pool: DataConfig) -> dict[str, str]:

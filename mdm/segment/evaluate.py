@@ -57,14 +57,13 @@ def evaluate(segmenter, test_ds, out: Path, class_names: list[str], progress: bo
                 row["aji"] = object_metrics.aji(pred_inst, gt_inst)
         inter = np.diag(image_cm)  # per class: the image's share of the dataset-level IoU's sums
         row.update({f"inter_{k}": int(v) for k, v in enumerate(inter)})
-        row.update({f"union_{k}": int(v) for k,
-                    v in enumerate(image_cm.sum(0) + image_cm.sum(1) - inter)})
+        row.update(
+            {f"union_{k}": int(v) for k, v in enumerate(image_cm.sum(0) + image_cm.sum(1) - inter)})
         rows.append(row)
         save_prediction_images(out, item.name, item.image, labels, unc, c, item.label, class_names)
     miou, per_class = metrics.miou_from_confusion(cm, segmenter.cfg.seg.miou_absent)
     result: dict = {"num_test_images": len(rows), "miou": miou,
-                    "per_class_iou": {n: (None if math.isnan(v) else float(v)) for n,
-                                      v in zip(class_names, per_class)}}
+                    "per_class_iou": {n: (None if math.isnan(v) else float(v)) for n, v in zip(class_names, per_class)}}
     if binary:
         result.update(_pool(rows, POOLED))
         per_member = [float(np.mean(d)) for d in member_dice]

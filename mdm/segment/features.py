@@ -95,8 +95,7 @@ class FeatureExtractor:
         """The width of the pixel features of ``parts`` (twice the channels with
         ``context: tile``)."""
         info = self.model.decoder_blocks()
-        return sum(info[i].channels for _,
-                   i in (parts or self.parts)) * (2 if self.context == "tile" else 1)
+        return sum(info[i].channels for _, i in (parts or self.parts)) * (2 if self.context == "tile" else 1)
 
     @property
     def feature_dim(self) -> int:

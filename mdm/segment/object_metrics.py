@@ -86,8 +86,8 @@ def _hausdorff_pair(a_map: np.ndarray, a_id: int, a_slice, b_map: np.ndarray,
     result is exact. Distances come from ``distance_transform_edt`` of the complement of each object
     (distance to its nearest pixel), not pairwise loops.
     """
-    box = tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop)) for sa,
-                sb in zip(a_slice, b_slice))
+    box = tuple(slice(min(sa.start, sb.start),
+                      max(sa.stop, sb.stop)) for sa, sb in zip(a_slice, b_slice))
     a = a_map[box] == a_id
     b = b_map[box] == b_id
     d_to_b = ndimage.distance_transform_edt(~b)

@@ -58,8 +58,7 @@ class StackedPixelHead(nn.Module):
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """Member ``k``'s weights and statistics (copies)."""
-        return {name: t[k].clone() for name,
-                t in self.state_dict().items() if name not in ("mean", "std")}
+        return {name: t[k].clone() for name, t in self.state_dict().items() if name not in ("mean", "std")}
 
     def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
         own = self.state_dict()
@@ -182,8 +181,9 @@ def fit_ensemble(ensemble: StackedPixelHead,
             val = (train_total / train_count).tolist()
         return val
 
-    history = fit_epochs(run_epoch, group, max_epochs, None if progress is None else lambda epoch,
-                         val: progress(epoch, val, group.active))
+    history = fit_epochs(run_epoch, group, max_epochs,
+                         None if progress is None else lambda epoch, val: progress(
+                             epoch, val, group.active))
     ensemble.eval()
     return history
 

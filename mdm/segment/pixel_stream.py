@@ -132,8 +132,7 @@ class PixelStream:
         the U-Net together, several per forward pass."""
         for k in tqdm(range(len(self.images)), desc="features",
                       disable=None if progress else True, leave=False):
-            todo = [i for i,
-                    t in enumerate(self.tiles) if t.image_index == k and (i, 0) not in self._kept]
+            todo = [i for i, t in enumerate(self.tiles) if t.image_index == k and (i, 0) not in self._kept]
             im = self.images[k]
             found = self.extractor.tile_blocks(im.name, im.image, self.tile_size,
                                                [self.tiles[i].tile for i in todo])

@@ -125,10 +125,9 @@ def default_references(methods: dict, means: dict[str, float]) -> list[str]:
     """``bench.references`` left empty: the best method trained from scratch (highest
     ``means[method]``: not frozen, no pretrained weights; the classical baseline counts) and the
     frozen features of the initial weights."""
-    scratch = [m for m,
-               rec in methods.items() if rec.mode != "frozen" and not rec.pretrained and m in means]
-    random = [m for m,
-              rec in methods.items() if rec.mode == "frozen" and rec.export == "exports/step_0"]
+    scratch = [m for m, rec in methods.items() if rec.mode != "frozen" and not rec.pretrained and m in means]
+    random = [
+        m for m, rec in methods.items() if rec.mode == "frozen" and rec.export == "exports/step_0"]
     best = [max(scratch, key=lambda m: means[m])] if scratch else []
     return best + random
 

@@ -56,9 +56,9 @@ SOURCES.register("monuseg", LabeledSource(_instances(monuseg.open_split), classe
 for _name in ("ffhq34", "celeba19", "generic"):
     SOURCES.register(_name, LabeledSource(_class_maps(_name)))
 SOURCES.register("synthetic", LabeledSource(
-    lambda root, split, num_classes, class_names, seed,
-    size: _rename(synthetic.open_split(split, seed, size),
-                  class_names),
+    lambda root, split, num_classes, class_names, seed, size: _rename(
+        synthetic.open_split(split, seed, size),
+        class_names),
     classes=2, needs_root=False))
 
 

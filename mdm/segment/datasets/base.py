@@ -173,8 +173,8 @@ def check_size(mask: np.ndarray, image: torch.Tensor, mask_path: Path, image_pat
 
 
 def pair_masks(images: Sequence[Path], listing: Listing,
-               names: Callable[[Path], tuple[list[str], Sequence[str]]], what: str, folder: Path,
-               group: Callable[[Path], str] = lambda _: "") -> list[Entry]:
+               names: Callable[[Path], tuple[list[str], Sequence[str]]],
+               what: str, folder: Path, group: Callable[[Path], str] = lambda _: "") -> list[Entry]:
     """One ``Entry`` per image, with the mask that ``listing`` holds under the first of
     ``names(image)`` (``(stems, extensions)``, tried stem by stem); an image without one is a
     ``DataError`` naming both files, and so are an empty ``images`` list (``folder`` is named) and
