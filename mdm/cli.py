@@ -274,6 +274,8 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
     if result["verdicts"]:
         print(f"\nverdicts (paired differences, 95% hierarchical-bootstrap intervals):\n"
               f"{verdict_sentences(result['verdicts'], cfg.bench.metric)}")
+    if result.get("levels"):
+        print(f"\n{result['levels']}")
     return cfg, out, seg_device, result
 
 

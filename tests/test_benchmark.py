@@ -15,7 +15,7 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
         "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
         "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.1,0.5]", "bench.seeds=[0]",
         "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch,filterbank]", "bench.pretrain_steps=4",
-        "bench.budget_exports=2",
+        "bench.budget_exports=2", "bench.image_methods=[]",
         "train.device=cpu", "seg.device=cpu"]
 
 
@@ -169,3 +169,42 @@ def test_the_demo_segments_new_images_and_prints_the_time_of_each_phase(tmp_path
     printed = capsys.readouterr().out
     assert "pretraining (pretrain_mdm)" in printed and "segmentation: mdm" in printed and "total" in printed
     assert len(list((tmp_path / "predict" / "overlays").iterdir())) == 3
+
+
+def test_a_study_judges_its_exports_at_both_levels(tmp_path, configs_dir, tmp_path_factory):
+    """``bench.image_methods``: the image level is a classification study in image_level/ that reads the study's own
+    pretraining runs (and trains none), and results.md sets the levels side by side, each export against its level's
+    random weights; a classification study cannot hold an image level."""
+    from mdm.common.errors import ConfigError
+    from mdm.study.levels import image_level_config
+    from mdm.study.runs import run_one
+    from mdm.study.sweep import run_benchmark
+
+    cpu = torch.device("cpu")
+    both = MINI + [f"bench.out_dir={tmp_path}", "bench.methods=[mdm,random]", "bench.fractions=[0.5]",
+                   "bench.budget_methods=[]", "bench.image_methods=[mdm-linear,random-linear]",
+                   "bench.image_window=16", "probe.blocks=[d-1]", "probe.timesteps=[50]", "probe.image_size=32",
+                   "probe.max_epochs=5", "probe.device=cpu"]
+    cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), both)
+    with pytest.raises(ConfigError, match="image_methods belong to segmentation studies"):
+        image_level_config(load(os.path.join(configs_dir, "bench_cls_synthetic.yaml"),
+                                [f"bench.out_dir={tmp_path}", "bench.image_methods=[mdm-linear]"]))
+    result = run_benchmark(cfg, cpu, cpu, log=lambda *_: None)
+    image_dir = tmp_path / "image_level"
+    assert not list(image_dir.glob("pretrain_*")) and sorted(p.name for p in tmp_path.glob("pretrain_*")) == \
+        ["pretrain_mdm"]
+    image_rows = list(csv.DictReader((image_dir / "results.csv").open()))
+    assert [r["method"] for r in image_rows] == ["mdm-linear", "random-linear"]
+    alone = run_one(image_level_config(cfg), "mdm-linear", 0.5, 0, tmp_path / "pretrain_mdm" / "export",
+                    tmp_path_factory.mktemp("alone"), cpu)
+    assert float(image_rows[0]["balanced_accuracy"]) == alone["balanced_accuracy"]  # the study's own export
+    levels = list(csv.DictReader((tmp_path / "levels.csv").open()))
+    assert [(r["export"], r["pixel_method"], r["image_method"]) for r in levels] == \
+        [("mdm", "mdm", "mdm-linear"), ("random weights", "random", "random-linear")]
+    mdm = levels[0]
+    assert mdm["pixel_verdict"] in ("better", "worse", "tie") and mdm["image_verdict"] in ("better", "worse", "tie")
+    assert mdm["levels"] == ("agree" if mdm["pixel_verdict"] == mdm["image_verdict"] else "differ")
+    assert float(mdm["image_balanced_accuracy"]) == float(image_rows[0]["balanced_accuracy"])
+    text = (tmp_path / "results.md").read_text()
+    assert "## Both levels" in text and "| 0.5 | mdm | mdm |" in text and "| random weights | random |" in text
+    assert (tmp_path / "levels.png").is_file() and result["image_level"]["verdicts"]

@@ -214,6 +214,15 @@ class BenchConfig:
                          "replicates of the verdicts' hierarchical bootstrap (docs/statistics.md)",
                          positive=True, roles=("resumable",))
     bootstrap_seed: int = key(0, "seed of the verdicts' bootstrap resamples", roles=("resumable",))
+    image_methods: list[str] = key(
+        [], "a segmentation study's exports judged at image level too: these classification methods "
+            "on windows of the same labeled images (`<source>-windows`), in `image_level/`; both "
+            "levels side by side in results.md (empty: none)",
+        registries=("classification methods",), roles=("resumable",))
+    image_window: int = key(16, "`image_methods`: the windows' side in px (each labeled by the class "
+                                "covering more than half of it)", positive=True)
+    image_metric: str = key("balanced_accuracy", "`image_methods`: the image-level metric (`accuracy`, "
+                                                 "`balanced_accuracy` or `roc_auc`)")
     out_dir: str = key("runs/bench", "study folder", roles=("resumable",))
     pretrain_data: DataConfig = key(
         DataConfig(source="labeled"),

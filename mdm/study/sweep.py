@@ -24,6 +24,8 @@ data (``check_same_study``, ``manifest``). Output folder::
     block_selection.png                 (seg.blocks / probe.blocks auto) the probes' scores per frozen method
     budget.csv pretrain_budget.png      the metric at the lowest fraction vs images seen in pretraining (the first
                                         bench.budget_seeds seeds; the first variant)
+    image_level/ levels.csv levels.png  (bench.image_methods) the same exports judged at image level, a
+                                        classification study of its own, and both levels side by side (``levels``)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..pretrain.objectives import OBJECTIVES
 from ..pretrain.trainer import list_checkpoints, train
 from ..stage2.tasks import TASKS
 from .budget import budget_curve, budget_steps
+from .levels import IMAGE_LEVEL, Level, image_level_config, write_levels
 from .manifest import check_same_data, data_manifest, write_manifest
 from .methods import methods_of
 from .pool import pretraining_data
@@ -138,7 +141,8 @@ def check_same_study(cfg: Config, out: Path) -> None:
 
 STUDY_FILES = {"config.yaml", "data.json", "pretraining.md", "results.csv", "results.md",
                "verdicts.csv", "label_efficiency.png", "ablation.png", "block_selection.png",
-               "budget.csv", "pretrain_budget.png", "runs", "budget", "new_images", "predict"}
+               "budget.csv", "pretrain_budget.png", "runs", "budget", "new_images", "predict",
+               IMAGE_LEVEL, "levels.csv", "levels.png"}
 
 
 def check_study_folder(out: Path, caches: list[str] = ()) -> None:
@@ -163,18 +167,27 @@ def check_study_folder(out: Path, caches: list[str] = ()) -> None:
 
 
 def _objectives(cfg: Config) -> list[str]:
-    return sorted({methods_of(cfg.bench.task)[m].objective for m in cfg.bench.methods} - {None})
+    """The objectives the study pretrains: its methods' and its image-level methods'."""
+    bc = cfg.bench
+    named = [methods_of(bc.task)[m] for m in bc.methods]
+    named += [methods_of("classification")[m] for m in bc.image_methods]
+    return sorted({m.objective for m in named} - {None})
 
 
 def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.device, log=print,
-                  shard: Shard | None = None, report: bool = False) -> dict:
+                  shard: Shard | None = None, report: bool = False,
+                  pretrain_root: Path | None = None) -> dict:
     """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and
     running stage 2 on ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown,
     "seconds", "phases": {phase: seconds}}`` (each pretraining run, the stage-2 runs of each method,
     the budget curve). ``shard``: only that slice of the runs, no tables (``shards``); ``report``:
     the tables of a study whose runs have all finished, nothing trained (a ``ConfigError`` naming
-    the first unfinished run otherwise)."""
+    the first unfinished run otherwise). ``bench.image_methods``: the image level too, a study of
+    its own in ``image_level/`` (``levels``), and both levels side by side in ``results.md``;
+    ``pretrain_root``: the study folder whose pretraining runs this one reads without training
+    them (the image level's: its segmentation study's)."""
     bc = cfg.bench
+    image_cfg = image_level_config(cfg) if bc.image_methods else None
     task, methods = TASKS[bc.task], methods_of(bc.task)
     budget_methods = [m for m in bc.budget_methods if m in bc.methods]
     for m in bc.methods:  # every record's names, before anything is pretrained
@@ -200,7 +213,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     check_same_study(cfg, out)
     manifest = data_manifest(studies)
     check_same_data(out, manifest)
-    folders = PretrainFolders(out, cfg, pretraining_data(cfg))
+    folders = PretrainFolders(pretrain_root or out, cfg, pretraining_data(cfg))
     pretrain: dict[tuple[str, str], Path] = {}  # (variant, objective): its pretraining run folder
     # each pretraining run once: variant, config, objective, folder
     units: list[tuple[str, Config, str, Path]] = []
@@ -220,11 +233,17 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     write_manifest(out, manifest)
     # seconds per phase of this call (a run done before counts as what its skip cost)
     phases: dict[str, float] = {}
-    for name, vcfg, obj, run in shard.mine(units) if shard else units:
+    mine = [] if pretrain_root else shard.mine(units) if shard else units
+    for name, vcfg, obj, run in mine:
         t = time.perf_counter()
         pretrain_if_needed(vcfg, obj, pools[name], run, train_device, log)
         phases[f"pretraining ({run.name})"] = seconds = time.perf_counter() - t
         log(f"pretraining {obj} ({run.name}): {seconds:.1f} s")
+    image = None
+    if image_cfg is not None:
+        image = run_benchmark(image_cfg, train_device, seg_device, lambda text: log(f"image level: {text}"),
+                              shard=shard, report=report, pretrain_root=out)
+        phases.update({f"image level: {k}": v for k, v in image["phases"].items()})
     if shard is not None:
         t = time.perf_counter()
         trained = run_when_ready(
@@ -291,10 +310,16 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     where = (f"Computed on {machine_summary(train_device)}" + (f" (stage 2: {machine_summary(seg_device)})"
              if seg_device.type != train_device.type else "") + f"; this call took {took} (runs finished before it "
              f"count only as their skip: {skipped} of {len(runs)} runs).")
+    both = ""
+    if image is not None:
+        image_methods = methods_of("classification")
+        both = write_levels(out, Level({m: methods[m] for m in bc.methods}, rows, bc.metric, verdicts),
+                            Level({m: image_methods[m] for m in bc.image_methods}, image["rows"],
+                                  bc.image_metric, image["verdicts"]), bc.fractions)
     write_text_atomic(out / "results.md",
-                      results_text(cfg, verdicts, table, pretrained) + f"\n{where}\n")
+                      results_text(cfg, verdicts, table, pretrained) + both + f"\n{where}\n")
     return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts,
-            "seconds": elapsed, "phases": phases}
+            "seconds": elapsed, "phases": phases, "image_level": image, "levels": both}
 
 
 def verdicts_of(cfg: Config, out: Path, names: list[str], results: dict) -> list[Verdict]:
