@@ -14,9 +14,12 @@ from mdm.study.methods import METHODS
 from mdm.study.report import summarize
 from mdm.study.verdicts import (
     RunScores,
+    Verdict,
     compare,
     default_references,
     paired_bootstrap,
+    verdict_sentences,
+    verdict_table,
 )
 
 
@@ -88,6 +91,23 @@ def test_paired_differences_and_verdicts_by_hand():
     old = {k: RunScores(r.images, r.value, None) for k, r in _runs({0: ([0.6], [0.5]), 1: ([0.7], [0.5])}).items()}
     v = compare(old, "a", "b", 0.1, [0, 1], "dice", 500, 0)
     assert not v.images_resampled and v.low == pytest.approx(0.1) and v.high == pytest.approx(0.2)
+
+
+def test_a_tie_says_how_many_seeds_would_decide_it():
+    """The side of the interval towards 0 shrinks as 1 / sqrt(seeds): +0.05 [-0.05, +0.15] from 3 seeds would exclude
+    0 from about 3 * (0.10 / 0.05)^2 = 12 seeds; -0.02 [-0.10, +0.03]: 3 * (0.05 / 0.02)^2 = 18.75 -> 19; a difference
+    of 0 never; a verdict already reached needs none."""
+    def tie(d, low, high):
+        return Verdict("a", "b", 0.1, 3, d, low, high, "tie", True)
+
+    assert tie(0.05, -0.05, 0.15).seeds_to_decide == 12 and tie(0.05, -0.05, 0.15).seeds_text == "~12"
+    assert tie(-0.02, -0.10, 0.03).seeds_to_decide == 19
+    assert tie(0.0, -0.1, 0.1).seeds_text == "> 100" and tie(0.001, -0.2, 0.2).seeds_text == "> 100"
+    assert Verdict("a", "b", 0.1, 3, 0.2, 0.1, 0.3, "better", True).seeds_to_decide is None
+    verdicts = [tie(0.05, -0.05, 0.15), Verdict("c", "b", 0.1, 3, 0.2, 0.1, 0.3, "better", True)]
+    assert "| **tie** | ~12 |" in verdict_table(verdicts) and "| **better** |  |" in verdict_table(verdicts)
+    assert "a (+0.050 [-0.050, +0.150]; ~12 seeds to decide)" in verdict_sentences(verdicts, "dice")
+    assert "c (+0.200 [+0.100, +0.300])" in verdict_sentences(verdicts, "dice")
 
 
 def test_references_and_sample_sd():

@@ -30,6 +30,7 @@ from ..stage2.tasks import TASKS
 from .report import write_csv
 
 LOWER_IS_BETTER = {"object_hausdorff"}
+SEEDS_CAP = 100  # a tie that would need more seeds than this is reported as "> SEEDS_CAP"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,27 @@ class Verdict:
     high: float
     verdict: str  # better / worse / tie (for the method, against the reference)
     images_resampled: bool  # False: some seed had no per-image scores (resampled over seeds only)
+
+    @property
+    def seeds_to_decide(self) -> int | None:
+        """For a tie, about how many seeds would give an interval that excludes 0 if the difference
+        were what this study measured: the side of the interval towards 0 shrinks as 1 / sqrt(seeds)
+        (docs/statistics.md); ``SEEDS_CAP + 1`` stands for more than ``SEEDS_CAP``. ``None`` for a
+        verdict already reached."""
+        if self.verdict != "tie":
+            return None
+        d = self.difference
+        towards_zero = d - self.low if d > 0 else self.high - d
+        if d == 0 or towards_zero <= 0:
+            return SEEDS_CAP + 1
+        need = math.ceil(self.seeds * (towards_zero / abs(d)) ** 2)
+        return min(max(need, self.seeds + 1), SEEDS_CAP + 1)
+
+    @property
+    def seeds_text(self) -> str:
+        """``seeds_to_decide`` as written in the tables: ``~12``, ``> 100``, or empty."""
+        k = self.seeds_to_decide
+        return "" if k is None else f"> {SEEDS_CAP}" if k > SEEDS_CAP else f"~{k}"
 
 
 def paired_bootstrap(pairs: list[tuple[RunScores, RunScores]],
@@ -141,13 +163,13 @@ def judge(arms: dict[tuple[str, float, int], RunScores], pairs: list[tuple[str, 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
     """Markdown: one row per verdict (difference = method - reference, in metric units)."""
-    lines = ["| labels | method | reference | n | difference | 95% interval | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| labels | method | reference | n | difference | 95% interval | verdict | seeds to decide |",
+             "|---|---|---|---|---|---|---|---|"]
     for v in verdicts:
         star = "" if v.images_resampled else " (seeds only)"
         lines.append(
             f"| {v.fraction:g} | {v.method} | {v.reference} | {v.seeds} | {v.difference:+.3f} | "
-            f"[{v.low:+.3f}, {v.high:+.3f}]{star} | **{v.verdict}** |")
+            f"[{v.low:+.3f}, {v.high:+.3f}]{star} | **{v.verdict}** | {v.seeds_text} |")
     return "\n".join(lines)
 
 
@@ -161,7 +183,8 @@ def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
             rows = [v for v in at if v.reference == reference]
             groups = []
             for verdict in ("better", "tie", "worse"):
-                said = [f"{v.method} ({v.difference:+.3f} [{v.low:+.3f}, {v.high:+.3f}])"
+                said = [f"{v.method} ({v.difference:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
+                        + (f"; {v.seeds_text} seeds to decide)" if v.seeds_text else ")")
                         for v in rows if v.verdict == verdict]
                 if said:
                     groups.append(f"{'ties' if verdict == 'tie' else verdict}: " + ", ".join(said))
@@ -172,4 +195,5 @@ def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
 
 def write_verdicts(path: Path, verdicts: list[Verdict]) -> None:
     """``verdicts.csv``: one row per verdict."""
-    write_csv(path, [v.__dict__ for v in verdicts], list(Verdict.__dataclass_fields__))
+    rows = [{**v.__dict__, "seeds_to_decide": v.seeds_to_decide} for v in verdicts]
+    write_csv(path, rows, [*Verdict.__dataclass_fields__, "seeds_to_decide"])
