@@ -95,7 +95,7 @@ def _load(args, first: list[str] = ()) -> Config:
 
 def _dry_run(cfg: Config) -> None:
     from .nn.unet import build_unet
-    from .pretrain.pools import build_pretrain_dataset
+    from .pretrain.pools import POOLS, build_pretrain_dataset
 
     with torch.device("meta"):
         model = build_unet(cfg.model)
@@ -106,8 +106,8 @@ def _dry_run(cfg: Config) -> None:
     print(f"decoder blocks at {size}x{size} (block: channels @ resolution):")
     for b in model.decoder_blocks(size, size):
         print(f"  {b.index:2d}: {b.channels:4d} @ {b.resolution[0]}x{b.resolution[1]}")
-    if cfg.data.source in ("folder",
-                           "slides", "shards") and not all(Path(r).exists() for r in cfg.data.root):
+    reads_root = POOLS[cfg.data.source].reads_root
+    if reads_root and not all(Path(r).exists() for r in cfg.data.root):
         print(f"data: {', '.join(cfg.data.root)} not found here; data pipeline not built")
     else:
         print(f"data: {cfg.data.source}, {len(build_pretrain_dataset(cfg.data))} images, crops {size}x{size}")

@@ -23,7 +23,7 @@ from .common.io import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-FIGURES = ("label_efficiency.png", "pretrain_budget.png", "block_selection.png", "ablation.png")
+FIGURES = ("label_efficiency.png", "pretrain_budget.png", "block_selection.png", "ablation.png", "levels.png")
 _BLOCK = re.compile(r"<!-- results:(?P<name>[\w.-]+) -->\n.*?<!-- /results:(?P=name) -->", re.S)
 
 

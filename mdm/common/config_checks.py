@@ -17,10 +17,6 @@ from .config_keys import ANY_TASK_METHODS, TASK_METHODS
 from .errors import ConfigError
 from .registry import registry
 
-# bench.pretrain_data.source: what a study knows how to keep apart from its test images
-# (``study.pool``)
-STUDY_POOLS = ("labeled", "folder", "synthetic", "slides", "shards")
-
 
 def method_registries(name: str, task: str) -> tuple[str | None, ...]:
     """The registries a key's ``registries`` entry ``name`` stands for: ``TASK_METHODS``, the
@@ -60,9 +56,12 @@ def _declared(section, prefix: str, task: str) -> None:
         if dataclasses.is_dataclass(value):
             _declared(value, name, task)
             continue
-        if name == "bench.pretrain_data.source" and value not in STUDY_POOLS:
+        # what a study knows how to keep apart from its test images (``study.pool``)
+        pools = registry("pretraining pools")
+        study_pools = ("labeled", *pools) if pools else ()
+        if name == "bench.pretrain_data.source" and study_pools and value not in study_pools:
             raise ConfigError(
-                f"{name}: a study pretrains on {', '.join(STUDY_POOLS)} images, not {value!r} "
+                f"{name}: a study pretrains on {', '.join(study_pools)} images, not {value!r} "
                 f"(pretrain on it with train.py; give the export to finetune_seg.py)")
         if name != "bench.pretrain_data.source":
             _registered(value, f.metadata.get("registries", ()), name, task)
@@ -161,7 +160,7 @@ def validate(cfg: Config) -> Config:
     if pools and d.source not in pools and len(d.root) > 1:
         raise ConfigError(f"data.root: the {d.source} source reads one folder, got {len(d.root)} "
                           f"({', '.join(d.root)}); unlabeled folders for pretraining go in bench.pretrain_data.root")
-    if d.source in ("folder", "slides", "shards") and not d.root:
+    if pools and d.source in pools and pools[d.source].reads_root and not d.root:
         raise ConfigError(
             f"data.root: data.source is '{d.source}' but no folder is given (--set data.root=DIR)")
     if d.tissue_threshold >= 1:

@@ -1,5 +1,7 @@
 """Unlabeled pretraining pools: image folders and the synthetic source's pool, registered in
-``POOLS`` (a builder ``DataConfig -> Dataset`` per ``data.source``).
+``POOLS`` (a ``Pool`` per ``data.source``: its builder ``DataConfig -> Dataset`` and what a study
+and the config checks need to know of it; whole-slide images and tar shards register theirs in
+``slides`` and ``shards``).
 ``build_pretrain_dataset(cfg.data)`` gives the one a config asks for.
 
 Items are requested as ``(index, key)`` (see ``sampler.StepBatchSampler``) and returned as
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -214,17 +217,35 @@ class CountingSkips(torch.utils.data.Dataset):
         return image, key, getattr(self.pool, "skipped_in_training", 0) - before
 
 
-POOLS: Registry[Callable[[DataConfig],
-                         torch.utils.data.Dataset]] = Registry("pretraining pools", "data.source",
-                                                                          "pretraining pool")
-POOLS.register("folder", lambda d: ImageFolderDataset(d.root, d.crop_size, d.crop, d.hflip,
-                                                      d.color_mode, d.exclude,
-                                                      d.skip_unreadable, d.manifest))
-POOLS.register("synthetic", lambda d: SyntheticPoolDataset(d.synthetic_images,
-                                                           d.synthetic_image_size, d.crop_size,
-                                                           d.crop, d.hflip, d.synthetic_seed))
+@dataclass(frozen=True)
+class Pool:
+    """A pretraining pool: ``build(data)`` -> its dataset; ``digests(data)`` -> ``{file: content
+    hash}`` of what it reads from ``data.root`` (``None``: no files, the built-in pool), which a
+    study records in ``data.json``; ``containers``: it reads files that hold many images (slides,
+    shards), so the labeled source's training images cannot be added to it and a test tile inside
+    one cannot be found."""
+
+    build: Callable[[DataConfig], torch.utils.data.Dataset]
+    digests: Callable[[DataConfig], dict[str, str]] | None
+    containers: bool = False
+
+    @property
+    def reads_root(self) -> bool:
+        """It reads the folders of ``data.root``."""
+        return self.digests is not None
+
+
+POOLS: Registry[Pool] = Registry("pretraining pools", "data.source", "pretraining pool")
+POOLS.register("folder", Pool(lambda d: ImageFolderDataset(d.root, d.crop_size, d.crop, d.hflip,
+                                                           d.color_mode, d.exclude,
+                                                           d.skip_unreadable, d.manifest),
+                              pool_digests))
+POOLS.register("synthetic", Pool(lambda d: SyntheticPoolDataset(d.synthetic_images,
+                                                                d.synthetic_image_size, d.crop_size,
+                                                                d.crop, d.hflip, d.synthetic_seed),
+                                 None))
 
 
 def build_pretrain_dataset(data_cfg: DataConfig) -> torch.utils.data.Dataset:
     """The pretraining pool ``data_cfg.source`` names (``POOLS``), built from ``data_cfg``."""
-    return POOLS[data_cfg.source](data_cfg)
+    return POOLS[data_cfg.source].build(data_cfg)

@@ -53,7 +53,7 @@ from ..common.io import IMAGE_EXTENSIONS, OpenHandles, cache_root, file_digest, 
 from ..common.rng import Tag, make_key
 from .crops import crop_or_resize
 from .folder_manifest import locked
-from .pools import POOLS, list_pool
+from .pools import POOLS, Pool, list_pool
 from .sampler import micro_batch_keys
 
 SHARD_EXTENSIONS = frozenset({".tar"})
@@ -338,5 +338,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 
-POOLS.register("shards", lambda d: ShardPool(d.root, d.crop_size, d.crop, d.hflip, d.color_mode,
-                                             d.exclude, d.skip_unreadable, d.shuffle_buffer))
+POOLS.register("shards", Pool(lambda d: ShardPool(d.root, d.crop_size, d.crop, d.hflip,
+                                                  d.color_mode, d.exclude, d.skip_unreadable,
+                                                  d.shuffle_buffer),
+                               shard_digests, containers=True))

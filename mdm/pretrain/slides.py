@@ -55,7 +55,7 @@ from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, OpenHandles, write_atomic
 from .crops import crop_or_resize
 from .folder_manifest import FileRecord, read_record
-from .pools import POOLS, excluded_by_content, pool_records
+from .pools import POOLS, Pool, excluded_by_content, pool_records
 from .slide_plan import SlidePlan, open_slide, plan_slide, reading, rgb_array, tissue_mask
 
 SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs",
@@ -219,6 +219,8 @@ class SlideDataset(torch.utils.data.Dataset):
         write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
-POOLS.register("slides", lambda d: SlideDataset(d.root, d.crop_size, d.hflip, d.exclude,
-                                                d.skip_unreadable, d.manifest, d.mpp, d.slide_level,
-                                                d.tissue_threshold, d.tissue_min, d.slide_reader))
+POOLS.register("slides", Pool(lambda d: SlideDataset(d.root, d.crop_size, d.hflip, d.exclude,
+                                                     d.skip_unreadable, d.manifest, d.mpp,
+                                                     d.slide_level, d.tissue_threshold,
+                                                     d.tissue_min, d.slide_reader),
+                               slide_digests, containers=True))

@@ -12,9 +12,7 @@ from pathlib import Path
 from ..common.config import Config
 from ..common.errors import ConfigError
 from ..common.io import file_digest, write_text_atomic
-from ..pretrain.pools import pool_digests
-from ..pretrain.shards import shard_digests
-from ..pretrain.slides import slide_digests
+from ..pretrain.pools import POOLS
 from .pool import labeled_split, pretraining_data
 
 
@@ -26,8 +24,7 @@ def study_files(cfg: Config) -> dict[str, str]:
     if cfg.data.source != "synthetic":
         files |= {str(f): file_digest(f) for split in ("train", "test") for f in labeled_split(cfg, split).files}
     pool = pretraining_data(cfg)
-    digests = {"folder": pool_digests, "slides": slide_digests,
-               "shards": shard_digests}.get(pool.source)
+    digests = POOLS[pool.source].digests
     return files | digests(pool) if digests else files
 
 

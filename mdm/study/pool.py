@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..common.config import Config, DataConfig
 from ..common.errors import ConfigError
+from ..pretrain.pools import POOLS
 from ..stage2.tasks import TASKS
 
 
@@ -38,7 +39,7 @@ def pretraining_data(cfg: Config) -> DataConfig:
         return pool
     # images and masks (or annotation files)
     test_files = [str(f) for f in labeled_split(cfg, "test").files]
-    if pool.source in ("slides", "shards"):
+    if pool.source in POOLS and POOLS[pool.source].containers:
         if not pool.root:
             raise ConfigError(f"bench.pretrain_data: source {pool.source} needs bench.pretrain_data.root=[FOLDER, ...]")
         return replace(pool, exclude=[*test_files, *pool.exclude])
