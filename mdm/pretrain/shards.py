@@ -196,8 +196,9 @@ def shuffled(order, size: int, seed: int, slot: int):
 def shard_digests(pool: DataConfig) -> dict[str, str]:
     """``{shard: hash of its images' hashes}`` of the shard pool ``pool`` (from the shard indexes; a
     shard whose images change changes its hash, its other members do not)."""
-    return {str(f): hashlib.sha1(load_index(f)[0].digests.tobytes()).hexdigest()
-            for f in list_pool(pool.root, SHARD_EXTENSIONS)}
+    files = list_pool(pool.root, SHARD_EXTENSIONS)
+    bar = tqdm(files, desc=f"indexing {len(files)} shards", disable=None, leave=False)
+    return {str(f): hashlib.sha1(load_index(f)[0].digests.tobytes()).hexdigest() for f in bar}
 
 
 class ShardPool:
