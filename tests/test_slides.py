@@ -149,7 +149,7 @@ def test_an_unreadable_tile_in_training_is_named_or_stood_in_for_and_an_epoch_is
     with pytest.raises(DataError, match=r"a\.tif: cannot be read at .* bad JPEG tile"):
         ds[(0, 9)]
     ds.skip_unreadable = True
-    with pytest.warns(UserWarning, match="skipping an unreadable tile"):
+    with pytest.warns(UserWarning, match="skipping unreadable tile"):
         stand_in = ds[(0, 9)][0]
     assert ds.skipped_in_training == 1 and not torch.equal(stand_in, first)
     b_index = len(ds) - 1  # the same key's tile of the next slide

@@ -164,7 +164,7 @@ def test_a_folder_pool_decodes_each_file_once_across_runs(tmp_path, monkeypatch)
     with pytest.raises(DataError, match=r"1.png: cannot read image.*changed after the pool's manifest"):
         again[(1, 7)]
     again.skip_unreadable = True
-    with pytest.warns(UserWarning, match=r"skipping unreadable image .*1.png \(read during training\)"):
+    with pytest.warns(UserWarning, match=r"skipping unreadable image \(read during training\): .*1.png"):
         stand_in = again[(1, 7)][0]
     assert torch.equal(stand_in, again[(2, 7)][0])  # the next file of the pool, with the same crop
     assert CountingSkips(again)[(1, 7)][2] == 1 and CountingSkips(again)[(0, 7)][2] == 0  # what the log counts

@@ -17,9 +17,10 @@ elsewhere in the pool never leaks into pretraining, however it was saved again.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -31,6 +32,27 @@ from ..common.registry import Registry
 from ..common.synthetic import SyntheticHistology
 from .crops import crop_or_resize
 from .folder_manifest import FileRecord, candidates, manifest_path, read_file, update_manifest
+
+T, R = TypeVar("T"), TypeVar("R")
+
+
+def first_readable(candidates: Iterable[T], read: Callable[[T], R], skip_unreadable: bool, noun: str,
+                   warned: set, exhausted: str, hint: str = "") -> tuple[R, int]:
+    """``(read(c), how many candidates were skipped before it)`` for the first of ``candidates``
+    that reads: one that raises ``DataError`` stops the run naming it (``hint``: why it may not
+    read), or with ``skip_unreadable`` is skipped with a warning (once per candidate: ``warned``
+    holds those said) and the next stands in; ``exhausted``: the error when none reads. The
+    training-time stand-in rule of every pool (``noun``: what a candidate is)."""
+    for skipped, candidate in enumerate(candidates):
+        try:
+            return read(candidate), skipped
+        except DataError as e:
+            if not skip_unreadable:
+                raise DataError(f"{e} ({hint}set data.skip_unreadable=true to skip such {noun}s)") from None
+            if candidate not in warned:
+                warnings.warn(f"skipping unreadable {noun} (read during training): {e}", stacklevel=3)
+                warned.add(candidate)
+    raise DataError(exhausted)
 
 
 def list_pool(roots: list[str],
@@ -157,24 +179,15 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         run, naming it; with ``skip_unreadable`` it is skipped with a warning and the next file in
         the pool's order stands in (the same one on every resume)."""
         index, key = item
-        for shift in range(len(self.files)):
-            path = self.files[(index + shift) % len(self.files)]
-            try:
-                image = load_image(path, self.color_mode)
-            except DataError as e:
-                if not self.skip_unreadable:
-                    raise DataError(f"{e} (it changed after the pool's manifest was written; set "
-                                    f"data.skip_unreadable=true to skip such files)") from None
-                if path not in self.unreadable_in_training:
-                    warnings.warn(
-                        f"skipping unreadable image {path} (read during training)", stacklevel=2)
-                    self.unreadable_in_training.add(path)
-                self.skipped_in_training += 1
-                continue
-            return crop_or_resize(image, key, self.crop_size, self.crop,
-                                  self.hflip, name=str(path)), key
-        raise DataError(
-            f"{', '.join(map(str, self.files[:3]))}: no image of the pool decodes any more")
+        n = len(self.files)
+        (path, image), skipped = first_readable(
+            (self.files[(index + shift) % n] for shift in range(n)),
+            lambda p: (p, load_image(p, self.color_mode)), self.skip_unreadable, "image",
+            self.unreadable_in_training,
+            f"{', '.join(map(str, self.files[:3]))}: no image of the pool decodes any more",
+            hint="it changed after the pool's manifest was written; ")
+        self.skipped_in_training += skipped
+        return crop_or_resize(image, key, self.crop_size, self.crop, self.hflip, name=str(path)), key
 
 
 class SyntheticPoolDataset(torch.utils.data.Dataset):

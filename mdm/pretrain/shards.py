@@ -53,7 +53,7 @@ from ..common.io import IMAGE_EXTENSIONS, OpenHandles, cache_root, file_digest, 
 from ..common.rng import Tag, make_key
 from .crops import crop_or_resize
 from .folder_manifest import locked
-from .pools import POOLS, Pool, list_pool
+from .pools import POOLS, Pool, first_readable, list_pool
 from .sampler import micro_batch_keys
 
 SHARD_EXTENSIONS = frozenset({".tar"})
@@ -210,6 +210,7 @@ class ShardPool:
                  shuffle_buffer: int = 1000):
         self.crop_size, self.crop, self.hflip, self.color_mode = crop_size, crop, hflip, color_mode
         self.skip_unreadable, self.shuffle_buffer = skip_unreadable, shuffle_buffer
+        self.unreadable_in_training: dict[int, set] = {}  # per shard: the samples warned about
         files = list_pool(roots, SHARD_EXTENSIONS)
         banned = {bytes.fromhex(file_digest(p)) for e in exclude for p in list_images(e)}
         self.shards, scanned, excluded, bare = [], 0, [], 0
@@ -254,15 +255,10 @@ class ShardPool:
         """``read``, and how many samples were skipped for it: a sample that does not decode stops
         the run or (``skip_unreadable``) is replaced by the next sample of its shard that does."""
         size = len(self.shards[shard])
-        for shift in range(size):
-            try:
-                return self.read(shard, (sample + shift) % size, key), shift
-            except DataError as e:
-                if not self.skip_unreadable:
-                    raise DataError(
-                        f"{e} (set data.skip_unreadable=true to skip such samples)") from None
-                warnings.warn(f"skipping unreadable sample: {e}", stacklevel=2)
-        raise DataError(f"{self.shards[shard].path}: no image of the shard decodes")
+        return first_readable(((sample + shift) % size for shift in range(size)),
+                              lambda s: self.read(shard, s, key), self.skip_unreadable, "sample",
+                              self.unreadable_in_training.setdefault(shard, set()),
+                              f"{self.shards[shard].path}: no image of the shard decodes")
 
     def __getitem__(self, item: tuple[int, int]):
         index, key = item

@@ -55,7 +55,7 @@ from ..common.errors import DataError
 from ..common.io import IMAGE_EXTENSIONS, OpenHandles, write_atomic
 from .crops import crop_or_resize
 from .folder_manifest import FileRecord, read_record
-from .pools import POOLS, Pool, excluded_by_content, pool_records
+from .pools import POOLS, Pool, excluded_by_content, first_readable, pool_records
 from .slide_plan import SlidePlan, open_slide, plan_slide, reading, rgb_array, tissue_mask
 
 SLIDE_EXTENSIONS = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".mrxs",
@@ -109,7 +109,7 @@ class SlideDataset(torch.utils.data.Dataset):
                  mpp: float = 0.0, level: int = 0, tissue_threshold: float = 0.0,
                  tissue_min: float = 0.5, reader: str = "tiffslide"):
         self.crop_size, self.hflip, self.reader = crop_size, hflip, reader
-        self.skip_unreadable, self.skipped_in_training = skip_unreadable, 0
+        self.skip_unreadable, self.skipped_in_training, self.unreadable_in_training = skip_unreadable, 0, set()
         where, files, records, read = slide_records(roots, manifest, reader)
         banned = excluded_by_content(records, list(exclude), SLIDE_EXTENSIONS | IMAGE_EXTENSIONS)
         self.plans, skipped, bare = [], [], []
@@ -172,25 +172,20 @@ class SlideDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, key = item
-        for shift in range(len(self.plans)):
-            plan = self.plans[(self.slide_of(index) + shift) % len(self.plans)]
+        n, first = len(self.plans), self.slide_of(index)
+
+        def read(plan: SlidePlan):
             x, y = plan.start(key)
-            try:
-                with reading(plan.path, f"read at ({x}, {y}), level {plan.level}"):
-                    region = self._slide(plan.path).read_region((x, y), plan.level,
-                                                                (plan.read_side,) * 2)
-            except DataError as e:
-                if not self.skip_unreadable:
-                    raise DataError(
-                        f"{e} (set data.skip_unreadable=true to skip such tiles)") from None
-                warnings.warn(f"skipping an unreadable tile: {e}", stacklevel=2)
-                self.skipped_in_training += 1
-                continue
-            image = to_tensor(rgb_array(region))
-            return crop_or_resize(image, key, self.crop_size, "resize",
-                                  self.hflip, name=plan.path), key
-        raise DataError(
+            with reading(plan.path, f"read at ({x}, {y}), level {plan.level}"):
+                return plan, self._slide(plan.path).read_region((x, y), plan.level, (plan.read_side,) * 2)
+
+        (plan, region), skipped = first_readable(
+            (self.plans[(first + shift) % n] for shift in range(n)), read, self.skip_unreadable, "tile",
+            self.unreadable_in_training,
             f"{', '.join(p.path for p in self.plans[:3])}: no slide of the pool reads any more")
+        self.skipped_in_training += skipped
+        return crop_or_resize(to_tensor(rgb_array(region)), key, self.crop_size, "resize", self.hflip,
+                              name=plan.path), key
 
     def save_preview(self, path: Path, items: list[tuple[int, int]], per_row: int = 4,
                      side: int = 256) -> None:
