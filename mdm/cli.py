@@ -272,7 +272,7 @@ def _study(args, task: str | None = None) -> tuple[Config, Path, torch.device, d
         return cfg, out, seg_device, result
     print(f"\n{cfg.bench.metric}, mean ± sample std (ddof 1) over seeds {cfg.bench.seeds}:\n{result['table']}")
     if result["verdicts"]:
-        print(f"\nverdicts (paired differences, 95% hierarchical-bootstrap intervals):\n"
+        print(f"\nverdicts (paired differences, 95% two-way bootstrap intervals):\n"
               f"{verdict_sentences(result['verdicts'], cfg.bench.metric)}")
     if result.get("levels"):
         print(f"\n{result['levels']}")

@@ -15,7 +15,7 @@ MINI = ["model.image_size=32", "model.channel_mult=[1,1]", "model.attention_reso
         "train.log_every=2", "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
         "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.1,0.5]", "bench.seeds=[0]",
         "bench.methods=[mdm,ddpm,random,mdm-ft,smp-scratch,filterbank]", "bench.pretrain_steps=4",
-        "bench.budget_exports=2", "bench.image_methods=[]",
+        "bench.budget_exports=2",
         "train.device=cpu", "seg.device=cpu"]
 
 
@@ -189,6 +189,8 @@ def test_a_study_judges_its_exports_at_both_levels(tmp_path, configs_dir, tmp_pa
     with pytest.raises(ConfigError, match="image_methods belong to segmentation studies"):
         image_level_config(load(os.path.join(configs_dir, "bench_cls_synthetic.yaml"),
                                 [f"bench.out_dir={tmp_path}", "bench.image_methods=[mdm-linear]"]))
+    with pytest.raises(ConfigError, match="judged against the random initial weights: add random-linear"):
+        image_level_config(load(os.path.join(configs_dir, "bench_demo.yaml"), both + ["bench.image_methods=[mdm-linear]"]))
     result = run_benchmark(cfg, cpu, cpu, log=lambda *_: None)
     image_dir = tmp_path / "image_level"
     assert not list(image_dir.glob("pretrain_*")) and sorted(p.name for p in tmp_path.glob("pretrain_*")) == \

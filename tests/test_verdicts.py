@@ -94,20 +94,51 @@ def test_paired_differences_and_verdicts_by_hand():
 
 
 def test_a_tie_says_how_many_seeds_would_decide_it():
-    """The side of the interval towards 0 shrinks as 1 / sqrt(seeds): +0.05 [-0.05, +0.15] from 3 seeds would exclude
-    0 from about 3 * (0.10 / 0.05)^2 = 12 seeds; -0.02 [-0.10, +0.03]: 3 * (0.05 / 0.02)^2 = 18.75 -> 19; a difference
-    of 0 never; a verdict already reached needs none."""
-    def tie(d, low, high):
-        return Verdict("a", "b", 0.1, 3, d, low, high, "tie", True)
+    """The interval's reach towards 0 splits into the test set's part, which more seeds keep, and the seeds' part,
+    which shrinks as 1 / sqrt(seeds) (its bootstrap estimate scaled by n / (n - 1)): +0.05 [-0.05, +0.15] from 3 seeds,
+    0.03 of it the test set's: 3 * (0.1^2 - 0.03^2) * 3/2 / (0.05^2 - 0.03^2) = 25.6 -> 26 seeds; with no test-set
+    part, 3 * 0.01 * 3/2 / 0.0025 = 18; a test-set part as large as the difference: no number of seeds."""
+    def tie(d, low, high, reach, seeds=3):
+        return Verdict("a", "b", 0.1, seeds, d, low, high, "tie", True, reach)
 
-    assert tie(0.05, -0.05, 0.15).seeds_to_decide == 12 and tie(0.05, -0.05, 0.15).seeds_text == "~12"
-    assert tie(-0.02, -0.10, 0.03).seeds_to_decide == 19
-    assert tie(0.0, -0.1, 0.1).seeds_text == "> 100" and tie(0.001, -0.2, 0.2).seeds_text == "> 100"
-    assert Verdict("a", "b", 0.1, 3, 0.2, 0.1, 0.3, "better", True).seeds_to_decide is None
-    verdicts = [tie(0.05, -0.05, 0.15), Verdict("c", "b", 0.1, 3, 0.2, 0.1, 0.3, "better", True)]
-    assert "| **tie** | ~12 |" in verdict_table(verdicts) and "| **better** |  |" in verdict_table(verdicts)
-    assert "a (+0.050 [-0.050, +0.150]; ~12 seeds to decide)" in verdict_sentences(verdicts, "dice")
+    assert tie(0.05, -0.05, 0.15, 0.03).seeds_to_decide == 26 and tie(0.05, -0.05, 0.15, 0.03).seeds_text == "~26"
+    assert tie(0.05, -0.05, 0.15, 0.0).seeds_to_decide == 18
+    assert tie(-0.05, -0.15, 0.05, 0.0).seeds_to_decide == 18  # the side towards 0 is the upper one
+    assert tie(0.05, -0.05, 0.15, 0.06).seeds_text == "test set" and tie(0.0, -0.1, 0.1, 0.0).seeds_text == "test set"
+    assert tie(0.002, -0.2, 0.2, 0.0).seeds_text == "> 100"
+    assert tie(0.05, -0.05, 0.15, 0.03, seeds=1).seeds_to_decide is None  # no spread between draws measured
+    assert Verdict("a", "b", 0.1, 3, 0.2, 0.1, 0.3, "better", True, 0.05).seeds_to_decide is None
+    verdicts = [tie(0.05, -0.05, 0.15, 0.0), Verdict("c", "b", 0.1, 3, 0.2, 0.1, 0.3, "better", True, 0.05)]
+    assert "| **tie** | ~18 |" in verdict_table(verdicts) and "| **better** |  |" in verdict_table(verdicts)
+    assert "a (+0.050 [-0.050, +0.150]; ~18 seeds to decide)" in verdict_sentences(verdicts, "dice")
     assert "c (+0.200 [+0.100, +0.300])" in verdict_sentences(verdicts, "dice")
+
+
+def test_seeds_share_their_test_images_in_the_bootstrap():
+    """Every seed is scored on the same test images (a crossed design): two seeds that agree image by image carry no
+    more information about those images than one, so their interval is one seed's (the binomial's), not narrower;
+    and all of it is the test set's part."""
+    one = compare(_runs({0: ([1.0] * 10 + [0.0] * 10, [0.0] * 20)}), "a", "b", 0.1, [0], "dice", 4000, 0)
+    two = compare(_runs({s: ([1.0] * 10 + [0.0] * 10, [0.0] * 20) for s in (0, 1)}), "a", "b", 0.1, [0, 1], "dice",
+                  4000, 0)
+    assert 0.25 < two.low < 0.35 and 0.65 < two.high < 0.75
+    assert two.low == pytest.approx(one.low, abs=0.03) and two.test_set_reach == pytest.approx(0.5 - two.low, abs=0.03)
+
+
+def test_windows_are_resampled_with_the_image_they_were_cut_from(tmp_path):
+    """A ``unit`` column in predictions.csv (windows: their image) makes the unit the bootstrap draws: two images of
+    three windows each are two units, and drawing image 0 twice scores its windows twice."""
+    from mdm.classify.metrics import prediction_scores
+
+    rows = [("a_0_0", "a", "x", "x"), ("a_0_8", "a", "x", "y"), ("a_8_0", "a", "y", "y"),
+            ("b_0_0", "b", "y", "y"), ("b_0_8", "b", "y", "x"), ("b_8_0", "b", "x", "x")]
+    (tmp_path / "predictions.csv").write_text("image,unit,label,prediction,p_x,p_y\n" + "".join(
+        f"{n},{u},{t},{p},{float(p == 'x')},{float(p == 'y')}\n" for n, u, t, p in rows))
+    units, score = prediction_scores(tmp_path, "accuracy")
+    assert units == ("a", "b")
+    assert score(np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 1.0]])) == pytest.approx([4 / 6, 2 / 3, 2 / 3])
+    assert prediction_scores(tmp_path, "balanced_accuracy")[1](np.array([[1.0, 0.0]]))[0] == pytest.approx(
+        (1 / 2 + 1) / 2)  # image a: x recalled 1 of 2, y 1 of 1
 
 
 def test_references_and_sample_sd():

@@ -58,6 +58,9 @@ class ClassDataset:
     groups: list[str] = field(default_factory=list)
     # every file in the source's own order, where it has one
     read_files: list[Path] = field(default_factory=list)
+    # [i]: what the verdicts' bootstrap resamples image i with (windows: the image they were cut
+    # from, so they are drawn together, as the pixel level draws that image); empty: each alone
+    units: list[str] = field(default_factory=list)
 
     @property
     def files(self) -> list[Path]:
@@ -80,7 +83,7 @@ class ClassDataset:
                             [self.image_files[i] for i in indices] if self.image_files else [],
                             self.label_files,
                             [self.groups[i] for i in indices] if self.groups else [],
-                            self.read_files)
+                            self.read_files, [self.units[i] for i in indices] if self.units else [])
 
 
 # subfolders a class must not read

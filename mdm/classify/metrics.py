@@ -48,10 +48,23 @@ def classification_metrics(labels: list[int], probs: np.ndarray) -> dict:
 
 
 def prediction_scores(run: Path, metric: str) -> tuple[tuple[str, ...], Score | None]:
-    """The test images of a finished run folder and the per-image score of ``metric`` from its
-    ``predictions.csv``, for the verdicts' bootstrap."""
+    """The resampling units of a finished run folder (its test images; where ``predictions.csv``
+    has a ``unit`` column, such as windows cut from one image, the units, each drawn with all its
+    rows) and the score of ``metric`` on them, for the verdicts' bootstrap."""
     with (run / "predictions.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
+    if rows and "unit" in rows[0]:
+        units = tuple(dict.fromkeys(r["unit"] for r in rows))
+        where = {u: k for k, u in enumerate(units)}
+        members = np.zeros((len(units), len(rows)))  # [units, rows]
+        members[[where[r["unit"]] for r in rows], np.arange(len(rows))] = 1.0
+        _, score = _row_scores(rows, metric)
+        return units, None if score is None else (lambda w: score(w @ members))
+    return _row_scores(rows, metric)
+
+
+def _row_scores(rows: list[dict], metric: str) -> tuple[tuple[str, ...], Score | None]:
+    """The test images of ``predictions.csv``'s ``rows`` and the per-image score of ``metric``."""
     images = tuple(r["image"] for r in rows)
     names = [k[2:] for k in rows[0] if k.startswith("p_")] if rows else []
     index = {n: i for i, n in enumerate(names)}

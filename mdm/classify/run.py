@@ -221,9 +221,10 @@ def warn_same_pictures(labeled: ClassDataset, test: ClassDataset) -> None:
 def _predictions(test: ClassDataset, probs: torch.Tensor) -> str:
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(["image", "label", "prediction", *(f"p_{c}" for c in test.class_names)])
-    for name, label, p in zip(test.names, test.labels, probs.tolist()):
-        writer.writerow([name, test.class_names[label],
+    units = ["unit"] if test.units else []
+    writer.writerow(["image", *units, "label", "prediction", *(f"p_{c}" for c in test.class_names)])
+    for k, (name, label, p) in enumerate(zip(test.names, test.labels, probs.tolist())):
+        writer.writerow([name, *([test.units[k]] if units else []), test.class_names[label],
                          test.class_names[max(range(len(p)), key=p.__getitem__)],
                          *(f"{v:.4f}" for v in p)])
     return text.getvalue()

@@ -211,7 +211,7 @@ class BenchConfig:
                                      "method trained from scratch at each fraction and the frozen random features)",
                                 registries=(TASK_METHODS,), roles=("resumable",))
     bootstrap: int = key(2000,
-                         "replicates of the verdicts' hierarchical bootstrap (docs/statistics.md)",
+                         "replicates of the verdicts' two-way bootstrap (docs/statistics.md)",
                          positive=True, roles=("resumable",))
     bootstrap_seed: int = key(0, "seed of the verdicts' bootstrap resamples", roles=("resumable",))
     image_methods: list[str] = key(
@@ -220,9 +220,10 @@ class BenchConfig:
             "levels side by side in results.md (empty: none)",
         registries=("classification methods",), roles=("resumable",))
     image_window: int = key(16, "`image_methods`: the windows' side in px (each labeled by the class "
-                                "covering more than half of it)", positive=True)
+                                "covering more than half of it)", positive=True, roles=("resumable",))
     image_metric: str = key("balanced_accuracy", "`image_methods`: the image-level metric (`accuracy`, "
-                                                 "`balanced_accuracy` or `roc_auc`)")
+                                                 "`balanced_accuracy` or `roc_auc`)",
+                            roles=("resumable",))
     out_dir: str = key("runs/bench", "study folder", roles=("resumable",))
     pretrain_data: DataConfig = key(
         DataConfig(source="labeled"),

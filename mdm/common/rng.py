@@ -54,7 +54,7 @@ class Tag(IntEnum):
     MASK_DRAW = 0x7A4
     SLIDE_STYLE = 0xC01  # synthetic data: a slide's stain and optics
     SLIDE_IMAGE = 0x1A6E  # synthetic data: one image's content
-    BOOTSTRAP = 0xB007  # studies: the resamples of a verdict's hierarchical bootstrap
+    BOOTSTRAP = 0xB007  # studies: the resamples of a verdict's two-way bootstrap
     FOREST_PIXELS = 0xF0E5  # filterbank baseline: which labeled pixels of an image train the forest
     SHARD_ORDER = 0x5A4D  # shard pools: the shard order of an epoch
     SHARD_BUFFER = 0x5B0F  # shard pools: which buffered sample a stream gives out next

@@ -7,8 +7,8 @@ The image level is a classification study of its own in ``image_level/`` of the 
 ``bench.image_methods`` on ``<source>-windows`` (``study.windows``: windows of
 ``bench.image_window`` px of the same labeled images, each labeled by the class covering more than
 half of it), with the study's fractions, seeds and bootstrap, scored by ``bench.image_metric``. It
-reads the segmentation study's own pretraining runs (its pool, recipe and steps are the same; it is
-checked), so both levels judge the very same weights.
+reads the segmentation study's own pretraining runs and trains none, so both levels judge the very
+same weights.
 
 The study's ``results.md`` then sets the levels side by side (``levels.csv``, ``levels.png``): each
 export (a pretraining run's weights: ``export`` or the random initial ``exports/step_0``) that a
@@ -20,7 +20,7 @@ A level's label fraction draws its own units: images at pixel level, windows at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,11 @@ from ..common.config import Config
 from ..common.errors import ConfigError
 from ..stage2.plots import save_figure
 from ..stage2.tasks import TASKS
+from . import windows  # noqa: F401 - registers the <source>-windows image-label sources
 from .methods import Method, methods_of
 from .pool import pretraining_data
 from .report import sample_sd, write_csv
-from .variants import pretraining_identity
-from .verdicts import Verdict
+from .verdicts import Verdict, judge
 
 IMAGE_LEVEL = "image_level"  # the image level's study folder, inside the study's
 RANDOM = "exports/step_0"  # the export of the random initial weights
@@ -53,23 +53,23 @@ def image_level_config(cfg: Config) -> Config:
     metrics = TASKS["classification"].metrics
     if bc.image_metric not in metrics:
         raise ConfigError(f"bench.image_metric: {bc.image_metric!r} is not one of {', '.join(metrics)}")
+    for level, names in (("bench.methods", bc.methods), ("bench.image_methods", bc.image_methods)):
+        records = methods_of(bc.task if level == "bench.methods" else "classification")
+        if not any(records[m].mode == "frozen" and records[m].export == RANDOM for m in names):
+            raise ConfigError(f"{level}: both levels are judged against the random initial weights: add "
+                              f"{'random' if level == 'bench.methods' else 'random-linear'}")
     source = f"{cfg.data.source}-windows"
     if source not in CLASS_SOURCES:
         raise ConfigError(f"bench.image_methods: data.source {cfg.data.source!r} has no windows source "
                           f"({source!r} is not registered)")
-    pool = pretraining_data(cfg)
-    image = replace(cfg,
-                    data=replace(cfg.data, source=source, crop_size=bc.image_window),
-                    bench=replace(bc, task="classification", methods=list(bc.image_methods),
-                                  metric=bc.image_metric, image_methods=[], budget_methods=[],
-                                  references=[], out_dir=str(Path(bc.out_dir) / IMAGE_LEVEL),
-                                  pretrain_data=pool if pool.source == "synthetic" else bc.pretrain_data))
-    image_pool = pretraining_data(image)
-    for objective in sorted({methods_of("classification")[m].objective for m in bc.image_methods} - {None}):
-        if pretraining_identity(image, objective, image_pool) != pretraining_identity(cfg, objective, pool):
-            raise ConfigError(f"bench.image_methods: the image level would read {objective} weights pretrained "
-                              f"otherwise than this study's (another pool): set bench.pretrain_data explicitly")
-    return image
+    # the study's own pool, resolved: the image level records it in its data.json; it pretrains
+    # nothing and reads the study's pretraining runs
+    return replace(cfg,
+                   data=replace(cfg.data, source=source, crop_size=bc.image_window),
+                   bench=replace(bc, task="classification", methods=list(bc.image_methods),
+                                 metric=bc.image_metric, image_methods=[], budget_methods=[],
+                                 references=[], out_dir=str(Path(bc.out_dir) / IMAGE_LEVEL),
+                                 pretrain_data=pretraining_data(cfg)))
 
 
 def _export(method: Method) -> str:
@@ -77,14 +77,25 @@ def _export(method: Method) -> str:
         method.objective if method.export == "export" else f"{method.objective} {method.export}")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Level:
-    """One level's results: its methods' records, ``results.csv`` rows, metric and verdicts."""
+    """One level's results: its methods' records, ``results.csv`` rows, metric, and what the
+    bootstrap needs of its runs (``sweep.study_arms``); ``verdicts``: each frozen method against the
+    random initial weights (``judge_against_random``)."""
 
     methods: dict[str, Method]
     rows: list[dict]
     metric: str
-    verdicts: list[Verdict]
+    arms: dict
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def judge_against_random(self, fractions: list[float], seeds: list[int], replicates: int,
+                             seed: int) -> None:
+        """Each frozen method against the level's random initial weights, whatever the study's
+        references are."""
+        reference = self.random()
+        pairs = [(m, reference, f) for f in fractions for m in self.frozen() if m != reference]
+        self.verdicts = judge(self.arms, pairs, seeds, self.metric, replicates, seed)
 
     def frozen(self) -> dict[str, Method]:
         return {m: rec for m, rec in self.methods.items() if rec.mode == "frozen"}
@@ -199,10 +210,13 @@ def plot_levels(path: Path, rows: list[dict], pixel_metric: str, image_metric: s
     save_figure(fig, path)
 
 
-def write_levels(out: Path, pixel: Level, image: Level, fractions: list[float]) -> str:
-    """``levels.csv`` and ``levels.png`` in the study folder ``out``; returns the section of
-    ``results.md`` (sentences and table)."""
-    rows = level_rows(pixel, image, fractions)
+def write_levels(out: Path, pixel: Level, image: Level, bench) -> str:
+    """``levels.csv`` and ``levels.png`` in the study folder ``out`` (``bench``: the study's
+    ``BenchConfig``: fractions, seeds, bootstrap); returns the section of ``results.md`` (sentences
+    and table)."""
+    for level in (pixel, image):
+        level.judge_against_random(bench.fractions, bench.seeds, bench.bootstrap, bench.bootstrap_seed)
+    rows = level_rows(pixel, image, bench.fractions)
     if not rows:
         return ("## Both levels\n\nNo export is read by a frozen method at both levels (pair a frozen "
                 "segmentation method with a frozen classification method of the same pretraining run).\n")
@@ -210,8 +224,8 @@ def write_levels(out: Path, pixel: Level, image: Level, fractions: list[float]) 
     plot_levels(out / "levels.png", rows, pixel.metric, image.metric)
     return (f"## Both levels\n\nThe same exports judged per pixel ({pixel.metric}, this study) and per image "
             f"({image.metric} on windows of the same labeled images, labeled by their majority class; its "
-            f"fractions draw windows; its own tables and verdicts: {IMAGE_LEVEL}/results.md). Each level's paired "
-            f"difference against its own random initial weights, 95% interval, verdict; the levels agree where "
-            f"both verdicts are the same.\n\n"
-            f"{levels_sentences(rows)}\n\n{levels_table(rows, pixel.metric, image.metric)}\n\n"
-            f"![both levels](levels.png)\n")
+            f"fractions draw windows, the bootstrap draws the images they were cut from; its own tables and "
+            f"verdicts in the study folder's {IMAGE_LEVEL}/). Each level's paired difference against its own "
+            f"random initial weights, 95% interval, verdict; the levels agree where both verdicts are the same "
+            f"(plot: levels.png).\n\n"
+            f"{levels_sentences(rows)}\n\n{levels_table(rows, pixel.metric, image.metric)}\n")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..common.config import Config, DataConfig
 from ..common.errors import ConfigError
+from ..pretrain import shards, slides  # noqa: F401 - register their pools in POOLS
 from ..pretrain.pools import POOLS
 from ..stage2.tasks import TASKS
 

@@ -179,8 +179,9 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                   pretrain_root: Path | None = None) -> dict:
     """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and
     running stage 2 on ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown,
-    "seconds", "phases": {phase: seconds}}`` (each pretraining run, the stage-2 runs of each method,
-    the budget curve). ``shard``: only that slice of the runs, no tables (``shards``); ``report``:
+    "verdicts", "arms" (``study_arms``), "seconds", "phases": {phase: seconds}, "image_level" (its
+    own result), "levels" (the section)}`` (phases: each pretraining run, the stage-2 runs of each
+    method, the budget curve). ``shard``: only that slice of the runs, no tables (``shards``); ``report``:
     the tables of a study whose runs have all finished, nothing trained (a ``ConfigError`` naming
     the first unfinished run otherwise). ``bench.image_methods``: the image level too, a study of
     its own in ``image_level/`` (``levels``), and both levels side by side in ``results.md``;
@@ -258,7 +259,7 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
         elapsed = time.perf_counter() - started
         log(f"shard {shard}: {trained} run(s) trained in {elapsed:.0f} s; once every shard is done, --report writes "
             f"the tables")
-        return {"rows": [], "budget": [], "table": "", "verdicts": [], "seconds": elapsed,
+        return {"rows": [], "budget": [], "table": "", "verdicts": [], "arms": {}, "seconds": elapsed,
                 "phases": phases, "shard": str(shard)}
     pretrained = pretraining_table(sorted(set(pretrain.values())))
     write_text_atomic(out / "pretraining.md", pretrained + "\n")
@@ -290,7 +291,8 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
                    {m: [(f, [r[bc.metric] for r in rows if r["method"] == m and r["label_fraction"] == f
                              and bc.metric in r]) for f in bc.fractions] for m in bc.methods},
                    "label fraction", bc.metric, "Label efficiency")
-    verdicts = verdicts_of(cfg, out, [n for n, _ in studies], results)
+    scores = study_arms(cfg, out, results)
+    verdicts = verdicts_of(cfg, [n for n, _ in studies], results, scores)
     write_verdicts(out / "verdicts.csv", verdicts)
 
     selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
@@ -313,25 +315,31 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     both = ""
     if image is not None:
         image_methods = methods_of("classification")
-        both = write_levels(out, Level({m: methods[m] for m in bc.methods}, rows, bc.metric, verdicts),
+        both = write_levels(out, Level({m: methods[m] for m in bc.methods}, rows, bc.metric, scores),
                             Level({m: image_methods[m] for m in bc.image_methods}, image["rows"],
-                                  bc.image_metric, image["verdicts"]), bc.fractions)
+                                  bc.image_metric, image["arms"]), bc)
     write_text_atomic(out / "results.md",
                       results_text(cfg, verdicts, table, pretrained) + both + f"\n{where}\n")
     return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts,
-            "seconds": elapsed, "phases": phases, "image_level": image, "levels": both}
+            "seconds": elapsed, "phases": phases, "image_level": image, "levels": both, "arms": scores}
 
 
-def verdicts_of(cfg: Config, out: Path, names: list[str], results: dict) -> list[Verdict]:
-    """The verdict table of the study (``verdicts``): each method against ``bench.references``
-    (default: the best scratch method and the random features, per fraction); in an ablation, each
-    variant of a method against the first variant of the same method."""
-    bc, methods = cfg.bench, methods_of(cfg.bench.task)
-    arms = {}
+def study_arms(cfg: Config, out: Path, results: dict) -> dict:
+    """What the bootstrap needs of every run of the study (``verdicts.RunScores``), keyed by
+    ``(arm, fraction, seed)``; an arm is a method, ``method (variant)`` in an ablation."""
+    bc, arms = cfg.bench, {}
     for (name, m, f, s), result in results.items():
         arm = f"{m} ({name})" if bc.variants else m
         run = out / "runs" / name / m / f"f{f:g}_s{s}"
         arms[arm, f, s] = run_scores(run, bc.task, bc.metric, result.get(bc.metric, float("nan")))
+    return arms
+
+
+def verdicts_of(cfg: Config, names: list[str], results: dict, arms: dict) -> list[Verdict]:
+    """The verdict table of the study (``verdicts``): each method against ``bench.references``
+    (default: the best scratch method and the random features, per fraction); in an ablation, each
+    variant of a method against the first variant of the same method (``arms``: ``study_arms``)."""
+    bc, methods = cfg.bench, methods_of(cfg.bench.task)
     pairs = []
     for f in bc.fractions:
         if bc.variants:
@@ -352,8 +360,10 @@ def results_text(cfg: Config, verdicts: list[Verdict], table: str, pretrained: s
         ", ".join(bc.references) if bc.references else "the best method trained from scratch and the random features")
     return (f"# Label efficiency ({bc.metric})\n\n## Verdicts\n\nEach method against {against}, at each label "
             f"fraction: the mean paired difference over the seeds (the same labeled images and test images for both), "
-            f"with a 95% interval from a hierarchical bootstrap ({bc.bootstrap} replicates: seeds, then test images "
-            f"within a seed; docs/statistics.md). better / worse: the interval excludes 0; tie: it does not.\n\n"
+            f"with a 95% interval from a two-way bootstrap ({bc.bootstrap} replicates: the seeds and the test images "
+            f"they share, resampled together; docs/statistics.md). better / worse: the interval excludes 0; tie: it "
+            f"does not, and its last column says about how many seeds would decide it (test set: no number of "
+            f"seeds, the test images alone leave it open).\n\n"
             f"{verdict_sentences(verdicts, bc.metric) or '(no pair of runs to compare)'}\n\n"
             f"{verdict_table(verdicts)}\n\n## {bc.metric} per method\n\n{STATS_NOTE} ({bc.seeds}).\n\n{table}\n\n"
             f"## Pretraining runs\n\n{pretrained}\n")

@@ -3,10 +3,11 @@ can the study not tell? The method is written out in docs/statistics.md.
 
 Every method of a study sees the same label draw per seed and the same test images, so two methods
 are compared on their **paired difference**: per seed, metric(method) - metric(reference) on the
-same test images, averaged over the seeds. Its 95% interval comes from a seeded **hierarchical
-bootstrap**: each replicate draws the seeds with replacement, then, for each seed drawn, the test
-images with replacement (the same images for both methods), and recomputes both metrics on that
-resample exactly as the run computed them (a per-image mean for Dice, summed intersections and
+same test images, averaged over the seeds. Its 95% interval comes from a seeded **two-way
+bootstrap** over the study's two sources of chance, which are crossed (every seed is scored on the
+same test images): each replicate draws the seeds with replacement and one resample of the test
+images with replacement, on which every drawn seed's two runs are scored (the same images for both
+methods), recomputing both metrics exactly as the run computed them (a per-image mean for Dice, summed intersections and
 unions for mIoU, per-class recalls for balanced accuracy, the Mann-Whitney statistic for ROC AUC).
 The interval is the 2.5th to 97.5th percentile of the replicates' mean differences; the verdict is
 ``better`` or ``worse`` where it excludes 0, else ``tie``. A run without per-image scores for the
@@ -67,51 +68,64 @@ class Verdict:
     high: float
     verdict: str  # better / worse / tie (for the method, against the reference)
     images_resampled: bool  # False: some seed had no per-image scores (resampled over seeds only)
+    # how far towards 0 the interval reaches from the difference on the test images' resampling
+    # alone (every seed kept once): the part more seeds cannot shrink
+    test_set_reach: float = math.nan
 
     @property
     def seeds_to_decide(self) -> int | None:
-        """For a tie, about how many seeds would give an interval that excludes 0 if the difference
-        were what this study measured: the side of the interval towards 0 shrinks as 1 / sqrt(seeds)
-        (docs/statistics.md); ``SEEDS_CAP + 1`` stands for more than ``SEEDS_CAP``. ``None`` for a
-        verdict already reached."""
-        if self.verdict != "tie":
+        """For a tie of 2 or more seeds, about how many seeds would give an interval that excludes 0
+        were the difference what this study measured (docs/statistics.md): the interval's reach
+        towards 0 is split into the test set's part (``test_set_reach``, which more seeds leave as it
+        is) and the seeds' part (which shrinks as 1 / sqrt(seeds), its bootstrap estimate scaled by
+        n / (n - 1)). 0: the test set alone leaves the difference open, no number of seeds decides
+        it; ``SEEDS_CAP + 1``: more than ``SEEDS_CAP``. ``None`` for a verdict already reached, one
+        seed (no spread between draws measured) or no per-image scores."""
+        n, d = self.seeds, self.difference
+        if self.verdict != "tie" or n < 2 or math.isnan(self.test_set_reach):
             return None
-        d = self.difference
-        towards_zero = d - self.low if d > 0 else self.high - d
-        if d == 0 or towards_zero <= 0:
-            return SEEDS_CAP + 1
-        need = math.ceil(self.seeds * (towards_zero / abs(d)) ** 2)
-        return min(max(need, self.seeds + 1), SEEDS_CAP + 1)
+        reach = d - self.low if d > 0 else self.high - d
+        if d == 0 or self.test_set_reach >= abs(d):
+            return 0
+        seed_part = max(reach ** 2 - self.test_set_reach ** 2, 0.0) * n / (n - 1)
+        need = math.ceil(n * seed_part / (d ** 2 - self.test_set_reach ** 2))
+        return min(max(need, n + 1), SEEDS_CAP + 1)
 
     @property
     def seeds_text(self) -> str:
-        """``seeds_to_decide`` as written in the tables: ``~12``, ``> 100``, or empty."""
+        """``seeds_to_decide`` as written in the tables: ``~12``, ``> 100``, ``test set`` (more test
+        images, not seeds), or empty."""
         k = self.seeds_to_decide
-        return "" if k is None else f"> {SEEDS_CAP}" if k > SEEDS_CAP else f"~{k}"
+        if k is None:
+            return ""
+        return "test set" if k == 0 else f"> {SEEDS_CAP}" if k > SEEDS_CAP else f"~{k}"
 
 
-def paired_bootstrap(pairs: list[tuple[RunScores, RunScores]],
-                     replicates: int, seed: int) -> tuple[float, np.ndarray]:
+def paired_bootstrap(pairs: list[tuple[RunScores, RunScores]], replicates: int, seed: int,
+                     resample_seeds: bool = True) -> tuple[float, np.ndarray]:
     """The mean over seeds of ``metric(a) - metric(b)`` (one ``(a, b)`` pair of runs per seed) and
-    ``replicates`` hierarchical-bootstrap draws of it (seeds with replacement, then each drawn
-    seed's test images)."""
+    ``replicates`` two-way bootstrap draws of it: the seeds with replacement and one resample of the
+    test images that every drawn seed is scored on (seeds whose test images differ each get their
+    own); ``resample_seeds=False``: every seed once, the test images' resampling alone."""
     rng = np.random.default_rng(seed)
     n = len(pairs)
     point = float(np.mean([a.value - b.value for a, b in pairs]))
-    # per seed and slot: the difference on an independent image resample, for each replicate ([n
-    # seeds][B, n slots])
-    diffs = []
+    shared: dict[tuple[str, ...], np.ndarray] = {}  # one image resample per test set and replicate
+    per_seed = []  # [n seeds][B]: each seed's difference on the replicate's image resample
     for a, b in pairs:
         if a.score is None or b.score is None:
-            diffs.append(np.full((replicates, n), a.value - b.value))
+            per_seed.append(np.full(replicates, a.value - b.value))
             continue
-        m = len(a.images)
-        w = rng.multinomial(m, np.full(m, 1.0 / m), size=replicates * n).astype(float)
-        diffs.append((a.score(w) - b.score(w)).reshape(replicates, n))
+        if a.images not in shared:
+            m = len(a.images)
+            shared[a.images] = rng.multinomial(m, np.full(m, 1.0 / m), size=replicates).astype(float)
+        w = shared[a.images]
+        per_seed.append(a.score(w) - b.score(w))
+    stacked = np.stack(per_seed)  # [n, B]
+    if not resample_seeds:
+        return point, np.nanmean(stacked, axis=0)
     drawn = rng.integers(0, n, size=(replicates, n))  # which seed fills each slot
-    stacked = np.stack(diffs)  # [n seeds, B, n slots]
-    picked = stacked[drawn, np.arange(replicates)[:, None], np.arange(n)[None, :]]
-    return point, np.nanmean(picked, axis=1)
+    return point, np.nanmean(stacked[drawn, np.arange(replicates)[:, None]], axis=1)
 
 
 def _stable(*parts) -> int:
@@ -140,7 +154,13 @@ def compare(runs: dict[tuple[str, float, int], RunScores], method: str, referenc
     low, high = (float(v) for v in np.nanpercentile(draws, [2.5, 97.5]))
     higher = low > 0  # the interval lies above 0 (or below it: high < 0)
     verdict = "tie" if low <= 0 <= high else ("better" if higher != (metric in LOWER_IS_BETTER) else "worse")
-    return Verdict(method, reference, fraction, len(pairs), point, low, high, verdict, resampled)
+    reach = math.nan
+    if resampled:  # the test set's part of the interval: the images resampled, the seeds kept
+        _, fixed = paired_bootstrap(pairs, replicates, make_key(seed, Tag.BOOTSTRAP, _stable(
+            method, reference, fraction, metric, "test set")), resample_seeds=False)
+        low_t, high_t = np.nanpercentile(fixed, [2.5, 97.5])
+        reach = float(point - low_t if point > 0 else high_t - point)
+    return Verdict(method, reference, fraction, len(pairs), point, low, high, verdict, resampled, reach)
 
 
 def default_references(methods: dict, means: dict[str, float]) -> list[str]:
@@ -195,5 +215,5 @@ def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
 
 def write_verdicts(path: Path, verdicts: list[Verdict]) -> None:
     """``verdicts.csv``: one row per verdict."""
-    rows = [{**v.__dict__, "seeds_to_decide": v.seeds_to_decide} for v in verdicts]
+    rows = [{**v.__dict__, "seeds_to_decide": v.seeds_text} for v in verdicts]
     write_csv(path, rows, [*Verdict.__dataclass_fields__, "seeds_to_decide"])

@@ -36,7 +36,7 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
     ds = load_split(source, None if root is None else str(root), split,
                     synthetic_seed=synthetic_seed, synthetic_size=synthetic_size,
                     **({"num_classes": num_classes} if num_classes else {}))
-    names, labels, places, groups = [], [], [], []
+    names, labels, places, groups, units = [], [], [], [], []
     for i in range(len(ds)):
         image = ds[i]
         height, width = image.label.shape
@@ -53,10 +53,11 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
                 labels.append(int(counts.argmax()))
                 places.append((i, top, left))
                 groups.append(image.slide or image.name)
+                units.append(image.name)
     if not names:
         raise DataError(
             f"{source}-windows: no window of {window} px in the {split} split has a majority class "
-            f"(data.crop_size larger than the images?)")
+            f"(data.crop_size, or a study's bench.image_window, larger than the images?)")
 
     @functools.lru_cache(maxsize=8)
     def image_of(i: int) -> torch.Tensor:
@@ -69,7 +70,7 @@ def window_split(source: str, root, split: str, synthetic_seed: int = 0, synthet
     files = ds.image_files  # [i]: image i's file, for a source of files
     image_files = [files[i] for i, _, _ in places] if len(files) == len(ds) else []
     return ClassDataset(f"{source}-windows", split, names, labels, list(ds.class_names), load,
-                        image_files, [], groups, list(ds.files))
+                        image_files, [], groups, list(ds.files), units)
 
 
 for _name, _spec in SOURCES.items():
