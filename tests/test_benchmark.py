@@ -190,7 +190,8 @@ def test_a_study_judges_its_exports_at_both_levels(tmp_path, configs_dir, tmp_pa
         image_level_config(load(os.path.join(configs_dir, "bench_cls_synthetic.yaml"),
                                 [f"bench.out_dir={tmp_path}", "bench.image_methods=[mdm-linear]"]))
     with pytest.raises(ConfigError, match="judged against the random initial weights: add random-linear"):
-        image_level_config(load(os.path.join(configs_dir, "bench_demo.yaml"), both + ["bench.image_methods=[mdm-linear]"]))
+        image_level_config(load(os.path.join(configs_dir, "bench_demo.yaml"),
+                                both + ["bench.image_methods=[mdm-linear]"]))
     result = run_benchmark(cfg, cpu, cpu, log=lambda *_: None)
     image_dir = tmp_path / "image_level"
     assert not list(image_dir.glob("pretrain_*")) and sorted(p.name for p in tmp_path.glob("pretrain_*")) == \
