@@ -193,6 +193,13 @@ def verdict_table(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
+def _to_decide(v: Verdict) -> str:
+    text = v.seeds_text
+    if not text:
+        return ""
+    return "; the test set alone leaves it open" if text == "test set" else f"; {text} seeds to decide"
+
+
 def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
     """The verdicts in words: one line per label fraction and reference, the methods grouped by
     verdict, each with its paired difference and 95% interval."""
@@ -203,8 +210,7 @@ def verdict_sentences(verdicts: list[Verdict], metric: str) -> str:
             rows = [v for v in at if v.reference == reference]
             groups = []
             for verdict in ("better", "tie", "worse"):
-                said = [f"{v.method} ({v.difference:+.3f} [{v.low:+.3f}, {v.high:+.3f}]"
-                        + (f"; {v.seeds_text} seeds to decide)" if v.seeds_text else ")")
+                said = [f"{v.method} ({v.difference:+.3f} [{v.low:+.3f}, {v.high:+.3f}]{_to_decide(v)})"
                         for v in rows if v.verdict == verdict]
                 if said:
                     groups.append(f"{'ties' if verdict == 'tie' else verdict}: " + ", ".join(said))
