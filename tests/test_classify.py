@@ -299,7 +299,7 @@ def test_a_segmentation_source_gives_windows_labeled_by_their_majority_class(pre
 
 def test_a_windows_study_pretrains_on_the_pool_of_its_segmentation_study(tmp_path, configs_dir):
     """The same root and exclusions, in the same order, so a `-windows` study accepts the segmentation study's
-    pretraining runs copied in (configs/levels_*.yaml)."""
+    pretraining runs copied in (configs/levels_synthetic.yaml; a study's image level reads them in place)."""
     import os
 
     from helpers import make_generic
@@ -308,6 +308,9 @@ def test_a_windows_study_pretrains_on_the_pool_of_its_segmentation_study(tmp_pat
     root = make_generic(tmp_path / "data", size=32)
     both = [f"data.root=[{root}]", "data.num_classes=2", "bench.budget_methods=[]"]
     seg = load(os.path.join(configs_dir, "bench_generic_cpu.yaml"), ["data.source=generic", *both])
-    windows = load(os.path.join(configs_dir, "levels_skimage.yaml"), ["data.source=generic-windows", *both])
+    windows = load(os.path.join(configs_dir, "levels_skimage.yaml"),
+                   ["data.source=generic-windows", "bench.task=classification", "bench.methods=[mdm-linear]",
+                    "bench.metric=balanced_accuracy", "data.crop_size=16",
+                    "bench.image_methods=[]", *both])
     a, b = pretraining_data(seg), pretraining_data(windows)
     assert (a.root, a.exclude) == (b.root, b.exclude) and len(a.exclude) == 4  # 2 test images and their masks
