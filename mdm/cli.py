@@ -103,9 +103,10 @@ def _dry_run(cfg: Config) -> None:
     print(f"parameters: {n / 1e6:.1f}M ({n:,})" if n >= 1e6 else f"parameters: {n / 1e3:.1f}K ({n:,})")
     size = cfg.data.crop_size
     model.check_input_size(size, size)
-    print(f"decoder blocks at {size}x{size} (block: channels @ resolution):")
-    for b in model.decoder_blocks(size, size):
-        print(f"  {b.index:2d}: {b.channels:4d} @ {b.resolution[0]}x{b.resolution[1]}")
+    print(f"blocks at {size}x{size} (seg.blocks / probe.blocks name: channels @ resolution; "
+          f"seg.blocks numbers d<i> as i):")
+    for name, b in model.tap_blocks(size, size).items():
+        print(f"  {name:>4}: {b.channels:4d} @ {b.resolution[0]}x{b.resolution[1]}")
     reads_root = POOLS[cfg.data.source].reads_root
     if reads_root and not all(Path(r).exists() for r in cfg.data.root):
         print(f"data: {', '.join(cfg.data.root)} not found here; data pipeline not built")

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 
 import pytest
 import torch
@@ -185,7 +186,10 @@ def test_a_study_judges_its_exports_at_both_levels(tmp_path, configs_dir, tmp_pa
                    "bench.budget_methods=[]", "bench.image_methods=[mdm-linear,random-linear]",
                    "bench.image_window=16", "probe.blocks=[d-1]", "probe.timesteps=[50]", "probe.image_size=32",
                    "probe.max_epochs=5", "probe.device=cpu"]
-    cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), both)
+    # the pixel level chooses among blocks the image probe could: the middle block by name, a decoder block
+    offered = ["seg.blocks=auto", "seg.sweep_blocks=[mid,-1]", "seg.timesteps=auto", "seg.auto_timesteps=[0]",
+               "seg.auto_blocks=1", "seg.probe_steps=1"]
+    cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), both + offered)
     with pytest.raises(ConfigError, match="image_methods belong to segmentation studies"):
         image_level_config(load(os.path.join(configs_dir, "bench_cls_synthetic.yaml"),
                                 [f"bench.out_dir={tmp_path}", "bench.image_methods=[mdm-linear]"]))
@@ -211,3 +215,17 @@ def test_a_study_judges_its_exports_at_both_levels(tmp_path, configs_dir, tmp_pa
     text = (tmp_path / "results.md").read_text()
     assert "## Both levels" in text and "| 0.5 | mdm | mdm |" in text and "| random weights | random |" in text
     assert (tmp_path / "levels.png").is_file() and result["image_level"]["verdicts"]
+    chose = [r["pixel_features"] for r in levels]
+    assert all(re.fullmatch(r"t=0 (mid|d\d) \(1 of 1\)", c) for c in chose), chose
+    assert [r["image_features"] for r in levels] == ["", ""]  # probe.blocks given, not chosen
+    assert f"| 0.5 | mdm | {chose[0]} | as configured |" in text
+
+
+def test_the_features_a_level_chose_are_its_most_frequent_choice():
+    from mdm.study.levels import features_chosen
+
+    runs = [{"timestep": 50, "blocks": [3, 4]}, {"timestep": 0, "blocks": ["mid"]},
+            {"timestep": 50, "blocks": [3, 4]}]
+    assert features_chosen(runs) == "t=50 d3 d4 (2 of 3)"
+    assert features_chosen([{"timestep": "0", "blocks": ["e2", "mid"]}]) == "t=0 e2 mid (1 of 1)"
+    assert features_chosen([]) == ""

@@ -60,7 +60,17 @@ def test_dry_run_prints_parameters_and_blocks(configs_dir, capsys):
     assert train_main(["--config", os.path.join(configs_dir, "paper.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "parameters: 311.0M" in out
-    assert " 8:  384 @ 64x64" in out and "17:  192 @ 256x256" in out
+    assert "  d8:  384 @ 64x64" in out and " d17:  192 @ 256x256" in out and " mid:  " in out and "  e0:" in out
+
+
+def test_seg_blocks_take_decoder_numbers_and_block_names(configs_dir):
+    tiny = os.path.join(configs_dir, "tiny.yaml")
+    assert load(tiny, ["seg.blocks=[mid,-1,d2,e3]"]).seg.blocks == ["mid", -1, "d2", "e3"]
+    assert load(tiny, ["seg.blocks=mid"]).seg.blocks == ["mid"] and load(tiny, ["seg.blocks=4"]).seg.blocks == [4]
+    assert load(tiny, ["seg.sweep_blocks=[mid,-2]"]).seg.sweep_blocks == ["mid", -2]
+    assert load(tiny, []).seg.blocks == [-3, -2, -1] and load(tiny, ["seg.blocks=auto"]).seg.blocks == "auto"
+    with pytest.raises(ConfigError, match="seg.sweep_blocks: 'middle' is not a decoder block number or a block name"):
+        load(tiny, ["seg.sweep_blocks=[middle]"])
 
 
 def test_every_key_is_documented_and_the_readme_table_is_current():

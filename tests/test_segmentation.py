@@ -132,7 +132,9 @@ def test_bad_checkpoint_and_config_give_one_line_errors(pretrained_export, tmp_p
     assert seg_main(["--config", cfg, "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "config.yaml: not found" in capsys.readouterr().err
     assert seg_main(["--config", cfg, "--checkpoint", str(pretrained_export), "--set", "seg.blocks=[40]"]) == 2
-    assert "seg.blocks: block 40 does not exist" in capsys.readouterr().err
+    assert "seg.blocks: no block 40 (the U-Net has e0..e" in capsys.readouterr().err
+    assert seg_main(["--config", cfg, "--checkpoint", str(pretrained_export), "--set", "seg.blocks=[x1]"]) == 2
+    assert "seg.blocks: 'x1' is not a decoder block number or a block name" in capsys.readouterr().err
     (tmp_path / "images").mkdir()
     assert seg_main(["predict", "--model", str(tmp_path / "images"), "--images", str(tmp_path / "images"),
                      "--out", str(tmp_path / "pred")]) == 2
@@ -272,6 +274,23 @@ def test_blocks_chosen_on_validation_never_see_a_test_image(pretrained_export, t
     saved = load(tmp_path / "auto" / "config.yaml")
     assert saved.seg.blocks == selection["blocks"] and saved.seg.timesteps == [selection["timestep"]]
     assert load_segmenter(tmp_path / "auto", CPU).extractor.blocks == selection["blocks"]
+
+
+def test_pixel_heads_read_any_tap_and_choose_among_the_image_probes_candidates(pretrained_export, tmp_path,
+                                                                               configs_dir):
+    """`seg.sweep_blocks` offers the middle and encoder blocks by name beside decoder numbers: every one is
+    probed, the chosen ones come back in the U-Net's order and the saved segmenter reads them again."""
+    result = segment(configs_dir, pretrained_export, tmp_path / "taps", "seg.blocks=auto",
+                     "seg.sweep_blocks=[d-1,mid,e1]", "seg.timesteps=auto", "seg.auto_timesteps=[0]",
+                     "seg.probe_steps=1", "seg.auto_blocks=3", "seg.max_epochs=1")
+    selection = json.loads((tmp_path / "taps" / "block_selection.json").read_text())
+    assert list(selection["scores"]["0"]) == ["3", "mid", "e1"]  # probed in the order offered
+    assert selection["blocks"] == ["e1", "mid", 3] == result["selection"]["blocks"]  # the forward pass's order
+    segmenter = load_segmenter(tmp_path / "taps", CPU)
+    model = segmenter.extractor.model
+    assert segmenter.extractor.feature_dim == sum(model.tap_blocks()[t].channels for t in ("e1", "mid", "d3"))
+    labels, _, _ = segmenter.predict("blank", torch.zeros(3, 32, 32))
+    assert labels.shape == (32, 32)
 
 
 def test_the_feature_cache_tells_objectives_apart(pretrained_export, tmp_path):

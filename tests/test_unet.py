@@ -42,16 +42,28 @@ def test_guided_diffusion_parameter_names(configs_dir):
         assert k in keys, k
 
 
-def test_decoder_block_shapes_match_a_real_forward():
+def test_tap_shapes_match_a_real_forward():
+    """Every tap (encoder, middle, decoder blocks), in the order the forward pass runs them."""
     model = UNetModel(image_size=32, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                       attention_resolutions=(16,), num_head_channels=32)
-    seen = []
-    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:]))) for b in model.output_blocks]
+    seen = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            seen[name] = tuple(output.shape[1:])
+        return record
+
+    hooks = [b.register_forward_hook(hook(name)) for name, b in model.taps().items()]
     out = model(torch.randn(2, 3, 32, 48), torch.tensor([1, 500]))
     for h in hooks:
         h.remove()
     assert out.shape == (2, 3, 32, 48)
-    assert seen == [(b.channels, *b.resolution) for b in model.decoder_blocks(32, 48)]
+    taps = model.tap_blocks(32, 48)
+    assert list(seen) == list(taps) == ["e0", "e1", "e2", "e3", "mid", "d0", "d1", "d2", "d3"]
+    assert seen == {name: (b.channels, *b.resolution) for name, b in taps.items()}
+    assert seen["e2"] == (32, 16, 24) and seen["mid"] == (64, 16, 24)  # e2 downsamples
+    assert [(b.channels, *b.resolution) for b in model.decoder_blocks(32, 48)] == [
+        seen[f"d{i}"] for i in range(4)]
 
 
 def test_non_divisible_size_says_which_sizes_work():

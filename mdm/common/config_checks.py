@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 from .config import Config, check_crop
 from .config_keys import ANY_TASK_METHODS, TASK_METHODS
@@ -75,6 +76,23 @@ def _declared(section, prefix: str, task: str) -> None:
             raise ConfigError(f"{name}: must be 0 or more and finite, got {value}")
 
 
+def seg_blocks(blocks: list, key: str) -> list[int | str]:
+    """``seg.blocks`` entries as written: decoder numbers as ints (``"-1"`` -> ``-1``), names
+    (``d<i>``, ``mid``, ``e<i>``) as they are; anything else is a ``ConfigError`` naming ``key``.
+    Whether the block exists is checked against the U-Net (``stage2.taps.resolve_seg_blocks``)."""
+    out = []
+    for block in blocks:
+        text = str(block).strip()
+        if text.lstrip("-").isdigit():
+            out.append(int(text))
+        elif re.fullmatch(r"mid|[de]-?\d+", text):
+            out.append(text)
+        else:
+            raise ConfigError(f"{key}: {block!r} is not a decoder block number or a block name "
+                              f"(d<i>, mid, e<i>)")
+    return out
+
+
 def validate(cfg: Config) -> Config:
     """Check ``cfg``'s values; raise ``ConfigError`` naming the key. Returns ``cfg``
     (``seg.normalize`` of an older save, a bool, becomes its name)."""
@@ -112,8 +130,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
     if not 0.0 <= sc.overlap < 1.0:
         raise ConfigError(f"seg.overlap: must be in [0, 1), got {sc.overlap}")
-    for key, value in {"seg.blocks": sc.blocks, "seg.timesteps": sc.timesteps,
-                       "probe.timesteps": pc.timesteps}.items():
+    if isinstance(sc.blocks, str) and sc.blocks != "auto":
+        sc.blocks = [sc.blocks]  # one block named alone
+    if sc.blocks != "auto":
+        sc.blocks = seg_blocks(sc.blocks, "seg.blocks")
+    sc.sweep_blocks = seg_blocks(sc.sweep_blocks, "seg.sweep_blocks")
+    for key, value in {"seg.timesteps": sc.timesteps, "probe.timesteps": pc.timesteps}.items():
         if isinstance(value, str) and value != "auto":
             raise ConfigError(f"{key}: {value!r} is not a list of numbers or auto")
     if not sc.timesteps or not sc.blocks:

@@ -34,12 +34,16 @@ class SegConfig:
                        choices=("none", "hflip", "dihedral"))
     crops_per_epoch: int = key(64, "fine-tuning crops per epoch", positive=True)
     batch_size: int = key(8, "fine-tuning batch", positive=True)
-    blocks: list[int] | str = key([-3, -2, -1],
-                                  "decoder blocks for features (guided-diffusion numbering; negatives "
-                                  "count from the end), or `auto`: chosen on validation pixels")
+    blocks: str | list[int | str] = key(
+        [-3, -2, -1], "blocks for features: decoder blocks by number (guided-diffusion numbering; "
+                      "negatives count from the end) or any block by name (`d<i>`, `mid`, `e<i>`); "
+                      "or `auto`: chosen on validation pixels")
     timesteps: list[int] | str = key([50], "extraction timesteps (features of all are concatenated), or `auto`: the "
                                            "best of `seg.auto_timesteps` on validation pixels")
     auto_blocks: int = key(3, "`blocks: auto`: how many of the best blocks to keep", positive=True)
+    sweep_blocks: list[int | str] = key(
+        [], "`blocks: auto`: the candidate blocks, as `blocks` names them (empty: every decoder "
+            "block; `[mid, d0, ...]` offers the image probe's candidates)")
     auto_timesteps: list[int] = key([10, 50, 200], "`timesteps: auto`: the candidates")
     probe_steps: int = key(
         50, "`auto`: about how many optimizer steps each one-block probe takes (in whole epochs)",

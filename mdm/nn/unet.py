@@ -112,6 +112,8 @@ class UNetModel(nn.Module):
                                                                              ch, 3, padding=1))])
         skip_chans = [ch]
         ds = 1
+        # (channels, downsampling of the output) of every tap, in the order the forward pass runs them
+        self._tap_layout: dict[str, tuple[int, int]] = {"e0": (ch, 1)}
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 layers = [ResBlock(ch, time_embed_dim, dropout,
@@ -121,22 +123,23 @@ class UNetModel(nn.Module):
                     layers.append(AttentionBlock(ch, **attn_kw))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_chans.append(ch)
+                self._tap_layout[f"e{len(self.input_blocks) - 1}"] = (ch, ds)
             if level != len(channel_mult) - 1:
                 down = (ResBlock(ch, time_embed_dim, dropout, out_channels=ch, down=True, **res_kw)
                         if resblock_updown else Downsample(ch, conv_resample))
                 self.input_blocks.append(TimestepEmbedSequential(down))
                 skip_chans.append(ch)
                 ds *= 2
+                self._tap_layout[f"e{len(self.input_blocks) - 1}"] = (ch, ds)
 
         self.middle_block = TimestepEmbedSequential(
             ResBlock(ch, time_embed_dim, dropout, **res_kw),
             AttentionBlock(ch, **attn_kw),
             ResBlock(ch, time_embed_dim, dropout, **res_kw),
         )
+        self._tap_layout["mid"] = (ch, ds)
 
         self.output_blocks = nn.ModuleList()
-        # (channels, upsampling factor of ds after the block)
-        self._decoder_layout: list[tuple[int, int]] = []
         for level, mult in list(enumerate(channel_mult))[::-1]:
             for i in range(num_res_blocks + 1):
                 skip = skip_chans.pop()
@@ -151,7 +154,7 @@ class UNetModel(nn.Module):
                                   if resblock_updown else Upsample(ch, conv_resample))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-                self._decoder_layout.append((ch, ds))
+                self._tap_layout[f"d{len(self.output_blocks) - 1}"] = (ch, ds)
 
         self.out = nn.Sequential(GroupNorm32(norm_groups, ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
@@ -172,14 +175,23 @@ class UNetModel(nn.Module):
                     f"image {name} {size} is not divisible by {f} (the U-Net downsamples "
                     f"{len(self.channel_mult) - 1} times); use a multiple of {f}, e.g. {lo} or {hi}")
 
-    def decoder_blocks(self, height: int | None = None,
-                       width: int | None = None) -> list[BlockInfo]:
-        """Each decoder block's output channels and resolution for a ``height x width`` input
-        (default: the nominal ``image_size``). Stage 2 derives feature widths from this."""
+    def tap_blocks(self, height: int | None = None,
+                   width: int | None = None) -> dict[str, BlockInfo]:
+        """Every tap's (``taps``) output channels and resolution for a ``height x width`` input
+        (default: the nominal ``image_size``), by name in the order the forward pass runs them;
+        ``index`` numbers a tap within its kind (``mid``: 0). Stage 2 derives feature widths from
+        this."""
         height = height or self.image_size
         width = width or height
         self.check_input_size(height, width)
-        return [BlockInfo(i, c, (height // ds, width // ds)) for i, (c, ds) in enumerate(self._decoder_layout)]
+        return {name: BlockInfo(int(name[1:]) if name[1:].isdigit() else 0, c,
+                                (height // ds, width // ds))
+                for name, (c, ds) in self._tap_layout.items()}
+
+    def decoder_blocks(self, height: int | None = None,
+                       width: int | None = None) -> list[BlockInfo]:
+        """Each decoder block's (``d<i>``) ``tap_blocks`` entry, in order."""
+        return [info for name, info in self.tap_blocks(height, width).items() if name[0] == "d"]
 
     def taps(self) -> dict[str, nn.Module]:
         """Every block stage 2 can take features from, by name: ``e0 .. e<n-1>`` (``input_blocks``),

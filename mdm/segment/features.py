@@ -1,12 +1,13 @@
-"""Frozen U-Net features for pixel classifiers: the pixel readout of decoder blocks of the shared
-frozen U-Net (``stage2.frozen``: hooks, keyed corruption, autocast) and an on-disk fp16 cache.
+"""Frozen U-Net features for pixel classifiers: the pixel readout of blocks (decoder blocks by
+number, the middle and encoder blocks by name: ``stage2.taps``) of the shared frozen U-Net
+(``stage2.frozen``: hooks, keyed corruption, autocast) and an on-disk fp16 cache.
 
 Conventions: an image is ``[3, H, W]`` in [-1, 1] of any size, cut into tiles
 (``mdm.common.tiling``). For each tile and each extraction timestep, the tile is corrupted by the
 pretraining objective (MDM: mask ratio t / T; DDPM: noise level t) with a **seeded** mask or noise
 (the key is a function of seed, image name, tile position and t, so the same image always gives the
-same features), the U-Net runs once, and the outputs of the chosen ``output_blocks`` are kept at
-their native resolution in fp16. Pixel features are only formed for the pixels needed, when needed:
+same features), the U-Net runs once, and the outputs of the chosen blocks are kept at their native
+resolution in fp16. Pixel features are only formed for the pixels needed, when needed:
 each block sampled bilinearly at those pixels (as if upsampled to the tile size) and concatenated,
 giving ``[N, D]`` with ``D = len(timesteps) * sum(block channels)``. Nothing holds the features of
 all pixels of all images at once.
@@ -40,19 +41,20 @@ from ..common.tiling import Tile, pad_to_tile
 from ..pretrain.export import Export
 from ..pretrain.objectives import build_objective
 from ..stage2.frozen import FrozenUNet
-from ..stage2.taps import resolve_blocks
+from ..stage2.taps import resolve_seg_blocks, tap_name
 
 EXTRACT_BATCH = 8  # tiles per U-Net forward pass
 CACHE_FORMAT = 2  # in every cache key: entries of format 1 lack the squared norms
 
 
 class FeatureExtractor:
-    """Decoder-block features of a frozen U-Net.
+    """Block features of a frozen U-Net (decoder blocks by number, others by name).
 
     Args:
         model: a ``UNetModel`` (frozen here: eval mode, no gradients).
         objective: the pretraining objective, used to corrupt the input (``corrupt(x0, t, keys)``).
-        blocks: decoder block numbers (negatives count from the end).
+        blocks: decoder block numbers (negatives count from the end) or tap names (``mid``, ``e<i>``,
+            ``d<i>``; ``stage2.taps``).
         timesteps: extraction timesteps (MDM: mask ratio t / T; DDPM: noise level).
         seed: seeds the extraction masks / noise.
         cache_dir: where per-tile block outputs are cached as fp16 safetensors (None: in memory, for this object).
@@ -69,9 +71,9 @@ class FeatureExtractor:
                  tile_norm: str = "none", context: str = "none"):
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.seed, self.device, self.dtype, self.tile_norm, self.context = seed, device, dtype, tile_norm, context
-        self.blocks = resolve_blocks(list(blocks), len(model.output_blocks))
+        self.blocks = resolve_seg_blocks(list(blocks), model)
         self.timesteps = list(timesteps)
-        self.unet = FrozenUNet(model, objective, [f"d{i}" for i in self.blocks], device, dtype)
+        self.unet = FrozenUNet(model, objective, [tap_name(b) for b in self.blocks], device, dtype)
         self.model = self.unet.model
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.fingerprint = fingerprint
@@ -79,7 +81,7 @@ class FeatureExtractor:
         self._settings = dict(seed=seed, cache_dir=cache_dir, fingerprint=fingerprint,
                               device=device, dtype=dtype, tile_norm=tile_norm, context=context)
 
-    def narrowed(self, blocks: list[int], timesteps: list[int]) -> FeatureExtractor:
+    def narrowed(self, blocks: list[int | str], timesteps: list[int]) -> FeatureExtractor:
         """An extractor of ``blocks`` at ``timesteps`` on the same U-Net (no second load from the
         export), with this one's seed, cache, precision and normalisation; this one's hooks are
         removed, so use it no more."""
@@ -87,15 +89,16 @@ class FeatureExtractor:
                                 **self._settings)
 
     @property
-    def parts(self) -> list[tuple[int, int]]:
+    def parts(self) -> list[tuple[int, int | str]]:
         """``(timestep, block)`` of every feature part, in the order they are concatenated."""
         return [(t, i) for t in self.timesteps for i in self.blocks]
 
-    def parts_dim(self, parts: list[tuple[int, int]] | None = None) -> int:
+    def parts_dim(self, parts: list[tuple[int, int | str]] | None = None) -> int:
         """The width of the pixel features of ``parts`` (twice the channels with
         ``context: tile``)."""
-        info = self.model.decoder_blocks()
-        return sum(info[i].channels for _, i in (parts or self.parts)) * (2 if self.context == "tile" else 1)
+        info = self.model.tap_blocks()
+        width = sum(info[tap_name(i)].channels for _, i in (parts or self.parts))
+        return width * (2 if self.context == "tile" else 1)
 
     @property
     def feature_dim(self) -> int:
@@ -113,7 +116,8 @@ class FeatureExtractor:
         entry = self.cache.get(key)
         if entry is None or self.cache_dir is None:
             return entry
-        info = self.model.decoder_blocks(size, size)
+        taps = self.model.tap_blocks(size, size)
+        info = {b: taps[tap_name(b)] for b in self.blocks}
         for t, i in self.parts:
             block, square = entry.get(f"t{t}_b{i}"), entry.get(f"sq_t{t}_b{i}")
             if (block is None or square is None or block.dtype != torch.float16 or square.dtype != torch.float32
@@ -132,7 +136,7 @@ class FeatureExtractor:
         for t in self.timesteps:
             outputs = self.unet.outputs(x0, keys, t)
             for i in self.blocks:
-                o = outputs[f"d{i}"].to(torch.float16)
+                o = outputs[tap_name(i)].to(torch.float16)
                 up = F.interpolate(o.float(), size=tiles.shape[-2:], mode="bilinear",
                                    align_corners=False)
                 sq = up.pow(2).sum((1, 2, 3)).cpu()
@@ -180,7 +184,7 @@ class FeatureExtractor:
 
     def pixel_features(self, blocks: dict[str, torch.Tensor], size: int,
                        index: torch.Tensor | None = None,
-                       parts: list[tuple[int, int]] | None = None) -> torch.Tensor:
+                       parts: list[tuple[int, int | str]] | None = None) -> torch.Tensor:
         """Features ``[N, D]`` float32, on the extractor's device, of the pixels ``index`` (flat,
         row-major, of a ``size x size`` tile; default: all pixels) from one tile's block outputs:
         each block sampled bilinearly (exactly what upsampling the block to ``size x size`` with

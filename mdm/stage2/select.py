@@ -15,11 +15,12 @@ from tqdm.auto import tqdm
 def choose_parts(parts: list[tuple[int, Hashable]], probe: Callable[[int, Hashable], float],
                  keep: int = 1, progress: bool = False) -> tuple[int, list, dict[int, dict]]:
     """Probe every ``(timestep, block)`` of ``parts`` in order (``probe(t, block)`` -> its loss);
-    returns the best timestep, its ``keep`` best blocks (ascending) and every score
+    returns the best timestep, its ``keep`` best blocks (in the order probed) and every score
     ``{timestep: {block: loss}}``. Ties go to the earlier candidate."""
     scores: dict[int, dict] = {}
     for t, block in tqdm(parts, desc="choosing blocks",
                          disable=None if progress else True, leave=False):
         scores.setdefault(t, {})[block] = probe(t, block)
     best_t = min(scores, key=lambda t: min(scores[t].values()))
-    return best_t, sorted(sorted(scores[best_t], key=scores[best_t].get)[:keep]), scores
+    best = sorted(scores[best_t], key=scores[best_t].get)[:keep]
+    return best_t, [b for b in scores[best_t] if b in best], scores

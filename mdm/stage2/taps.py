@@ -2,7 +2,8 @@
 input is corrupted before the forward pass.
 
 Block names belong to ``nn.unet.UNetModel.taps``: ``e<i>`` (encoder), ``mid``, ``d<i>`` (decoder);
-segmentation numbers decoder blocks by integers (``seg.blocks``), which are aliases of ``d<i>``.
+segmentation numbers decoder blocks by integers (``seg.blocks``), which are aliases of ``d<i>``, and
+names the others.
 ``corrupted`` applies the export's objective with a keyed mask or noise, so features are a function
 of the image, never of the order it came in.
 """
@@ -27,19 +28,17 @@ def corrupted(objective, x0: torch.Tensor, t: int,
     return objective.corrupt(x0, tt, keyed)[0], objective.model_timesteps(tt)
 
 
-def resolve_blocks(blocks: list[int], num_blocks: int) -> list[int]:
-    """Inclusive block numbers, negatives counting from the end (``-1`` = the last decoder block),
-    validated."""
-    out = []
-    for b in blocks:
-        i = b + num_blocks if b < 0 else b
-        if not 0 <= i < num_blocks:
-            raise ConfigError(f"seg.blocks: block {b} does not exist (the U-Net has decoder blocks "
-                              f"0..{num_blocks - 1})")
-        out.append(i)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"seg.blocks: {blocks} names a block twice")
-    return out
+def resolve_seg_blocks(blocks: list[int | str], model, key: str = "seg.blocks") -> list[int | str]:
+    """``seg.blocks`` canonical: decoder blocks as absolute numbers (``-1``, ``"d-1"`` -> the last
+    decoder block's number), the middle and encoder blocks by name (``mid``, ``e<i>``), checked as
+    ``resolve_block_names`` checks them."""
+    return [int(name[1:]) if name[0] == "d" else name
+            for name in resolve_block_names(list(blocks), model, key)]
+
+
+def tap_name(block: int | str) -> str:
+    """The tap (``UNetModel.taps``) of a ``seg.blocks`` entry: a decoder number ``i`` is ``d<i>``."""
+    return f"d{block}" if isinstance(block, int) else str(block)
 
 
 def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> list[str]:

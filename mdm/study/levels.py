@@ -20,6 +20,7 @@ A level's label fraction draws its own units: images at pixel level, windows at 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,11 +30,12 @@ from ..classify.datasets import CLASS_SOURCES
 from ..common.config import Config
 from ..common.errors import ConfigError
 from ..stage2.plots import save_figure
+from ..stage2.taps import tap_name
 from ..stage2.tasks import TASKS
 from . import windows  # noqa: F401 - registers the <source>-windows image-label sources
 from .methods import Method, methods_of
 from .pool import pretraining_data
-from .report import sample_sd, write_csv
+from .report import block_name, sample_sd, write_csv
 from .verdicts import Verdict, judge
 
 IMAGE_LEVEL = "image_level"  # the image level's study folder, inside the study's
@@ -80,13 +82,15 @@ def _export(method: Method) -> str:
 @dataclass
 class Level:
     """One level's results: its methods' records, ``results.csv`` rows, metric, and what the
-    bootstrap needs of its runs (``sweep.study_arms``); ``verdicts``: each frozen method against the
-    random initial weights (``judge_against_random``)."""
+    bootstrap needs of its runs (``sweep.study_arms``); ``chosen``: the features each frozen run
+    chose on validation, ``{(method, fraction): [its runs' block selections]}``; ``verdicts``: each
+    frozen method against the random initial weights (``judge_against_random``)."""
 
     methods: dict[str, Method]
     rows: list[dict]
     metric: str
     arms: dict
+    chosen: dict = field(default_factory=dict)
     verdicts: list[Verdict] = field(default_factory=list)
 
     def judge_against_random(self, fractions: list[float], seeds: list[int], replicates: int,
@@ -131,11 +135,24 @@ def level_rows(pixel: Level, image: Level, fractions: list[float]) -> list[dict]
                                 f"{side}_vs_random": v.difference if v else float("nan"),
                                 f"{side}_low": v.low if v else float("nan"),
                                 f"{side}_high": v.high if v else float("nan"),
-                                f"{side}_verdict": v.verdict if v else ""})
+                                f"{side}_verdict": v.verdict if v else "",
+                                f"{side}_features": features_chosen(
+                                    level.chosen.get((method, f), []))})
                 both = row["pixel_verdict"], row["image_verdict"]
                 row["levels"] = "" if "" in both else "agree" if both[0] == both[1] else "differ"
                 out.append(row)
     return out
+
+
+def features_chosen(selections: list[dict]) -> str:
+    """The most frequent choice of ``selections`` (block selections of a method's runs, one per
+    seed), e.g. ``t=50 d3 d4 d5 (4 of 5)``; empty where the features were configured, not chosen."""
+    if not selections:
+        return ""
+    choices = Counter(f"t={s['timestep']} " + " ".join(tap_name(block_name(b)) for b in s["blocks"])
+                      for s in selections)
+    choice, count = choices.most_common(1)[0]
+    return f"{choice} ({count} of {len(selections)})"
 
 
 def _mean(vals: list[float]) -> float:
@@ -162,6 +179,15 @@ def levels_table(rows: list[dict], pixel_metric: str, image_metric: str) -> str:
         lines.append(f"| {r['label_fraction']:g} | {r['export']} | {r['pixel_method']} | "
                      f"{_cell(r, 'pixel', pixel_metric)} | {_against(r, 'pixel')} | {r['image_method']} | "
                      f"{_cell(r, 'image', image_metric)} | {_against(r, 'image')} | {r['levels']} |")
+    return "\n".join(lines)
+
+
+def features_table(rows: list[dict]) -> str:
+    """Markdown: the features each level chose on validation, per label fraction and export."""
+    lines = ["| labels | export | pixel level chose | image level chose |", "|---" * 4 + "|"]
+    for r in rows:
+        pixel, image = r["pixel_features"] or "as configured", r["image_features"] or "as configured"
+        lines.append(f"| {r['label_fraction']:g} | {r['export']} | {pixel} | {image} |")
     return "\n".join(lines)
 
 
@@ -228,4 +254,7 @@ def write_levels(out: Path, pixel: Level, image: Level, bench) -> str:
             f"verdicts in the study folder's {IMAGE_LEVEL}/). Each level's paired difference against its own "
             f"random initial weights, 95% interval, verdict; the levels agree where both verdicts are the same "
             f"(plot: levels.png).\n\n"
-            f"{levels_sentences(rows)}\n\n{levels_table(rows, pixel.metric, image.metric)}\n")
+            f"{levels_sentences(rows)}\n\n{levels_table(rows, pixel.metric, image.metric)}\n\n"
+            f"The features each level chose on validation (blocks and timestep; the most frequent choice over "
+            f"the seeds; `seg.sweep_blocks` and `seg.auto_timesteps` offer the pixel level the image level's "
+            f"candidates):\n\n{features_table(rows)}\n")

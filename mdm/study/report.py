@@ -195,7 +195,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         # JSON made the numbers keys strings
-        runs = [{int(t): {_block(b): v for b, v in row.items()} for t, row in r["scores"].items()}
+        runs = [{int(t): {block_name(b): v for b, v in row.items()} for t, row in r["scores"].items()}
                 for r in selections[method]]
         timesteps = sorted({t for r in runs for t in r})
         # in the order probed
@@ -206,7 +206,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
         for r in selections[method]:
             j = timesteps.index(int(r["timestep"]))
             for b in r["blocks"]:
-                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(_block(b)) - 0.5), 1, 1,
+                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(block_name(b)) - 0.5), 1, 1,
                                            fill=False, lw=1.2, edgecolor="red",
                                            alpha=len(runs) ** -0.5))
         ax.set_title(method, fontsize=9)
@@ -215,7 +215,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
     save_figure(fig, path, dpi=110)
 
 
-def _block(name) -> int | str:
+def block_name(name) -> int | str:
     """A block as JSON gave it back: decoder numbers (segmentation) as ints, names (``d3``, ``mid``)
     as they are."""
     return int(name) if str(name).lstrip("-").isdigit() else str(name)

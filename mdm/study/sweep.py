@@ -295,9 +295,11 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     verdicts = verdicts_of(cfg, [n for n, _ in studies], results, scores)
     write_verdicts(out / "verdicts.csv", verdicts)
 
-    selections = {m: [results[name0, m, lowest, s]["selection"] for s in bc.seeds
-                      if "selection" in results[name0, m, lowest, s]]
-                  for m in bc.methods if methods[m].mode == "frozen"}
+    # the features each frozen run chose on validation (blocks / timesteps auto), by method and fraction
+    chosen = {(m, f): [results[name0, m, f, s]["selection"] for s in bc.seeds
+                       if "selection" in results[name0, m, f, s]]
+              for m in bc.methods if methods[m].mode == "frozen" for f in bc.fractions}
+    selections = {m: chosen[m, lowest] for m in bc.methods if methods[m].mode == "frozen"}
     if any(selections.values()):
         plot_selections(out / "block_selection.png", selections,
                         f"{task.probe}' validation loss at "
@@ -315,13 +317,15 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     both = ""
     if image is not None:
         image_methods = methods_of("classification")
-        both = write_levels(out, Level({m: methods[m] for m in bc.methods}, rows, bc.metric, scores),
+        pixel = Level({m: methods[m] for m in bc.methods}, rows, bc.metric, scores, chosen)
+        both = write_levels(out, pixel,
                             Level({m: image_methods[m] for m in bc.image_methods}, image["rows"],
-                                  bc.image_metric, image["arms"]), bc)
+                                  bc.image_metric, image["arms"], image["chosen"]), bc)
     write_text_atomic(out / "results.md",
                       results_text(cfg, verdicts, table, pretrained) + both + f"\n{where}\n")
     return {"rows": rows, "budget": budget, "table": table, "verdicts": verdicts,
-            "seconds": elapsed, "phases": phases, "image_level": image, "levels": both, "arms": scores}
+            "seconds": elapsed, "phases": phases, "image_level": image, "levels": both, "arms": scores,
+            "chosen": chosen}
 
 
 def study_arms(cfg: Config, out: Path, results: dict) -> dict:
