@@ -60,9 +60,7 @@ class TinyCNN(nn.Module):
 @pytest.fixture
 def toys():
     registered = [(OBJECTIVES, "blur", ObjectiveSpec(lambda d: Blur(d.timesteps), masks=False)),
-                  (NETWORKS, "tiny-cnn", Network(lambda seg, n, export: TinyCNN(n), needs_export=False)),
-                  (METHODS, "blur", Method("frozen", "unet", "blur", "export")),
-                  (METHODS, "tiny-cnn", Method("finetune", "tiny-cnn", None, ""))]
+                  (NETWORKS, "tiny-cnn", Network(lambda seg, n, export: TinyCNN(n), needs_export=False))]
     for registry, name, record in registered:
         registry.register(name, record)
     yield
@@ -70,8 +68,35 @@ def toys():
         registry.unregister(name)
 
 
+def test_study_methods_come_from_the_registered_objectives_heads_and_networks(toys):
+    """An objective and a network are one registration each; their study methods follow, named as every
+    other's, in both tasks."""
+    from mdm.study.methods import CLASS_METHODS
+
+    assert METHODS["blur"] == Method("frozen", "", "blur", "export")  # read by the configured seg.head
+    assert METHODS["blur-linear"] == Method("frozen", "pixel-linear", "blur", "export")
+    assert METHODS["blur-ft"] == Method("finetune", "unet", "blur", "export")
+    assert METHODS["tiny-cnn-scratch"] == Method("finetune", "tiny-cnn", None, "")
+    assert CLASS_METHODS["blur-attn"] == Method("frozen", "attention", "blur", "export")
+    assert CLASS_METHODS["blur-ft"] == Method("finetune", "unet-encoder", "blur", "export")
+    # every name published before the names were generated means what it meant
+    assert METHODS["random"] == Method("frozen", "", "mdm", "exports/step_0")
+    assert [m for m in METHODS if "blur" not in m and "tiny" not in m] == [
+        "mdm", "mdm-mlp", "mdm-linear", "ddpm", "ddpm-mlp", "ddpm-linear", "mae", "mae-mlp", "mae-linear",
+        "random", "random-mlp", "random-linear", "mdm-ft", "ddpm-ft", "mae-ft", "unet-scratch", "smp-scratch",
+        "filterbank"]
+    assert {"mdm-linear", "mdm-attn", "mdm-knn", "ddpm-linear", "ddpm-attn", "mae-linear", "random-linear",
+            "mdm-ft", "ddpm-ft", "unet-scratch", "resnet18-scratch", "filterbank"} <= set(CLASS_METHODS)
+    METHODS.register("blur", Method("frozen", "pixel-mlp", "blur", "export"))  # by hand: replaces the made one
+    try:
+        assert METHODS["blur"].arch == "pixel-mlp" and list(METHODS).count("blur") == 1
+    finally:
+        METHODS.unregister("blur")
+    assert METHODS["blur"].arch == ""
+
+
 def test_a_config_names_only_registered_things(toys):
-    cfg = load(None, ["diffusion.objective=blur", "seg.arch=tiny-cnn", "bench.methods=[blur,tiny-cnn]"])
+    cfg = load(None, ["diffusion.objective=blur", "seg.arch=tiny-cnn", "bench.methods=[blur,tiny-cnn-scratch]"])
     assert (cfg.diffusion.objective, cfg.seg.arch) == ("blur", "tiny-cnn")
     with pytest.raises(ConfigError, match=r"diffusion.objective: unknown objective 'fog' \(known: mdm, ddpm, mae, "
                                           r"blur\)"):
@@ -87,17 +112,17 @@ def test_toys_pretrain_segment_and_run_a_study(toys, tmp_path, configs_dir):
             "data.synthetic_images=16", "data.crop_size=32", "train.batch_size=4", "train.log_every=1",
             "train.image_every=0", "seg.ensemble_size=1", "seg.max_epochs=1", "seg.patience=1",
             "seg.crops_per_epoch=8", "seg.batch_size=4", "bench.fractions=[0.5]", "bench.seeds=[0]",
-            "bench.methods=[blur,tiny-cnn]", "bench.budget_methods=[]", "bench.pretrain_steps=2",
+            "bench.methods=[blur,tiny-cnn-scratch]", "bench.budget_methods=[]", "bench.pretrain_steps=2",
             "bench.budget_exports=1", "train.device=cpu", "seg.device=cpu", f"bench.out_dir={tmp_path}"]
     cfg = load(os.path.join(configs_dir, "bench_demo.yaml"), sets)
     result = run_benchmark(cfg, torch.device("cpu"), torch.device("cpu"), log=lambda *_: None)
     assert [r["step"] for r in read_log(tmp_path / "pretrain_blur")] == [1, 2]  # two steps of the toy objective
     assert "| pretrain_blur | blur | mse | 2 |" in (tmp_path / "pretraining.md").read_text()
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
-    assert {r["method"] for r in rows} == {"blur", "tiny-cnn"} == {r["method"] for r in result["rows"]}
+    assert {r["method"] for r in rows} == {"blur", "tiny-cnn-scratch"} == {r["method"] for r in result["rows"]}
     assert all(0 <= float(r["dice"]) <= 1 for r in rows)
-    assert (tmp_path / "runs" / "tiny-cnn" / "f0.5_s0" / "segmenter" / "network.safetensors").is_file()
-    assert not (tmp_path / "runs" / "tiny-cnn" / "f0.5_s0" / "segmenter" / "export").exists()  # no U-Net inside
+    assert (tmp_path / "runs" / "tiny-cnn-scratch" / "f0.5_s0" / "segmenter" / "network.safetensors").is_file()
+    assert not (tmp_path / "runs" / "tiny-cnn-scratch" / "f0.5_s0" / "segmenter" / "export").exists()  # no U-Net
 
 
 def test_a_diffusion_key_two_objectives_read_decides_both_their_weights(toys):

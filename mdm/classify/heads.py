@@ -114,11 +114,13 @@ class HeadSpec:
     """``fit(x, y, xv, yv, num_classes, probe, seed) -> (predict_proba, history)``; ``tokens``: it
     reads token maps ``[N, C, s, s]`` instead of pooled vectors; ``seeded``: its fit depends on the
     seed, so ``probe.ensemble`` members differ (a head that draws nothing, such as ``knn``, is
-    fitted once)."""
+    fitted once); ``method``: what the study's frozen methods that read with it are called after
+    (``<export>-<method>``; empty: its registered name)."""
 
     fit: Callable[..., tuple[Callable[[torch.Tensor], torch.Tensor], dict]]
     tokens: bool = False
     seeded: bool = True
+    method: str = ""
 
 
 def _fit_linear(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
@@ -167,7 +169,7 @@ def _fit_knn(x, y, xv, yv, num_classes: int, probe: ProbeConfig, seed: int):
 HEADS: Registry[HeadSpec] = Registry("probe heads", "probe.head", "head")
 HEADS.register("linear", HeadSpec(_fit_linear))
 HEADS.register("knn", HeadSpec(_fit_knn, seeded=False))
-HEADS.register("attention", HeadSpec(_fit_attention, tokens=True))
+HEADS.register("attention", HeadSpec(_fit_attention, tokens=True, method="attn"))
 
 
 def fit_head(name: str, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,

@@ -15,7 +15,7 @@ the known names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import ConfigError
@@ -28,14 +28,20 @@ _BY_NAME: dict[str, Registry] = {}
 class Registry(Generic[T]):
     """``name -> record`` in registration order. ``name``: the registry's own name (what config keys
     refer to); ``key``: the config key that chooses from it (named in errors); ``what``: a word for
-    one record."""
+    one record; ``derive``: records made from other registries (``() -> {name: record}``, asked at
+    every lookup, so what registers later is seen), listed before the registered ones; a registered
+    record replaces a derived one of the same name."""
 
-    def __init__(self, name: str, key: str, what: str):
+    def __init__(self, name: str, key: str, what: str,
+                 derive: Callable[[], dict[str, T]] | None = None):
         if name in _BY_NAME:
             raise ValueError(f"registry {name!r} exists twice")
-        self.name, self.key, self.what = name, key, what
+        self.name, self.key, self.what, self._derive = name, key, what, derive
         self._records: dict[str, T] = {}
         _BY_NAME[name] = self
+
+    def _all(self) -> dict[str, T]:
+        return {**self._derive(), **self._records} if self._derive else self._records
 
     def register(self, name: str, record: T) -> T:
         """Add ``record`` under ``name`` (a name is registered once); returns ``record``."""
@@ -50,19 +56,22 @@ class Registry(Generic[T]):
 
     def __getitem__(self, name: str) -> T:
         try:
-            return self._records[name]
+            return self._all()[name]
         except (KeyError, TypeError):
             raise ConfigError(
                 f"{self.key}: unknown {self.what} {name!r} (known: {', '.join(self)})") from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._records
+        try:
+            return name in self._all()
+        except TypeError:  # an unhashable name
+            return False
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._records)
+        return iter(self._all())
 
     def items(self):
-        return self._records.items()
+        return self._all().items()
 
 
 def registry(name: str) -> Registry | None:

@@ -25,11 +25,14 @@ from .pixel_mlp import PixelEnsemble, StackedPixelHead, fit_ensemble
 
 @dataclass(frozen=True)
 class PixelHead:
-    """A registered pixel head; ``help``: its line in the README's config table."""
+    """A registered pixel head; ``help``: its line in the README's config table; ``method``: what
+    the study's frozen methods that read with it are called after (``<export>-<method>``; empty: its
+    registered name)."""
 
     build: Callable[[int, int, int, int], nn.Module]
     fit: Callable[..., list[dict]] = fit_ensemble
     help: str = ""
+    method: str = ""
 
 
 class PixelLinear(StackedPixelHead):
@@ -48,8 +51,8 @@ class PixelLinear(StackedPixelHead):
 
 
 PIXEL_HEADS: Registry[PixelHead] = Registry("pixel heads", "seg.head", "pixel head")
-PIXEL_HEADS.register("pixel-mlp", PixelHead(PixelEnsemble,
+PIXEL_HEADS.register("pixel-mlp", PixelHead(PixelEnsemble, method="mlp",
                                             help="DDPM-segmentation's MLPs (d -> 128 -> 32 -> C)"))
 PIXEL_HEADS.register("pixel-linear",
-                     PixelHead(PixelLinear,
+                     PixelHead(PixelLinear, method="linear",
                                help="linear probes (d -> C), the image probe's readout"))

@@ -33,7 +33,12 @@ class Task:
     plot titles; ``methods``: the name of the registry of its study methods (``study.methods``);
     ``metrics``: what ``bench.metric`` may name (``None``: any column its runs report); ``columns``:
     the metric columns of ``results.csv``, in order; ``probe``: the one-block probes of its block
-    selection, in words (a plot title); ``help``: its line in the README's config table."""
+    selection, in words (a plot title); ``help``: its line in the README's config table.
+
+    What its study methods are made of (``study.methods.generated_methods``): ``heads``, the
+    registry of the heads its frozen methods read features with; ``networks``, the registry of the
+    networks it fine-tunes whole; ``unet_network``, the one of them built on the pretraining U-Net;
+    ``classical``, its methods without a network (``filterbank``)."""
 
     section: str
     noun: str
@@ -47,6 +52,10 @@ class Task:
     scores: Callable[[Path, str], tuple[tuple[str, ...], Score | None]]
     probe: str = "one-block probes"
     help: str = ""
+    heads: str = ""
+    networks: str = ""
+    unet_network: str = ""
+    classical: tuple[str, ...] = ()
 
     def config_of(self, cfg) -> object:
         """This task's section of the ``Config`` ``cfg``."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..common.config import Config
-from .methods import methods_of
+from .methods import RANDOM, methods_of
 from .report import plot_lines, result_row, task_columns, write_csv
 from .runs import budget_points, budget_runs
 
@@ -48,7 +48,7 @@ def budget_curve(cfg: Config, variant: str, results: dict, pretrain: dict[tuple[
                   ["pretrain_steps", "images_seen", *task_columns(bc.task)])
         # the frozen features of the initial weights (``random``): the line pretraining has to rise
         # above
-        initial = [m for m in bc.methods if methods[m].mode == "frozen" and methods[m].export == "exports/step_0"]
+        initial = [m for m in bc.methods if methods[m].mode == "frozen" and methods[m].export == RANDOM]
         reference = {f"{m} (step 0)": [results[variant, m, lowest, s][bc.metric] for s in seeds
                                        if bc.metric in results[variant, m, lowest, s]] for m in initial[:1]}
         log_x = bc.budget_spacing == "log"

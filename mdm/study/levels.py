@@ -33,13 +33,12 @@ from ..stage2.plots import save_figure
 from ..stage2.taps import tap_name
 from ..stage2.tasks import TASKS
 from . import windows  # noqa: F401 - registers the <source>-windows image-label sources
-from .methods import Method, methods_of
+from .methods import RANDOM, Method, methods_of
 from .pool import pretraining_data
 from .report import block_name, sample_sd, write_csv
 from .verdicts import Verdict, judge
 
 IMAGE_LEVEL = "image_level"  # the image level's study folder, inside the study's
-RANDOM = "exports/step_0"  # the export of the random initial weights
 
 
 def image_level_config(cfg: Config) -> Config:

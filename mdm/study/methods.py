@@ -1,9 +1,23 @@
-"""The methods a study compares, one registry per task (``Task.methods``, ``bench.task``):
-``METHODS`` (segmentation) and ``CLASS_METHODS`` (classification), chosen by ``bench.methods``: how
-each segments (``seg.mode`` / ``seg.arch``) or classifies (``probe.mode`` / ``probe.head`` or
-``probe.network``) and which pretraining run's weights it starts from. A new method is one
-``register`` call; a new objective or network registers itself where it is defined
-(``pretrain.objectives``, ``segment.finetune``, ``classify.heads``, ``classify.finetune``).
+"""The methods a study compares (``bench.methods``), one registry per task (``Task.methods``):
+``METHODS`` (segmentation) and ``CLASS_METHODS`` (classification). Their names are made from what is
+registered, so a new objective, head or network brings its methods with it, named the same way in
+every task (``generated_methods``):
+
+================================  ===========================================================
+``<export>``                      frozen features of the export, read by the configured head
+                                  (``seg.head`` / ``probe.head``)
+``<export>-<head>``               the same features read by that head (``mdm-mlp``,
+                                  ``mdm-linear``, ``ddpm-knn``, ``mae-attn``)
+``<objective>-ft``                the task's U-Net network fine-tuned from the export
+``unet-scratch``                  the same network from the random initial weights
+``<network>-scratch``             a network that needs no export (``smp-scratch``,
+                                  ``resnet18-scratch``)
+``filterbank``                    the classical baseline: filter features, no network
+================================  ===========================================================
+
+An export is a pretraining objective's last weights (``mdm``, ``ddpm``, ``mae``) or ``random``: the
+random initial weights (``exports/step_0`` of the first objective's run). A record registered by
+hand under a generated name replaces it.
 """
 
 from __future__ import annotations
@@ -13,13 +27,15 @@ from dataclasses import dataclass
 from ..common.registry import Registry, registry
 from ..stage2.tasks import TASKS
 
+RANDOM = "exports/step_0"  # the export of the random initial weights
+
 
 @dataclass(frozen=True)
 class Method:
-    """What a method runs: ``mode`` / ``arch`` as in ``SegConfig`` (classification: ``probe.mode``
-    and the head of ``frozen`` or the network of ``finetune``; ``classical``: ``filterbank``, filter
-    features and no network); its U-Net comes from the pretraining run of ``objective`` (``None``:
-    no export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the random
+    """What a method runs: ``mode`` as in ``seg.mode`` / ``probe.mode``; ``arch``: the head that
+    reads frozen features (empty: the configured one), the network that is fine-tuned, or the
+    classical method; its U-Net comes from the pretraining run of ``objective`` (``None``: no
+    export), folder ``export`` of that run (``export``: the last; ``exports/step_0``: the random
     initial weights)."""
 
     mode: str
@@ -33,32 +49,41 @@ class Method:
         return self.objective is not None and self.export == "export"
 
 
-METHODS: Registry[Method] = Registry("segmentation methods", "bench.methods", "segmentation method")
-METHODS.register("mdm", Method("frozen", "unet", "mdm", "export"))
-METHODS.register("ddpm", Method("frozen", "unet", "ddpm", "export"))
-METHODS.register("mae", Method("frozen", "unet", "mae", "export"))
-METHODS.register("random", Method("frozen", "unet", "mdm", "exports/step_0"))
-METHODS.register("mdm-ft", Method("finetune", "unet", "mdm", "export"))
-METHODS.register("mae-ft", Method("finetune", "unet", "mae", "export"))
-METHODS.register("unet-scratch", Method("finetune", "unet", "mdm", "exports/step_0"))
-METHODS.register("smp-scratch", Method("finetune", "smp", None, ""))
-METHODS.register("filterbank", Method("classical", "filterbank", None, ""))
+def _records(name: str) -> dict:
+    found = registry(name) if name else None
+    return dict(found.items()) if found is not None else {}
 
+
+def generated_methods(task: str) -> dict[str, Method]:
+    """Every method of ``task`` that its registered objectives, heads and networks make (see the
+    module), in that order."""
+    objectives = list(_records("objectives"))
+    if task not in TASKS or not objectives:  # their modules not imported yet
+        return {}
+    record = TASKS[task]
+    out: dict[str, Method] = {}
+    for export, objective, folder in [*((o, o, "export") for o in objectives),
+                                      ("random", objectives[0], RANDOM)]:
+        out[export] = Method("frozen", "", objective, folder)
+        for head, spec in _records(record.heads).items():
+            suffix = getattr(spec, "method", "") or head
+            out[f"{export}-{suffix}"] = Method("frozen", head, objective, folder)
+    if record.unet_network:
+        out.update({f"{o}-ft": Method("finetune", record.unet_network, o, "export")
+                    for o in objectives})
+        out["unet-scratch"] = Method("finetune", record.unet_network, objectives[0], RANDOM)
+    for network, spec in _records(record.networks).items():
+        if not spec.needs_export:
+            out[f"{network}-scratch"] = Method("finetune", network, None, "")
+    out.update({name: Method("classical", name, None, "") for name in record.classical})
+    return out
+
+
+METHODS: Registry[Method] = Registry("segmentation methods", "bench.methods", "segmentation method",
+                                     derive=lambda: generated_methods("segmentation"))
 CLASS_METHODS: Registry[Method] = Registry("classification methods", "bench.methods",
-                                           "classification method")
-CLASS_METHODS.register("mdm-linear", Method("frozen", "linear", "mdm", "export"))
-CLASS_METHODS.register("mdm-attn", Method("frozen", "attention", "mdm", "export"))
-CLASS_METHODS.register("mdm-knn", Method("frozen", "knn", "mdm", "export"))
-CLASS_METHODS.register("ddpm-linear", Method("frozen", "linear", "ddpm", "export"))
-CLASS_METHODS.register("ddpm-attn", Method("frozen", "attention", "ddpm", "export"))
-CLASS_METHODS.register("mae-linear", Method("frozen", "linear", "mae", "export"))
-CLASS_METHODS.register("random-linear", Method("frozen", "linear", "mdm", "exports/step_0"))
-CLASS_METHODS.register("mdm-ft", Method("finetune", "unet-encoder", "mdm", "export"))
-CLASS_METHODS.register("ddpm-ft", Method("finetune", "unet-encoder", "ddpm", "export"))
-CLASS_METHODS.register("unet-scratch", Method("finetune", "unet-encoder", "mdm", "exports/step_0"))
-CLASS_METHODS.register("resnet18-scratch", Method("finetune", "resnet18", None, ""))
-CLASS_METHODS.register("filterbank", Method("classical", "filterbank", None, ""))
-
+                                           "classification method",
+                                           derive=lambda: generated_methods("classification"))
 
 
 def methods_of(task: str) -> Registry[Method]:

@@ -28,6 +28,7 @@ import numpy as np
 from ..common.rng import Tag, make_key
 from ..stage2.scores import Score
 from ..stage2.tasks import TASKS
+from .methods import RANDOM
 from .report import write_csv
 
 LOWER_IS_BETTER = {"object_hausdorff"}
@@ -169,7 +170,7 @@ def default_references(methods: dict, means: dict[str, float]) -> list[str]:
     frozen features of the initial weights."""
     scratch = [m for m, rec in methods.items() if rec.mode != "frozen" and not rec.pretrained and m in means]
     random = [
-        m for m, rec in methods.items() if rec.mode == "frozen" and rec.export == "exports/step_0"]
+        m for m, rec in methods.items() if rec.mode == "frozen" and rec.export == RANDOM]
     best = [max(scratch, key=lambda m: means[m])] if scratch else []
     return best + random
 
