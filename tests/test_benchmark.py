@@ -218,7 +218,7 @@ def test_a_study_judges_its_exports_at_both_levels(tmp_path, configs_dir, tmp_pa
     chose = [r["pixel_features"] for r in levels]
     assert all(re.fullmatch(r"t=0 (mid|d\d) \(1 of 1\)", c) for c in chose), chose
     assert [r["image_features"] for r in levels] == ["", ""]  # probe.blocks given, not chosen
-    assert f"| 0.5 | mdm | {chose[0]} | as configured |" in text
+    assert f"| 0.5 | mdm | mdm | {chose[0]} | mdm-linear | as configured |" in text
 
 
 def test_the_features_a_level_chose_are_its_most_frequent_choice():
@@ -229,3 +229,13 @@ def test_the_features_a_level_chose_are_its_most_frequent_choice():
     assert features_chosen(runs) == "t=50 d3 d4 (2 of 3)"
     assert features_chosen([{"timestep": "0", "blocks": ["e2", "mid"]}]) == "t=0 e2 mid (1 of 1)"
     assert features_chosen([]) == ""
+
+
+def test_each_frozen_method_is_judged_against_the_random_weights_read_by_its_own_head():
+    from mdm.study.levels import Level
+    from mdm.study.methods import METHODS
+
+    names = ["mdm", "mdm-mlp", "mdm-linear", "random-mlp", "random-linear"]
+    level = Level({m: METHODS[m] for m in names}, [], "dice", {})
+    assert [level.random(m) for m in names] == ["random-mlp", "random-mlp", "random-linear", "random-mlp",
+                                                "random-linear"]  # the configured head: the first

@@ -71,6 +71,8 @@ def test_seg_blocks_take_decoder_numbers_and_block_names(configs_dir):
     assert load(tiny, []).seg.blocks == [-3, -2, -1] and load(tiny, ["seg.blocks=auto"]).seg.blocks == "auto"
     with pytest.raises(ConfigError, match="seg.sweep_blocks: 'middle' is not a decoder block number or a block name"):
         load(tiny, ["seg.sweep_blocks=[middle]"])
+    with pytest.raises(ConfigError, match="seg.blocks: '--1' is not a decoder block number"):
+        load(tiny, ["seg.blocks=[--1]"])
 
 
 def test_every_key_is_documented_and_the_readme_table_is_current():

@@ -93,6 +93,14 @@ def test_study_methods_come_from_the_registered_objectives_heads_and_networks(to
     finally:
         METHODS.unregister("blur")
     assert METHODS["blur"].arch == ""
+    with pytest.raises(ValueError, match="'blur-ft' is not registered in segmentation methods \\(it is derived"):
+        METHODS.unregister("blur-ft")
+    OBJECTIVES.register("blur-ft", OBJECTIVES["blur"])  # its frozen method would be called blur-ft too
+    try:
+        with pytest.raises(ValueError, match="two segmentation methods would be called 'blur-ft'"):
+            list(METHODS)
+    finally:
+        OBJECTIVES.unregister("blur-ft")
 
 
 def test_a_config_names_only_registered_things(toys):

@@ -291,6 +291,10 @@ def test_pixel_heads_read_any_tap_and_choose_among_the_image_probes_candidates(p
     assert segmenter.extractor.feature_dim == sum(model.tap_blocks()[t].channels for t in ("e1", "mid", "d3"))
     labels, _, _ = segmenter.predict("blank", torch.zeros(3, 32, 32))
     assert labels.shape == (32, 32)
+    from mdm.common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"seg.sweep_blocks: no block 'e20' \(the U-Net has e0..e"):
+        segment(configs_dir, pretrained_export, tmp_path / "bad", "seg.blocks=auto", "seg.sweep_blocks=[mid,e20]")
 
 
 def test_the_feature_cache_tells_objectives_apart(pretrained_export, tmp_path):

@@ -83,7 +83,7 @@ def seg_blocks(blocks: list, key: str) -> list[int | str]:
     out = []
     for block in blocks:
         text = str(block).strip()
-        if text.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", text):
             out.append(int(text))
         elif re.fullmatch(r"mid|[de]-?\d+", text):
             out.append(text)

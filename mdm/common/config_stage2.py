@@ -11,8 +11,8 @@ from .config_keys import key
 
 @dataclass
 class SegConfig:
-    """The segmentation stage (``finetune_seg.py``): ``mode: frozen`` trains a pixel MLP ensemble on
-    features of frozen decoder blocks; ``mode: finetune`` trains a whole network end to end."""
+    """The segmentation stage (``finetune_seg.py``): ``mode: frozen`` trains a pixel head on
+    features of frozen U-Net blocks; ``mode: finetune`` trains a whole network end to end."""
 
     mode: str = key("frozen",
                     "`frozen` (features + pixel MLPs), `finetune` (a whole network end to end) or "

@@ -30,7 +30,7 @@ class Registry(Generic[T]):
     refer to); ``key``: the config key that chooses from it (named in errors); ``what``: a word for
     one record; ``derive``: records made from other registries (``() -> {name: record}``, asked at
     every lookup, so what registers later is seen), listed before the registered ones; a registered
-    record replaces a derived one of the same name."""
+    record replaces a derived one of the same name (in the derived one's place)."""
 
     def __init__(self, name: str, key: str, what: str,
                  derive: Callable[[], dict[str, T]] | None = None):
@@ -52,11 +52,15 @@ class Registry(Generic[T]):
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` (a test's toy registration)."""
+        if name not in self._records:
+            raise ValueError(f"{self.what} {name!r} is not registered in {self.name}"
+                             + (" (it is derived from other registries)" if name in self else ""))
         del self._records[name]
 
     def __getitem__(self, name: str) -> T:
+        records = self._all()
         try:
-            return self._all()[name]
+            return records[name]
         except (KeyError, TypeError):
             raise ConfigError(
                 f"{self.key}: unknown {self.what} {name!r} (known: {', '.join(self)})") from None

@@ -18,8 +18,8 @@ noise) a function of the sample's key.
 corrupted at level ``t`` (what feature extraction feeds the U-Net), with the pixels the model saw.
 
 A new objective is a class with ``sample_t``, ``corrupt``, ``model_timesteps``, ``reconstruct`` and
-``loss``, plus ``OBJECTIVES.register(name, ObjectiveSpec(...))``; a study method that uses it is
-registered in ``mdm.study.methods``.
+``loss``, plus ``OBJECTIVES.register(name, ObjectiveSpec(...))``; the study methods that use it
+follow by themselves (``mdm.study.methods.generated_methods``).
 """
 
 from __future__ import annotations

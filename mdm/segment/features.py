@@ -63,15 +63,17 @@ class FeatureExtractor:
         dtype: autocast precision of the U-Net (None: fp32).
         tile_norm: ``l2_image`` divides each tile's pixel features by the L2 norm of the tile's whole feature tensor,
             ``rms_image`` by its root mean square; anything else leaves them as they are.
+        blocks_key: the config key a block that does not exist is reported under.
     """
 
-    def __init__(self, model, objective, blocks: list[int], timesteps: list[int], seed: int = 0,
+    def __init__(self, model, objective, blocks: list[int | str], timesteps: list[int],
+                 seed: int = 0,
                  cache_dir: str | Path | None = None, fingerprint: str = "",
                  device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                 tile_norm: str = "none", context: str = "none"):
+                 tile_norm: str = "none", context: str = "none", blocks_key: str = "seg.blocks"):
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.seed, self.device, self.dtype, self.tile_norm, self.context = seed, device, dtype, tile_norm, context
-        self.blocks = resolve_seg_blocks(list(blocks), model)
+        self.blocks = resolve_seg_blocks(list(blocks), model, blocks_key)
         self.timesteps = list(timesteps)
         self.unet = FrozenUNet(model, objective, [tap_name(b) for b in self.blocks], device, dtype)
         self.model = self.unet.model
@@ -219,7 +221,8 @@ class FeatureExtractor:
         return feats / scale if scale != 1.0 else feats
 
 
-def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> FeatureExtractor:
+def build_extractor(seg: SegConfig, export: Export, device: torch.device,
+                    blocks_key: str = "seg.blocks") -> FeatureExtractor:
     """The export's U-Net (weights ``seg.weights``, loaded strictly) wrapped in a
     ``FeatureExtractor`` for ``seg.blocks`` at ``seg.timesteps``, corrupting tiles with the export's
     own objective, on ``device`` under the autocast of ``seg.mixed_precision``, normalising per tile
@@ -229,4 +232,4 @@ def build_extractor(seg: SegConfig, export: Export, device: torch.device) -> Fea
                             seg.blocks, seg.timesteps, seed=seg.seed,
                             cache_dir=seg.cache_dir or None, fingerprint=export.fingerprint(),
                             device=device, dtype=autocast_dtype(seg.mixed_precision, device),
-                            tile_norm=seg.normalize, context=seg.context)
+                            tile_norm=seg.normalize, context=seg.context, blocks_key=blocks_key)

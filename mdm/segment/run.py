@@ -158,8 +158,9 @@ def _frozen(seg: SegConfig, data: DataConfig, export: Export, splits: SegData, t
     if auto:
         m = export.config.model
         blocks, timesteps = candidates(seg, num_decoder_blocks(m.channel_mult, m.num_res_blocks))
-        extractor = build_extractor(replace(seg, blocks=blocks,
-                                            timesteps=timesteps), export, device)
+        offered = "seg.sweep_blocks" if seg.blocks == "auto" and seg.sweep_blocks else "seg.blocks"
+        extractor = build_extractor(replace(seg, blocks=blocks, timesteps=timesteps), export,
+                                    device, offered)
     else:
         extractor = build_extractor(seg, export, device)
     extractor.model.check_input_size(tile, tile)

@@ -1,7 +1,7 @@
 """Features chosen on validation (``seg.blocks: auto`` and/or ``seg.timesteps: auto``), the same
 rule for every frozen method and both tasks (``stage2.select``).
 
-Every candidate ``(timestep, decoder block)`` is probed alone: one member of the run's pixel head
+Every candidate ``(timestep, block)`` is probed alone: one member of the run's pixel head
 (``seg.head``) trains on the training pixels of the labeled images for about ``seg.probe_steps``
 optimizer steps in whole epochs (``ceil(probe_steps / batches per epoch)``; with two labeled images
 an epoch is a single batch, so a budget in epochs would leave the probe at chance), and is scored by

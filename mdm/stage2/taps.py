@@ -10,6 +10,8 @@ of the image, never of the order it came in.
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from ..common import rng
@@ -49,14 +51,14 @@ def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> l
     out = []
     for name in names:
         text = str(name).strip()
-        if text.lstrip("-").isdigit():
+        if re.fullmatch(r"-?[0-9]+", text):
             text = f"d{text}"
         if text == "mid":
             out.append(text)
             continue
         kind, number = text[:1], text[1:]
-        if kind not in counts or not number.lstrip(
-            "-").isdigit() or not -counts[kind] <= int(number) < counts[kind]:
+        if kind not in counts or not re.fullmatch(r"-?[0-9]+", number) or not (
+                -counts[kind] <= int(number) < counts[kind]):
             raise ConfigError(
                 f"{key}: no block {name!r} (the U-Net has e0..e{counts['e'] - 1}, mid, "
                 f"d0..d{counts['d'] - 1}; negatives count from the end)")

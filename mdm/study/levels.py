@@ -94,25 +94,30 @@ class Level:
 
     def judge_against_random(self, fractions: list[float], seeds: list[int], replicates: int,
                              seed: int) -> None:
-        """Each frozen method against the level's random initial weights, whatever the study's
-        references are."""
-        reference = self.random()
-        pairs = [(m, reference, f) for f in fractions for m in self.frozen() if m != reference]
+        """Each frozen method against the level's random initial weights read the same way,
+        whatever the study's references are."""
+        pairs = [(m, self.random(m), f) for f in fractions for m in self.frozen()
+                 if m != self.random(m)]
         self.verdicts = judge(self.arms, pairs, seeds, self.metric, replicates, seed)
 
     def frozen(self) -> dict[str, Method]:
         return {m: rec for m, rec in self.methods.items() if rec.mode == "frozen"}
 
-    def random(self) -> str | None:
-        """The frozen method of the random initial weights, the level's reference."""
-        return next((m for m, rec in self.frozen().items() if rec.export == RANDOM), None)
+    def random(self, method: str | None = None) -> str | None:
+        """The frozen method of the random initial weights, the level's reference: the one that
+        reads them with ``method``'s head where the level has it (``random-linear`` for
+        ``mdm-linear``, ``random-mlp`` for ``mdm-mlp``), else the first."""
+        randoms = [m for m, rec in self.frozen().items() if rec.export == RANDOM]
+        arch = self.methods[method].arch if method else None
+        first = randoms[0] if randoms else None
+        return next((m for m in randoms if self.methods[m].arch == arch), first)
 
     def values(self, method: str, fraction: float) -> list[float]:
         return [r[self.metric] for r in self.rows
                 if r["method"] == method and r["label_fraction"] == fraction and self.metric in r]
 
     def against_random(self, method: str, fraction: float) -> Verdict | None:
-        reference = self.random()
+        reference = self.random(method)
         return next((v for v in self.verdicts if v.method == method and v.reference == reference
                      and v.fraction == fraction), None)
 
@@ -183,10 +188,12 @@ def levels_table(rows: list[dict], pixel_metric: str, image_metric: str) -> str:
 
 def features_table(rows: list[dict]) -> str:
     """Markdown: the features each level chose on validation, per label fraction and export."""
-    lines = ["| labels | export | pixel level chose | image level chose |", "|---" * 4 + "|"]
+    lines = ["| labels | export | pixel method | it chose | image method | it chose |",
+             "|---" * 6 + "|"]
     for r in rows:
         pixel, image = r["pixel_features"] or "as configured", r["image_features"] or "as configured"
-        lines.append(f"| {r['label_fraction']:g} | {r['export']} | {pixel} | {image} |")
+        lines.append(f"| {r['label_fraction']:g} | {r['export']} | {r['pixel_method']} | {pixel} | "
+                     f"{r['image_method']} | {image} |")
     return "\n".join(lines)
 
 

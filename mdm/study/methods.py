@@ -62,20 +62,28 @@ def generated_methods(task: str) -> dict[str, Method]:
         return {}
     record = TASKS[task]
     out: dict[str, Method] = {}
+
+    def add(name: str, method: Method) -> None:
+        if name in out and out[name] != method:
+            raise ValueError(f"two {task} methods would be called {name!r}: rename an objective, a "
+                             f"head's method suffix or a network")
+        out[name] = method
+
     for export, objective, folder in [*((o, o, "export") for o in objectives),
                                       ("random", objectives[0], RANDOM)]:
-        out[export] = Method("frozen", "", objective, folder)
+        add(export, Method("frozen", "", objective, folder))
         for head, spec in _records(record.heads).items():
             suffix = getattr(spec, "method", "") or head
-            out[f"{export}-{suffix}"] = Method("frozen", head, objective, folder)
+            add(f"{export}-{suffix}", Method("frozen", head, objective, folder))
     if record.unet_network:
-        out.update({f"{o}-ft": Method("finetune", record.unet_network, o, "export")
-                    for o in objectives})
-        out["unet-scratch"] = Method("finetune", record.unet_network, objectives[0], RANDOM)
+        for o in objectives:
+            add(f"{o}-ft", Method("finetune", record.unet_network, o, "export"))
+        add("unet-scratch", Method("finetune", record.unet_network, objectives[0], RANDOM))
     for network, spec in _records(record.networks).items():
         if not spec.needs_export:
-            out[f"{network}-scratch"] = Method("finetune", network, None, "")
-    out.update({name: Method("classical", name, None, "") for name in record.classical})
+            add(f"{network}-scratch", Method("finetune", network, None, ""))
+    for name in record.classical:
+        add(name, Method("classical", name, None, ""))
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -218,7 +219,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
 def block_name(name) -> int | str:
     """A block as JSON gave it back: decoder numbers (segmentation) as ints, names (``d3``, ``mid``)
     as they are."""
-    return int(name) if str(name).lstrip("-").isdigit() else str(name)
+    return int(name) if re.fullmatch(r"-?[0-9]+", str(name)) else str(name)
 
 
 def write_csv(path: Path, rows: list[dict], first: list[str]) -> None:

@@ -180,7 +180,8 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     """The whole study (once per variant of ``bench.variants``), pretraining on ``train_device`` and
     running stage 2 on ``seg_device``; returns ``{"rows": [...], "budget": [...], "table": markdown,
     "verdicts", "arms" (``study_arms``), "seconds", "phases": {phase: seconds}, "image_level" (its
-    own result), "levels" (the section)}`` (phases: each pretraining run, the stage-2 runs of each
+    own result), "levels" (the section), "chosen" (each frozen run's block selection by method and
+    fraction)}`` (phases: each pretraining run, the stage-2 runs of each
     method, the budget curve). ``shard``: only that slice of the runs, no tables (``shards``); ``report``:
     the tables of a study whose runs have all finished, nothing trained (a ``ConfigError`` naming
     the first unfinished run otherwise). ``bench.image_methods``: the image level too, a study of
@@ -194,8 +195,8 @@ def run_benchmark(cfg: Config, train_device: torch.device, seg_device: torch.dev
     for m in bc.methods:  # every record's names, before anything is pretrained
         method = methods[m]
         if (method.objective is not None and method.objective not in OBJECTIVES) or not task.known(method):
-            raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / network {method.arch!r}, "
-                              f"which are not registered")
+            raise ConfigError(f"bench.methods: {m!r} names objective {method.objective!r} / head or "
+                              f"network {method.arch or '(configured)'!r}, which are not registered")
     wrong = [m for m in budget_methods if not methods[m].pretrained]
     if wrong:
         raise ConfigError(f"bench.budget_methods: {wrong[0]!r} has no pretraining budget (use methods of pretrained "
