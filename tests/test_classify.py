@@ -269,8 +269,8 @@ def test_a_miniature_classification_study(tmp_path, configs_dir, monkeypatch):
     # curve's step-0 point, the same export, labeled subset and seed)
     assert len(sweeps) == 2
     assert {b["pretrain_steps"] for b in result["budget"]} == {0, 2}
-    with pytest.raises(ConfigError, match="bench.methods: 'mdm' is not a classification method"):
-        load(None, ["bench.task=classification", "bench.methods=[mdm]", "bench.metric=accuracy"])
+    with pytest.raises(ConfigError, match="bench.methods: 'smp-scratch' is not a classification method"):
+        load(None, ["bench.task=classification", "bench.methods=[smp-scratch]", "bench.metric=accuracy"])
 
 
 def test_a_segmentation_source_gives_windows_labeled_by_their_majority_class(pretrained_export, tmp_path):
