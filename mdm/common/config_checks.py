@@ -76,18 +76,20 @@ def _declared(section, prefix: str, task: str) -> None:
             raise ConfigError(f"{name}: must be 0 or more and finite, got {value}")
 
 
+def as_block(value) -> int | str:
+    """A block as written in a config or read back from JSON: a decoder number as an int (``"-1"``
+    -> ``-1``), anything else as its text (``d3``, ``mid``)."""
+    text = str(value).strip()
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
+
+
 def seg_blocks(blocks: list, key: str) -> list[int | str]:
-    """``seg.blocks`` entries as written: decoder numbers as ints (``"-1"`` -> ``-1``), names
-    (``d<i>``, ``mid``, ``e<i>``) as they are; anything else is a ``ConfigError`` naming ``key``.
-    Whether the block exists is checked against the U-Net (``stage2.taps.resolve_seg_blocks``)."""
-    out = []
-    for block in blocks:
-        text = str(block).strip()
-        if re.fullmatch(r"-?[0-9]+", text):
-            out.append(int(text))
-        elif re.fullmatch(r"mid|[de]-?\d+", text):
-            out.append(text)
-        else:
+    """``seg.blocks`` entries as written (``as_block``); a name that is not ``d<i>``, ``mid`` or
+    ``e<i>`` is a ``ConfigError`` naming ``key``. Whether the block exists is checked against the
+    U-Net (``stage2.taps.resolve_seg_blocks``)."""
+    out = [as_block(b) for b in blocks]
+    for block in out:
+        if isinstance(block, str) and not re.fullmatch(r"mid|[de]-?[0-9]+", block):
             raise ConfigError(f"{key}: {block!r} is not a decoder block number or a block name "
                               f"(d<i>, mid, e<i>)")
     return out

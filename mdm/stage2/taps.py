@@ -10,11 +10,10 @@ of the image, never of the order it came in.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from ..common import rng
+from ..common.config_checks import as_block
 from ..common.errors import ConfigError
 
 
@@ -50,19 +49,19 @@ def resolve_block_names(names: list[str], model, key: str = "probe.blocks") -> l
     counts = {"e": len(model.input_blocks), "d": len(model.output_blocks)}
     out = []
     for name in names:
-        text = str(name).strip()
-        if re.fullmatch(r"-?[0-9]+", text):
+        text = as_block(name)
+        if isinstance(text, int):
             text = f"d{text}"
         if text == "mid":
             out.append(text)
             continue
-        kind, number = text[:1], text[1:]
-        if kind not in counts or not re.fullmatch(r"-?[0-9]+", number) or not (
-                -counts[kind] <= int(number) < counts[kind]):
+        kind, number = text[:1], as_block(text[1:])
+        if kind not in counts or not isinstance(number, int) or not (
+                -counts[kind] <= number < counts[kind]):
             raise ConfigError(
                 f"{key}: no block {name!r} (the U-Net has e0..e{counts['e'] - 1}, mid, "
                 f"d0..d{counts['d'] - 1}; negatives count from the end)")
-        out.append(f"{kind}{int(number) % counts[kind]}")
+        out.append(f"{kind}{number % counts[kind]}")
     if len(set(out)) != len(out):
         raise ConfigError(f"{key}: {names} names a block twice")
     return out

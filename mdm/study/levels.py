@@ -28,6 +28,7 @@ import numpy as np
 
 from ..classify.datasets import CLASS_SOURCES
 from ..common.config import Config
+from ..common.config_checks import as_block
 from ..common.errors import ConfigError
 from ..stage2.plots import save_figure
 from ..stage2.taps import tap_name
@@ -35,7 +36,7 @@ from ..stage2.tasks import TASKS
 from . import windows  # noqa: F401 - registers the <source>-windows image-label sources
 from .methods import RANDOM, Method, methods_of
 from .pool import pretraining_data
-from .report import block_name, sample_sd, write_csv
+from .report import sample_sd, write_csv
 from .verdicts import Verdict, judge
 
 IMAGE_LEVEL = "image_level"  # the image level's study folder, inside the study's
@@ -96,8 +97,8 @@ class Level:
                              seed: int) -> None:
         """Each frozen method against the level's random initial weights read the same way,
         whatever the study's references are."""
-        pairs = [(m, self.random(m), f) for f in fractions for m in self.frozen()
-                 if m != self.random(m)]
+        reference = {m: self.random(m) for m in self.frozen()}
+        pairs = [(m, reference[m], f) for f in fractions for m in self.frozen() if m != reference[m]]
         self.verdicts = judge(self.arms, pairs, seeds, self.metric, replicates, seed)
 
     def frozen(self) -> dict[str, Method]:
@@ -153,7 +154,7 @@ def features_chosen(selections: list[dict]) -> str:
     seed), e.g. ``t=50 d3 d4 d5 (4 of 5)``; empty where the features were configured, not chosen."""
     if not selections:
         return ""
-    choices = Counter(f"t={s['timestep']} " + " ".join(tap_name(block_name(b)) for b in s["blocks"])
+    choices = Counter(f"t={s['timestep']} " + " ".join(tap_name(as_block(b)) for b in s["blocks"])
                       for s in selections)
     choice, count = choices.most_common(1)[0]
     return f"{choice} ({count} of {len(selections)})"

@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import yaml
 
+from ..common.config_checks import as_block
 from ..common.io import write_text_atomic
 from ..pretrain.objectives import OBJECTIVES
 from ..stage2.plots import draw_heatmap, save_figure
@@ -196,7 +196,7 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         # JSON made the numbers keys strings
-        runs = [{int(t): {block_name(b): v for b, v in row.items()} for t, row in r["scores"].items()}
+        runs = [{int(t): {as_block(b): v for b, v in row.items()} for t, row in r["scores"].items()}
                 for r in selections[method]]
         timesteps = sorted({t for r in runs for t in r})
         # in the order probed
@@ -207,19 +207,13 @@ def plot_selections(path: Path, selections: dict[str, list[dict]], title: str) -
         for r in selections[method]:
             j = timesteps.index(int(r["timestep"]))
             for b in r["blocks"]:
-                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(block_name(b)) - 0.5), 1, 1,
+                ax.add_patch(plt.Rectangle((j - 0.5, blocks.index(as_block(b)) - 0.5), 1, 1,
                                            fill=False, lw=1.2, edgecolor="red",
                                            alpha=len(runs) ** -0.5))
         ax.set_title(method, fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(title, fontsize=9)
     save_figure(fig, path, dpi=110)
-
-
-def block_name(name) -> int | str:
-    """A block as JSON gave it back: decoder numbers (segmentation) as ints, names (``d3``, ``mid``)
-    as they are."""
-    return int(name) if re.fullmatch(r"-?[0-9]+", str(name)) else str(name)
 
 
 def write_csv(path: Path, rows: list[dict], first: list[str]) -> None:
